@@ -1,0 +1,1 @@
+"""xmodal read path: query, rerank, serve, CLI."""

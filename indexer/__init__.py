@@ -1,0 +1,1 @@
+"""xmodal write path: walk, decode, encode, store, build indexes."""

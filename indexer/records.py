@@ -1,0 +1,77 @@
+"""Records that cross module boundaries. Plain dataclasses: no SQLAlchemy rows leave the store."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that could not be used, and why (shown to the user, listed by --json)."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class DecodedImage:
+    """A photo read from disk, ready for the image tower.
+
+    `image` is RGB, orientation applied, possibly reduced by JPEG draft mode (never below the size asked
+    for); `width`/`height` are the original pixel size after EXIF rotation.
+    """
+
+    path: str
+    size: int
+    mtime: float
+    sha256: str
+    width: int
+    height: int
+    taken_at: datetime | None
+    image: Image.Image = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One indexed photo, as stored."""
+
+    id: int
+    path: str
+    size: int
+    mtime: float
+    sha256: str
+    width: int
+    height: int
+    taken_at: datetime | None
+    model: str
+
+
+@dataclass(frozen=True)
+class TextRecord:
+    """One indexed text (a caption, a line of a corpus)."""
+
+    id: int
+    text: str
+    source: str
+    model: str
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result. `path` is set for image hits, `text` for text hits."""
+
+    rank: int
+    score: float
+    id: int
+    path: str | None = None
+    text: str | None = None
+
+    def to_json(self) -> dict:
+        d = {"rank": self.rank, "score": round(float(self.score), 6), "id": self.id}
+        if self.path is not None:
+            d["path"] = self.path
+        if self.text is not None:
+            d["text"] = self.text
+        return d
