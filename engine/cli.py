@@ -1,0 +1,285 @@
+"""The `xmodal` command: thin click commands over the Python API (engine.search, indexer.pipeline, ...).
+Domain errors become one-line `click.ClickException`s here and nowhere else."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from indexer.library import default_library_dir
+
+logger = logging.getLogger("xmodal")
+
+
+def _domain_errors() -> tuple[type[Exception], ...]:
+    from indexer.datasets import DatasetError
+    from indexer.encoders import ModelUnavailable
+    from indexer.library import LibraryError
+    from indexer.store import StoreError
+    from indexer.texts import TextCorpusError
+    from indexer.vector_index import VectorIndexError
+
+    from .bench import BenchError
+    from .search import SearchError
+
+    return (DatasetError, ModelUnavailable, LibraryError, StoreError, TextCorpusError, VectorIndexError,
+            BenchError, SearchError, FileNotFoundError)
+
+
+@contextmanager
+def edge():
+    """Turn domain exceptions into a one-line error and exit code 1."""
+    try:
+        yield
+    except _domain_errors() as e:
+        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+
+
+library_option = click.option(
+    "--library", "library", type=click.Path(file_okay=False, path_type=Path), envvar="XMODAL_LIBRARY",
+    default=None, help="Library folder (env XMODAL_LIBRARY; default under $XDG_DATA_HOME/xmodal).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def _library(path: Path | None) -> Path:
+    return path if path is not None else default_library_dir()
+
+
+def _library_model(path: Path) -> str | None:
+    """The model a library was built with, or None for a new library."""
+    from indexer.library import Library
+
+    if not (path / "library.db").exists():
+        return None
+    with Library(path) as lib:
+        return lib.model
+
+
+def _emit(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@contextmanager
+def _progress(description: str, unit: str = "files"):
+    """A rich progress bar on stderr with rate and ETA; yields a (done, total) callback."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:.1f} {unit}/s" if task.speed else f"- {unit}/s")
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=_console(),
+                  transient=False) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None)
+
+        yield update
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.version_option(package_name="xmodal", message="%(prog)s %(version)s")
+def cli(verbose: int) -> None:
+    """xmodal: find photos by describing them, photos like a photo, and texts that describe a photo."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for noisy in ("transformers", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+# ---------------------------------------------------------------------------------------------- index
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@library_option
+@click.option("--model", default=None, help="Dual encoder to embed with [default: the library's, else lite].")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
+@json_option
+def index(paths, library, model, batch_size, as_json):
+    """Index the photos under PATHS (recursive); re-runs embed only new or changed files."""
+    from indexer.encoders import get_encoder
+    from indexer.library import Library
+    from indexer.pipeline import index_images
+
+    with edge():
+        encoder = get_encoder(model or _library_model(_library(library)) or "lite")
+        with Library(_library(library), create=True) as lib:
+            with _progress("indexing") as progress:
+                report = index_images(lib, list(paths), encoder, batch_size=batch_size, progress=progress)
+    if as_json:
+        _emit(report.to_json())
+        return
+    rate = report.indexed / report.seconds if report.seconds else 0.0
+    click.echo(f"indexed {report.indexed}, unchanged {report.unchanged}, removed {report.removed}, "
+               f"skipped {len(report.skipped)} in {report.seconds:.1f}s ({rate:.1f} files/s)")
+    for s in report.skipped:
+        click.echo(f"  skipped {s.path}: {s.reason}")
+
+
+@cli.command("index-texts")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@library_option
+@click.option("--model", default=None, help="Dual encoder [default: the library's, else lite].")
+@json_option
+def index_texts_cmd(path, library, model, as_json):
+    """Index a text corpus: .txt (one per line), .csv (`caption` or `text` column), .jsonl (`text`)."""
+    from indexer.encoders import get_encoder
+    from indexer.library import Library
+    from indexer.pipeline import index_texts
+
+    with edge():
+        encoder = get_encoder(model or _library_model(_library(library)) or "lite")
+        with Library(_library(library), create=True) as lib:
+            with _progress("texts", unit="texts") as progress:
+                report = index_texts(lib, path, encoder, progress=progress)
+    if as_json:
+        _emit(report.to_json())
+    else:
+        click.echo(f"indexed {report.indexed} texts from {report.source}"
+                   + (f" (replacing {report.replaced})" if report.replaced else "") + f" in {report.seconds:.1f}s")
+
+
+# ---------------------------------------------------------------------------------------------- search
+@cli.command()
+@click.argument("query", required=False)
+@click.option("--image", "image", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Search by this photo instead of text.")
+@click.option("--target", type=click.Choice(["images", "texts"]), default="images", show_default=True)
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--model", default=None, help="Refuse to run unless the library was built with this model.")
+@library_option
+@json_option
+def search(query, image, target, k, model, library, as_json):
+    """Search the library by text QUERY or by --image, for images or --target texts."""
+    from .search import SearchEngine
+
+    if bool(query) == bool(image):
+        raise click.UsageError("give either a text QUERY or --image FILE (not both)")
+    with edge():
+        with SearchEngine(_library(library), model=model) as engine:
+            hits = engine.search_text(query, k, target) if query else engine.search_image(image, k, target)
+    if as_json:
+        _emit([h.to_json() for h in hits])
+        return
+    if not hits:
+        click.echo("no results")
+        return
+    click.echo(f"{'rank':>4}  {'score':>6}  {'id':>6}  {'path' if target == 'images' else 'text'}")
+    for h in hits:  # full paths, never shortened: people copy them
+        click.echo(f"{h.rank:>4}  {h.score:>6.3f}  {h.id:>6}  {h.path if target == 'images' else h.text}")
+
+
+# ---------------------------------------------------------------------------------------------- info
+@cli.command()
+@library_option
+@json_option
+def info(library, as_json):
+    """What the library holds: counts, model, index type, sizes."""
+    from indexer.library import Library
+
+    from .search import library_info
+
+    with edge():
+        with Library(_library(library)) as lib:
+            data = library_info(lib)
+    if as_json:
+        _emit(data)
+        return
+    click.echo(f"library   {data['library']}")
+    click.echo(f"model     {data['model']} ({data['dim']} dims)")
+    click.echo(f"images    {data['images']}")
+    click.echo(f"texts     {data['texts']}" + "".join(f"\n          {n:6d}  {s}" for s, n in data["text_sources"].items()))
+    for modality, idx in data["indexes"].items():
+        click.echo(f"index     {modality}: {idx['factory']}, {idx['vectors']} vectors")
+    click.echo(f"on disk   {data['bytes_total'] / 1e6:.2f} MB (" + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in data["bytes"].items()) + ")")
+
+
+# ---------------------------------------------------------------------------------------------- bench
+@cli.group()
+def bench():
+    """Benchmarks."""
+
+
+@bench.command("recall")
+@click.argument("dataset", type=click.Path(exists=True, path_type=Path))
+@click.option("--split", "split_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Image names, one per line, to restrict to (e.g. splits/dev.txt).")
+@click.option("--karpathy-split", type=click.Choice(["train", "val", "test", "restval"]), default=None,
+              help="With a Karpathy dataset_*.json: which split to evaluate.")
+@click.option("--model", default="lite", show_default=True)
+@json_option
+def bench_recall(dataset, split_file, karpathy_split, model, as_json):
+    """Recall@1/5/10 for text->image and image->text on DATASET (images/ + captions.txt, or Karpathy JSON)."""
+    from indexer.datasets import load_dataset
+    from indexer.encoders import get_encoder
+
+    from .bench import recall_benchmark
+
+    with edge():
+        ds = load_dataset(dataset, split_file=split_file, karpathy_split=karpathy_split)
+        encoder = get_encoder(model)
+        with _progress(f"embedding {ds.name}", unit="items") as progress:
+            report = recall_benchmark(ds, encoder, progress=progress)
+    if as_json:
+        _emit(report)
+        return
+    click.echo(f"{ds.name}: {report['n_images']} images, {report['n_texts']} captions, model {model}")
+    click.echo(f"{'':6s}" + "".join(f"{k:>8s}" for k in report["t2i"]))
+    for direction in ("t2i", "i2t"):
+        click.echo(f"{direction:6s}" + "".join(f"{v:8.2f}" for v in report[direction].values()))
+
+
+# ---------------------------------------------------------------------------------------------- train
+@cli.group()
+def train():
+    """Train the lite model's heads."""
+
+
+@train.command("align")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Flickr8k-style folder: images/, captions.txt, splits/train.txt, splits/dev.txt.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint to write (default: the bundled data/lite-align.pt).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where tower features are cached (default ~/.cache/xmodal/features).")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
+    """Train the alignment heads on the train split, select on dev (LiT-style, towers locked)."""
+    from .training.align import run_align
+
+    logging.getLogger("engine").setLevel(logging.INFO)
+    with edge():
+        report = run_align(data_dir, out=out, cache_dir=cache_dir, epochs=epochs, seed=seed)
+    if as_json:
+        _emit(report)
+    else:
+        dev = report["dev"]
+        click.echo(f"best epoch {report['epoch']}: dev t2i R@1/5/10 "
+                   + "/".join(f"{v:.1f}" for v in dev["t2i"].values()) + ", i2t R@1/5/10 "
+                   + "/".join(f"{v:.1f}" for v in dev["i2t"].values()) + f" -> {report['out']}")
+
+
+def main() -> None:  # console script entry point
+    cli(prog_name="xmodal")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

