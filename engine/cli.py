@@ -272,7 +272,7 @@ def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
         _emit(report)
     else:
         dev = report["dev"]
-        click.echo(f"best epoch {report['epoch']}: dev t2i R@1/5/10 "
+        click.echo(f"best epochs {report['epochs']}: dev t2i R@1/5/10 "
                    + "/".join(f"{v:.1f}" for v in dev["t2i"].values()) + ", i2t R@1/5/10 "
                    + "/".join(f"{v:.1f}" for v in dev["i2t"].values()) + f" -> {report['out']}")
 

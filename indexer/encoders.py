@@ -158,11 +158,11 @@ class LiteEncoder:
         self.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
                                         for k, v in ck["preprocess"].items()})
         self.tokenizer, bert = load_minilm()
-        model = LiteDualEncoder(TextTower(bert, cfg["text_split"]), dim=cfg["dim"])
+        model = LiteDualEncoder(TextTower(bert), dim=cfg["dim"], hidden=cfg["hidden"], members=cfg["members"])
         model.image_tower.load_state_dict(load_efficientnet_lite0().state_dict())
         state = {k: v.float() if v.is_floating_point() else v for k, v in ck["state"].items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or any(k.startswith(("image_head.", "text_head.")) for k in missing):
+        if unexpected or any(not k.startswith(("image_tower.", "text_tower.")) for k in missing):
             raise ModelUnavailable(f"{checkpoint}: does not fit the lite model (missing {missing[:3]}, "
                                    f"unexpected {unexpected[:3]})")
         self.model = model.eval()

@@ -63,7 +63,7 @@ def test_minilm_matches_the_sentence_transformers_recipe():
     tokenizer, bert = load_minilm()
     ids, mask = tokenize(tokenizer, texts)
     with torch.no_grad():
-        ours = torch.nn.functional.normalize(mean_pool(TextTower(bert, 3)(ids, mask), mask), dim=-1).numpy()
+        ours = torch.nn.functional.normalize(mean_pool(TextTower(bert)(ids, mask), mask), dim=-1).numpy()
     reference = st.SentenceTransformer(str(minilm_path()), device="cpu").encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(ours, reference, atol=1e-5)
 

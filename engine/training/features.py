@@ -1,8 +1,8 @@
 """Cache locked-tower features of an image-caption dataset so head training takes minutes.
 
-Images: the EfficientNet-Lite0 trunk map (N, 320, 7, 7) float16 -- the input of the trainable head conv.
-Texts: MiniLM token states entering the trainable top layer(s), stored flat (total_tokens, 384) float16
-with offsets, so padding costs nothing on disk.
+Images: the EfficientNet-Lite0 trunk map (N, 320, 7, 7) float16 -- cheap to store; the locked head conv
+turns it into the 1280-channel patch map at training time. Texts: MiniLM's mean-pooled sentence
+embedding (N, 384) float32. Each part is keyed by a hash of exactly what it depends on.
 """
 from __future__ import annotations
 
@@ -18,91 +18,67 @@ import torch
 from indexer.datasets import CaptionDataset
 from indexer.decode import iter_decoded
 from indexer.encoders import Preprocess, load_efficientnet_lite0, load_minilm, tokenize
-from indexer.models.text_tower import TextTower
+from indexer.models.text_tower import TextTower, mean_pool
+from indexer.pipeline import batched
 from indexer.records import Skipped
 
 logger = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
 class FeatureCache:
     images: list[str]
     trunk: np.ndarray  # (N_img, 320, 7, 7) float16
-    text_states: np.ndarray  # (total_tokens, C) float16
-    text_offsets: np.ndarray  # (N_cap + 1,) int64
+    text: np.ndarray  # (N_cap, 384) float32
     caption_image: np.ndarray  # (N_cap,) int64
 
-    def text_batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded (B, T, C) float32 states and (B, T) mask for captions idx."""
-        lens = self.text_offsets[idx + 1] - self.text_offsets[idx]
-        t = int(lens.max())
-        out = np.zeros((len(idx), t, self.text_states.shape[1]), np.float32)
-        mask = np.zeros((len(idx), t), np.int64)
-        for row, (i, n) in enumerate(zip(idx, lens)):
-            out[row, :n] = self.text_states[self.text_offsets[i]: self.text_offsets[i] + n]
-            mask[row, :n] = 1
-        return torch.from_numpy(out), torch.from_numpy(mask)
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps([CACHE_VERSION, *parts], default=str).encode()).hexdigest()[:16]
 
 
-def _key(ds: CaptionDataset, split: int, pre: Preprocess) -> str:
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, split, repr(pre), ds.images, ds.captions]).encode())
-    return h.hexdigest()[:16]
-
-
-def build_cache(ds: CaptionDataset, cache_dir: Path, split: int = 5, pre: Preprocess = Preprocess(),
+def build_cache(ds: CaptionDataset, cache_dir: Path, pre: Preprocess = Preprocess(),
                 batch_size: int = 32) -> FeatureCache:
     """Compute (or reuse) the cached features of `ds` under cache_dir."""
-    folder = Path(cache_dir) / f"{ds.name}-{_key(ds, split, pre)}"
-    done = folder / "done.json"
-    if not done.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        _cache_images(ds, folder, pre, batch_size)
-        _cache_texts(ds, folder, split)
-        np.save(folder / "caption_image.npy", ds.caption_image.astype(np.int64))
-        done.write_text(json.dumps({"images": len(ds.images), "captions": len(ds.captions)}))
-    return FeatureCache(
-        images=list(ds.images),
-        trunk=np.load(folder / "trunk.npy", mmap_mode="r"),
-        text_states=np.load(folder / "text_states.npy", mmap_mode="r"),
-        text_offsets=np.load(folder / "text_offsets.npy"),
-        caption_image=np.load(folder / "caption_image.npy"),
-    )
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    trunk_file = cache_dir / f"trunk-{ds.name}-{_key('trunk', repr(pre), ds.images)}.npy"
+    text_file = cache_dir / f"text-{ds.name}-{_key('text', ds.captions)}.npy"
+    if not trunk_file.exists():
+        _cache_images(ds, trunk_file, pre, batch_size)
+    if not text_file.exists():
+        _cache_texts(ds, text_file)
+    return FeatureCache(list(ds.images), np.load(trunk_file, mmap_mode="r"), np.load(text_file),
+                        np.asarray(ds.caption_image, np.int64))
 
 
 @torch.inference_mode()
-def _cache_images(ds: CaptionDataset, folder: Path, pre: Preprocess, batch_size: int) -> None:
+def _cache_images(ds: CaptionDataset, out_file: Path, pre: Preprocess, batch_size: int) -> None:
     model = load_efficientnet_lite0()
-    out = np.lib.format.open_memmap(folder / "trunk.tmp.npy", "w+", np.float16, (len(ds.images), 320, 7, 7))
+    tmp = out_file.with_suffix(".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, "w+", np.float16, (len(ds.images), 320, 7, 7))
     paths = [str(ds.image_dir / name) for name in ds.images]
-    batch, start = [], 0
-    for i, item in enumerate(iter_decoded(paths, target_size=pre.size)):
-        if isinstance(item, Skipped):
-            raise RuntimeError(f"cannot read dataset image {item.path}: {item.reason}")
-        batch.append(item.image)
-        if len(batch) == batch_size or i == len(paths) - 1:
-            out[start:start + len(batch)] = model.forward_trunk(pre(batch)).numpy().astype(np.float16)
-            start += len(batch)
-            batch = []
-            if start % 1024 < batch_size:
-                logger.info("image features %d/%d", start, len(paths))
+    start = 0
+    for batch in batched(iter_decoded(paths, target_size=pre.size), batch_size):
+        bad = [b for b in batch if isinstance(b, Skipped)]
+        if bad:
+            raise RuntimeError(f"cannot read dataset image {bad[0].path}: {bad[0].reason}")
+        out[start:start + len(batch)] = model.forward_trunk(pre([b.image for b in batch])).numpy()
+        start += len(batch)
+        if start % 1024 < batch_size:
+            logger.info("image features %d/%d", start, len(paths))
     out.flush()
     del out
-    (folder / "trunk.tmp.npy").rename(folder / "trunk.npy")
+    tmp.rename(out_file)
 
 
 @torch.inference_mode()
-def _cache_texts(ds: CaptionDataset, folder: Path, split: int, batch_size: int = 256) -> None:
+def _cache_texts(ds: CaptionDataset, out_file: Path, batch_size: int = 256) -> None:
     tokenizer, bert = load_minilm()
-    tower = TextTower(bert, split)
-    chunks, offsets = [], [0]
-    for s in range(0, len(ds.captions), batch_size):
-        ids, mask = tokenize(tokenizer, ds.captions[s:s + batch_size])
-        h = tower.forward_bottom(ids, mask)
-        for row in range(len(ids)):
-            n = int(mask[row].sum())
-            chunks.append(h[row, :n].numpy().astype(np.float16))
-            offsets.append(offsets[-1] + n)
-    np.save(folder / "text_states.npy", np.concatenate(chunks))
-    np.save(folder / "text_offsets.npy", np.asarray(offsets, np.int64))
+    tower = TextTower(bert)
+    out = []
+    for batch in batched(ds.captions, batch_size):
+        ids, mask = tokenize(tokenizer, batch)
+        out.append(mean_pool(tower(ids, mask), mask).numpy())
+    np.save(out_file, np.concatenate(out).astype(np.float32))
