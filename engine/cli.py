@@ -106,30 +106,53 @@ def cli(verbose: int) -> None:
 
 # ---------------------------------------------------------------------------------------------- index
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.argument("paths", nargs=-1, required=False, type=click.Path(exists=True, path_type=str))
 @library_option
 @click.option("--model", default=None, help="Dual encoder to embed with [default: the library's, else lite].")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
 @json_option
 def index(paths, library, model, batch_size, as_json):
-    """Index the photos under PATHS (recursive); re-runs embed only new or changed files."""
+    """Index the photos under PATHS (recursive); with no PATHS, refresh every folder the library knows.
+    Re-runs embed only new or edited files, keep the vectors of moved ones and drop deleted ones.
+    Ctrl-C stops after the current batch; running the same command again resumes."""
+    import signal
+    import threading
+
     from indexer.encoders import get_encoder
     from indexer.library import Library
     from indexer.pipeline import index_images
 
-    with edge():
-        encoder = get_encoder(model or _library_model(_library(library)) or "lite")
-        with Library(_library(library), create=True) as lib:
-            with _progress("indexing") as progress:
-                report = index_images(lib, list(paths), encoder, batch_size=batch_size, progress=progress)
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():  # a second Ctrl-C: stop now (still safe: every batch is committed)
+            raise KeyboardInterrupt
+        stop.set()
+        _console().print("[yellow]stopping after the current batch... (Ctrl-C again to stop now)[/]")
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    try:
+        with edge():
+            encoder = get_encoder(model or _library_model(_library(library)) or "lite")
+            with Library(_library(library), create=True) as lib:
+                with _progress("indexing") as progress:
+                    report = index_images(lib, list(paths), encoder, batch_size=batch_size, progress=progress,
+                                          should_stop=stop.is_set)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if as_json:
         _emit(report.to_json())
-        return
-    rate = report.indexed / report.seconds if report.seconds else 0.0
-    click.echo(f"indexed {report.indexed}, unchanged {report.unchanged}, removed {report.removed}, "
-               f"skipped {len(report.skipped)} in {report.seconds:.1f}s ({rate:.1f} files/s)")
-    for s in report.skipped:
-        click.echo(f"  skipped {s.path}: {s.reason}")
+    else:
+        rate = report.indexed / report.seconds if report.seconds else 0.0
+        click.echo(f"added {report.added}, re-embedded {report.reembedded}, moved {report.moved}, "
+                   f"removed {report.removed}, unchanged {report.unchanged}, skipped {len(report.skipped)} "
+                   f"in {report.seconds:.1f}s ({rate:.1f} files/s)")
+        for s in report.skipped:
+            click.echo(f"  skipped {s.path}: {s.reason}")
+    if report.interrupted:
+        click.echo(f"interrupted after {report.processed} files; run the same command again to resume", err=True)
+        sys.exit(130)
 
 
 @cli.command("index-texts")
@@ -153,6 +176,24 @@ def index_texts_cmd(path, library, model, as_json):
     else:
         click.echo(f"indexed {report.indexed} texts from {report.source}"
                    + (f" (replacing {report.replaced})" if report.replaced else "") + f" in {report.seconds:.1f}s")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=str))
+@library_option
+@json_option
+def remove(path, library, as_json):
+    """Drop the indexed folder PATH (one of the roots `xmodal index` was given) and its photos."""
+    from indexer.library import Library
+
+    with edge():
+        with Library(_library(library)) as lib:
+            removed = lib.remove_root(path)
+            roots = lib.roots
+    if as_json:
+        _emit({"removed": removed, "root": os.path.abspath(path), "roots": roots})
+    else:
+        click.echo(f"removed {os.path.abspath(path)} ({removed} photos); {len(roots)} folder(s) left")
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -208,6 +249,47 @@ def info(library, as_json):
     for modality, idx in data["indexes"].items():
         click.echo(f"index     {modality}: {idx['factory']}, {idx['vectors']} vectors")
     click.echo(f"on disk   {data['bytes_total'] / 1e6:.2f} MB (" + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in data["bytes"].items()) + ")")
+
+
+# ---------------------------------------------------------------------------------------------- check
+@cli.command()
+@library_option
+@click.option("--repair", is_flag=True, help="Fix what is wrong; embeds again only rows with no usable vector.")
+@click.option("--model", default=None, help="Encoder for re-embedding [default: the library's].")
+@json_option
+def check(library, repair, model, as_json):
+    """Verify the library: one vector per row and one row per vector, counts, model, vanished files.
+    Exits 1 with a report when something is wrong (after --repair: when something is still wrong)."""
+    from indexer.check import check_library
+    from indexer.check import repair as repair_library
+    from indexer.encoders import get_encoder
+    from indexer.library import Library
+
+    fixed = None
+    with edge():
+        with Library(_library(library)) as lib:
+            report = check_library(lib)
+            if repair and not report.ok:
+                fixed = repair_library(lib, lambda: get_encoder(model or lib.model))
+                report = check_library(lib)
+    if as_json:
+        _emit({**report.to_json(), **({"repair": fixed.to_json()} if fixed else {})})
+    else:
+        if fixed is not None:
+            click.echo(f"repaired: index patches {fixed.patched or 'none'}, removed {fixed.removed_vanished} "
+                       f"vanished, re-embedded {fixed.reembedded}, dropped {len(fixed.failed)} unusable")
+            for s in fixed.failed:
+                click.echo(f"  dropped {s.path}: {s.reason}")
+        counts = ", ".join(f"{k} {m.rows} rows / {m.vectors} vectors" for k, m in report.modalities.items())
+        click.echo(f"library {report.library}: {'ok' if report.ok else 'PROBLEMS'} ({counts}; model {report.model})")
+        for line in report.problems:
+            click.echo(f"  {line}")
+        for p in report.vanished[:20]:
+            click.echo(f"  vanished {p}")
+        if not report.ok and not repair:
+            click.echo("run `xmodal check --repair` to fix", err=True)
+    if not report.ok:
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------------------------------------- bench
@@ -275,6 +357,32 @@ def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
         click.echo(f"best epochs {report['epochs']}: dev t2i R@1/5/10 "
                    + "/".join(f"{v:.1f}" for v in dev["t2i"].values()) + ", i2t R@1/5/10 "
                    + "/".join(f"{v:.1f}" for v in dev["i2t"].values()) + f" -> {report['out']}")
+
+
+# ---------------------------------------------------------------------------------------------- serve
+@cli.command()
+@library_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback requires --token.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--token", envvar="XMODAL_TOKEN", default=None,
+              help="Access token every API call must carry (env XMODAL_TOKEN); required off loopback.")
+@click.option("--model", default=None, help="Refuse to run unless the library was built with this model.")
+def serve(library, host, port, token, model):
+    """Web UI and JSON API (docs at /docs) for searching the library in a browser."""
+    from .server import create_app, is_loopback
+
+    if not is_loopback(host) and not token:
+        raise click.UsageError(f"binding to {host} exposes your photos to the network: give --token "
+                               "(or env XMODAL_TOKEN), or keep the default --host 127.0.0.1")
+    with edge():
+        app = create_app(_library(library), token=token, model=model)
+    import uvicorn
+
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"xmodal: serving {_library(library)} on http://{shown}:{port}/"
+               + (" (open it as /?token=YOUR_TOKEN)" if token else ""), err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def main() -> None:  # console script entry point

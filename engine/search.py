@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import date
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +18,7 @@ from PIL import Image
 from indexer.decode import DecodeError, read_image
 from indexer.encoders import Encoder, get_encoder
 from indexer.library import Library, LibraryError
-from indexer.records import SearchHit
+from indexer.records import ImageRecord, SearchHit
 from indexer.store import StoreError
 
 logger = logging.getLogger(__name__)
@@ -61,34 +62,55 @@ class SearchEngine:
         self.close()
 
     # ------------------------------------------------------------------ queries
-    def search_text(self, query: str, k: int = 10, target: str = "images") -> list[SearchHit]:
+    # Every query method takes optional image filters (keyword-only): `folder` keeps photos under that
+    # folder (recursively); `taken_after` / `taken_before` keep photos whose EXIF date taken is on or
+    # after / on or before that day (photos without a date taken are then left out).
+    def search_text(self, query: str, k: int = 10, target: str = "images", **filters) -> list[SearchHit]:
         if not query or not query.strip():
             raise SearchError("empty query: give some words to search for")
-        return self.search_vector(self.encoder.encode_texts([query])[0], k, target)
+        return self.search_vector(self.encoder.encode_texts([query])[0], k, target, **filters)
 
     def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10,
-                     target: str = "images") -> list[SearchHit]:
+                     target: str = "images", **filters) -> list[SearchHit]:
         if not isinstance(image, Image.Image):
             try:
                 image = read_image(os.fspath(image)).image
             except DecodeError as e:
                 raise SearchError(f"cannot use {e.path} as a query image: {e.reason}") from e
-        return self.search_vector(self.encoder.encode_images([image])[0], k, target)
+        return self.search_vector(self.encoder.encode_images([image])[0], k, target, **filters)
 
-    def similar(self, image_id: int, k: int = 10, target: str = "images") -> list[SearchHit]:
+    def similar(self, image_id: int, k: int = 10, target: str = "images", **filters) -> list[SearchHit]:
         """'More like this' for an indexed image, from its stored vector (no file is opened)."""
         index = self._index("images")
         if image_id not in set(index.ids().tolist()):
             raise SearchError(f"no image with id {image_id} in {self.library.root}")
-        return self.search_vector(index.reconstruct([image_id])[0], k, target)
+        return self.search_vector(index.reconstruct([image_id])[0], k, target, **filters)
 
-    def search_vector(self, vector: np.ndarray, k: int, target: str = "images") -> list[SearchHit]:
+    def search_vector(self, vector: np.ndarray, k: int, target: str = "images", *, folder: str | None = None,
+                      taken_after: date | None = None, taken_before: date | None = None) -> list[SearchHit]:
         if target not in TARGETS:
             raise SearchError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
         if k < 1:
             raise SearchError(f"k must be at least 1, got {k}")
-        scores, ids = self._index(target).search(np.asarray(vector, np.float32)[None, :], k)
-        return self._hits(target, scores[0], ids[0])
+        query = np.asarray(vector, np.float32)[None, :]
+        keep = _image_filter(folder, taken_after, taken_before)
+        if keep is None:
+            scores, ids = self._index(target).search(query, k)
+            return self._hits(target, scores[0], ids[0])
+        if target != "images":
+            raise SearchError("folder and date filters apply to images only; drop them for --target texts")
+        # Over-fetch candidates from FAISS and filter on the store records; widen until k pass or all seen.
+        index = self._index("images")
+        fetch = min(index.ntotal, max(100, 10 * k))
+        while True:
+            scores, ids = index.search(query, fetch)
+            valid = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+            records = {r.id: r for r in self.library.store.get_images([i for _, i in valid])}
+            kept = [(s, records[i]) for s, i in valid if i in records and keep(records[i])]
+            if len(kept) >= k or fetch >= index.ntotal:
+                break
+            fetch = min(index.ntotal, fetch * 4)
+        return [SearchHit(rank=n + 1, score=s, id=r.id, path=r.path) for n, (s, r) in enumerate(kept[:k])]
 
     # ------------------------------------------------------------------ helpers
     def _index(self, target: str):
@@ -96,6 +118,11 @@ class SearchEngine:
             return self.library.vector_index(target)
         except LibraryError as e:
             raise SearchError(str(e)) from e
+
+    def image_record(self, image_id: int) -> ImageRecord | None:
+        """The stored record of one image, or None when the library has no such id."""
+        found = self.library.store.get_images([int(image_id)])
+        return found[0] if found else None
 
     def _hits(self, target: str, scores: Sequence[float], ids: Sequence[int]) -> list[SearchHit]:
         ids = [int(i) for i in ids]
@@ -110,6 +137,33 @@ class SearchEngine:
     # ------------------------------------------------------------------ info
     def info(self) -> dict:
         return library_info(self.library)
+
+
+def _image_filter(folder: str | None, taken_after: date | None, taken_before: date | None):
+    """A predicate on ImageRecord for the given filters, or None when there are none."""
+    if folder is None and taken_after is None and taken_before is None:
+        return None
+    prefix = None
+    if folder is not None:
+        if not str(folder).strip():
+            raise SearchError("empty folder filter: give a folder path or leave it out")
+        prefix = os.path.normpath(os.path.abspath(os.fspath(folder)))
+        prefix = prefix if prefix.endswith(os.sep) else prefix + os.sep
+    if taken_after is not None and taken_before is not None and taken_after > taken_before:
+        raise SearchError(f"taken_after {taken_after} is later than taken_before {taken_before}; nothing can match")
+
+    def keep(record: ImageRecord) -> bool:
+        if prefix is not None and not record.path.startswith(prefix):
+            return False
+        if taken_after is not None or taken_before is not None:
+            if record.taken_at is None:
+                return False
+            day = record.taken_at.date()
+            if (taken_after is not None and day < taken_after) or (taken_before is not None and day > taken_before):
+                return False
+        return True
+
+    return keep
 
 
 def library_info(library: Library) -> dict:

@@ -158,7 +158,8 @@ class LiteEncoder:
         self.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
                                         for k, v in ck["preprocess"].items()})
         self.tokenizer, bert = load_minilm()
-        model = LiteDualEncoder(TextTower(bert), dim=cfg["dim"], hidden=cfg["hidden"], members=cfg["members"])
+        model = LiteDualEncoder(TextTower(bert), dim=cfg["dim"], hidden=cfg["hidden"], members=cfg["members"],
+                                text_hidden=cfg.get("text_hidden", 0))
         model.image_tower.load_state_dict(load_efficientnet_lite0().state_dict())
         state = {k: v.float() if v.is_floating_point() else v for k, v in ck["state"].items()}
         missing, unexpected = model.load_state_dict(state, strict=False)

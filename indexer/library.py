@@ -1,30 +1,50 @@
 """A library folder: the SQLite store (library.db) plus one FAISS index per modality (images.faiss,
 texts.faiss), all written with the model recorded in the store.
 
-Consistency: store rows are committed batch by batch; the FAISS files are saved at checkpoints. When a
-run dies between the two, `reconcile()` (run before every indexing job) drops the store rows whose
-vectors never reached disk -- those files count as new on the next run and are embedded again -- and
-drops vectors that have no row.
+Consistency and crash safety:
+
+* The store is the source of truth, vectors included: a batch's rows and their vectors are committed in one
+  SQLite transaction (WAL), which also bumps the modality's generation (``meta["generation.images"]``).
+  Whatever was committed survives a SIGKILL at any moment; at most the batch in flight is redone.
+* A FAISS file is a cache of the store's vectors. It is replaced atomically (temp file, fsync, rename) at
+  checkpoints and at the end of a run, and its sidecar records the generation it reflects.
+* Opening an index compares that generation with the store's. On a mismatch (a run killed between two
+  saves, a save interrupted between the file and its sidecar, an unreadable file) the index is patched
+  from the store: vectors of committed rows it lacks are added from their stored blobs, vectors without a
+  row are dropped. Readers (searches) patch only their copy in memory, so they always see the last
+  committed state and never write; the writer also saves the patched file.
+* One writer at a time: indexing, removing and repairing hold ``flock`` on ``<library>/index.lock`` for the
+  whole run (``writing()``); a second writer fails fast naming the holder's pid. Searches take no lock.
+
+Rows written before schema 2 have no vector blob: the writer back-fills them from the FAISS file. A row
+with no vector anywhere is reported in ``unembedded`` (the indexer re-embeds it; ``xmodal check --repair``
+too).
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from .index_choice import choose_index
-from .store import Store
-from .vector_index import VectorIndex
+from .records import DecodedImage
+from .store import Store, StoreError
+from .vector_index import VectorIndex, VectorIndexError
 
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("images", "texts")
+LOCK_FILENAME = "index.lock"
 
 
 class LibraryError(Exception):
-    """The library cannot be used as asked (wrong model, not a library...)."""
+    """The library cannot be used as asked (wrong model, not a library, locked, not writable...)."""
 
 
 def default_library_dir() -> Path:
@@ -35,22 +55,36 @@ def default_library_dir() -> Path:
     return Path(data_home) / "xmodal" / "library"
 
 
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 class Library:
     """Open (or with create=True, make) the library at `root`."""
 
     def __init__(self, root: str | os.PathLike, create: bool = False):
         self.root = Path(root).expanduser().resolve()
+        if self.root.exists() and not self.root.is_dir():
+            raise LibraryError(f"{self.root} is a file, not a library folder; choose another --library")
         if create:
-            if self.root.exists() and not self.root.is_dir():
-                raise LibraryError(f"{self.root} is a file, not a library folder; choose another --library")
             if self.root.is_dir() and any(self.root.iterdir()) and not (self.root / "library.db").exists():
                 raise LibraryError(f"{self.root} is a non-empty folder that is not an xmodal library; "
                                    "choose an empty or new folder for --library")
-            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise LibraryError(f"cannot create library {self.root}: {e.strerror or e}") from e
         self.store = Store(self.root, create=create)
         self._indexes: dict[str, VectorIndex] = {}
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
+        #: per modality, ids of rows that have no vector anywhere (must be re-embedded)
+        self.unembedded: dict[str, np.ndarray] = {}
+        #: per modality, what the last sync found and fixed: {"added", "dropped", "backfilled", "rebuilt"}
+        self.repaired: dict[str, dict[str, int]] = {}
 
     def close(self) -> None:
+        self._release_lock()
         self.store.close()
 
     def __enter__(self) -> "Library":
@@ -59,10 +93,73 @@ class Library:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # ------------------------------------------------------------------ the writer lock
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK_FILENAME
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the library's writer lock for the block (re-entrant within this object)."""
+        if self._lock_depth == 0:
+            self._acquire_lock()
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                self._release_lock()
+
+    @property
+    def is_writer(self) -> bool:
+        return self._lock_depth > 0
+
+    def _acquire_lock(self) -> None:
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise LibraryError(f"cannot write to library {self.root}: {e.strerror or e} "
+                               f"({'read-only' if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else 'I/O error'}); "
+                               "nothing was changed") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                os.close(fd)
+                raise LibraryError(f"cannot lock library {self.root}: {e.strerror or e}") from e
+            try:
+                pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            except OSError:
+                pid = "unknown"
+            os.close(fd)
+            raise LibraryError(f"library {self.root} is being indexed by another process (pid {pid}); wait for "
+                               "it to finish (or stop it), then run the command again") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # the pid is only informative
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+                self._lock_depth = 0
+
     # ------------------------------------------------------------------ model
     @property
     def model(self) -> str | None:
         return self.store.get_meta("model")
+
+    @property
+    def dim(self) -> int | None:
+        dim = self.store.get_meta("dim")
+        return None if dim is None else int(dim)
 
     def bind_model(self, name: str, dim: int) -> None:
         """Record the model on first use; refuse a different one later (vectors would be incomparable)."""
@@ -74,50 +171,188 @@ class Library:
             raise LibraryError(f"library {self.root} was built with model {current!r}, not {name!r}; "
                                f"use --model {current} or a new --library")
 
+    # ------------------------------------------------------------------ roots
+    @property
+    def roots(self) -> list[str]:
+        """The folders (or files) this library indexes; `xmodal index` with no path refreshes them all."""
+        return list(self.store.get_meta("roots", []))
+
+    def add_roots(self, paths: Sequence[str]) -> list[str]:
+        """Record `paths` (absolute) as roots; a root inside another is not recorded twice. Returns the roots."""
+        roots = self.roots
+        for p in paths:
+            p = os.path.abspath(p)
+            if any(_under(p, r) for r in roots):
+                continue
+            roots = [r for r in roots if not _under(r, p)] + [p]
+        roots.sort()
+        if roots != self.roots:
+            self.store.set_meta("roots", roots)
+        return roots
+
+    def remove_root(self, path: str) -> int:
+        """Forget root `path` and drop its photos (rows and vectors). Returns how many photos went."""
+        path = os.path.abspath(path)
+        roots = self.roots
+        if path not in roots:
+            known = ", ".join(roots) or "none"
+            raise LibraryError(f"{path} is not a root of library {self.root} (roots: {known}); "
+                               "give one of them exactly")
+        with self.writing():
+            others = [r for r in roots if r != path]
+            doomed = [i for i, p, _ in self.store.image_paths()
+                      if _under(p, path) and not any(_under(p, r) for r in others)]
+            if doomed and self.dim is not None:
+                self.delete_images(doomed)
+                self.save("images")
+            self.store.set_meta("roots", others)
+        return len(doomed)
+
     # ------------------------------------------------------------------ vector indexes
     def index_path(self, modality: str) -> Path:
         return self.root / f"{modality}.faiss"
 
     def vector_index(self, modality: str) -> VectorIndex:
-        """The modality's FAISS index (created empty, with the chosen factory, if it has none yet)."""
+        """The modality's FAISS index, brought up to the store's committed state (see module doc)."""
         if modality not in self._indexes:
+            dim = self.dim
+            if dim is None:
+                raise LibraryError(f"library {self.root} holds no vectors yet; run `xmodal index PATH` first")
             path = self.index_path(modality)
+            index = None
             if path.exists():
-                self._indexes[modality] = VectorIndex.load(path)
-            else:
-                dim = self.store.get_meta("dim")
-                if dim is None:
-                    raise LibraryError(f"library {self.root} holds no vectors yet; run `xmodal index PATH` first")
-                self._indexes[modality] = VectorIndex.create(int(dim), choose_index(0, int(dim)))
+                try:
+                    index = VectorIndex.load(path)
+                except VectorIndexError as e:
+                    logger.warning("%s; rebuilding it from the store", e)
+            if index is None or index.dim != dim:
+                index = VectorIndex.create(dim, choose_index(0, dim))
+            self._indexes[modality] = index
+            self.sync(modality)
         return self._indexes[modality]
 
-    def save(self, modality: str) -> None:
-        if modality in self._indexes:
-            self._indexes[modality].save(self.index_path(modality))
+    def sync(self, modality: str) -> dict[str, int]:
+        """Make the loaded index hold exactly the vectors of the store's committed rows (see module doc).
+
+        A reader skips the work when the generations agree; the writer always compares the id sets, fixes
+        its copy, back-fills legacy rows' blobs, and saves the index if anything changed."""
+        index = self._indexes[modality]
+        generation, ids, has = self.store.vector_state(modality)
+        fixed = {"added": 0, "dropped": 0, "backfilled": 0, "rebuilt": 0}
+        self.repaired[modality] = fixed
+        if index.generation == generation and not self.is_writer:
+            self.unembedded[modality] = np.empty(0, np.int64)
+            return fixed
+        held = index.ids()
+        if len(np.unique(held)) != len(held):  # duplicate ids: cannot patch in place, rebuild from scratch
+            index = VectorIndex.create(index.dim, choose_index(0, index.dim))
+            self._indexes[modality] = index
+            held = index.ids()
+            fixed["rebuilt"] = 1
+        extra = np.setdiff1d(held, ids)
+        if len(extra):
+            index.remove(extra)
+            fixed["dropped"] = int(len(extra))
+        in_index = np.isin(ids, held)
+        if self.is_writer:
+            legacy = ids[~has & in_index]  # schema-1 rows: their only vector is in the FAISS file
+            if len(legacy):
+                self.store.set_vectors(modality, dict(zip(legacy.tolist(), index.reconstruct(legacy))))
+                fixed["backfilled"] = int(len(legacy))
+                generation += 1
+        missing = ids[~in_index]
+        vectors = self.store.get_vectors(modality, missing.tolist(), index.dim) if len(missing) else {}
+        if vectors:
+            add_ids = np.fromiter(vectors, dtype=np.int64, count=len(vectors))
+            stacked = np.stack([vectors[int(i)] for i in add_ids]).astype(np.float32)
+            if not index.is_trained:
+                index.train(stacked)
+            index.add(add_ids, stacked)
+            fixed["added"] = len(vectors)
+        self.unembedded[modality] = np.setdiff1d(missing, np.fromiter(vectors, dtype=np.int64, count=len(vectors)))
+        if len(self.unembedded[modality]):
+            logger.warning("%s: %d %s rows have no vector at all; they must be re-embedded",
+                           self.root, len(self.unembedded[modality]), modality)
+        changed = any(fixed.values())
+        if changed:
+            logger.info("%s: %s index patched from the store (%s)", self.root, modality, fixed)
+        index.generation = generation
+        if self.is_writer and (changed or not self.index_path(modality).exists()):
+            self.save(modality)
+        return fixed
 
     def reconcile(self) -> dict[str, int]:
-        """Make store rows and vectors agree (see module doc). Returns how many of each were dropped."""
-        dropped = {}
-        if self.store.get_meta("dim") is None:
-            return dropped
+        """Writer-side: sync every modality's index with the store. Returns how many vectors each patch
+        added or dropped (modalities with nothing to do are left out)."""
+        out = {}
+        if self.dim is None:
+            return out
         for modality in MODALITIES:
-            index = self.vector_index(modality)
-            store_ids = self.store.all_image_ids() if modality == "images" else self.store.all_text_ids()
-            index_ids = index.ids()
-            rows_without = np.setdiff1d(store_ids, index_ids)
-            vectors_without = np.setdiff1d(index_ids, store_ids)
-            if len(rows_without):
-                delete = self.store.delete_images if modality == "images" else self.store.delete_texts
-                delete(rows_without.tolist())
-                logger.warning("%s: %d %s rows had no saved vector (interrupted run); they will be re-embedded",
-                               self.root, len(rows_without), modality)
-            if len(vectors_without):
-                index.remove(vectors_without)
-                self.save(modality)
-            if len(rows_without) or len(vectors_without):
-                dropped[modality] = int(len(rows_without) + len(vectors_without))
-        return dropped
+            self._indexes.pop(modality, None)
+            self.vector_index(modality)
+            fixed = self.repaired[modality]
+            if fixed["added"] or fixed["dropped"]:
+                out[modality] = fixed["added"] + fixed["dropped"]
+        return out
+
+    def save(self, modality: str) -> None:
+        """Atomically save the modality's index with the store generation it reflects."""
+        if modality in self._indexes:
+            index = self._indexes[modality]
+            index.save(self.index_path(modality), generation=index.generation)
+
+    # ------------------------------------------------------------------ writes (store first, then FAISS)
+    def _advance(self, modality: str) -> None:
+        self._indexes[modality].generation = self.store.generation(modality)
+
+    def add_images(self, images: Sequence[DecodedImage], vectors: np.ndarray, model: str) -> tuple[list[int], list[int]]:
+        """Commit `images` with their vectors (replacing rows with the same path), then update the index.
+        Returns (new ids, replaced ids)."""
+        index = self.vector_index("images")
+        ids, replaced = self.store.replace_images(images, model, vectors)
+        if replaced:
+            index.remove(np.asarray(replaced, np.int64))
+        index.add(np.asarray(ids, np.int64), np.asarray(vectors, np.float32))
+        self._advance("images")
+        return ids, replaced
+
+    def move_images(self, moves: Sequence[tuple[int, DecodedImage]]) -> None:
+        """Point existing rows at their photos' new paths; ids and vectors are kept."""
+        if moves:
+            index = self.vector_index("images")
+            self.store.move_images(moves)
+            index.generation = self.store.generation("images")
+
+    def delete_images(self, ids: Sequence[int]) -> None:
+        index = self.vector_index("images")
+        self.store.delete_images(ids)
+        index.remove(np.asarray(ids, np.int64))
+        self._advance("images")
+
+    def add_texts(self, texts: Sequence[str], vectors: np.ndarray, source: str, model: str) -> list[int]:
+        index = self.vector_index("texts")
+        ids = self.store.add_texts(texts, source, model, vectors)
+        index.add(np.asarray(ids, np.int64), np.asarray(vectors, np.float32))
+        self._advance("texts")
+        return ids
+
+    def delete_texts_from_source(self, source: str) -> list[int]:
+        index = self.vector_index("texts")
+        ids = self.store.delete_texts_from_source(source)
+        index.remove(np.asarray(ids, np.int64))
+        self._advance("texts")
+        return ids
 
     def sizes(self) -> dict[str, int]:
         """Bytes on disk of each library file."""
         return {p.name: p.stat().st_size for p in sorted(self.root.iterdir()) if p.is_file()}
+
+
+def write_failure(library: Library, exc: BaseException) -> LibraryError:
+    """The one-line error for a library write that failed (disk full, read-only, I/O error)."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+    return LibraryError(f"cannot write to library {library.root}: {reason}; stopped, and everything committed "
+                        "before is kept: free space or fix permissions, then run the same command again")
+
+
+__all__ = ["Library", "LibraryError", "MODALITIES", "default_library_dir", "write_failure", "StoreError"]

@@ -3,11 +3,13 @@
     walk -> (skip unchanged) -> decode (thread pool, overlapping inference) -> encode -> write
 
 Only paths and file states are held for the whole run; pixels and vectors live one batch at a time.
-Every batch commits store rows and adds vectors; the FAISS file is saved at checkpoints and at the end
-(see indexer.library for how an interrupted run is reconciled).
+Every batch commits its store rows together with their vectors (one transaction), then adds the vectors to
+the in-memory FAISS index; the FAISS file is saved at checkpoints and at the end. A run killed at any moment
+loses at most the batch in flight: the next open patches the FAISS index from the store (indexer.library).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -19,30 +21,45 @@ import numpy as np
 
 from .decode import iter_decoded
 from .encoders import Encoder
-from .library import Library
+from .library import Library, LibraryError, _under, write_failure
 from .records import DecodedImage, Skipped
+from .store import StoreError
 from .texts import read_texts
+from .vector_index import VectorIndexError
 from .walk import iter_image_files
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: OSErrors that mean "the library cannot be written" (others, e.g. a vanished root, propagate as they are)
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
 BATCH_SIZE = 16  # the image tower's sweet spot on a 2-core CPU
 CHECKPOINT_SECONDS = 60.0
 
 
 @dataclass
 class IndexReport:
-    indexed: int = 0  # new or changed files embedded
+    added: int = 0  # new files embedded
+    reembedded: int = 0  # files edited in place (or rows that had lost their vector), embedded again
+    moved: int = 0  # renamed or moved files recognised by content: path updated, vector kept
     unchanged: int = 0
     removed: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False  # stopped early on request (SIGINT); the same command resumes
+    processed: int = 0  # files of the work list handled (embedded, moved or skipped) this run
+    roots: list[str] = field(default_factory=list)
+
+    @property
+    def indexed(self) -> int:
+        """Files embedded this run (added + re-embedded)."""
+        return self.added + self.reembedded
 
     def to_json(self) -> dict:
-        return {"indexed": self.indexed, "unchanged": self.unchanged, "removed": self.removed,
+        return {"indexed": self.indexed, "added": self.added, "reembedded": self.reembedded, "moved": self.moved,
+                "unchanged": self.unchanged, "removed": self.removed,
                 "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
-                "seconds": round(self.seconds, 3)}
+                "interrupted": self.interrupted, "roots": self.roots, "seconds": round(self.seconds, 3)}
 
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -54,21 +71,28 @@ def batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
         yield batch
 
 
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+def plan(library: Library, roots: Sequence[str], report: IndexReport,
+         force: Iterable[int] = ()) -> tuple[list[str], dict[str, int], list[int]]:
+    """Walk `roots` against the store: (paths to read, {path: old id} of changed files, ids of vanished files).
 
-
-def plan(library: Library, roots: Sequence[str], report: IndexReport) -> tuple[list[str], dict[str, int], list[int]]:
-    """Walk `roots` against the store: (paths to embed, {path: old id} of changed files, ids of vanished files).
-
-    A file is unchanged when its size and mtime equal the stored ones."""
+    A file is unchanged when its size and mtime equal the stored ones (and its row is not in `force`: rows
+    that lost their vector). A root that does not exist (an unplugged drive) is reported and its photos are
+    kept."""
+    force = set(int(i) for i in force)
     roots = [os.path.abspath(r) for r in roots]
+    present = []
+    for root in roots:
+        if os.path.exists(root):
+            present.append(root)
+        else:
+            report.skipped.append(Skipped(root, "root not found (moved, or a drive not mounted?); its photos are "
+                                                "kept: `xmodal remove` it to drop them"))
     known: dict[str, tuple[int, int, float]] = {
         path: (i, size, mtime) for path, i, size, mtime in library.store.image_states()
-        if any(_under(path, r) for r in roots)
+        if any(_under(path, r) for r in present)
     }
     todo, changed, seen = [], {}, set()
-    for root in roots:
+    for root in present:
         for item in iter_image_files(root):
             if isinstance(item, Skipped):
                 report.skipped.append(item)
@@ -83,7 +107,7 @@ def plan(library: Library, roots: Sequence[str], report: IndexReport) -> tuple[l
                 except OSError as e:
                     report.skipped.append(Skipped(item, f"cannot stat: {e.strerror or e}"))
                     continue
-                if st.st_size == old[1] and st.st_mtime == old[2]:
+                if st.st_size == old[1] and st.st_mtime == old[2] and old[0] not in force:
                     report.unchanged += 1
                     continue
                 changed[item] = old[0]
@@ -92,19 +116,47 @@ def plan(library: Library, roots: Sequence[str], report: IndexReport) -> tuple[l
     return todo, changed, vanished
 
 
-def index_images(library: Library, roots: Sequence[str], encoder: Encoder, batch_size: int = BATCH_SIZE,
-                 progress: Progress | None = None, workers: int = 2) -> IndexReport:
-    """Index every photo under `roots` into `library`; only new or changed files are embedded."""
+def index_images(library: Library, roots: Sequence[str] | None, encoder: Encoder, batch_size: int = BATCH_SIZE,
+                 progress: Progress | None = None, workers: int = 2,
+                 should_stop: Callable[[], bool] | None = None) -> IndexReport:
+    """Index every photo under `roots` (None or empty: every root the library knows) into `library`.
+
+    New files are embedded, files edited in place re-embedded, renamed or moved files (same content, old
+    path gone) keep their vector, vanished files are removed. Holds the library's writer lock. Every batch
+    is committed (rows and vectors, one transaction) before the next starts, so an interrupted run loses at
+    most one batch; `should_stop` is asked after each batch and ends the run early (``interrupted``)."""
     t0 = time.perf_counter()
     report = IndexReport()
+    with library.writing():
+        try:
+            _index_images(library, roots, encoder, batch_size, progress, workers, should_stop, report)
+        except (OSError, StoreError, VectorIndexError) as e:
+            if isinstance(e, OSError) and e.errno not in WRITE_ERRNOS:
+                raise
+            raise write_failure(library, e) from e
+    report.seconds = time.perf_counter() - t0
+    logger.info("added %d, re-embedded %d, moved %d, unchanged %d, removed %d, skipped %d in %.1fs%s",
+                report.added, report.reembedded, report.moved, report.unchanged, report.removed,
+                len(report.skipped), report.seconds, " (interrupted)" if report.interrupted else "")
+    return report
+
+
+def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encoder, batch_size: int,
+                  progress: Progress | None, workers: int, should_stop: Callable[[], bool] | None,
+                  report: IndexReport) -> None:
     library.bind_model(encoder.name, encoder.dim)
+    if roots:
+        library.add_roots(roots)
+        report.roots = [os.path.abspath(r) for r in roots]
+    else:
+        report.roots = library.roots
+        if not report.roots:
+            raise LibraryError(f"library {library.root} has no folders yet; give one: `xmodal index PATH`")
     library.reconcile()
-    index = library.vector_index("images")
-    todo, changed, vanished = plan(library, roots, report)
-    if vanished:
-        library.store.delete_images(vanished)
-        index.remove(np.asarray(vanished, np.int64))
-        report.removed = len(vanished)
+    unembedded = set(library.unembedded.get("images", np.empty(0)).tolist())
+    todo, changed, vanished = plan(library, report.roots, report, force=unembedded)
+    gone = set(vanished)
+    claimed: set[int] = set()
     done, last_save = 0, time.monotonic()
     if progress:
         progress(0, len(todo))
@@ -117,24 +169,44 @@ def index_images(library: Library, roots: Sequence[str], encoder: Encoder, batch
                 report.skipped.append(item)  # a changed file that no longer decodes keeps its old entry
             else:
                 images.append(item)
-        if images:
-            vectors = encoder.encode_images([im.image for im in images])
-            ids, replaced = library.store.replace_images(images, encoder.name)
-            if replaced:
-                index.remove(np.asarray(replaced, np.int64))
-            index.add(np.asarray(ids, np.int64), vectors)
-            report.indexed += len(images)
+        fresh = [im for im in images if im.path not in changed]
+        candidates = library.store.images_by_sha256([im.sha256 for im in fresh]) if fresh else {}
+        moves: list[tuple[int, DecodedImage]] = []
+        embed: list[DecodedImage] = []
+        for im in images:
+            if im.path not in changed:
+                old = next((i for i, p in candidates.get(im.sha256, ())
+                            if i not in claimed and i not in unembedded and not os.path.lexists(p)), None)
+                if old is not None:
+                    claimed.add(old)
+                    moves.append((old, im))
+                    continue
+            embed.append(im)
+        if moves:
+            library.move_images(moves)
+            report.moved += len(moves)
+        if embed:
+            vectors = encoder.encode_images([im.image for im in embed])
+            library.add_images(embed, vectors, encoder.name)
+            n_changed = sum(1 for im in embed if im.path in changed)
+            report.reembedded += n_changed
+            report.added += len(embed) - n_changed
         done += len(batch)
+        report.processed = done
         if progress:
             progress(done, len(todo))
+        if should_stop is not None and should_stop():
+            report.interrupted = True
+            break
         if time.monotonic() - last_save > CHECKPOINT_SECONDS:
             library.save("images")
             last_save = time.monotonic()
+    if not report.interrupted:
+        doomed = sorted(gone - claimed)
+        if doomed:
+            library.delete_images(doomed)
+            report.removed = len(doomed)
     library.save("images")
-    report.seconds = time.perf_counter() - t0
-    logger.info("indexed %d, unchanged %d, removed %d, skipped %d in %.1fs", report.indexed, report.unchanged,
-                report.removed, len(report.skipped), report.seconds)
-    return report
 
 
 @dataclass
@@ -155,20 +227,22 @@ def index_texts(library: Library, path: str, encoder: Encoder, batch_size: int =
     t0 = time.perf_counter()
     source = os.path.abspath(path)
     report = TextReport(source=source)
-    library.bind_model(encoder.name, encoder.dim)
-    library.reconcile()
-    index = library.vector_index("texts")
-    previous = library.store.delete_texts_from_source(source) if source in library.store.text_sources() else []
-    if previous:
-        index.remove(np.asarray(previous, np.int64))
-        report.replaced = len(previous)
-    for batch in batched(read_texts(path), batch_size):
-        vectors = encoder.encode_texts(batch)
-        ids = library.store.add_texts(batch, source, encoder.name)
-        index.add(np.asarray(ids, np.int64), vectors)
-        report.indexed += len(batch)
-        if progress:
-            progress(report.indexed, 0)
-    library.save("texts")
+    with library.writing():
+        try:
+            library.bind_model(encoder.name, encoder.dim)
+            library.reconcile()
+            if source in library.store.text_sources():
+                report.replaced = len(library.delete_texts_from_source(source))
+            for batch in batched(read_texts(path), batch_size):
+                vectors = encoder.encode_texts(batch)
+                library.add_texts(batch, vectors, source, encoder.name)
+                report.indexed += len(batch)
+                if progress:
+                    progress(report.indexed, 0)
+            library.save("texts")
+        except (OSError, StoreError, VectorIndexError) as e:
+            if isinstance(e, OSError) and e.errno not in WRITE_ERRNOS:
+                raise
+            raise write_failure(library, e) from e
     report.seconds = time.perf_counter() - t0
     return report

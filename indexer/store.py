@@ -10,10 +10,16 @@ What lives here:
 * ``texts`` — indexed texts (captions, corpus lines) and the file they came from.
 * ``meta`` — key/value settings, values JSON-encoded; ``schema_version`` lives here.
 
+Since schema 2 the store is the single source of truth for vectors too: each ``images``/``texts`` row holds
+its vector (``vector``: little-endian float32 bytes) written in the same transaction as the row, and every
+write that changes a modality's rows bumps ``meta["generation.<modality>"]`` in that transaction. The FAISS
+files are a cache of these vectors, saved with the generation they reflect (see ``indexer.library``). Rows
+from schema 1 have ``vector`` NULL until the library back-fills them from its FAISS file.
+
 Schema changes are migrations: plain functions taking a Connection, listed in order in ``MIGRATIONS``.
 Opening a library applies ``MIGRATIONS[stored_version:SCHEMA_VERSION]`` in one write transaction (SQLite has
 transactional DDL, so a failing migration leaves the file untouched). To change the schema later, write
-``_migration_2(conn)``, append it to ``MIGRATIONS`` and bump ``SCHEMA_VERSION`` to 2. Migrations are frozen
+``_migration_N(conn)``, append it to ``MIGRATIONS`` and bump ``SCHEMA_VERSION``. Migrations are frozen
 SQL on purpose: they must keep creating exactly what they created when they were released, whatever the
 Core ``Table`` objects below (used only for queries) look like today.
 
@@ -49,7 +55,7 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.exc import DatabaseError, IntegrityError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.types import TypeDecorator
 
 from indexer.records import DecodedImage, ImageRecord, TextRecord
@@ -103,9 +109,15 @@ def _migration_1_initial(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX ix_texts_source ON texts (source)")
 
 
+def _migration_2_vectors(conn: Connection) -> None:
+    """Version 2: each row carries its vector (float32 bytes), making the store the source of truth."""
+    conn.exec_driver_sql("ALTER TABLE images ADD COLUMN vector BLOB")
+    conn.exec_driver_sql("ALTER TABLE texts ADD COLUMN vector BLOB")
+
+
 #: Ordered schema migrations; ``MIGRATIONS[i]`` takes a library from version ``i`` to ``i + 1``.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1_initial]
-SCHEMA_VERSION = 1
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1_initial, _migration_2_vectors]
+SCHEMA_VERSION = 2
 
 _META_DDL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
@@ -142,7 +154,10 @@ _images = Table(
     Column("taken_at", _IsoDateTime),
     Column("model", Text, nullable=False),
     Column("indexed_at", _IsoDateTime, nullable=False),
+    Column("vector", LargeBinary),
 )
+#: every image column but the vector (records never carry it)
+_IMAGE_COLUMNS = [c for c in _images.c if c.name != "vector"]
 _texts = Table(
     "texts",
     _md,
@@ -151,7 +166,9 @@ _texts = Table(
     Column("source", Text),
     Column("model", Text, nullable=False),
     Column("indexed_at", _IsoDateTime, nullable=False),
+    Column("vector", LargeBinary),
 )
+_TABLES = {"images": _images, "texts": _texts}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -187,6 +204,16 @@ def _image_record(row: Any) -> ImageRecord:
         taken_at=row.taken_at,
         model=row.model,
     )
+
+
+def _blob(vector: np.ndarray | None) -> bytes | None:
+    return None if vector is None else np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def _unblob(blob: bytes | None, dim: int) -> np.ndarray | None:
+    if blob is None or len(blob) != 4 * dim:
+        return None
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
 def _image_row(image: DecodedImage, model: str, indexed_at: datetime) -> dict[str, Any]:
@@ -281,14 +308,18 @@ class Store:
         if self._tx is not None:
             yield
             return
-        with self._engine.connect() as conn:
-            conn.execution_options(xmodal_begin="IMMEDIATE")
-            with conn.begin():
-                self._local.tx = conn
-                try:
-                    yield
-                finally:
-                    self._local.tx = None
+        try:
+            with self._engine.connect() as conn:
+                conn.execution_options(xmodal_begin="IMMEDIATE")
+                with conn.begin():
+                    self._local.tx = conn
+                    try:
+                        yield
+                    finally:
+                        self._local.tx = None
+        except OperationalError as exc:  # disk full, read-only file system, I/O error: nothing was committed
+            raise StoreError(f"cannot write to {self.db_path} ({exc.orig}); nothing from this write was "
+                             "committed") from exc
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -356,9 +387,20 @@ class Store:
             raise StoreError(f"meta value for {key!r} is not JSON-serialisable ({exc}); store plain data") from exc
         conn.exec_driver_sql("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, encoded))
 
+    # -- generations
+
+    def generation(self, modality: str) -> int:
+        """How many committed writes changed ``modality``'s rows (0 for a new library)."""
+        return int(self.get_meta(f"generation.{modality}", 0))
+
+    def _bump(self, conn: Connection, modality: str) -> None:
+        key = f"generation.{modality}"
+        value = conn.execute(select(_meta.c.value).where(_meta.c.key == key)).scalar()
+        self._set_meta(conn, key, (0 if value is None else int(json.loads(value))) + 1)
+
     # -- images
 
-    def add_images(self, images: Sequence[DecodedImage], model: str) -> list[int]:
+    def add_images(self, images: Sequence[DecodedImage], model: str, vectors: np.ndarray | None = None) -> list[int]:
         """Insert ``images`` in one transaction and return their new ids, in order.
 
         Raises ``StoreError`` (and writes nothing) if a path is already in the library or appears twice in
@@ -373,10 +415,13 @@ class Store:
                     f"{_display(raw)} is already indexed (id {old_id}, {len(existing)} such path(s) in this batch); "
                     "use replace_images() or delete_images() first"
                 )
-            return self._insert_images(conn, images, model)
+            self._bump(conn, "images")
+            return self._insert_images(conn, images, model, vectors)
 
-    def replace_images(self, images: Sequence[DecodedImage], model: str) -> tuple[list[int], list[int]]:
-        """Insert ``images``, first deleting any row that has the same path, all in one transaction.
+    def replace_images(self, images: Sequence[DecodedImage], model: str,
+                       vectors: np.ndarray | None = None) -> tuple[list[int], list[int]]:
+        """Insert ``images`` (with their ``vectors``, one row each, if given), first deleting any row that has
+        the same path, all in one transaction.
 
         Returns ``(new_ids, replaced_ids)``: ``new_ids`` in the order of ``images`` (always fresh ids, never
         the old ones), ``replaced_ids`` the ids of the deleted rows, whose vectors the caller must remove.
@@ -386,7 +431,8 @@ class Store:
             existing = self._ids_by_raw_path(conn, [_raw(im.path) for im in images])
             replaced = sorted(existing.values())
             self._delete(conn, _images, replaced)
-            return self._insert_images(conn, images, model), replaced
+            self._bump(conn, "images")
+            return self._insert_images(conn, images, model, vectors), replaced
 
     @staticmethod
     def _check_batch_paths(images: Sequence[DecodedImage]) -> None:
@@ -407,11 +453,16 @@ class Store:
         return found
 
     @staticmethod
-    def _insert_images(conn: Connection, images: Sequence[DecodedImage], model: str) -> list[int]:
+    def _insert_images(conn: Connection, images: Sequence[DecodedImage], model: str,
+                       vectors: np.ndarray | None = None) -> list[int]:
         if not images:
             return []
+        if vectors is not None and len(vectors) != len(images):
+            raise StoreError(f"got {len(vectors)} vectors for {len(images)} images; pass one vector per image")
         now = _now()
         rows = [_image_row(im, model, now) for im in images]
+        for i, row in enumerate(rows):
+            row["vector"] = None if vectors is None else _blob(vectors[i])
         try:
             result = conn.execute(insert(_images).returning(_images.c.id, sort_by_parameter_order=True), rows)
         except IntegrityError as exc:
@@ -423,7 +474,7 @@ class Store:
         by_id: dict[int, ImageRecord] = {}
         with self._read() as conn:
             for part in _chunks(ids):
-                for row in conn.execute(select(_images).where(_images.c.id.in_(part))):
+                for row in conn.execute(select(*_IMAGE_COLUMNS).where(_images.c.id.in_(part))):
                     by_id[row.id] = _image_record(row)
         return [by_id[int(i)] for i in ids if int(i) in by_id]
 
@@ -452,7 +503,101 @@ class Store:
     def delete_images(self, ids: Sequence[int]) -> int:
         """Delete the images with these ids (unknown ids are ignored); returns how many rows went."""
         with self._write() as conn:
+            self._bump(conn, "images")
             return self._delete(conn, _images, ids)
+
+    def move_images(self, moves: Sequence[tuple[int, DecodedImage]]) -> None:
+        """Give existing rows a new file (path, size, mtime...), keeping their ids and vectors: a photo that
+        was renamed or moved. One transaction."""
+        if not moves:
+            return
+        with self._write() as conn:
+            for image_id, image in moves:
+                row = _image_row(image, "", _now())
+                del row["model"], row["indexed_at"]
+                conn.execute(_images.update().where(_images.c.id == int(image_id)).values(**row))
+            self._bump(conn, "images")
+
+    def images_by_sha256(self, digests: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+        """``{sha256: [(id, path), ...]}`` of the stored images with these content hashes (ids ascending)."""
+        found: dict[str, list[tuple[int, str]]] = {}
+        digests = list(dict.fromkeys(digests))
+        with self._read() as conn:
+            for start in range(0, len(digests), _CHUNK):
+                query = (select(_images.c.sha256, _images.c.id, _images.c.raw_path)
+                         .where(_images.c.sha256.in_(digests[start : start + _CHUNK])).order_by(_images.c.id))
+                for row in conn.execute(query):
+                    found.setdefault(row.sha256, []).append((int(row.id), os.fsdecode(row.raw_path)))
+        return found
+
+    def image_paths(self) -> Iterator[tuple[int, str, str]]:
+        """Yield ``(id, path, model)`` for every image in id order (paged like ``image_states``)."""
+        last = 0
+        while True:
+            with self._read() as conn:
+                query = (select(_images.c.id, _images.c.raw_path, _images.c.model).where(_images.c.id > last)
+                         .order_by(_images.c.id).limit(_STREAM_BATCH))
+                page = [(int(r.id), os.fsdecode(r.raw_path), r.model) for r in conn.execute(query)]
+            yield from page
+            if len(page) < _STREAM_BATCH:
+                return
+            last = page[-1][0]
+
+    # -- vectors (both modalities)
+
+    def vector_state(self, modality: str) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(generation, ids, has_vector)`` of ``modality`` read in one snapshot: every row id ascending
+        (int64) and whether that row holds a vector."""
+        table = _TABLES[modality]
+        with self._snapshot() as conn:
+            value = conn.execute(select(_meta.c.value).where(_meta.c.key == f"generation.{modality}")).scalar()
+            rows = conn.execute(select(table.c.id, table.c.vector.is_not(None)).order_by(table.c.id)).all()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        has = np.fromiter((bool(r[1]) for r in rows), dtype=bool, count=len(rows))
+        return (0 if value is None else int(json.loads(value))), ids, has
+
+    def get_vectors(self, modality: str, ids: Sequence[int], dim: int) -> dict[int, np.ndarray]:
+        """``{id: vector}`` for the rows among ``ids`` that hold a vector of ``dim`` floats."""
+        table = _TABLES[modality]
+        out: dict[int, np.ndarray] = {}
+        with self._read() as conn:
+            for part in _chunks(ids):
+                for row in conn.execute(select(table.c.id, table.c.vector).where(table.c.id.in_(part))):
+                    vector = _unblob(row.vector, dim)
+                    if vector is not None:
+                        out[int(row.id)] = vector
+        return out
+
+    def set_vectors(self, modality: str, vectors: dict[int, np.ndarray]) -> None:
+        """Store vectors for existing rows (back-filling rows from schema 1); one transaction."""
+        if not vectors:
+            return
+        table = _TABLES[modality]
+        with self._write() as conn:
+            for i, v in vectors.items():
+                conn.execute(table.update().where(table.c.id == int(i)).values(vector=_blob(v)))
+            self._bump(conn, modality)
+
+    def ids_with_other_model(self, modality: str, model: str) -> list[int]:
+        """Ids of ``modality`` rows embedded with a model other than ``model``."""
+        table = _TABLES[modality]
+        with self._read() as conn:
+            return [int(i) for i in conn.execute(select(table.c.id).where(table.c.model != model)
+                                                 .order_by(table.c.id)).scalars()]
+
+    def bump_generation(self, modality: str) -> None:
+        with self._write() as conn:
+            self._bump(conn, modality)
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Connection]:
+        """One read transaction (a consistent WAL snapshot) across several statements."""
+        if self._tx is not None:
+            yield self._tx
+            return
+        with self._engine.connect() as conn:
+            with conn.begin():
+                yield conn
 
     def count_images(self) -> int:
         """Number of indexed images."""
@@ -464,13 +609,17 @@ class Store:
 
     # -- texts
 
-    def add_texts(self, texts: Sequence[str], source: str, model: str) -> list[int]:
-        """Insert ``texts`` (all from file ``source``) in one transaction; returns their new ids in order."""
+    def add_texts(self, texts: Sequence[str], source: str, model: str,
+                  vectors: np.ndarray | None = None) -> list[int]:
+        """Insert ``texts`` (all from file ``source``, with their ``vectors`` if given) in one transaction;
+        returns their new ids in order."""
         if not texts:
             return []
         now = _now()
-        rows = [{"text": t, "source": source, "model": model, "indexed_at": now} for t in texts]
+        rows = [{"text": t, "source": source, "model": model, "indexed_at": now,
+                 "vector": None if vectors is None else _blob(vectors[i])} for i, t in enumerate(texts)]
         with self._write() as conn:
+            self._bump(conn, "texts")
             result = conn.execute(insert(_texts).returning(_texts.c.id, sort_by_parameter_order=True), rows)
             return [int(i) for i in result.scalars()]
 
@@ -479,13 +628,15 @@ class Store:
         by_id: dict[int, TextRecord] = {}
         with self._read() as conn:
             for part in _chunks(ids):
-                for row in conn.execute(select(_texts).where(_texts.c.id.in_(part))):
+                for row in conn.execute(select(_texts.c.id, _texts.c.text, _texts.c.source, _texts.c.model)
+                                        .where(_texts.c.id.in_(part))):
                     by_id[row.id] = TextRecord(id=row.id, text=row.text, source=row.source, model=row.model)
         return [by_id[int(i)] for i in ids if int(i) in by_id]
 
     def delete_texts(self, ids: Sequence[int]) -> int:
         """Delete the texts with these ids (unknown ids are ignored); returns how many rows went."""
         with self._write() as conn:
+            self._bump(conn, "texts")
             return self._delete(conn, _texts, ids)
 
     def text_sources(self) -> dict[str, int]:
@@ -502,6 +653,7 @@ class Store:
             query = select(_texts.c.id).where(_texts.c.source == source).order_by(_texts.c.id)
             ids = list(conn.execute(query).scalars())
             conn.execute(delete(_texts).where(_texts.c.source == source))
+            self._bump(conn, "texts")
             return [int(i) for i in ids]
 
     def count_texts(self) -> int:

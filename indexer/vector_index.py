@@ -5,7 +5,8 @@ a factory string (``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``, ``"OPQ64_256,IVF
 wrapped in ``faiss.IndexIDMap2``: search returns store ids and vectors can be reconstructed by id.
 
 On disk an index is two files: ``<path>`` (``faiss.write_index``) and ``<path>.json``, a sidecar holding
-``{factory, dim, ntotal, search_params}``. Both are written atomically (temp file, fsync, rename, fsync of
+``{factory, dim, ntotal, search_params, generation}`` (``generation``: the store generation the vectors
+reflect, see ``indexer.library``; ``None`` when not given). Both are written atomically (temp file, fsync, rename, fsync of
 the directory). A crash between the two renames leaves a pair whose counts disagree; ``load`` detects it and
 raises ``IndexMismatchError``, and the cure is to rebuild the index.
 
@@ -80,6 +81,7 @@ class VectorIndex:
         self._search_params: dict[str, Any] = {}
         self._read_only = read_only
         self._id_bound: int | None = None  # >= every id held (stale-high after removals); None = not computed
+        self.generation: int | None = None  # the store generation these vectors reflect (saved in the sidecar)
         if search_params:
             self.set_search_params(**search_params)
 
@@ -319,17 +321,24 @@ class VectorIndex:
 
     # -- persistence
 
-    def save(self, path: str | Path) -> None:
-        """Write the index to ``path`` and its sidecar to ``path.json``, each atomically."""
+    def save(self, path: str | Path, generation: int | None = None) -> None:
+        """Write the index to ``path`` and its sidecar to ``path.json``, each atomically; ``generation`` (if
+        given) is recorded in the sidecar and becomes ``self.generation``."""
+        if generation is not None:
+            self.generation = int(generation)
         path = Path(path)
         tmp = Path(str(path) + ".tmp")
         try:
-            faiss.write_index(self._index, str(tmp))
+            try:
+                faiss.write_index(self._index, str(tmp))
+            except RuntimeError as exc:  # FAISS reports a failed write (e.g. a full disk) as RuntimeError
+                raise VectorIndexError(f"cannot write {path}: {str(exc).splitlines()[-1]}") from exc
             _replace_durably(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         meta = {
             "factory": self._factory, "dim": self.dim, "ntotal": self.ntotal, "search_params": self._search_params,
+            "generation": self.generation,
         }
         side = _sidecar(path)
         side_tmp = Path(str(side) + ".tmp")
@@ -354,6 +363,7 @@ class VectorIndex:
             meta = json.loads(side.read_text(encoding="utf-8"))
             factory, dim, ntotal = str(meta["factory"]), int(meta["dim"]), int(meta["ntotal"])
             search_params = dict(meta.get("search_params") or {})
+            generation = None if meta.get("generation") is None else int(meta["generation"])
         except (ValueError, KeyError, TypeError) as exc:
             raise VectorIndexError(f"{side} is not a valid index sidecar ({exc}); rebuild the index") from exc
         index, mapped = cls._read(path, mmap)
@@ -366,7 +376,9 @@ class VectorIndex:
                 f"{path} holds {index.ntotal} vectors of dim {index.d} but {side} says {ntotal} of dim {dim} "
                 "(probably an interrupted save); rebuild the index"
             )
-        return cls(index, factory, search_params, read_only=mapped)
+        loaded = cls(index, factory, search_params, read_only=mapped)
+        loaded.generation = generation
+        return loaded
 
     @staticmethod
     def _read(path: Path, mmap: bool) -> tuple[Any, bool]:

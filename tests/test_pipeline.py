@@ -90,16 +90,21 @@ def test_a_photo_that_breaks_after_indexing_keeps_its_entry(photos, library, fak
         assert lib.store.count_images() == 4
 
 
-def test_rows_whose_vectors_never_reached_disk_are_dropped_and_reembedded(photos, library, fake_encoder):
+def test_vectors_that_never_reached_the_faiss_file_are_restored_from_the_store(photos, library, fake_encoder):
     _index(library, photos, fake_encoder)
     with Library(library) as lib:  # simulate a crash after the store commit, before the index save
         index = lib.vector_index("images")
+        expected = {int(i): v for i, v in zip(index.ids(), index.reconstruct(index.ids()))}
         index.remove(index.ids()[:2])
-        lib.save("images")
+        index.add(np.array([999]), np.eye(8, dtype=np.float32)[:1])  # and a vector without a row
+        index.save(lib.index_path("images"), generation=index.generation)  # same generation: only a full diff sees it
+    fake_encoder.calls["images"] = 0
     report = _index(library, photos, fake_encoder)
-    assert (report.indexed, report.unchanged) == (2, 2)
+    assert (report.indexed, report.unchanged) == (0, 4) and fake_encoder.calls["images"] == 0
     with Library(library) as lib:
-        assert sorted(lib.vector_index("images").ids()) == sorted(lib.store.all_image_ids())
+        index = lib.vector_index("images")
+        assert sorted(index.ids()) == sorted(lib.store.all_image_ids()) == sorted(expected)
+        np.testing.assert_allclose(index.reconstruct(sorted(expected)), np.stack([expected[i] for i in sorted(expected)]))
 
 
 def test_a_library_refuses_vectors_from_another_model(photos, library, fake_encoder):

@@ -77,12 +77,12 @@ def test_a_second_migration_runs_once_on_an_old_library(tmp_path, monkeypatch):
         conn.exec_driver_sql("ALTER TABLE images ADD COLUMN rating INTEGER")
 
     monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, migration_2])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     with Store(tmp_path) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == SCHEMA_VERSION + 1
         assert s.get_images([1])[0].path == "/p/a.jpg"  # existing rows survive
-    with Store(tmp_path) as s:  # already at 2: not applied again
-        assert s.schema_version == 2
+    with Store(tmp_path) as s:  # already there: not applied again
+        assert s.schema_version == SCHEMA_VERSION + 1
     assert calls == [1]
     columns = [r[1] for r in sqlite3.connect(tmp_path / "library.db").execute("PRAGMA table_info(images)")]
     assert "rating" in columns
@@ -96,12 +96,12 @@ def test_a_failing_migration_leaves_the_library_untouched(tmp_path, monkeypatch)
         raise RuntimeError("boom")
 
     monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, broken_migration_2])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     with pytest.raises(RuntimeError, match="boom"):
         Store(tmp_path)
     monkeypatch.undo()
     with Store(tmp_path) as s:
-        assert s.schema_version == 1
+        assert s.schema_version == SCHEMA_VERSION
     tables = {r[0] for r in sqlite3.connect(tmp_path / "library.db").execute("SELECT name FROM sqlite_master")}
     assert "half_done" not in tables
 

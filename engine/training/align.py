@@ -43,6 +43,8 @@ class AlignConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 50
     members: int = 3  # independently trained heads, averaged (see indexer.models.lite)
+    text_hidden: int = 0  # 0: linear text head; else an MLP of this width
+    text_dropout: float = 0.0
     seed: int = 0
     history: list = field(default_factory=list)
 
@@ -72,7 +74,7 @@ def build_model(cfg: AlignConfig) -> LiteDualEncoder:
     torch.manual_seed(cfg.seed)
     _, bert = load_minilm()
     model = LiteDualEncoder(TextTower(bert), dim=cfg.dim, hidden=cfg.hidden, dropout=cfg.dropout,
-                            members=cfg.members)
+                            members=cfg.members, text_hidden=cfg.text_hidden, text_dropout=cfg.text_dropout)
     model.image_tower.load_state_dict(load_efficientnet_lite0().state_dict())
     return model
 
@@ -172,11 +174,11 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
 
 
 def save_checkpoint(path: Path, state: dict, cfg: AlignConfig, report: dict, data: str) -> None:
-    """Head weights + config + preprocessing + dev figures, in one torch file."""
+    """Head weights (float16: half the size, dev recall unchanged) + config + preprocessing + dev figures."""
     tmp = Path(path).with_suffix(".tmp")
     torch.save({
         "format": "xmodal-lite-align/1",
-        "state": state,
+        "state": {k: v.half() if v.is_floating_point() else v for k, v in state.items()},
         "config": {k: v for k, v in asdict(cfg).items() if k != "history"},
         "preprocess": asdict(Preprocess()),
         "dev": report,

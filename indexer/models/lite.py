@@ -31,11 +31,14 @@ class ImageHead(nn.Module):
 
 
 class TextHead(nn.Module):
-    """(B, C) mean-pooled token states -> (B, D) embedding (not normalised)."""
+    """(B, C) mean-pooled token states -> (B, D) embedding (not normalised): linear, or an MLP with `hidden`."""
 
-    def __init__(self, width: int, dim: int):
+    def __init__(self, width: int, dim: int, hidden: int = 0, dropout: float = 0.0):
         super().__init__()
-        self.proj = nn.Linear(width, dim)
+        if hidden:
+            self.proj = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        else:
+            self.proj = nn.Linear(width, dim)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.proj(pooled)
@@ -45,13 +48,14 @@ class LiteDualEncoder(nn.Module):
     """Both towers and heads. Inputs: preprocessed pixels (B, 3, 224, 224); token ids and mask (B, T)."""
 
     def __init__(self, text_tower: TextTower, dim: int = 512, hidden: int = 4096, dropout: float = 0.0,
-                 members: int = 1):
+                 members: int = 1, text_hidden: int = 0, text_dropout: float = 0.0):
         super().__init__()
         self.image_tower = EfficientNetLite0()
         self.text_tower = text_tower
         self.image_heads = nn.ModuleList(ImageHead(EfficientNetLite0.width, dim, hidden, dropout)
                                          for _ in range(members))
-        self.text_heads = nn.ModuleList(TextHead(text_tower.width, dim) for _ in range(members))
+        self.text_heads = nn.ModuleList(TextHead(text_tower.width, dim, text_hidden, text_dropout)
+                                        for _ in range(members))
         self.logit_scale = nn.Parameter(torch.full((members,), 2.659))  # log(1/0.07), as CLIP
         self.dim = dim
 

@@ -1,0 +1,258 @@
+"""The web UI and JSON API: a FastAPI app, thin over `engine.search.SearchEngine` (the CLI's engine).
+
+    app = create_app("~/.local/share/xmodal/library")            # `xmodal serve` runs it under uvicorn
+
+Routes (OpenAPI docs at /docs): the page at `/` (+ `/static/...`) and, under `/api`, search by text or by
+an uploaded image, "more like this", thumbnails, the photo files, folders, info and health.
+
+Rules:
+* Photos are addressed by their library id only; a client never sends a path. Anything that is not a
+  known id -- including path-traversal attempts -- is a 404.
+* With a token, every `/api` call needs it: `Authorization: Bearer TOKEN`, header `X-Token`, or query
+  `?token=` (for `<img src>`). The page and the docs carry no library data and are served without it.
+* Uploads: a size limit and a pixel limit (checked from the header, before decoding); a bad upload is a
+  400 with a message, never a 500.
+* Domain errors become JSON `{"detail": message}` with 400 (bad request) or 404 (no such thing).
+* One engine per app. Engine calls are serialized with a lock: FastAPI runs the handlers in a thread
+  pool, and the lazily-loaded indexes/encoder are not meant for concurrent first use (the SQLite store
+  itself is thread-safe: SQLAlchemy pools per-thread connections).
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import tempfile
+import threading
+import time
+from collections import Counter
+from contextlib import asynccontextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from indexer.decode import DecodeError, read_image
+
+from .search import SearchEngine, SearchError
+from .thumbnails import ThumbnailCache
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 50_000_000
+MAX_K = 1000
+
+
+class HTTPProblem(Exception):
+    """An error answered as JSON {"detail": message} with `status`."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(library_dir: str | os.PathLike, token: str | None = None, *, model: str | None = None,
+               max_upload_bytes: int = MAX_UPLOAD_BYTES, max_upload_pixels: int = MAX_UPLOAD_PIXELS,
+               thumbnail_size: int | None = None) -> FastAPI:
+    """The app for one library. Opens the engine now (raising `SearchError` for a missing or empty library,
+    or a `model` that is not the library's), so `xmodal serve` fails fast with a one-line reason."""
+    engine = SearchEngine(library_dir, model=model)
+    lock = threading.Lock()
+    thumbs = ThumbnailCache(engine.library.root, **({"size": thumbnail_size} if thumbnail_size else {}))
+    folders_cache: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        engine.close()
+
+    app = FastAPI(title="xmodal", version="0.1.0", lifespan=lifespan,
+                  description="Cross-modal photo search: by text, by image, more like this.")
+    app.state.engine = engine
+    app.state.thumbnails = thumbs
+
+    # ------------------------------------------------------------------ errors
+    @app.exception_handler(HTTPProblem)
+    async def _problem(_request: Request, exc: HTTPProblem):
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if any(e.get("loc", ("",))[0] == "path" for e in errors):  # /api/images/<not an id>/...
+            return JSONResponse({"detail": "no such image"}, status_code=404)
+        parts = []
+        for e in errors:
+            where = ".".join(str(p) for p in e.get("loc", ())[1:]) or "request"
+            parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "bad request: " + "; ".join(parts)}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception):
+        logger.exception("unexpected error")
+        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
+
+    @app.middleware("http")
+    async def _upload_size(request: Request, call_next):
+        # Refuse oversized uploads from Content-Length before the multipart body is spooled to disk.
+        if request.method == "POST" and request.url.path == "/api/search/image":
+            length = request.headers.get("content-length")
+            if length and length.isdigit() and int(length) > max_upload_bytes + 64 * 1024:
+                return JSONResponse({"detail": _too_big(int(length), max_upload_bytes)}, status_code=400)
+        return await call_next(request)
+
+    # ------------------------------------------------------------------ auth
+    def check_token(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("x-token") or request.query_params.get("token")
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not given or not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPProblem(401, "a valid token is required: send `Authorization: Bearer TOKEN` "
+                                   "(or open the page as /?token=TOKEN)")
+
+    api = APIRouter(prefix="/api", dependencies=[Depends(check_token)])
+
+    # ------------------------------------------------------------------ helpers
+    def call(fn, *args, **kwargs):
+        with lock:
+            try:
+                return fn(*args, **kwargs)
+            except SearchError as e:
+                raise HTTPProblem(404 if str(e).startswith("no image with id") else 400, str(e)) from e
+
+    def record_or_404(image_id: int):
+        record = call(engine.image_record, image_id)
+        if record is None:
+            raise HTTPProblem(404, f"no image with id {image_id} in this library")
+        return record
+
+    def answer(hits, started: float, target: str) -> dict:
+        return {"target": target, "took_ms": round((time.perf_counter() - started) * 1000, 2),
+                "hits": [h.to_json() for h in hits]}
+
+    def filters(folder: str | None = Query(None, description="Only photos under this folder (recursive)."),
+                taken_after: date | None = Query(None, description="Date taken on or after (YYYY-MM-DD)."),
+                taken_before: date | None = Query(None, description="Date taken on or before (YYYY-MM-DD).")):
+        return {"folder": folder or None, "taken_after": taken_after, "taken_before": taken_before}
+
+    K = Query(20, ge=1, le=MAX_K, description="How many results.")
+    TARGET = Query("images", description="`images` or `texts`.")
+
+    # ------------------------------------------------------------------ API
+    @api.get("/health", summary="Liveness")
+    def health():
+        return {"status": "ok"}
+
+    @api.get("/info", summary="What the library holds")
+    def info():
+        return call(engine.info)
+
+    @api.get("/search", summary="Search by text")
+    def search(q: str = Query(..., description="What to look for."), k: int = K, target: str = TARGET,
+               f: dict = Depends(filters)):
+        started = time.perf_counter()
+        return answer(call(engine.search_text, q, k, target, **_active(f)), started, target)
+
+    @api.post("/search/image", summary="Search by an uploaded image (multipart field `file`)")
+    def search_image(file: UploadFile = File(..., description="A photo (JPEG, PNG, WebP, HEIC...)."),
+                     k: int = K, target: str = TARGET, f: dict = Depends(filters)):
+        started = time.perf_counter()
+        data = file.file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise HTTPProblem(400, _too_big(None, max_upload_bytes))
+        if not data:
+            raise HTTPProblem(400, "the uploaded file is empty; choose a photo")
+        image = _decode_upload(data, file.filename or "upload", max_upload_pixels)
+        return answer(call(engine.search_image, image, k, target, **_active(f)), started, target)
+
+    @api.get("/images/{image_id}", summary="One photo's metadata")
+    def image(image_id: int):
+        r = record_or_404(image_id)
+        return {"id": r.id, "path": r.path, "name": os.path.basename(r.path), "folder": os.path.dirname(r.path),
+                "width": r.width, "height": r.height, "bytes": r.size,
+                "taken_at": r.taken_at.isoformat() if r.taken_at else None}
+
+    @api.get("/images/{image_id}/similar", summary="More like this")
+    def similar(image_id: int, k: int = K, target: str = TARGET, f: dict = Depends(filters)):
+        started = time.perf_counter()
+        record_or_404(image_id)
+        return answer(call(engine.similar, image_id, k, target, **_active(f)), started, target)
+
+    @api.get("/images/{image_id}/thumbnail", summary="A JPEG thumbnail (cached in the library)",
+             response_class=FileResponse)
+    def thumbnail(image_id: int):
+        record = record_or_404(image_id)
+        try:
+            path = thumbs.get(record)
+        except DecodeError as e:
+            raise HTTPProblem(404, f"image {image_id} cannot be read any more: {e.reason}") from e
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+    @api.get("/images/{image_id}/file", summary="The photo file itself", response_class=FileResponse)
+    def photo_file(image_id: int):
+        record = record_or_404(image_id)
+        if not os.path.isfile(record.path):
+            raise HTTPProblem(404, f"image {image_id} is no longer on disk; re-run `xmodal index`")
+        return FileResponse(record.path, filename=os.path.basename(record.path), content_disposition_type="inline")
+
+    @api.get("/folders", summary="Folders that hold photos, with counts")
+    def folders():
+        if "list" not in folders_cache:
+            with lock:
+                counts = Counter(os.path.dirname(path) for path, *_ in engine.library.store.image_states())
+            folders_cache["list"] = [{"folder": d, "images": n} for d, n in sorted(counts.items())]
+        return {"folders": folders_cache["list"]}
+
+    app.include_router(api)
+
+    # ------------------------------------------------------------------ page
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    return app
+
+
+def _active(f: dict) -> dict:
+    return {k: v for k, v in f.items() if v is not None}
+
+
+def _too_big(length: int | None, limit: int) -> str:
+    size = f" ({length / 1e6:.1f} MB)" if length else ""
+    return f"the uploaded file is too large{size}; the limit is {limit / 1e6:.0f} MB"
+
+
+def _decode_upload(data: bytes, name: str, max_pixels: int):
+    """Decode an upload with the indexer's robust decoder (pixel limit from the header, EXIF, modes)."""
+    fd, tmp = tempfile.mkstemp(prefix="xmodal-upload-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return read_image(tmp, max_pixels=max_pixels).image
+    except DecodeError as e:
+        raise HTTPProblem(400, f"cannot use {os.path.basename(name)!s} as a query image: {e.reason}") from e
+    finally:
+        os.unlink(tmp)

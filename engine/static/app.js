@@ -1,0 +1,145 @@
+// xmodal web UI: plain JavaScript over the JSON API (/api/...). No build step.
+"use strict";
+(() => {
+  const $ = (sel) => document.querySelector(sel);
+  const grid = $("#grid"), status = $("#status"), viewer = $("#viewer");
+
+  // An access token, when the server needs one: opened as /?token=..., kept for this tab only.
+  const params = new URLSearchParams(location.search);
+  if (params.get("token")) {
+    sessionStorage.setItem("xmodal-token", params.get("token"));
+    params.delete("token");
+    history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : ""));
+  }
+  const token = sessionStorage.getItem("xmodal-token");
+  const headers = token ? { Authorization: "Bearer " + token } : {};
+  const withToken = (url) => token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url;
+
+  async function api(url, options = {}) {
+    const res = await fetch(url, { ...options, headers: { ...headers, ...(options.headers || {}) } });
+    let body = null;
+    try { body = await res.json(); } catch (_) { /* not JSON */ }
+    if (!res.ok) throw new Error((body && body.detail) || `${res.status} ${res.statusText}`);
+    return body;
+  }
+
+  const target = () => document.querySelector('input[name="target"]:checked').value;
+  function query(extra = {}) {
+    const p = new URLSearchParams({ k: $("#k").value, target: target(), ...extra });
+    if (target() === "images") {
+      if ($("#folder").value) p.set("folder", $("#folder").value);
+      if ($("#taken-after").value) p.set("taken_after", $("#taken-after").value);
+      if ($("#taken-before").value) p.set("taken_before", $("#taken-before").value);
+    }
+    return p.toString();
+  }
+
+  function say(text, isError = false) {
+    status.textContent = text;
+    status.classList.toggle("error", isError);
+  }
+
+  function render(data, label) {
+    grid.replaceChildren();
+    grid.className = "grid " + data.target;
+    grid.dataset.count = data.hits.length;
+    for (const h of data.hits) {
+      if (data.target === "images") {
+        const fig = document.createElement("figure");
+        fig.className = "hit";
+        fig.dataset.id = h.id;
+        fig.title = h.path;
+        const img = document.createElement("img");
+        img.loading = "lazy";
+        img.alt = h.path.split(/[\\/]/).pop();
+        img.src = withToken(`/api/images/${h.id}/thumbnail`);
+        const cap = document.createElement("figcaption");
+        cap.innerHTML = `<span class="name"></span><span class="score"></span>`;
+        cap.querySelector(".name").textContent = img.alt;
+        cap.querySelector(".score").textContent = h.score.toFixed(3);
+        fig.append(img, cap);
+        fig.addEventListener("click", () => open(h));
+        grid.append(fig);
+      } else {
+        const row = document.createElement("div");
+        row.className = "text-hit";
+        row.innerHTML = `<span class="score"></span><span class="text"></span>`;
+        row.querySelector(".score").textContent = h.score.toFixed(3);
+        row.querySelector(".text").textContent = h.text;
+        grid.append(row);
+      }
+    }
+    say(`${data.hits.length} ${data.target} for ${label} · ${data.took_ms} ms`);
+  }
+
+  async function run(label, request) {
+    say(`searching ${label}…`);
+    try {
+      render(await request(), label);
+    } catch (e) {
+      grid.replaceChildren();
+      grid.dataset.count = 0;
+      say(e.message, true);
+    }
+  }
+
+  let last = null; // the last search, re-run when the target or a filter changes
+  function searchText(q) {
+    last = () => searchText(q);
+    return run(`“${q}”`, () => api(`/api/search?${query({ q })}`));
+  }
+  function searchFile(file) {
+    last = () => searchFile(file);
+    const form = new FormData();
+    form.append("file", file);
+    return run(`photo ${file.name}`, () => api(`/api/search/image?${query()}`, { method: "POST", body: form }));
+  }
+  function similar(hit) {
+    last = () => similar(hit);
+    return run(`more like ${hit.path.split(/[\\/]/).pop()}`, () => api(`/api/images/${hit.id}/similar?${query()}`));
+  }
+
+  async function open(hit) {
+    $("#viewer-img").src = withToken(`/api/images/${hit.id}/file`);
+    $("#viewer-meta").textContent = hit.path;
+    $("#more-like-this").onclick = () => { viewer.close(); similar(hit); };
+    viewer.showModal();
+    try {
+      const m = await api(`/api/images/${hit.id}`);
+      $("#viewer-meta").textContent = `${m.path} · ${m.width}×${m.height}` + (m.taken_at ? ` · taken ${m.taken_at.replace("T", " ")}` : "");
+    } catch (_) { /* keep the path */ }
+  }
+
+  $("#search-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = $("#q").value.trim();
+    if (q) searchText(q);
+  });
+  $("#file-input").addEventListener("change", (e) => { if (e.target.files[0]) searchFile(e.target.files[0]); });
+  for (const el of document.querySelectorAll('input[name="target"], #folder, #taken-after, #taken-before, #k')) {
+    el.addEventListener("change", () => last && last());
+  }
+  // Drag and drop a photo anywhere on the page.
+  const zone = $("#drop-zone");
+  document.addEventListener("dragover", (e) => { e.preventDefault(); document.body.classList.add("dragging"); });
+  document.addEventListener("dragleave", (e) => { if (!e.relatedTarget) document.body.classList.remove("dragging"); });
+  document.addEventListener("drop", (e) => {
+    e.preventDefault();
+    document.body.classList.remove("dragging");
+    const file = e.dataTransfer && e.dataTransfer.files[0];
+    if (file) searchFile(file);
+  });
+  zone.addEventListener("keydown", (e) => { if (e.key === "Enter") $("#file-input").click(); });
+
+  // Folders for the filter, and a first hint.
+  api("/api/folders").then((d) => {
+    for (const f of d.folders) {
+      const o = document.createElement("option");
+      o.value = f.folder;
+      o.textContent = `${f.folder} (${f.images})`;
+      $("#folder").append(o);
+    }
+  }).catch((e) => say(e.message, true));
+  api("/api/info").then((i) => { if (!status.textContent) say(`${i.images} photos and ${i.texts} texts indexed with model ${i.model}`); })
+    .catch(() => {});
+})();

@@ -1,0 +1,178 @@
+"""Verify a library (`check_library`) and fix it (`repair`), for `xmodal check [--repair]`.
+
+`check_library` only reads: the store, and the FAISS files exactly as they are on disk (not the copy a
+search would patch in memory). It reports, per modality, rows without a vector in the index, vectors
+without a row, duplicate vectors, an unreadable index file, an index file behind the store (generation),
+rows whose vector is not stored (libraries from before schema 2), rows embedded with another model; and
+the indexed photos whose files vanished.
+
+`repair` takes the writer lock and fixes what can be fixed without embedding (patching or rebuilding the
+index from the vectors in the store, back-filling stored vectors from the index, dropping rows of vanished
+files) and embeds again only rows that have no usable vector anywhere or come from another model.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .decode import DecodeError, read_image
+from .encoders import Encoder
+from .library import MODALITIES, Library, LibraryError
+from .records import Skipped
+from .vector_index import VectorIndex, VectorIndexError
+
+
+@dataclass
+class ModalityCheck:
+    rows: int = 0
+    vectors: int = 0
+    store_generation: int = 0
+    index_generation: int | None = None
+    index_error: str | None = None
+    rows_without_vector: list[int] = field(default_factory=list)
+    vectors_without_row: list[int] = field(default_factory=list)
+    duplicate_vectors: list[int] = field(default_factory=list)
+    rows_without_stored_vector: list[int] = field(default_factory=list)
+    wrong_model: list[int] = field(default_factory=list)
+
+
+@dataclass
+class CheckReport:
+    library: str
+    model: str | None = None
+    dim: int | None = None
+    schema_version: int = 0
+    modalities: dict[str, ModalityCheck] = field(default_factory=dict)
+    vanished: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        out = []
+        for name, m in self.modalities.items():
+            if m.index_error:
+                out.append(f"{name}: index file unusable: {m.index_error}")
+            if m.rows_without_vector:
+                out.append(f"{name}: {len(m.rows_without_vector)} rows have no vector in the index file")
+            if m.vectors_without_row:
+                out.append(f"{name}: {len(m.vectors_without_row)} vectors in the index file have no row")
+            if m.duplicate_vectors:
+                out.append(f"{name}: {len(m.duplicate_vectors)} ids have more than one vector")
+            if not m.index_error and m.rows != m.vectors:
+                out.append(f"{name}: {m.rows} rows but {m.vectors} vectors")
+            if not m.index_error and m.index_generation != m.store_generation and m.rows:
+                out.append(f"{name}: index file is at generation {m.index_generation}, the store at "
+                           f"{m.store_generation} (an interrupted run)")
+            if m.rows_without_stored_vector:
+                out.append(f"{name}: {len(m.rows_without_stored_vector)} rows have no vector in the store")
+            if m.wrong_model:
+                out.append(f"{name}: {len(m.wrong_model)} rows were embedded with another model than {self.model!r}")
+        if self.vanished:
+            out.append(f"images: {len(self.vanished)} indexed files no longer exist")
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict:
+        return {"library": self.library, "ok": self.ok, "problems": self.problems, "model": self.model,
+                "dim": self.dim, "schema_version": self.schema_version,
+                "modalities": {k: asdict(v) for k, v in self.modalities.items()}, "vanished": self.vanished}
+
+
+def check_library(library: Library) -> CheckReport:
+    """Verify `library` without changing anything (see module doc)."""
+    store = library.store
+    report = CheckReport(library=str(library.root), model=library.model, dim=library.dim,
+                         schema_version=store.schema_version)
+    for modality in MODALITIES:
+        m = ModalityCheck()
+        m.store_generation, ids, has = store.vector_state(modality)
+        m.rows = len(ids)
+        m.rows_without_stored_vector = ids[~has].tolist()
+        if report.model is not None:
+            m.wrong_model = store.ids_with_other_model(modality, report.model)
+        path = library.index_path(modality)
+        held = np.empty(0, np.int64)
+        if path.exists():
+            try:
+                index = VectorIndex.load(path)
+                held = index.ids()
+                m.vectors, m.index_generation = index.ntotal, index.generation
+                if report.dim is not None and index.dim != report.dim:
+                    m.index_error = f"{path} has dim {index.dim}, the library's model {report.dim}"
+            except VectorIndexError as e:
+                m.index_error = str(e).splitlines()[0]
+        elif m.rows:
+            m.index_error = f"{path} is missing"
+        uniq, counts = np.unique(held, return_counts=True)
+        m.duplicate_vectors = uniq[counts > 1].tolist()
+        if not m.index_error:
+            m.rows_without_vector = np.setdiff1d(ids, held).tolist()
+            m.vectors_without_row = np.setdiff1d(held, ids).tolist()
+        report.modalities[modality] = m
+    report.vanished = [p for _, p, _ in store.image_paths() if not os.path.exists(p)]
+    return report
+
+
+@dataclass
+class RepairReport:
+    patched: dict[str, dict[str, int]] = field(default_factory=dict)  # per modality: added/dropped/backfilled/rebuilt
+    removed_vanished: int = 0
+    reembedded: int = 0
+    failed: list[Skipped] = field(default_factory=list)  # rows dropped: no usable vector and file unusable
+
+    def to_json(self) -> dict:
+        return {"patched": self.patched, "removed_vanished": self.removed_vanished, "reembedded": self.reembedded,
+                "failed": [{"path": s.path, "reason": s.reason} for s in self.failed]}
+
+
+def repair(library: Library, load_encoder: Callable[[], Encoder]) -> RepairReport:
+    """Fix `library` (see module doc). `load_encoder` is called only if something must be embedded again."""
+    out = RepairReport()
+    with library.writing():
+        if library.dim is None:
+            return out
+        library.reconcile()  # patches/rebuilds the index files from the store, back-fills stored vectors
+        out.patched = {k: v for k, v in library.repaired.items() if any(v.values())}
+        model = library.model
+        store = library.store
+        vanished = [i for i, p, _ in store.image_paths() if not os.path.exists(p)]
+        if vanished:
+            library.delete_images(vanished)
+            out.removed_vanished = len(vanished)
+        redo = sorted(set(library.unembedded.get("images", np.empty(0)).tolist())
+                      | set(store.ids_with_other_model("images", model)))
+        redo_texts = sorted(set(library.unembedded.get("texts", np.empty(0)).tolist())
+                            | set(store.ids_with_other_model("texts", model)))
+        if redo or redo_texts:
+            encoder = load_encoder()
+            if encoder.name != model:
+                raise LibraryError(f"library {library.root} is built with {model!r}; repair needs that model, "
+                                   f"not {encoder.name!r}")
+            size = getattr(encoder, "preprocess", None)
+            for record in store.get_images(redo):
+                try:
+                    image = read_image(record.path, target_size=size.size if size is not None else 224)
+                except DecodeError as e:
+                    library.delete_images([record.id])
+                    out.failed.append(Skipped(record.path, e.reason))
+                    continue
+                library.add_images([image], encoder.encode_images([image.image]), model)
+                out.reembedded += 1
+            by_source = defaultdict(list)
+            for text in store.get_texts(redo_texts):
+                by_source[text.source].append(text)
+            index = library.vector_index("texts")
+            for source, texts in by_source.items():
+                store.delete_texts([t.id for t in texts])
+                index.remove(np.asarray([t.id for t in texts], np.int64))
+                library.add_texts([t.text for t in texts], encoder.encode_texts([t.text for t in texts]), source, model)
+                out.reembedded += len(texts)
+        for modality in MODALITIES:
+            library.save(modality)
+    return out

@@ -1,0 +1,307 @@
+"""Incremental indexing, roots, the writer lock, interruption, write failures, migration and `check`."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import draw
+from engine.cli import cli
+from engine.search import SearchEngine
+from indexer import store as store_module
+from indexer.check import check_library, repair
+from indexer.library import Library, LibraryError
+from indexer.pipeline import index_images
+from indexer.store import Store, StoreError
+from indexer.vector_index import VectorIndex
+
+
+def _index(library: Path, roots, encoder, **kw):
+    with Library(library, create=True) as lib:
+        return index_images(lib, [str(r) for r in roots] if roots else None, encoder, **kw)
+
+
+def _vectors_by_path(library: Path) -> dict[str, np.ndarray]:
+    with Library(library) as lib:
+        ids = lib.store.all_image_ids()
+        paths = {r.id: r.path for r in lib.store.get_images(ids.tolist())}
+        vectors = lib.vector_index("images").reconstruct(ids)
+        return {paths[int(i)]: v for i, v in zip(ids, vectors)}
+
+
+def _check_ok(library: Path) -> None:
+    with Library(library) as lib:
+        report = check_library(lib)
+    assert report.ok, report.problems
+
+
+def test_a_moved_photo_keeps_its_id_and_vector_and_is_not_embedded(photos, library, fake_encoder):
+    _index(library, [photos], fake_encoder)
+    with Library(library) as lib:
+        before = {Path(r.path).name: r.id for r in lib.store.get_images(lib.store.all_image_ids().tolist())}
+    (photos / "elsewhere").mkdir()
+    os.rename(photos / "red.jpg", photos / "elsewhere" / "renamed.jpg")
+    draw(photos / "blue.jpg", "cyan", size=(70, 70))  # edited in place
+    fake_encoder.calls["images"] = 0
+    report = _index(library, [photos], fake_encoder)
+    assert (report.added, report.reembedded, report.moved, report.removed, report.unchanged) == (0, 1, 1, 0, 2)
+    assert fake_encoder.calls["images"] == 1
+    with Library(library) as lib:
+        after = {Path(r.path).name: r.id for r in lib.store.get_images(lib.store.all_image_ids().tolist())}
+    assert after["renamed.jpg"] == before["red.jpg"] and "red.jpg" not in after
+    assert after["blue.jpg"] != before["blue.jpg"]
+    _check_ok(library)
+
+
+def test_a_copy_is_embedded_and_a_deleted_original_is_removed(photos, library, fake_encoder):
+    _index(library, [photos], fake_encoder)
+    shutil.copy(photos / "red.jpg", photos / "copy.jpg")
+    (photos / "green.png").unlink()
+    report = _index(library, [photos], fake_encoder)
+    assert (report.added, report.moved, report.removed) == (1, 0, 1)
+    _check_ok(library)
+
+
+def test_several_roots_refresh_without_paths_and_remove_drops_one(tmp_path, library, fake_encoder):
+    a, b = tmp_path / "a", tmp_path / "b"
+    draw(a / "red.jpg", "red")
+    draw(b / "blue.jpg", "blue")
+    _index(library, [a], fake_encoder)
+    _index(library, [b], fake_encoder)
+    draw(a / "green.jpg", "green")
+    report = _index(library, None, fake_encoder)  # no path: every known root
+    assert (report.added, report.unchanged) == (1, 2) and report.roots == [str(a), str(b)]
+    with Library(library) as lib:
+        assert lib.roots == [str(a), str(b)]
+        assert lib.remove_root(str(a)) == 2 and lib.roots == [str(b)]
+        assert lib.store.count_images() == 1
+        with pytest.raises(LibraryError, match="is not a root"):
+            lib.remove_root(str(a))
+    _check_ok(library)
+
+
+def test_a_missing_root_keeps_its_photos(tmp_path, library, fake_encoder):
+    a = tmp_path / "drive"
+    draw(a / "red.jpg", "red")
+    _index(library, [a], fake_encoder)
+    a.rename(tmp_path / "unplugged")
+    report = _index(library, None, fake_encoder)
+    assert report.removed == 0 and "root not found" in report.skipped[0].reason
+    with Library(library) as lib:
+        assert lib.store.count_images() == 1
+
+
+def test_no_roots_yet_is_a_clear_error(library, fake_encoder):
+    with pytest.raises(LibraryError, match="no folders yet"):
+        _index(library, None, fake_encoder)
+
+
+def test_a_second_indexer_fails_fast_naming_the_first(photos, library, fake_encoder):
+    with Library(library, create=True) as first, first.writing():
+        with Library(library) as second:
+            with pytest.raises(LibraryError, match=rf"being indexed by another process \(pid {os.getpid()}\)"):
+                index_images(second, [str(photos)], fake_encoder)
+    assert _index(library, [photos], fake_encoder).added == 4  # released
+
+
+def test_stop_request_ends_after_the_batch_and_a_rerun_resumes(tmp_path, library, fake_encoder):
+    root = tmp_path / "many"
+    for i in range(20):
+        draw(root / f"{i:02d}.png", ["red", "green", "blue", "white"][i % 4], size=(16 + i, 16))
+    asked = []
+    report = _index(library, [root], fake_encoder, batch_size=4, should_stop=lambda: asked.append(1) or len(asked) >= 2)
+    assert report.interrupted and report.processed == 8 and report.added == 8
+    fake_encoder.calls["images"] = 0
+    again = _index(library, [root], fake_encoder, batch_size=4)
+    assert (again.added, again.unchanged, again.interrupted) == (12, 8, False)
+    assert fake_encoder.calls["images"] == 12  # nothing committed was embedded twice
+    _check_ok(library)
+
+
+@pytest.mark.parametrize("where", ["store", "index"])
+def test_a_full_disk_stops_with_a_clear_message_and_loses_nothing_committed(photos, library, fake_encoder,
+                                                                            monkeypatch, where):
+    for i in range(6):
+        draw(photos / "more" / f"{i}.png", "white", size=(10 + i, 10))
+    full = OSError(errno.ENOSPC, "No space left on device")
+    calls = []
+    if where == "store":
+        original = Store.replace_images
+
+        def replace_images(self, *a, **kw):
+            calls.append(1)
+            if len(calls) > 1:
+                raise full
+            return original(self, *a, **kw)
+
+        monkeypatch.setattr(Store, "replace_images", replace_images)
+    else:
+        original = VectorIndex.save
+
+        def save(self, *a, **kw):  # the end-of-run save of a non-empty index fails: every batch is committed
+            if self.ntotal:
+                raise full
+            return original(self, *a, **kw)
+
+        monkeypatch.setattr(VectorIndex, "save", save)
+    with pytest.raises(LibraryError, match=rf"cannot write to library {library}: No space left on device"):
+        _index(library, [photos], fake_encoder, batch_size=4)
+    monkeypatch.undo()
+    committed = 4 if where == "store" else 10
+    with SearchEngine(library) as engine:  # the library opens and answers from what was committed
+        assert len(engine.search_text("red", k=50)) == committed
+    report = _index(library, [photos], fake_encoder, batch_size=4)
+    assert (report.added, report.unchanged) == (10 - committed, committed)
+    _check_ok(library)
+
+
+def test_a_read_only_library_is_refused_with_its_name(photos, library, fake_encoder, monkeypatch):
+    _index(library, [photos], fake_encoder)
+    real_open = os.open
+
+    def read_only(path, *a, **kw):
+        if str(path).endswith("index.lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr("indexer.library.os.open", read_only)
+    with pytest.raises(LibraryError, match=rf"cannot write to library {library}: Read-only file system"):
+        _index(library, [photos], fake_encoder)
+    monkeypatch.undo()
+    _check_ok(library)
+
+
+def test_a_folder_that_is_not_a_library_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="no xmodal library"):
+        Library(tmp_path)
+    (tmp_path / "library.db").write_bytes(b"not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable xmodal library"):
+        Library(tmp_path)
+
+
+def test_a_schema_1_library_is_upgraded_and_back_filled_without_embedding(photos, library, fake_encoder):
+    _index(library, [photos], fake_encoder)
+    expected = _vectors_by_path(library)
+    db = sqlite3.connect(library / "library.db")  # turn it into what version 1 wrote
+    db.executescript("ALTER TABLE images DROP COLUMN vector; ALTER TABLE texts DROP COLUMN vector;"
+                     "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
+                     "DELETE FROM meta WHERE key LIKE 'generation.%' OR key = 'roots';")
+    db.close()
+    sidecar = library / "images.faiss.json"
+    meta = json.loads(sidecar.read_text())
+    del meta["generation"]
+    sidecar.write_text(json.dumps(meta))
+    with Library(library) as lib:
+        assert lib.store.schema_version == store_module.SCHEMA_VERSION == 2
+        assert not check_library(lib).ok  # rows without a stored vector
+    fake_encoder.calls["images"] = 0
+    report = _index(library, [photos], fake_encoder)
+    assert (report.indexed, report.unchanged) == (0, 4) and fake_encoder.calls["images"] == 0
+    _check_ok(library)
+    got = _vectors_by_path(library)
+    assert set(got) == set(expected)
+    for p in expected:
+        np.testing.assert_allclose(got[p], expected[p], atol=1e-6)
+
+
+def test_check_finds_every_problem_and_repair_reembeds_only_what_it_must(photos, library, fake_encoder):
+    _index(library, [photos], fake_encoder)
+    with Library(library) as lib:
+        ids = lib.store.all_image_ids().tolist()
+        index = VectorIndex.load(lib.index_path("images"))
+        index.remove([ids[0], ids[1]])  # ids[0]: blob still in the store; ids[1]: no vector anywhere
+        index.add(np.array([777]), np.eye(8, dtype=np.float32)[:1])
+        index.save(lib.index_path("images"), generation=index.generation)
+    db = sqlite3.connect(library / "library.db")
+    db.execute("UPDATE images SET vector = NULL WHERE id = ?", (ids[1],))
+    db.commit()
+    db.close()
+    (photos / "trip" / "yellow.webp").unlink()
+    with Library(library) as lib:
+        report = check_library(lib)
+        m = report.modalities["images"]
+        assert m.rows_without_vector == [ids[0], ids[1]] and m.vectors_without_row == [777]
+        assert m.rows_without_stored_vector == [ids[1]] and len(report.vanished) == 1
+        fake_encoder.calls["images"] = 0
+        fixed = repair(lib, lambda: fake_encoder)
+        assert fixed.reembedded == 1 and fake_encoder.calls["images"] == 1 and fixed.removed_vanished == 1
+    _check_ok(library)
+
+
+def test_check_command_exit_codes_and_json(photos, library):
+    runner = CliRunner()
+    args = ["--library", str(library)]
+    assert runner.invoke(cli, ["index", str(photos), "--model", "fake-colour", *args]).exit_code == 0
+    out = runner.invoke(cli, ["check", "--json", *args])
+    assert out.exit_code == 0 and json.loads(out.stdout)["ok"] is True
+    (photos / "red.jpg").unlink()
+    out = runner.invoke(cli, ["check", *args])
+    assert out.exit_code == 1 and "no longer exist" in out.stdout
+    out = runner.invoke(cli, ["check", "--repair", "--json", *args])
+    assert out.exit_code == 0 and json.loads(out.stdout)["repair"]["removed_vanished"] == 1
+    out = runner.invoke(cli, ["remove", str(photos), "--json", *args])
+    assert out.exit_code == 0 and json.loads(out.stdout)["removed"] == 3
+    out = runner.invoke(cli, ["index", *args])
+    assert out.exit_code == 1 and "no folders yet" in out.output
+
+
+def _save_cmyk(path):
+    Image.new("CMYK", (40, 30), (0, 200, 200, 0)).save(path, "JPEG")
+
+
+def test_every_kind_of_bad_or_odd_input_at_the_pipeline_level(tmp_path, library, fake_encoder, monkeypatch):
+    root = tmp_path / "odd"
+    root.mkdir()
+    _save_cmyk(root / "cmyk.jpg")
+    Image.fromarray(np.full((20, 30), 40000, np.uint16)).save(root / "sixteen.png")
+    Image.new("P", (20, 20), 3).save(root / "palette.png")
+    Image.new("RGBA", (20, 20), (255, 0, 0, 128)).save(root / "alpha.png")
+    frames = [Image.new("RGB", (20, 20), c) for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (60, 20), (0, 0, 255)).save(root / "rotated.jpg", exif=exif)
+    Image.new("RGB", (4000, 3000), (10, 120, 10)).save(root / "twelve_mp.jpg", quality=50)
+    png = (root / "palette.png").read_bytes()
+    (root / "truncated.png").write_bytes(png[: len(png) // 2])
+    (root / "empty.jpg").write_bytes(b"")
+    os.symlink(root / "loop", root / "loop")  # a symlink loop named like a folder
+    os.symlink(root / "self.jpg", root / "self.jpg")  # and one named like a photo
+    draw(root / "vanishes.jpg", "red")
+    draw(root / "locked.jpg", "red")
+
+    import indexer.decode as decode_module
+    import indexer.pipeline as pipeline_module
+    real_iter, real_open = pipeline_module.iter_decoded, decode_module.os.open
+
+    def iter_decoded(paths, **kw):  # files deleted or truncated between the walk and the read
+        paths = list(paths)
+        (root / "vanishes.jpg").unlink()
+        return real_iter(paths, **kw)
+
+    def no_permission(path, *a, **kw):
+        if str(path).endswith("locked.jpg"):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(pipeline_module, "iter_decoded", iter_decoded)
+    monkeypatch.setattr(decode_module.os, "open", no_permission)
+    report = _index(library, [root], fake_encoder)
+    skipped = {Path(s.path).name: s.reason for s in report.skipped}
+    assert set(skipped) == {"truncated.png", "empty.jpg", "self.jpg", "vanishes.jpg", "locked.jpg"}
+    assert "permission denied" in skipped["locked.jpg"] and "not found" in skipped["vanishes.jpg"]
+    assert report.added == 7
+    with Library(library) as lib:
+        recs = {Path(r.path).name: r for r in lib.store.get_images(lib.store.all_image_ids().tolist())}
+    assert (recs["rotated.jpg"].width, recs["rotated.jpg"].height) == (20, 60)
+    assert (recs["twelve_mp.jpg"].width, recs["twelve_mp.jpg"].height) == (4000, 3000)
+    _check_ok(library)

@@ -1,0 +1,320 @@
+"""The HTTP API (engine/server.py) through FastAPI's TestClient, with the fake colour encoder; the
+search filters of SearchEngine; the `xmodal serve` command's host/token rules."""
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import COLOURS, draw
+from engine.search import SearchEngine, SearchError
+from indexer.library import Library
+from indexer.pipeline import index_images, index_texts
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from engine.server import create_app, is_loopback  # noqa: E402
+
+
+def draw_dated(path: Path, colour: str, when: str) -> Path:
+    """A JPEG with an EXIF DateTime ("YYYY:MM:DD HH:MM:SS")."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    exif[0x0132] = when
+    Image.new("RGB", (64, 48), COLOURS[colour]).save(path, exif=exif)
+    return path
+
+
+@pytest.fixture
+def built(photos, library, tmp_path, fake_encoder):
+    """The photos fixture plus two dated photos under photos/2021 and a text corpus, indexed."""
+    draw_dated(photos / "2021" / "red-june.jpg", "red", "2021:06:15 10:00:00")
+    draw_dated(photos / "2021" / "red-december.jpg", "red", "2021:12:24 18:30:00")
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("a red apple\na green meadow\na blue ocean\n")
+    with Library(library, create=True) as lib:
+        index_images(lib, [str(photos)], fake_encoder)
+        index_texts(lib, str(corpus), fake_encoder)
+    return library
+
+
+@pytest.fixture
+def client(built):
+    with TestClient(create_app(built)) as c:
+        yield c
+
+
+def ids_by_name(client) -> dict[str, int]:
+    hits = client.get("/api/search", params={"q": "red", "k": 100}).json()["hits"]
+    return {Path(h["path"]).name: h["id"] for h in hits}
+
+
+def png_bytes(colour: str, size=(40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, COLOURS[colour]).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ search API
+def test_text_search_returns_ranked_image_hits(client):
+    r = client.get("/api/search", params={"q": "something blue", "k": 3})
+    assert r.status_code == 200
+    hits = r.json()["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert Path(hits[0]["path"]).name == "blue.jpg"
+    assert set(hits[0]) == {"rank", "score", "id", "path"}
+    assert hits[0]["score"] >= hits[1]["score"]
+
+
+def test_text_search_for_texts(client):
+    hits = client.get("/api/search", params={"q": "green", "k": 1, "target": "texts"}).json()["hits"]
+    assert hits == [{"rank": 1, "score": pytest.approx(1.0, abs=1e-4), "id": hits[0]["id"], "text": "a green meadow"}]
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"q": "  "}, "empty query"),
+    ({"q": "red", "target": "videos"}, "unknown target"),
+    ({"q": "red", "k": 0}, "k"),
+    ({"q": "red", "taken_after": "yesterday"}, "taken_after"),
+    ({}, "q"),
+])
+def test_bad_search_requests_are_400_with_a_message(client, params, message):
+    r = client.get("/api/search", params=params)
+    assert r.status_code == 400
+    assert message in r.json()["detail"]
+
+
+def test_image_upload_search(client):
+    r = client.post("/api/search/image", params={"k": 2}, files={"file": ("q.png", png_bytes("green"), "image/png")})
+    assert r.status_code == 200, r.text
+    assert Path(r.json()["hits"][0]["path"]).name == "green.png"
+    r = client.post("/api/search/image", params={"target": "texts", "k": 1},
+                    files={"file": ("q.png", png_bytes("blue"), "image/png")})
+    assert r.json()["hits"][0]["text"] == "a blue ocean"
+
+
+def test_upload_that_is_not_an_image_is_400(client):
+    r = client.post("/api/search/image", files={"file": ("cat.jpg", b"<html>not a photo</html>", "image/jpeg")})
+    assert r.status_code == 400
+    assert "cannot use cat.jpg as a query image: not a recognised image format" in r.json()["detail"]
+    assert "Traceback" not in r.text
+
+
+def test_empty_and_missing_uploads_are_400(client):
+    r = client.post("/api/search/image", files={"file": ("e.jpg", b"", "image/jpeg")})
+    assert r.status_code == 400 and "empty" in r.json()["detail"]
+    r = client.post("/api/search/image")
+    assert r.status_code == 400 and "file" in r.json()["detail"]
+
+
+def test_oversized_upload_is_400(built):
+    with TestClient(create_app(built, max_upload_bytes=1000)) as c:
+        big = png_bytes("red", size=(400, 300)) + b"\0" * 2000
+        r = c.post("/api/search/image", files={"file": ("big.png", big, "image/png")})
+        assert r.status_code == 400
+        assert "too large" in r.json()["detail"] and "limit" in r.json()["detail"]
+        huge = b"\0" * 200_000  # over the limit by more than the multipart allowance: refused from Content-Length
+        r = c.post("/api/search/image", files={"file": ("huge.png", huge, "image/png")})
+        assert r.status_code == 400 and "too large" in r.json()["detail"]
+
+
+def test_upload_over_the_pixel_limit_is_400(built):
+    with TestClient(create_app(built, max_upload_pixels=1000)) as c:
+        r = c.post("/api/search/image", files={"file": ("wide.png", png_bytes("red", size=(100, 100)), "image/png")})
+        assert r.status_code == 400
+        assert "10,000 pixels, more than the limit of 1,000" in r.json()["detail"]
+
+
+# ------------------------------------------------------------------------------------------ filters
+def test_filters_by_folder_and_date(client, photos):
+    red = {"q": "red", "k": 10}
+    names = lambda r: [Path(h["path"]).name for h in r.json()["hits"]]  # noqa: E731
+    r = client.get("/api/search", params={**red, "folder": str(photos / "2021")})
+    assert sorted(names(r)) == ["red-december.jpg", "red-june.jpg"]  # same colour: equal scores
+    r = client.get("/api/search", params={**red, "taken_after": "2021-07-01"})
+    assert names(r) == ["red-december.jpg"] and r.json()["hits"][0]["rank"] == 1
+    r = client.get("/api/search", params={**red, "taken_before": "2021-06-15"})
+    assert names(r) == ["red-june.jpg"]
+    r = client.get("/api/search", params={**red, "folder": str(photos / "trip")})
+    assert names(r) == ["yellow.webp"]
+    r = client.get("/api/search", params={**red, "target": "texts", "folder": str(photos)})
+    assert r.status_code == 400 and "images only" in r.json()["detail"]
+
+
+def test_engine_filters_overfetch_and_stay_backwards_compatible(built, photos):
+    with SearchEngine(built) as eng:
+        assert len(eng.search_text("red", k=10)) == 6
+        # k=1 without filters would be a red photo; the folder filter must look further down the ranking
+        hit = eng.search_text("red", k=1, folder=str(photos / "trip"))
+        assert [Path(h.path).name for h in hit] == ["yellow.webp"] and hit[0].rank == 1
+        assert eng.search_text("red", k=5, taken_after=date(2022, 1, 1)) == []
+        assert [Path(h.path).name for h in eng.similar(hit[0].id, k=5, folder=str(photos / "2021"))] != []
+        with pytest.raises(SearchError, match="later than"):
+            eng.search_text("red", taken_after=date(2022, 1, 1), taken_before=date(2021, 1, 1))
+        # a folder is a path prefix on whole components: photos/20 is not photos/2021
+        assert eng.search_text("red", k=5, folder=str(photos / "20")) == []
+
+
+def test_folders_lists_folders_with_counts(client, photos):
+    folders = {f["folder"]: f["images"] for f in client.get("/api/folders").json()["folders"]}
+    assert folders == {str(photos): 3, str(photos / "2021"): 2, str(photos / "trip"): 1}
+
+
+# ------------------------------------------------------------------------------------------ images
+def test_similar_and_image_metadata(client):
+    ids = ids_by_name(client)
+    hits = client.get(f"/api/images/{ids['blue.jpg']}/similar", params={"k": 2}).json()["hits"]
+    assert hits[0]["id"] == ids["blue.jpg"] and len(hits) == 2
+    meta = client.get(f"/api/images/{ids['red-june.jpg']}").json()
+    assert meta["width"] == 64 and meta["height"] == 48 and meta["taken_at"] == "2021-06-15T10:00:00"
+
+
+def test_file_serves_the_library_photo(client, photos):
+    ids = ids_by_name(client)
+    r = client.get(f"/api/images/{ids['green.png']}/file")
+    assert r.status_code == 200
+    assert r.content == (photos / "green.png").read_bytes()
+    assert r.headers["content-type"] == "image/png"
+
+
+def test_thumbnail_is_made_once_and_cached_in_the_library(built, client):
+    ids = ids_by_name(client)
+    thumbs = client.app.state.thumbnails
+    r1 = client.get(f"/api/images/{ids['red.jpg']}/thumbnail")
+    assert r1.status_code == 200 and r1.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(r1.content)).format == "JPEG"
+    files = list((Path(built) / "thumbnails").glob("*.jpg"))
+    assert len(files) == 1 and thumbs.generated == 1
+    mtime = files[0].stat().st_mtime_ns
+    r2 = client.get(f"/api/images/{ids['red.jpg']}/thumbnail")
+    assert r2.content == r1.content and thumbs.generated == 1 and files[0].stat().st_mtime_ns == mtime
+    # a fresh app (server restart) reuses the file on disk
+    with TestClient(create_app(built)) as again:
+        assert again.get(f"/api/images/{ids['red.jpg']}/thumbnail").content == r1.content
+        assert again.app.state.thumbnails.generated == 0
+
+
+def test_photo_gone_from_disk_is_404(client, photos):
+    ids = ids_by_name(client)
+    (photos / "blue.jpg").unlink()
+    for what in ("file", "thumbnail"):
+        r = client.get(f"/api/images/{ids['blue.jpg']}/{what}")
+        assert r.status_code == 404 and "detail" in r.json()
+
+
+@pytest.mark.parametrize("url", [
+    "/api/images/999999/file",
+    "/api/images/999999/thumbnail",
+    "/api/images/999999/similar",
+    "/api/images/999999",
+    "/api/images/..%2F..%2Fetc%2Fpasswd/file",
+    "/api/images/%2Fetc%2Fpasswd/file",
+    "/api/images/../../etc/passwd/file",
+    "/api/images/-1/file",
+    "/api/images/1%00/file",
+    "/api/images/1.5/thumbnail",
+    "/static/..%2F..%2Fsearch.py",
+    "/static/../server.py",
+])
+def test_unknown_ids_and_traversal_attempts_are_404(client, url):
+    r = client.get(url)
+    assert r.status_code == 404, (url, r.status_code, r.text[:200])
+    assert b"root:" not in r.content and b"import" not in r.content
+
+
+# ------------------------------------------------------------------------------------------ misc
+def test_info_health_page_and_docs(client):
+    assert client.get("/api/health").json() == {"status": "ok"}
+    info = client.get("/api/info").json()
+    assert info["images"] == 6 and info["texts"] == 3 and info["model"] == "fake-colour"
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="search-form"' in page.text and "/static/app.js" in page.text
+    assert "fetch(" in client.get("/static/app.js").text
+    assert client.get("/static/style.css").status_code == 200
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    for p in ("/api/search", "/api/search/image", "/api/images/{image_id}/similar", "/api/images/{image_id}/thumbnail",
+              "/api/images/{image_id}/file", "/api/info", "/api/health"):
+        assert p in paths
+
+
+def test_concurrent_requests_from_the_threadpool(client):
+    def one(i):
+        colour = ["red", "green", "blue"][i % 3]
+        return client.get("/api/search", params={"q": colour, "k": 1}).json()["hits"][0]["path"]
+
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(one, range(48)))
+    assert all(Path(p).stem.startswith(["red", "green", "blue"][i % 3]) for i, p in enumerate(paths))
+
+
+def test_missing_or_wrong_library_fails_at_creation(tmp_path, built):
+    with pytest.raises(Exception, match="no xmodal library"):
+        create_app(tmp_path / "nowhere")
+    with pytest.raises(SearchError, match="built with model 'fake-colour'"):
+        create_app(built, model="lite")
+
+
+# ------------------------------------------------------------------------------------------ token
+def test_token_is_required_on_every_api_call_when_configured(built):
+    with TestClient(create_app(built, token="s3cret")) as c:
+        ids = ids_by_name_with(c, {"Authorization": "Bearer s3cret"})
+        some = next(iter(ids.values()))
+        urls = ["/api/health", "/api/info", "/api/folders", "/api/search?q=red", f"/api/images/{some}",
+                f"/api/images/{some}/similar", f"/api/images/{some}/thumbnail", f"/api/images/{some}/file"]
+        for url in urls:
+            assert c.get(url).status_code == 401, url
+            assert c.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401, url
+            assert c.get(url, headers={"Authorization": "Bearer s3cret"}).status_code == 200, url
+        assert "token" in c.get("/api/health").json()["detail"]
+        assert c.get("/api/health", headers={"X-Token": "s3cret"}).status_code == 200
+        assert c.get("/api/health?token=s3cret").status_code == 200
+        up = {"file": ("q.png", png_bytes("red"), "image/png")}
+        assert c.post("/api/search/image", files=up).status_code == 401
+        assert c.post("/api/search/image", files=up, headers={"X-Token": "s3cret"}).status_code == 200
+        assert c.get("/").status_code == 200  # the page itself holds no data
+
+
+def ids_by_name_with(c, headers) -> dict[str, int]:
+    hits = c.get("/api/search", params={"q": "red", "k": 100}, headers=headers).json()["hits"]
+    return {Path(h["path"]).name: h["id"] for h in hits}
+
+
+# ------------------------------------------------------------------------------------------ CLI
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                            ("127.0.0.2", True), ("0.0.0.0", False), ("192.168.1.5", False),
+                                            ("example.com", False), ("::", False)])
+def test_is_loopback(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_serve_command_binds_loopback_and_requires_a_token_elsewhere(built, monkeypatch):
+    import uvicorn
+
+    from engine.cli import cli
+
+    runs = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append((app, kw)))
+    monkeypatch.delenv("XMODAL_TOKEN", raising=False)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["serve", "--library", str(built)])
+    assert r.exit_code == 0, r.output
+    assert runs[-1][1]["host"] == "127.0.0.1" and runs[-1][1]["port"] == 8000
+    r = runner.invoke(cli, ["serve", "--library", str(built), "--host", "0.0.0.0"])
+    assert r.exit_code == 2 and "--token" in r.output and len(runs) == 1
+    r = runner.invoke(cli, ["serve", "--library", str(built), "--host", "0.0.0.0", "--port", "9000"],
+                      env={"XMODAL_TOKEN": "abc"})
+    assert r.exit_code == 0, r.output
+    app, kw = runs[-1]
+    assert kw["host"] == "0.0.0.0" and kw["port"] == 9000
+    with TestClient(app) as c:
+        assert c.get("/api/health").status_code == 401
+        assert c.get("/api/health", headers={"X-Token": "abc"}).status_code == 200
+    r = runner.invoke(cli, ["serve", "--library", str(built.parent / "missing")])
+    assert r.exit_code == 1 and "no xmodal library" in r.output

@@ -1,0 +1,140 @@
+"""End to end: the real page in headless Chromium (Debian's /usr/bin/chromium driven by Playwright), against
+uvicorn on a free loopback port serving a library built with the fake colour encoder.
+
+Skips -- loudly, with the reason -- when Playwright or the browser is missing (`.ci/run` installs both).
+Set XMODAL_SCREENSHOT=path.png to keep a screenshot of the results page.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import COLOURS, draw
+from indexer.library import Library
+from indexer.pipeline import index_images
+
+CHROMIUM = os.environ.get("XMODAL_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _skip_loudly(reason: str):
+    message = f"BROWSER END-TO-END TEST SKIPPED: {reason}"
+    warnings.warn(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as e:
+        _skip_loudly(f"the playwright package is not installed ({e}); run `pip install -e '.[test]'`")
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        _skip_loudly(f"no Chromium at {CHROMIUM}; install Debian's package: apt-get install -y chromium")
+    with sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        except Exception as e:  # noqa: BLE001 - any launch failure is an environment problem
+            _skip_loudly(f"Chromium at {CHROMIUM} did not start: {str(e).splitlines()[0]}")
+        yield b
+        b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path, fake_encoder):
+    import uvicorn
+
+    from engine.server import create_app
+
+    photos = tmp_path / "photos"
+    for colour in ("red", "green", "blue", "yellow", "purple", "cyan"):
+        draw(photos / f"{colour}.jpg", colour, size=(120, 90))
+    draw(photos / "more" / "dark-red.png", "red", size=(90, 120))
+    library = tmp_path / "library"
+    with Library(library, create=True) as lib:
+        index_images(lib, [str(photos)], fake_encoder)
+    app = create_app(library, model="fake-colour")
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_search_by_text_and_by_image_in_a_real_browser(browser, server, tmp_path):
+    page = browser.new_page(viewport={"width": 1100, "height": 700})
+    page.set_default_timeout(10_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    page.wait_for_selector("#folder option:nth-child(2)", state="attached")  # folders loaded from the API
+
+    # text -> images
+    page.fill("#q", "red")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#grid figure.hit")
+    names = page.locator("#grid figure.hit .name").all_inner_texts()
+    assert names[:2] == ["red.jpg", "dark-red.png"] or names[:2] == ["dark-red.png", "red.jpg"]
+    assert len(names) == 7
+    page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert "7 images" in page.inner_text("#status")
+    shot = tmp_path / "serve.png"
+    page.screenshot(path=str(shot))
+    if os.environ.get("XMODAL_SCREENSHOT"):
+        Path(os.environ["XMODAL_SCREENSHOT"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, os.environ["XMODAL_SCREENSHOT"])
+    assert Image.open(shot).size == (1100, 700)
+
+    # the folder filter narrows the same query
+    more = page.locator("#folder option").nth(2).get_attribute("value")
+    assert more.endswith("more")
+    page.select_option("#folder", more)
+    page.wait_for_function("document.querySelector('#grid').dataset.count === '1'")
+    assert page.locator("#grid figure.hit .name").all_inner_texts() == ["dark-red.png"]
+    page.select_option("#folder", "")
+
+    # image -> images: upload a blue photo through the file chooser
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 40), COLOURS["blue"]).save(buf, format="PNG")
+    page.set_input_files("#file-input", files=[{"name": "query.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    page.wait_for_function("document.querySelector('#status').textContent.includes('query.png')"
+                           " && !document.querySelector('#status').textContent.startsWith('searching')")
+    assert page.locator("#grid figure.hit .name").first.inner_text() == "blue.jpg"
+
+    # open a photo, then "more like this"
+    page.locator("#grid figure.hit").first.click()
+    page.wait_for_selector("#viewer[open]")
+    page.wait_for_function("document.querySelector('#viewer-img').complete && document.querySelector('#viewer-img').naturalWidth === 120")
+    page.click("#more-like-this")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('more like blue.jpg')"
+                           " && !document.querySelector('#status').textContent.startsWith('searching')")
+    assert page.locator("#grid figure.hit .name").first.inner_text() == "blue.jpg"
+
+    # the texts toggle re-runs the last search for texts (this library has none)
+    page.check('input[name="target"][value="texts"]')
+    page.wait_for_selector("#grid.texts", state="attached")
+    assert page.inner_text("#status").startswith("0 texts")
+    assert errors == []
+    page.close()
