@@ -53,5 +53,7 @@ def recall_benchmark(ds: CaptionDataset, encoder: Encoder, ks=(1, 5, 10),
     t0 = time.perf_counter()
     img, txt = embed_dataset(ds, encoder, progress=progress)
     report = recall_report(txt @ img.T, ds.caption_image, ks)
+    for direction in ("t2i", "i2t"):  # percentages to 2 decimals for people and JSON
+        report[direction] = {k: round(v, 2) for k, v in report[direction].items()}
     report.update(model=encoder.name, dataset=ds.name, seconds=round(time.perf_counter() - t0, 2))
     return report

@@ -42,9 +42,9 @@ class AlignConfig:
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup_steps: int = 50
-    members: int = 3  # independently trained heads, averaged (see indexer.models.lite)
-    text_hidden: int = 0  # 0: linear text head; else an MLP of this width
-    text_dropout: float = 0.0
+    members: int = 1  # independently trained heads, averaged (see indexer.models.lite)
+    text_hidden: int = 1024  # 0: linear text head; else an MLP of this width
+    text_dropout: float = 0.1
     seed: int = 0
     history: list = field(default_factory=list)
 
