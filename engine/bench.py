@@ -9,7 +9,7 @@ import numpy as np
 
 from indexer.datasets import CaptionDataset
 from indexer.decode import iter_decoded
-from indexer.encoders import Encoder
+from indexer.encoders import Encoder, decode_size
 from indexer.pipeline import batched
 from indexer.records import Skipped
 
@@ -25,7 +25,7 @@ class BenchError(Exception):
 def embed_dataset(ds: CaptionDataset, encoder: Encoder, batch_size: int = 16,
                   progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(image vectors (n_images, d), caption vectors (n_captions, d)), decoding images in a thread pool."""
-    target = getattr(getattr(encoder, "preprocess", None), "size", 224)
+    target = decode_size(encoder)
     paths = [str(ds.image_dir / name) for name in ds.images]
     image_vecs, done = [], 0
     for batch in batched(iter_decoded(paths, target_size=target), batch_size):
@@ -57,3 +57,55 @@ def recall_benchmark(ds: CaptionDataset, encoder: Encoder, ks=(1, 5, 10),
         report[direction] = {k: round(v, 2) for k, v in report[direction].items()}
     report.update(model=encoder.name, dataset=ds.name, seconds=round(time.perf_counter() - t0, 2))
     return report
+
+
+def rerank_benchmark(ds: CaptionDataset, encoder, reranker, rerank_ks=(16,), batch_size: int = 16,
+                     progress: Callable[[int, int], None] | None = None) -> dict:
+    """Recall@1/5/10 of the lite dual encoder alone and with its top-K reranked by the fusion model.
+
+    For each caption the dual encoder's top-K images, and for each image its top-K captions, are reordered
+    by dual similarity + alpha * ITM logit (alpha from the reranker's checkpoint, chosen on dev); ranks
+    beyond K keep the dual order. {"dual": {t2i, i2t}, "rerank": {K: {t2i, i2t, alpha}}, ...}."""
+    import torch
+
+    from indexer.encoders import tokenize
+    from indexer.models.text_tower import mean_pool
+
+    from .training.rerank import TokenCache, rerank_eval, token_states
+
+    if not ds.images or not ds.captions:
+        raise BenchError(f"dataset {ds.name} has no images or no captions")
+    model = getattr(encoder, "model", None)
+    if model is None or not hasattr(model, "image_patches"):
+        raise BenchError(f"reranking needs the lite model's patch features; model {encoder.name!r} has none")
+    t0 = time.perf_counter()
+    paths = [str(ds.image_dir / name) for name in ds.images]
+    img, patches, done = [], [], 0
+    total = len(paths) + len(ds.captions)
+    with torch.inference_mode():
+        for batch in batched(iter_decoded(paths, target_size=encoder.preprocess.size), batch_size):
+            bad = [b for b in batch if isinstance(b, Skipped)]
+            if bad:
+                raise BenchError(f"benchmark image {bad[0].path} cannot be read: {bad[0].reason}")
+            maps = model.image_patches(encoder.preprocess([b.image for b in batch]))  # (B, 1280, 7, 7)
+            img.append(model.embed_pooled_image(maps.mean((2, 3))))
+            patches.append(reranker.patch_tokens(maps).half())
+            done += len(batch)
+            if progress:
+                progress(done, total)
+        states, offsets = token_states(encoder.tokenizer, model.text_tower, list(ds.captions))
+        txt = []
+        for s in range(0, len(ds.captions), 256):
+            ids, mask = tokenize(encoder.tokenizer, ds.captions[s:s + 256])
+            txt.append(model.embed_pooled_text(mean_pool(model.text_tower(ids, mask), mask)))
+    if progress:
+        progress(total, total)
+    sim = (torch.cat(txt) @ torch.cat(img).T).numpy()
+    rep = rerank_eval(reranker.model, TokenCache(states, offsets), torch.cat(patches), sim, ds.caption_image,
+                      ks=tuple(rerank_ks), alpha=reranker.alpha)
+    r2 = lambda d: {k: round(v, 2) for k, v in d.items()}  # noqa: E731
+    return {"t2i": r2(rep["dual"]["t2i"]), "i2t": r2(rep["dual"]["i2t"]),
+            "rerank": {int(k): {"alpha": v["alpha"], "t2i": r2(v["t2i"]), "i2t": r2(v["i2t"])}
+                       for k, v in rep["K"].items()},
+            "n_images": len(ds.images), "n_texts": len(ds.captions), "model": encoder.name, "dataset": ds.name,
+            "seconds": round(time.perf_counter() - t0, 2)}

@@ -292,6 +292,35 @@ def check(library, repair, model, as_json):
         sys.exit(1)
 
 
+# ---------------------------------------------------------------------------------------------- models
+@cli.command()
+@json_option
+def models(as_json):
+    """Models xmodal can use: whether their weights are here, embedding size, licence."""
+    from indexer.encoders import ModelUnavailable, available_encoders, get_encoder
+    from indexer.hf_encoders import KNOWN, local_status
+
+    rows = []
+    for name in available_encoders():
+        if name != "lite":
+            continue
+        try:
+            dim, present = get_encoder(name).dim, True
+        except ModelUnavailable:
+            dim, present = None, False
+        rows.append({"name": name, "local": present, "dim": dim, "family": "EfficientNet-Lite0 + MiniLM",
+                     "licence": "Apache-2.0 towers; heads trained on Flickr8k (non-commercial research data)"})
+    for name, (dim, licence) in KNOWN.items():
+        rows.append({"name": name, "local": local_status(name), "dim": dim, "family": "CLIP family",
+                     "licence": licence})
+    if as_json:
+        _emit(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['name']:42s} {'present' if r['local'] else 'not here':9s} {str(r['dim']):>5s}  {r['licence']}")
+    click.echo("Any CLIP / SigLIP / Chinese-CLIP checkpoint folder also works: --model /path/to/folder")
+
+
 # ---------------------------------------------------------------------------------------------- bench
 @cli.group()
 def bench():
@@ -305,26 +334,46 @@ def bench():
 @click.option("--karpathy-split", type=click.Choice(["train", "val", "test", "restval"]), default=None,
               help="With a Karpathy dataset_*.json: which split to evaluate.")
 @click.option("--model", default="lite", show_default=True)
+@click.option("--rerank/--no-rerank", default=False, show_default=True,
+              help="Also rerank the dual encoder's top-K with the cross-attention reranker (data/lite-rerank.pt).")
+@click.option("--rerank-k", "rerank_ks", type=click.IntRange(1, 10_000), multiple=True,
+              help="How many dual-encoder candidates to rerank (repeatable) [default: 16].")
+@click.option("--reranker", "reranker_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Reranker checkpoint [default: data/lite-rerank.pt].")
 @json_option
-def bench_recall(dataset, split_file, karpathy_split, model, as_json):
+def bench_recall(dataset, split_file, karpathy_split, model, rerank, rerank_ks, reranker_path, as_json):
     """Recall@1/5/10 for text->image and image->text on DATASET (images/ + captions.txt, or Karpathy JSON)."""
     from indexer.datasets import load_dataset
     from indexer.encoders import get_encoder
 
-    from .bench import recall_benchmark
+    from .bench import recall_benchmark, rerank_benchmark
 
     with edge():
         ds = load_dataset(dataset, split_file=split_file, karpathy_split=karpathy_split)
         encoder = get_encoder(model)
+        if rerank:
+            from indexer.encoders import ModelUnavailable
+
+            from .rerank import LITE_RERANK, Reranker
+
+            path = reranker_path or LITE_RERANK
+            if not Path(path).exists():
+                raise ModelUnavailable(f"reranker not found at {path}; train it with `xmodal train rerank --data DIR`")
+            reranker = Reranker(path)
         with _progress(f"embedding {ds.name}", unit="items") as progress:
-            report = recall_benchmark(ds, encoder, progress=progress)
+            if rerank:
+                report = rerank_benchmark(ds, encoder, reranker, rerank_ks=rerank_ks or (16,), progress=progress)
+            else:
+                report = recall_benchmark(ds, encoder, progress=progress)
     if as_json:
         _emit(report)
         return
     click.echo(f"{ds.name}: {report['n_images']} images, {report['n_texts']} captions, model {model}")
-    click.echo(f"{'':6s}" + "".join(f"{k:>8s}" for k in report["t2i"]))
+    click.echo(f"{'':14s}" + "".join(f"{k:>8s}" for k in report["t2i"]))
     for direction in ("t2i", "i2t"):
-        click.echo(f"{direction:6s}" + "".join(f"{v:8.2f}" for v in report[direction].values()))
+        click.echo(f"{direction:14s}" + "".join(f"{v:8.2f}" for v in report[direction].values()))
+        for k, r in report.get("rerank", {}).items():
+            click.echo(f"{direction + ' rerank@' + str(k):14s}" + "".join(f"{v:8.2f}" for v in r[direction].values()))
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -357,6 +406,33 @@ def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
         click.echo(f"best epochs {report['epochs']}: dev t2i R@1/5/10 "
                    + "/".join(f"{v:.1f}" for v in dev["t2i"].values()) + ", i2t R@1/5/10 "
                    + "/".join(f"{v:.1f}" for v in dev["i2t"].values()) + f" -> {report['out']}")
+
+
+@train.command("rerank")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Flickr8k-style folder: images/, captions.txt, splits/train.txt, splits/dev.txt.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint to write (default: data/lite-rerank.pt).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where tower features are cached (default ~/.cache/xmodal/features).")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+def train_rerank_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
+    """Train the cross-attention reranker (ITM with hard negatives) on train, select on dev."""
+    from .training.rerank import run_rerank
+
+    logging.getLogger("engine").setLevel(logging.INFO)
+    with edge():
+        report = run_rerank(data_dir, out=out, cache_dir=cache_dir, epochs=epochs, seed=seed)
+    if as_json:
+        _emit(report)
+    else:
+        dev = report["dev"]
+        for k, r in dev["K"].items():
+            click.echo(f"dev K={k} alpha {r['alpha']}: t2i R@1 {dev['dual']['t2i']['R@1']:.2f} -> "
+                       f"{r['t2i']['R@1']:.2f}, i2t R@1 {dev['dual']['i2t']['R@1']:.2f} -> {r['i2t']['R@1']:.2f}")
+        click.echo(f"-> {report['out']} ({report['train_seconds']:.0f}s training)")
 
 
 # ---------------------------------------------------------------------------------------------- serve

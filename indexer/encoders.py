@@ -63,6 +63,12 @@ class Encoder(Protocol):
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+def decode_size(encoder) -> int:
+    """The image side the encoder needs, so decoding (JPEG draft mode) never goes below it."""
+    pre = getattr(encoder, "preprocess", None)
+    return int(getattr(encoder, "image_size", None) or getattr(pre, "size", None) or 224)
+
+
 _REGISTRY: dict[str, Callable[[], Encoder]] = {}
 _CACHE: dict[str, Encoder] = {}
 
@@ -77,12 +83,23 @@ def available_encoders() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def is_checkpoint_name(name: str) -> bool:
+    """A Hugging Face name ("org/model") or a local folder: loaded as a CLIP-family checkpoint."""
+    return "/" in name or Path(name).expanduser().is_dir()
+
+
 def get_encoder(name: str = "lite") -> Encoder:
-    """The encoder registered as `name`, built once per process."""
-    if name not in _REGISTRY:
-        raise ModelUnavailable(f"unknown model {name!r}; available: {', '.join(available_encoders())}")
+    """The encoder registered as `name`, or a CLIP-family checkpoint by name or folder; built once per process."""
+    if name not in _REGISTRY and not is_checkpoint_name(name):
+        raise ModelUnavailable(f"unknown model {name!r}; available: {', '.join(available_encoders())}, "
+                               "or a CLIP / SigLIP / Chinese-CLIP checkpoint (Hugging Face name or local folder)")
     if name not in _CACHE:
-        _CACHE[name] = _REGISTRY[name]()
+        if name in _REGISTRY:
+            _CACHE[name] = _REGISTRY[name]()
+        else:
+            from .hf_encoders import HFClipEncoder
+
+            _CACHE[name] = HFClipEncoder(name)
     return _CACHE[name]
 
 

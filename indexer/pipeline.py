@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from .decode import iter_decoded
-from .encoders import Encoder
+from .encoders import Encoder, decode_size
 from .library import Library, LibraryError, _under, write_failure
 from .records import DecodedImage, Skipped
 from .store import StoreError
@@ -160,9 +160,7 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
     done, last_save = 0, time.monotonic()
     if progress:
         progress(0, len(todo))
-    size = getattr(encoder, "preprocess", None)
-    target = size.size if size is not None else 224
-    for batch in batched(iter_decoded(todo, target_size=target, workers=workers), batch_size):
+    for batch in batched(iter_decoded(todo, target_size=decode_size(encoder), workers=workers), batch_size):
         images: list[DecodedImage] = []
         for item in batch:
             if isinstance(item, Skipped):
