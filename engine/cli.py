@@ -292,6 +292,29 @@ def check(library, repair, model, as_json):
         sys.exit(1)
 
 
+# ---------------------------------------------------------------------------------------------- reindex
+@cli.command()
+@library_option
+@click.option("--model", required=True, help="The model to re-embed everything with.")
+@json_option
+def reindex(library, model, as_json):
+    """Re-embed the whole library (its roots and text files) with --model; the old one serves until the swap."""
+    from indexer.encoders import get_encoder
+    from indexer.reindex import reindex as run_reindex
+
+    with edge():
+        encoder = get_encoder(model)
+        with _progress("re-embedding") as progress:
+            report = run_reindex(_library(library), encoder, progress=progress)
+    if as_json:
+        _emit(report.to_json())
+        return
+    click.echo(f"re-embedded {report.images.indexed} photos and {report.texts} texts with {report.model_after} "
+               f"(was {report.model_before}); skipped {len(report.images.skipped)}")
+    for source in report.missing_text_sources:
+        click.echo(f"  text file {source} no longer exists: its texts were dropped")
+
+
 # ---------------------------------------------------------------------------------------------- models
 @cli.command()
 @json_option

@@ -80,3 +80,34 @@ def test_a_checkpoint_that_is_not_available_offline_fails_in_one_line():
     models = {m["name"]: m for m in json.loads(out.stdout)}
     assert models["lite"]["local"] is True and models["lite"]["dim"] == 512
     assert models["openai/clip-vit-base-patch32"]["local"] is False
+
+
+def test_reindex_switches_the_library_to_another_model(tmp_path, photos, fake_encoder):
+    folder = hf_tiny.make_clip(tmp_path / "clip")
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("a red apple\na blue sky\n")
+    lib = ["--library", str(tmp_path / "lib")]
+    run = CliRunner().invoke
+    assert run(cli, ["index", str(photos), "--model", "fake-colour", *lib]).exit_code == 0
+    assert run(cli, ["index-texts", str(corpus), *lib]).exit_code == 0
+    out = run(cli, ["reindex", "--model", str(folder), "--json", *lib], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert report["model_before"] == "fake-colour" and report["images"]["indexed"] == 4 and report["texts"] == 2
+    info = json.loads(run(cli, ["info", "--json", *lib]).stdout)
+    assert info["model"] == str(folder) and info["images"] == 4 and info["texts"] == 2
+    assert not (tmp_path / "lib.reindex").exists() and not (tmp_path / "lib.old").exists()
+    assert run(cli, ["search", "--image", str(photos / "red.jpg"), "--json", *lib]).exit_code == 0
+
+
+def test_a_stale_reindex_folder_for_another_model_is_discarded(tmp_path, photos, fake_encoder):
+    from indexer.library import Library
+    from indexer.pipeline import index_images
+    from indexer.reindex import reindex
+
+    with Library(tmp_path / "lib", create=True) as lib:
+        index_images(lib, [str(photos)], fake_encoder)
+    with Library(tmp_path / "lib.reindex", create=True) as stale:
+        stale.bind_model("some-other-model", 8)
+    report = reindex(tmp_path / "lib", get_encoder(str(hf_tiny.make_clip(tmp_path / "clip"))))
+    assert report.images.indexed == 4
