@@ -89,3 +89,21 @@ def make_chinese_clip(folder: Path) -> Path:
     tok.save_pretrained(folder)
     ChineseCLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
     return folder
+
+
+def make_blip_itm(folder: Path) -> Path:
+    from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval, BlipImageProcessor
+
+    torch.manual_seed(3)
+    words = "a dog cat man woman runs jumps in the snow lake red car".split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"] + words
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizer(str(folder / "vocab.txt"))
+    cfg = BlipConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, max_position_embeddings=40, encoder_hidden_size=32),
+                     vision_config=_vision(), projection_dim=16, image_text_hidden_size=16)
+    BlipForImageTextRetrieval(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    BlipImageProcessor(size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
+    return folder
