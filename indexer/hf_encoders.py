@@ -94,6 +94,16 @@ class HFClipEncoder:
         return _unit(out, self.dim)
 
     @torch.inference_mode()
+    def encode_patches(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(n, patches, width) float32: the vision transformer's last hidden states without the class token
+        (SigLIP has none), the patch tokens a cross-attention reranker attends to."""
+        out = []
+        for s in range(0, len(images), self.batch_size):
+            states = self.model.vision_model(pixel_values=self.pixel_values(images[s:s + self.batch_size])).last_hidden_state
+            out.append(states if self.family == "siglip" else states[:, 1:])
+        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, 0, 0), np.float32)
+
+    @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         out = []
         for s in range(0, len(texts), self.batch_size):

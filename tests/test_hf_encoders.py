@@ -111,3 +111,14 @@ def test_a_stale_reindex_folder_for_another_model_is_discarded(tmp_path, photos,
         stale.bind_model("some-other-model", 8)
     report = reindex(tmp_path / "lib", get_encoder(str(hf_tiny.make_clip(tmp_path / "clip"))))
     assert report.images.indexed == 4
+
+
+def test_patch_tokens_are_the_vision_transformers_last_hidden_states(checkpoint):
+    family, folder = checkpoint
+    enc = HFClipEncoder(str(folder))
+    patches = enc.encode_patches(_images())
+    n = (hf_tiny.SIZE // 8) ** 2  # 4x4 patches of 8 pixels
+    assert patches.shape == (2, n, 32)
+    with torch.no_grad():
+        states = enc.model.vision_model(pixel_values=enc.pixel_values(_images())).last_hidden_state
+    np.testing.assert_allclose(patches, states[:, -n:].numpy(), atol=1e-6)
