@@ -114,8 +114,15 @@ class SearchEngine:
 
     # ------------------------------------------------------------------ helpers
     def _index(self, target: str):
+        """The target's index as of the store's last commit: a long-lived engine (the web server) picks up
+        what an indexer committed since, at the cost of one meta read per query."""
         try:
-            return self.library.vector_index(target)
+            index = self.library.vector_index(target)
+            committed = self.library.store.get_meta(f"generation.{target}", 0)
+            if index.generation != committed:
+                self.library.forget_index(target)
+                index = self.library.vector_index(target)
+            return index
         except LibraryError as e:
             raise SearchError(str(e)) from e
 

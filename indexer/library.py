@@ -231,6 +231,10 @@ class Library:
             self.sync(modality)
         return self._indexes[modality]
 
+    def forget_index(self, modality: str) -> None:
+        """Drop the loaded index; the next `vector_index` call loads the saved file and patches it."""
+        self._indexes.pop(modality, None)
+
     def sync(self, modality: str) -> dict[str, int]:
         """Make the loaded index hold exactly the vectors of the store's committed rows (see module doc).
 

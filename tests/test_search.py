@@ -74,3 +74,12 @@ def test_info_counts_and_describes_the_library(engine):
     assert (info["images"], info["texts"], info["model"], info["dim"]) == (4, 4, "fake-colour", 8)
     assert info["indexes"]["images"]["factory"] == "Flat"
     assert info["bytes"]["library.db"] > 0
+
+
+def test_a_long_lived_engine_sees_photos_indexed_after_it_opened(engine, photos, library, fake_encoder):
+    assert len(engine.search_text("purple", k=10)) == 4
+    draw(photos / "later" / "purple.jpg", "purple")
+    with Library(library) as lib:
+        index_images(lib, [str(photos)], fake_encoder)
+    hits = engine.search_text("purple", k=10)
+    assert len(hits) == 5 and Path(hits[0].path).name == "purple.jpg"
