@@ -295,24 +295,43 @@ def check(library, repair, model, as_json):
 # ---------------------------------------------------------------------------------------------- reindex
 @cli.command()
 @library_option
-@click.option("--model", required=True, help="The model to re-embed everything with.")
+@click.option("--model", default=None, help="Re-embed everything with this model.")
+@click.option("--index-type", "index_type", default=None,
+              help="Rebuild the FAISS index as this factory string (e.g. Flat, HNSW32, IVF1024,Flat) or 'auto', "
+                   "from the stored vectors: nothing is re-embedded.")
 @json_option
-def reindex(library, model, as_json):
-    """Re-embed the whole library (its roots and text files) with --model; the old one serves until the swap."""
+def reindex(library, model, index_type, as_json):
+    """Re-embed the library with --model (built beside, then swapped), and/or rebuild its index as --index-type."""
     from indexer.encoders import get_encoder
+    from indexer.library import Library
     from indexer.reindex import reindex as run_reindex
 
+    if not model and not index_type:
+        raise click.UsageError("give --model NAME, --index-type KEY, or both")
+    out = {}
     with edge():
-        encoder = get_encoder(model)
-        with _progress("re-embedding") as progress:
-            report = run_reindex(_library(library), encoder, progress=progress)
+        if model:
+            encoder = get_encoder(model)
+            with _progress("re-embedding") as progress:
+                out["model"] = run_reindex(_library(library), encoder, progress=progress).to_json()
+        if index_type:
+            with Library(_library(library)) as lib, lib.writing():
+                out["index"] = [lib.rebuild_index(m, None if index_type == "auto" else index_type)
+                                for m in ("images", "texts") if lib.store.get_meta(f"generation.{m}", 0)
+                                or (m == "images" and lib.store.count_images())
+                                or (m == "texts" and lib.store.count_texts())]
     if as_json:
-        _emit(report.to_json())
+        _emit(out)
         return
-    click.echo(f"re-embedded {report.images.indexed} photos and {report.texts} texts with {report.model_after} "
-               f"(was {report.model_before}); skipped {len(report.images.skipped)}")
-    for source in report.missing_text_sources:
-        click.echo(f"  text file {source} no longer exists: its texts were dropped")
+    if "model" in out:
+        r = out["model"]
+        click.echo(f"re-embedded {r['images']['indexed']} photos and {r['texts']} texts with {r['model_after']} "
+                   f"(was {r['model_before']}); skipped {len(r['images']['skipped'])}")
+        for source in r["missing_text_sources"]:
+            click.echo(f"  text file {source} no longer exists: its texts were dropped")
+    for r in out.get("index", []):
+        click.echo(f"{r['modality']}: rebuilt as {r['factory']} over {r['vectors']} vectors, search params "
+                   f"{r['params'] or 'none'} (recall@10 {r['recall_at_k']:.3f} against exact search)")
 
 
 # ---------------------------------------------------------------------------------------------- models

@@ -21,6 +21,7 @@ import numpy as np
 
 from .decode import iter_decoded
 from .encoders import Encoder, decode_size
+from .index_tuning import needs_rebuild
 from .library import Library, LibraryError, _under, write_failure
 from .records import DecodedImage, Skipped
 from .store import StoreError
@@ -49,6 +50,7 @@ class IndexReport:
     interrupted: bool = False  # stopped early on request (SIGINT); the same command resumes
     processed: int = 0  # files of the work list handled (embedded, moved or skipped) this run
     roots: list[str] = field(default_factory=list)
+    rebuilt: dict | None = None  # the library outgrew its index type: what it was rebuilt into
 
     @property
     def indexed(self) -> int:
@@ -59,7 +61,8 @@ class IndexReport:
         return {"indexed": self.indexed, "added": self.added, "reembedded": self.reembedded, "moved": self.moved,
                 "unchanged": self.unchanged, "removed": self.removed,
                 "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
-                "interrupted": self.interrupted, "roots": self.roots, "seconds": round(self.seconds, 3)}
+                "interrupted": self.interrupted, "roots": self.roots, "rebuilt": self.rebuilt,
+                "seconds": round(self.seconds, 3)}
 
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -204,6 +207,10 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
         if doomed:
             library.delete_images(doomed)
             report.removed = len(doomed)
+        index = library.vector_index("images")
+        grown = needs_rebuild(index.factory, index.ntotal, index.dim)
+        if grown:  # the library outgrew its index type: rebuild from the stored vectors, no re-embedding
+            report.rebuilt = library.rebuild_index("images", grown)
     library.save("images")
 
 

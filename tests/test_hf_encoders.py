@@ -92,7 +92,7 @@ def test_reindex_switches_the_library_to_another_model(tmp_path, photos, fake_en
     assert run(cli, ["index-texts", str(corpus), *lib]).exit_code == 0
     out = run(cli, ["reindex", "--model", str(folder), "--json", *lib], catch_exceptions=False)
     assert out.exit_code == 0, out.output
-    report = json.loads(out.stdout)
+    report = json.loads(out.stdout)["model"]
     assert report["model_before"] == "fake-colour" and report["images"]["indexed"] == 4 and report["texts"] == 2
     info = json.loads(run(cli, ["info", "--json", *lib]).stdout)
     assert info["model"] == str(folder) and info["images"] == 4 and info["texts"] == 2

@@ -1,0 +1,85 @@
+"""When a library outgrows its index type, and how to tune the new one (autofaiss-style).
+
+`needs_rebuild` is a pure decision on (current factory, vector count, dim); `tune_search_params` raises
+`nprobe` (IVF) or `efSearch` (HNSW) until recall@k against exact search, on held-out queries drawn from
+the collection's own vectors, reaches the target.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+import faiss
+import numpy as np
+
+from .index_choice import choose_index
+
+logger = logging.getLogger(__name__)
+
+TIERS = ("Flat", "HNSW", "IVF", "OPQ")
+REBUILD_GROWTH = 4  # an IVF index is rebuilt when the right nlist has grown this many times
+
+
+def tier(factory: str) -> int:
+    """0 Flat, 1 HNSW, 2 IVF, 3 OPQ/PQ: how far along the exact -> compressed scale a factory string is."""
+    if factory.startswith("OPQ") or ",PQ" in factory:
+        return 3
+    if factory.startswith("IVF"):
+        return 2
+    if factory.startswith("HNSW"):
+        return 1
+    return 0
+
+
+def _nlist(factory: str) -> int | None:
+    m = re.search(r"IVF(\d+)", factory)
+    return int(m.group(1)) if m else None
+
+
+def needs_rebuild(current: str, n_vectors: int, dim: int, memory_budget_bytes: int | None = None) -> str | None:
+    """The factory to rebuild into, or None when `current` still suits `n_vectors` vectors. Never moves
+    down a tier (a library that shrinks keeps its index until `xmodal reindex --index-type`)."""
+    best = choose_index(n_vectors, dim, memory_budget_bytes)
+    if tier(best) > tier(current):
+        return best
+    if tier(best) == tier(current) and _nlist(current) and _nlist(best):
+        if _nlist(best) >= REBUILD_GROWTH * _nlist(current):
+            return best
+    return None
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of the true top-k ids found, per query ((q, k) id arrays)."""
+    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / len(t) for f, t in zip(found, truth)]))
+
+
+def tune_search_params(index, vectors: np.ndarray, k: int = 10, target: float = 0.95, n_queries: int = 200,
+                       seed: int = 0) -> dict:
+    """Set the cheapest nprobe / efSearch reaching `target` recall@k on queries sampled from `vectors` (the
+    collection itself); returns {"params": {...}, "recall_at_k": r}. A Flat index needs nothing."""
+    kind = tier(index.factory)
+    n = len(vectors)
+    if kind == 0 or n == 0:
+        return {"params": {}, "recall_at_k": 1.0}
+    rng = np.random.default_rng(seed)
+    queries = vectors[rng.choice(n, size=min(n_queries, n), replace=False)]
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    kk = min(k, n)
+    _, truth_pos = exact.search(queries, kk)
+    all_ids = index.ids()  # positions -> the ids the index holds, in insertion order
+    truth = all_ids[truth_pos]
+    if kind == 1:
+        name, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
+    else:
+        nlist = _nlist(index.factory) or 1
+        name, values = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v <= nlist] or [nlist]
+    recall = 0.0
+    for value in values:
+        index.set_search_params(**{name: value})
+        _, found = index.search(queries, kk)
+        recall = recall_at_k(found, truth)
+        if recall >= target:
+            break
+    logger.info("%s: %s=%d gives recall@%d %.3f", index.factory, name, value, kk, recall)
+    return {"params": {name: value}, "recall_at_k": round(recall, 4)}

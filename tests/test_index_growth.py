@@ -1,0 +1,88 @@
+"""Index choice in a live library: it grows from exact search into HNSW / IVF by itself, without
+re-embedding, tunes nprobe / efSearch to recall@10 >= 0.95, and `xmodal reindex --index-type` forces a type."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import COLOURS
+from engine.cli import cli
+from engine.search import SearchEngine
+from indexer import index_choice
+from indexer.index_tuning import needs_rebuild, tier, tune_search_params
+from indexer.library import Library
+from indexer.pipeline import index_images
+from indexer.vector_index import VectorIndex
+
+
+def test_needs_rebuild_moves_up_tiers_only():
+    assert needs_rebuild("Flat", 1_000, 256) is None
+    assert tier(needs_rebuild("Flat", 100_000, 256)) == 1
+    assert tier(needs_rebuild("HNSW32", 2_000_000, 256)) == 2
+    assert needs_rebuild("HNSW32", 10, 256) is None  # never shrinks by itself
+    assert needs_rebuild("IVF2048,Flat", 1_100_000, 256) is None
+    assert needs_rebuild("IVF256,Flat", 1_100_000, 256) == "IVF4096,Flat"
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF64,Flat"])
+def test_tuning_reaches_the_recall_target_on_clustered_vectors(factory):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, 32))
+    x = (centres[rng.integers(0, 50, 5000)] + 0.3 * rng.normal(size=(5000, 32))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = VectorIndex.create(32, factory)
+    index.train(x)
+    index.add(np.arange(5000, dtype=np.int64) + 100, x)
+    result = tune_search_params(index, x)
+    assert result["recall_at_k"] >= 0.95
+    assert set(result["params"]) == ({"efSearch"} if factory.startswith("HNSW") else {"nprobe"})
+
+
+def _many_photos(root, start, stop):
+    """Photos start..stop-1, each a distinct shade of one of the test colours."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    names = list(COLOURS)
+    for i in range(start, stop):
+        base = np.array(COLOURS[names[i % len(names)]]) * (0.4 + 0.6 * i / 100)
+        Image.new("RGB", (8, 8), tuple(int(c) for c in base)).save(root / f"{i:03d}.png")
+
+
+def test_a_growing_library_is_rebuilt_into_the_next_index_type_without_reembedding(tmp_path, fake_encoder, monkeypatch):
+    monkeypatch.setattr(index_choice, "FLAT_THRESHOLD", 60)
+    root = tmp_path / "photos"
+    _many_photos(root, 0, 40)
+    with Library(tmp_path / "lib", create=True) as lib:
+        first = index_images(lib, [str(root)], fake_encoder)
+        assert first.rebuilt is None and lib.vector_index("images").factory == "Flat"
+    _many_photos(root, 40, 80)
+    fake_encoder.calls["images"] = 0
+    with Library(tmp_path / "lib") as lib:
+        second = index_images(lib, [str(root)], fake_encoder)
+        assert second.rebuilt["factory"] == "HNSW32" and second.rebuilt["vectors"] == 80
+        assert second.rebuilt["recall_at_k"] >= 0.95
+    assert second.added == 40 and fake_encoder.calls["images"] == 40  # the rebuild itself embedded nothing
+    with SearchEngine(tmp_path / "lib") as eng:
+        assert eng.library.vector_index("images").factory == "HNSW32"
+        assert len(eng.search_text("red", k=5)) == 5
+    info = json.loads(CliRunner().invoke(cli, ["info", "--json", "--library", str(tmp_path / "lib")]).stdout)
+    assert info["indexes"]["images"]["factory"] == "HNSW32" and "efSearch" in info["indexes"]["images"]["search_params"]
+
+
+def test_reindex_index_type_forces_a_choice_and_deletions_still_work(tmp_path, photos, fake_encoder):
+    lib_dir = tmp_path / "lib"
+    run = CliRunner().invoke
+    assert run(cli, ["index", str(photos), "--model", "fake-colour", "--library", str(lib_dir)]).exit_code == 0
+    out = run(cli, ["reindex", "--index-type", "HNSW16", "--json", "--library", str(lib_dir)], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["index"][0]["factory"] == "HNSW16"
+    (photos / "red.jpg").unlink()
+    report = json.loads(run(cli, ["index", "--json", "--library", str(lib_dir)]).stdout)
+    assert report["removed"] == 1
+    hits = json.loads(run(cli, ["search", "red", "-k", "10", "--json", "--library", str(lib_dir)]).stdout)
+    assert len(hits) == 3 and all("red.jpg" not in h["path"] for h in hits)
+    assert run(cli, ["reindex", "--library", str(lib_dir)]).exit_code == 2
