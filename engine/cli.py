@@ -418,6 +418,29 @@ def bench_recall(dataset, split_file, karpathy_split, model, rerank, rerank_ks, 
             click.echo(f"{direction + ' rerank@' + str(k):14s}" + "".join(f"{v:8.2f}" for v in r[direction].values()))
 
 
+@bench.command("speed")
+@click.option("--photos", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Photos to index for the throughput figure [default: the bundled samples].")
+@click.option("--scale", type=click.IntRange(100, 50_000_000), default=10_000, show_default=True,
+              help="Simulated collection size for query latency and ANN recall.")
+@click.option("--model", default="lite", show_default=True)
+@json_option
+def bench_speed_cmd(photos, scale, model, as_json):
+    """Indexing and query speed at a small scale: images/s, forward-pass rate, latency, ANN recall, memory."""
+    from indexer.encoders import get_encoder
+
+    from .speed import bench_speed
+
+    with edge():
+        result = bench_speed(get_encoder(model), photos or Path(__file__).resolve().parent.parent / "data" / "samples",
+                             scale=scale)
+    if as_json:
+        _emit(result)
+        return
+    for key, value in result.items():
+        click.echo(f"{key:18s} {value}")
+
+
 # ---------------------------------------------------------------------------------------------- train
 @cli.group()
 def train():

@@ -1,0 +1,31 @@
+"""`xmodal bench speed` runs end to end at a tiny scale (a smoke test: figures are measured by the
+benchmark itself, never asserted as timings here)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from engine.cli import cli
+from engine.speed import simulated_collection
+
+
+def test_simulated_vectors_are_unit_and_near_the_real_ones():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(20, 16)).astype(np.float32)
+    real /= np.linalg.norm(real, axis=1, keepdims=True)
+    sim = simulated_collection(real, 500)
+    np.testing.assert_allclose(np.linalg.norm(sim, axis=1), 1.0, atol=1e-5)
+    assert (sim @ real.T).max(1).mean() > 0.8
+
+
+def test_bench_speed_reports_every_figure(photos, fake_encoder):
+    out = CliRunner().invoke(cli, ["bench", "speed", "--photos", str(photos), "--scale", "2000", "--model",
+                                   "fake-colour", "--json"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    r = json.loads(out.stdout)
+    for key in ("index_img_s", "forward_img_s", "query_ms_p50", "query_ms_p95", "rerank_ms_p50", "ann_recall_at_10",
+                "speedup_vs_exact", "rss_mb"):
+        assert key in r
+    assert r["photos"] == 4 and r["factory"] == "Flat" and r["ann_recall_at_10"] == 1.0
