@@ -316,7 +316,10 @@ def reindex(library, model, index_type, as_json):
                 out["model"] = run_reindex(_library(library), encoder, progress=progress).to_json()
         if index_type:
             with Library(_library(library)) as lib, lib.writing():
-                out["index"] = [lib.rebuild_index(m, None if index_type == "auto" else index_type)
+                from indexer.index_tuning import TUNING_QUERIES
+
+                queries = get_encoder(lib.model).encode_texts(TUNING_QUERIES)
+                out["index"] = [lib.rebuild_index(m, None if index_type == "auto" else index_type, queries=queries)
                                 for m in ("images", "texts") if lib.store.get_meta(f"generation.{m}", 0)
                                 or (m == "images" and lib.store.count_images())
                                 or (m == "texts" and lib.store.count_texts())]

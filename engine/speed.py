@@ -20,7 +20,7 @@ import torch
 
 from indexer.encoders import Encoder
 from indexer.index_choice import choose_index
-from indexer.index_tuning import recall_at_k, tune_search_params
+from indexer.index_tuning import TUNING_QUERIES, recall_at_k, tune_search_params
 from indexer.library import Library
 from indexer.pipeline import index_images
 from indexer.vector_index import VectorIndex
@@ -75,7 +75,7 @@ def bench_speed(encoder: Encoder, photos: Path, scale: int = 10_000, repeats: in
     if not index.is_trained:
         index.train(vectors)
     index.add(np.arange(scale, dtype=np.int64), vectors)
-    tuning = tune_search_params(index, vectors)
+    tuning = tune_search_params(index, vectors, queries=encoder.encode_texts(TUNING_QUERIES))
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
     encode_ms, ann_ms, exact_ms, found, truth = [], [], [], [], []

@@ -305,11 +305,12 @@ class Library:
             index = self._indexes[modality]
             index.save(self.index_path(modality), generation=index.generation)
 
-    def rebuild_index(self, modality: str, factory: str | None = None,
-                      memory_budget_bytes: int | None = None) -> dict:
+    def rebuild_index(self, modality: str, factory: str | None = None, memory_budget_bytes: int | None = None,
+                      queries: np.ndarray | None = None) -> dict:
         """Rebuild the modality's FAISS index from the vectors in the store -- nothing is re-embedded -- as
         `factory` (default: `choose_index` for its size), train it on the stored vectors, tune nprobe /
-        efSearch to recall@10 >= 0.95 against exact search, and save it. The caller holds the writer lock."""
+        efSearch to recall@10 >= 0.95 against exact search (for self-queries and for `queries`, typically text
+        embeddings of index_tuning.TUNING_QUERIES), and save it. The caller holds the writer lock."""
         from .index_tuning import tune_search_params
 
         dim = self.dim
@@ -326,7 +327,7 @@ class Library:
             index.train(vectors)
         for s in range(0, len(keep), 100_000):
             index.add(keep[s:s + 100_000], vectors[s:s + 100_000])
-        tuning = tune_search_params(index, vectors)
+        tuning = tune_search_params(index, vectors, queries=queries)
         index.generation = generation
         self._indexes[modality] = index
         self.save(modality)

@@ -21,7 +21,7 @@ import numpy as np
 
 from .decode import iter_decoded
 from .encoders import Encoder, decode_size
-from .index_tuning import needs_rebuild
+from .index_tuning import TUNING_QUERIES, needs_rebuild
 from .library import Library, LibraryError, _under, write_failure
 from .records import DecodedImage, Skipped
 from .store import StoreError
@@ -210,7 +210,7 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
         index = library.vector_index("images")
         grown = needs_rebuild(index.factory, index.ntotal, index.dim)
         if grown:  # the library outgrew its index type: rebuild from the stored vectors, no re-embedding
-            report.rebuilt = library.rebuild_index("images", grown)
+            report.rebuilt = library.rebuild_index("images", grown, queries=encoder.encode_texts(TUNING_QUERIES))
     library.save("images")
 
 
