@@ -1,0 +1,420 @@
+"""Training of the cross-attention fusion reranker (engine.fusion) on cached features.
+
+Inputs, all cached or derived from the caches of engine.training.features:
+* text: MiniLM's final token states of every caption, flat float16 (sum of lengths, 384) with offsets
+  (N_cap + 1,) -- only real tokens ([CLS] ... [SEP]) are stored, so no padding is kept on disk;
+* images: the locked trunk cache -> 1280-channel 7x7 patch maps (engine.training.align.patch_maps) ->
+  49 patch tokens reduced to `patch_dim` channels by a whitened PCA fitted on train patches and stored
+  with the checkpoint (49 x 128 float16 = 12.5 KB per image).
+
+Objective: ALBEF-style image-text matching. Every step takes a batch of captions and makes three pairs
+per caption c of image i: (c, i) positive; (c, i') with i' drawn from c's top dual-encoder images except
+i; (c', i) with c' drawn from i's top dual-encoder captions except i's own. A share `hard_fraction` of the
+negatives are these hard ones, the rest uniformly random pairs (with hard negatives only the model stayed at
+the chance loss for the steps this budget allows). Binary cross-entropy on the matching logit. The
+dual-encoder neighbours come from the shipped lite model, computed once.
+
+Selection: after each epoch, dev R@1 (t2i + i2t) of the dual encoder's top `select_k` reranked by the
+fused score, on a fixed dev subset (first caption of every image for t2i, every image for i2t), with the
+best fusion weight alpha from ALPHAS. Reproducible: one seed; deterministic torch kernels.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.fusion import FusionReranker
+from engine.recall import i2t_ranks, recall_at_k, t2i_ranks
+from engine.rerank import fuse, reranked_matrix
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).resolve().parent.parent.parent / "data"
+LITE_RERANK = DATA_DIR / "lite-rerank.pt"
+ALPHAS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+
+
+@dataclass
+class RerankConfig:
+    dim: int = 128
+    layers: int = 2
+    heads: int = 4
+    ffn: int = 256
+    dropout: float = 0.1
+    patch_dim: int = 128  # PCA channels per patch token (0: keep all 1280)
+    epochs: int = 6
+    batch_size: int = 64  # captions per step (x3 pairs)
+    captions_per_image: int = 1  # captions of each image used per epoch (1..5), drawn anew each epoch
+    mine_k: int = 16  # hard negatives drawn from this many dual-encoder neighbours
+    hard_fraction: float = 0.5  # share of negatives that are hard (the rest: uniformly random)
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    select_k: int = 16
+    seed: int = 0
+    history: list = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ token cache
+
+@dataclass
+class TokenCache:
+    states: np.ndarray  # (sum T_i, 384) float16
+    offsets: np.ndarray  # (N + 1,) int64
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption indices -> (B, T, 384) float32 padded states and (B, T) 0/1 mask."""
+        idx = np.asarray(idx)
+        lens = self.offsets[idx + 1] - self.offsets[idx]
+        t = int(lens.max())
+        out = np.zeros((len(idx), t, self.states.shape[1]), np.float32)
+        mask = np.zeros((len(idx), t), np.int64)
+        for r, (i, n) in enumerate(zip(idx, lens)):
+            out[r, :n] = self.states[self.offsets[i]:self.offsets[i] + n]
+            mask[r, :n] = 1
+        return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+@torch.inference_mode()
+def token_states(tokenizer, tower, texts, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Texts -> flat (sum T, 384) float16 final token states of real tokens, offsets (N + 1,)."""
+    from indexer.encoders import tokenize
+
+    chunks, lens = [], []
+    for s in range(0, len(texts), batch_size):
+        ids, mask = tokenize(tokenizer, texts[s:s + batch_size])
+        states = tower(ids, mask)  # (B, T, 384)
+        for row, m in zip(states, mask):
+            n = int(m.sum())
+            chunks.append(row[:n].half().numpy())
+            lens.append(n)
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    return np.concatenate(chunks) if chunks else np.zeros((0, 384), np.float16), offsets
+
+
+def cache_tokens(captions: list[str], name: str, cache_dir: Path) -> TokenCache:
+    """MiniLM token states of `captions`, cached under cache_dir (keyed by the captions)."""
+    from indexer.encoders import load_minilm
+    from indexer.models.text_tower import TextTower
+
+    key = hashlib.sha256(json.dumps(["tokens", 1, captions]).encode()).hexdigest()[:16]
+    f = Path(cache_dir) / f"tokens-{name}-{key}.npz"
+    if not f.exists():
+        t0 = time.time()
+        tokenizer, bert = load_minilm()
+        states, offsets = token_states(tokenizer, TextTower(bert), captions)
+        tmp = f.with_suffix(".tmp.npz")
+        np.savez(tmp, states=states, offsets=offsets)
+        os.replace(tmp, f)
+        logger.info("token states of %d captions cached in %.0fs", len(captions), time.time() - t0)
+    z = np.load(f)
+    return TokenCache(z["states"], z["offsets"])
+
+
+# ------------------------------------------------------------------------------------------ patch tokens
+
+def fit_pca(tokens: torch.Tensor, dim: int, sample: int = 60000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, C) patch tokens -> (mean (C,), projection (C, dim)): whitened PCA (unit variance outputs)."""
+    g = torch.Generator().manual_seed(seed)
+    x = tokens[torch.randperm(len(tokens), generator=g)[:sample]].double()
+    mean = x.mean(0)
+    cov = (x - mean).T @ (x - mean) / max(1, len(x) - 1)
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    evals, evecs = evals.flip(0)[:dim], evecs.flip(1)[:, :dim]
+    sign = torch.sign(evecs[evecs.abs().argmax(0), torch.arange(dim)])  # deterministic signs
+    proj = evecs * sign / evals.clamp(min=1e-8).sqrt()
+    return mean.float(), proj.float()
+
+
+def _sample_tokens(maps: torch.Tensor, images: int, seed: int) -> torch.Tensor:
+    """(N, C, 7, 7) maps -> (M * 49, C) float32 patch tokens of at most `images` seeded random images."""
+    if len(maps) > images:
+        maps = maps[torch.from_numpy(np.random.default_rng(seed).choice(len(maps), images, replace=False))]
+    return maps.float().flatten(2).transpose(1, 2).reshape(-1, maps.shape[1])
+
+
+def to_patch_tokens(maps: torch.Tensor, mean: torch.Tensor | None, proj: torch.Tensor | None,
+                    batch: int = 500) -> torch.Tensor:
+    """(N, 1280, 7, 7) patch maps -> (N, 49, Cp) float16 tokens (row-major patches), PCA-reduced if given."""
+    out = []
+    for s in range(0, len(maps), batch):
+        t = maps[s:s + batch].float().flatten(2).transpose(1, 2)  # (B, 49, 1280)
+        if proj is not None:
+            t = (t - mean) @ proj  # (B, 49, Cp)
+        out.append(t.half())
+    return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------ mining
+
+def topk_neighbours(sim_fn, n_rows: int, k: int, exclude, chunk: int = 1000) -> np.ndarray:
+    """(n_rows, k) column indices of each row's top-k by sim_fn(rows) -> (B, n_cols), excluding
+    exclude(rows) -> boolean (B, n_cols)."""
+    out = []
+    for s in range(0, n_rows, chunk):
+        rows = np.arange(s, min(n_rows, s + chunk))
+        sim = sim_fn(rows).clone()
+        sim[torch.from_numpy(exclude(rows))] = -math.inf
+        out.append(sim.topk(k, dim=1).indices.numpy())
+    return np.concatenate(out)
+
+
+@torch.inference_mode()
+def dual_embeddings(model, maps: torch.Tensor, pooled_text: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lite dual encoder embeddings (images (N, D), captions (M, D)) from patch maps and pooled text."""
+    img = torch.cat([model.embed_pooled_image(maps[s:s + 500].float().mean((2, 3)))
+                     for s in range(0, len(maps), 500)])
+    txt = model.embed_pooled_text(torch.from_numpy(np.asarray(pooled_text, np.float32)))
+    return img, txt
+
+
+def mine(img: torch.Tensor, txt: torch.Tensor, caption_image: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hard negatives: (captions' top-k images except their own, images' top-k captions except their own)."""
+    ci = np.asarray(caption_image)
+    neg_img = topk_neighbours(lambda r: txt[r] @ img.T, len(txt), k,
+                              lambda r: np.arange(len(img))[None] == ci[r][:, None])
+    neg_cap = topk_neighbours(lambda r: img[r] @ txt.T, len(img), k, lambda r: ci[None] == r[:, None])
+    return neg_img, neg_cap
+
+
+# ------------------------------------------------------------------------------------------ scoring
+
+@torch.inference_mode()
+def score_pairs(model: FusionReranker, tokens: TokenCache, patches: torch.Tensor, caps: np.ndarray,
+                imgs: np.ndarray, batch: int = 512) -> np.ndarray:
+    """ITM logits of (caption caps[j], image imgs[j]) pairs."""
+    model.eval()
+    out = []
+    for s in range(0, len(caps), batch):
+        st, m = tokens.batch(caps[s:s + batch])
+        out.append(model(st, m, patches[imgs[s:s + batch]].float()).numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def rerank_eval(model: FusionReranker, tokens: TokenCache, patches: torch.Tensor, sim: np.ndarray,
+                caption_image: np.ndarray, ks=(16,), alphas=ALPHAS, captions: np.ndarray | None = None,
+                alpha: float | None = None) -> dict:
+    """Dev figures with the dual encoder's top-K reranked by dual + alpha * ITM logit.
+
+    sim: (n_captions, n_images) dual similarities. `captions` restricts the t2i queries (and the captions
+    that images can retrieve) to a subset. ITM logits are computed once for the largest K. Returns
+    {"dual": report, "K": {K: {"alpha", "t2i", "i2t", "by_alpha"}}}, alpha chosen per K (sum of R@1)
+    unless `alpha` is given."""
+    ci = np.asarray(caption_image)
+    if captions is not None:
+        sim, ci = sim[captions], ci[captions]
+        tok_ids = np.asarray(captions)
+    else:
+        tok_ids = np.arange(len(ci))
+    kmax = max(ks)
+    top_ti = np.argsort(-sim, axis=1, kind="stable")[:, :kmax]  # (n_cap, kmax)
+    sim_it = np.ascontiguousarray(sim.T)
+    top_it = np.argsort(-sim_it, axis=1, kind="stable")[:, :kmax]  # (n_img, kmax)
+    n_cap, n_img = sim.shape
+    logit_ti = score_pairs(model, tokens, patches, np.repeat(tok_ids, kmax), top_ti.ravel()).reshape(n_cap, kmax)
+    logit_it = score_pairs(model, tokens, patches, tok_ids[top_it.ravel()],
+                           np.repeat(np.arange(n_img), kmax)).reshape(n_img, kmax)
+
+    def report(ti, it) -> dict:
+        return {"t2i": recall_at_k(t2i_ranks(ti, ci)), "i2t": recall_at_k(i2t_ranks(it, ci))}
+
+    out = {"dual": report(sim, sim_it), "K": {}}
+    for k in ks:
+        by_alpha = {}
+        for a in ([alpha] if alpha is not None else alphas):
+            ti = reranked_matrix(sim, top_ti[:, :k], fuse(np.take_along_axis(sim, top_ti[:, :k], 1),
+                                                          logit_ti[:, :k], a))
+            it = reranked_matrix(sim_it, top_it[:, :k], fuse(np.take_along_axis(sim_it, top_it[:, :k], 1),
+                                                             logit_it[:, :k], a))
+            by_alpha[a] = report(ti, it)
+        best = max(by_alpha, key=lambda a: by_alpha[a]["t2i"]["R@1"] + by_alpha[a]["i2t"]["R@1"])
+        out["K"][k] = {"alpha": best, **by_alpha[best],
+                       "by_alpha": {str(a): [r["t2i"]["R@1"], r["i2t"]["R@1"]] for a, r in by_alpha.items()}}
+    return out
+
+
+def _r1(rep: dict) -> float:
+    return rep["t2i"]["R@1"] + rep["i2t"]["R@1"]
+
+
+# ------------------------------------------------------------------------------------------ training
+
+@dataclass
+class RerankData:
+    tokens: TokenCache
+    patches: torch.Tensor  # (N_img, 49, Cp) float16
+    caption_image: np.ndarray  # (N_cap,)
+    neg_img: np.ndarray | None = None  # (N_cap, k) hard-negative images per caption
+    neg_cap: np.ndarray | None = None  # (N_img, k) hard-negative captions per image
+    sim: np.ndarray | None = None  # (N_cap, N_img) dual similarities (dev only)
+
+
+def build_fusion(cfg: RerankConfig, patch_dim: int, text_dim: int = 384) -> FusionReranker:
+    torch.manual_seed(cfg.seed)
+    return FusionReranker(text_dim=text_dim, patch_dim=patch_dim, dim=cfg.dim, layers=cfg.layers,
+                          heads=cfg.heads, ffn=cfg.ffn, dropout=cfg.dropout)
+
+
+def train_rerank(train: RerankData, dev: RerankData | None, cfg: RerankConfig,
+                 max_steps: int | None = None) -> tuple[dict, dict | None]:
+    """Train; keep the best dev epoch (or the last when dev is None). Returns (state, dev report)."""
+    torch.use_deterministic_algorithms(True)
+    model = build_fusion(cfg, train.patches.shape[-1], train.tokens.states.shape[1])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    ci = np.asarray(train.caption_image)
+    n_img = len(train.patches)
+    by_image = [np.flatnonzero(ci == i) for i in range(n_img)] if cfg.captions_per_image < 5 else None
+    steps_per_epoch = None
+    best, best_rep, step = None, None, 0
+    dev_caps = None
+    if dev is not None:
+        dci = np.asarray(dev.caption_image)
+        dev_caps = np.array([np.flatnonzero(dci == i)[0] for i in range(len(dev.patches))])
+    for epoch in range(cfg.epochs):
+        model.train()
+        t0, losses = time.time(), []
+        if by_image is not None:
+            caps = np.concatenate([rng.permutation(c)[:cfg.captions_per_image] for c in by_image])
+            order = caps[rng.permutation(len(caps))]
+        else:
+            order = rng.permutation(len(ci))
+        if steps_per_epoch is None:
+            steps_per_epoch = math.ceil(len(order) / cfg.batch_size)
+            total = cfg.epochs * steps_per_epoch
+        for s in range(0, len(order), cfg.batch_size):
+            c = order[s:s + cfg.batch_size]
+            i = ci[c]
+            ni = train.neg_img[c, rng.integers(0, train.neg_img.shape[1], len(c))]
+            nc = train.neg_cap[i, rng.integers(0, train.neg_cap.shape[1], len(c))]
+            easy = rng.random((2, len(c))) >= cfg.hard_fraction
+            ri = (i + rng.integers(1, n_img, len(c))) % n_img  # a random other image
+            rc = rng.integers(0, len(ci), len(c))
+            rc = np.where(ci[rc] == i, (rc + 5) % len(ci), rc)  # a random caption of another image (5 per image)
+            ni, nc = np.where(easy[0], ri, ni), np.where(easy[1], rc, nc)
+            st, m = train.tokens.batch(np.concatenate([c, c, nc]))
+            pt = train.patches[np.concatenate([i, ni, i])].float()
+            y = torch.cat([torch.ones(len(c)), torch.zeros(2 * len(c))])
+            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / total))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = F.binary_cross_entropy_with_logits(model(st, m, pt), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            if step % 50 == 0:
+                logger.debug("step %d loss %.4f", step, np.mean(losses[-50:]))
+            if max_steps is not None and step >= max_steps:
+                break
+        entry = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4), "seconds": round(time.time() - t0, 1)}
+        rep = None
+        if dev is not None:
+            rep = rerank_eval(model, dev.tokens, dev.patches, dev.sim, dev.caption_image, ks=(cfg.select_k,),
+                              captions=dev_caps)
+            entry["dev_subset"] = {"dual": rep["dual"], "reranked": {k: v for k, v in rep["K"][cfg.select_k].items()
+                                                                      if k != "by_alpha"}}
+            entry["eval_seconds"] = round(time.time() - t0 - entry["seconds"], 1)
+            logger.info("epoch %d loss %.4f (%.0fs) dev-subset K=%d alpha %s t2i R@1 %.2f->%.2f i2t R@1 %.2f->%.2f",
+                        epoch + 1, entry["loss"], entry["seconds"], cfg.select_k, rep["K"][cfg.select_k]["alpha"],
+                        rep["dual"]["t2i"]["R@1"], rep["K"][cfg.select_k]["t2i"]["R@1"],
+                        rep["dual"]["i2t"]["R@1"], rep["K"][cfg.select_k]["i2t"]["R@1"])
+        else:
+            logger.info("epoch %d loss %.4f (%.0fs)", epoch + 1, entry["loss"], entry["seconds"])
+        cfg.history.append(entry)
+        score = _r1(rep["K"][cfg.select_k]) if rep else epoch
+        if best is None or score > best[0]:
+            best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch + 1)
+            best_rep = rep
+        if max_steps is not None and step >= max_steps:
+            break
+    logger.info("best epoch %d", best[2])
+    return best[1], best_rep
+
+
+def save_checkpoint(path: Path, state: dict, cfg: RerankConfig, pca: tuple | None, alpha: float, dev: dict,
+                    data: str) -> None:
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save({
+        "format": "xmodal-lite-rerank/1",
+        "state": {k: v.half() if v.is_floating_point() else v for k, v in state.items()},
+        "pca": None if pca is None else {"mean": pca[0], "proj": pca[1]},
+        "alpha": alpha,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "history"},
+        "dev": dev,
+        "history": cfg.history,
+        "data": data,
+    }, tmp)
+    os.replace(tmp, path)
+    logger.info("wrote %s", path)
+
+
+def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig) -> tuple[RerankData, RerankData, tuple]:
+    """Caches -> train and dev RerankData (patch tokens, token states, neighbours, dev similarities)."""
+    from engine.training.align import default_cache_dir, patch_maps
+    from engine.training.features import build_cache
+    from indexer.datasets import load_captions_csv
+    from indexer.encoders import LiteEncoder
+
+    data_dir = Path(data_dir)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    lite = LiteEncoder().model
+    out, pca = {}, None
+    for split in ("train", "dev"):
+        t0 = time.time()
+        ds = load_captions_csv(data_dir, data_dir / "splits" / f"{split}.txt")
+        ds.name = f"{data_dir.name}-{split}"
+        fc = build_cache(ds, cache_dir)
+        tokens = cache_tokens(list(ds.captions), ds.name, cache_dir)
+        maps = patch_maps(fc.trunk)  # (N, 1280, 7, 7) f16
+        img, txt = dual_embeddings(lite, maps, fc.text)
+        if split == "train" and cfg.patch_dim:
+            pca = fit_pca(_sample_tokens(maps, 1500, cfg.seed), cfg.patch_dim, seed=cfg.seed)
+        patches = to_patch_tokens(maps, *(pca if pca else (None, None)))
+        del maps
+        d = RerankData(tokens, patches, np.asarray(fc.caption_image, np.int64))
+        if split == "train":
+            d.neg_img, d.neg_cap = mine(img, txt, d.caption_image, cfg.mine_k)
+        else:
+            d.sim = (txt @ img.T).numpy()
+        out[split] = d
+        logger.info("%s ready: %d images, %d captions (%.0fs)", ds.name, len(patches), len(d.caption_image),
+                    time.time() - t0)
+    return out["train"], out["dev"], pca
+
+
+def run_rerank(data_dir: Path, out: Path | None = None, cache_dir: Path | None = None, epochs: int | None = None,
+               seed: int = 0, **overrides) -> dict:
+    """`xmodal train rerank`: train on the train split, select on dev, evaluate the best epoch on full dev."""
+    t_start = time.time()
+    cfg = RerankConfig(seed=seed, **overrides)
+    if epochs is not None:
+        cfg.epochs = epochs
+    train, dev, pca = prepare(data_dir, cache_dir, cfg)
+    t_train = time.time()
+    state, _ = train_rerank(train, dev, cfg)
+    train_seconds = time.time() - t_train
+    model = build_fusion(cfg, train.patches.shape[-1])
+    model.load_state_dict(state)
+    full = rerank_eval(model, dev.tokens, dev.patches, dev.sim, dev.caption_image, ks=(8, 16, 32))
+    alpha = full["K"][cfg.select_k]["alpha"]
+    out = Path(out) if out else LITE_RERANK
+    save_checkpoint(out, state, cfg, pca, alpha, full, data=f"{Path(data_dir).name}: train split "
+                    f"({len(train.patches)} images), selected on dev ({len(dev.patches)} images)")
+    return {"out": str(out), "alpha": alpha, "dev": full, "history": cfg.history,
+            "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1),
+            "config": {k: v for k, v in asdict(cfg).items() if k != "history"}}

@@ -1,0 +1,184 @@
+"""Fusion reranker: attention over patches, score fusion, top-k reranking, training on a tiny cache."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.fusion import FusionReranker
+from engine.recall import t2i_ranks
+from engine.rerank import LITE_RERANK, fuse, reranked_matrix, rerank_topk
+from engine.training.rerank import RerankConfig, RerankData, TokenCache, mine, rerank_eval, train_rerank
+
+
+def _model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return FusionReranker(patch_dim=8, dim=32, layers=2, heads=4, ffn=64, dropout=0.0, **kw).eval()
+
+
+def _inputs(b=3, t=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randn(b, t, 384, generator=g)
+    mask = torch.ones(b, t, dtype=torch.long)
+    mask[0, 3:] = 0
+    patches = torch.randn(b, 49, 8, generator=g)
+    return text, mask, patches
+
+
+def test_shapes_and_attention_weights():
+    m = _model()
+    text, mask, patches = _inputs()
+    logits, attn = m(text, mask, patches, return_attention=True)
+    assert logits.shape == (3,)
+    assert len(attn) == 2 and attn[0].shape == (3, 4, 5, 49)
+    torch.testing.assert_close(attn[0].sum(-1), torch.ones(3, 4, 5))
+    torch.testing.assert_close(m(text, mask, patches), logits)
+
+
+def test_score_depends_on_patches():
+    m = _model()
+    text, mask, patches = _inputs()
+    base = m(text, mask, patches)
+    changed = patches.clone()
+    changed[:, :10] += 3.0
+    assert not torch.allclose(m(text, mask, changed), base)
+    patch_mask = torch.ones(3, 49, dtype=torch.long)
+    patch_mask[:, 20:] = 0
+    masked = m(text, mask, patches, patch_mask=patch_mask)
+    assert not torch.allclose(masked, base)
+    # masked patches are ignored: changing them leaves the score as it is
+    other = patches.clone()
+    other[:, 20:] = torch.randn(3, 29, 8)
+    torch.testing.assert_close(m(text, mask, other, patch_mask=patch_mask), masked)
+    _, attn = m(text, mask, patches, patch_mask=patch_mask, return_attention=True)
+    assert float(attn[0][..., 20:].detach().abs().max()) == 0.0
+
+
+def test_padding_tokens_do_not_change_the_score():
+    m = _model()
+    text, mask, patches = _inputs()
+    base = m(text, mask, patches)
+    text2 = text.clone()
+    text2[0, 3:] = 100.0  # padding of row 0
+    torch.testing.assert_close(m(text2, mask, patches), base)
+
+
+def test_fuse_and_rerank_topk():
+    np.testing.assert_allclose(fuse([0.5, 0.2], [1.0, -1.0], 0.0), [0.5, 0.2])
+    np.testing.assert_allclose(fuse([0.5, 0.2], [1.0, -1.0], 0.1), [0.6, 0.1])
+    ids, scores = rerank_topk([7, 3, 9], [0.9, 0.8, 0.7], [-5.0, 0.0, 5.0], 0.1)
+    assert ids.tolist() == [9, 3, 7]
+    np.testing.assert_allclose(scores, [1.2, 0.8, 0.4])
+    ids, _ = rerank_topk([7, 3, 9], [0.9, 0.8, 0.7], [1.0, 1.0, 1.0], 0.5)  # equal ITM: dual order
+    assert ids.tolist() == [7, 3, 9]
+    ids, _ = rerank_topk([1, 2], [0.5, 0.5], [0.0, 0.0], 1.0)  # full ties: input order kept
+    assert ids.tolist() == [1, 2]
+    with pytest.raises(ValueError):
+        rerank_topk([1, 2], [0.5], [0.1], 1.0)
+
+
+def test_reranked_matrix_keeps_order_beyond_k():
+    sim = np.array([[0.9, 0.8, 0.7, 0.1, 0.05]])
+    top = np.array([[0, 1, 2]])
+    out = reranked_matrix(sim, top, np.array([[0.0, 0.0, 5.0]]))
+    assert np.argsort(-out[0], kind="stable").tolist() == [2, 0, 1, 3, 4]
+    # truth beyond K keeps its dual rank
+    assert t2i_ranks(out, np.array([3])).tolist() == [3]
+    assert t2i_ranks(out, np.array([2])).tolist() == [0]
+
+
+def _tiny_data(n_img=12, seed=0):
+    rng = np.random.default_rng(seed)
+    ci = np.repeat(np.arange(n_img), 2)
+    lens = rng.integers(3, 7, len(ci))
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    states = rng.standard_normal((offsets[-1], 384)).astype(np.float16)
+    patches = torch.from_numpy(rng.standard_normal((n_img, 49, 8)).astype(np.float16))
+    img = torch.nn.functional.normalize(torch.randn(n_img, 16, generator=torch.Generator().manual_seed(seed)), dim=1)
+    txt = torch.nn.functional.normalize(img[ci] + 0.5 * torch.randn(len(ci), 16), dim=1)
+    d = RerankData(TokenCache(states, offsets), patches, ci)
+    d.neg_img, d.neg_cap = mine(img, txt, ci, 4)
+    d.sim = (txt @ img.T).numpy()
+    return d
+
+
+def test_mining_excludes_own():
+    d = _tiny_data()
+    assert not (d.neg_img == d.caption_image[:, None]).any()
+    assert not (d.caption_image[d.neg_cap] == np.arange(len(d.patches))[:, None]).any()
+
+
+def test_training_runs_and_is_reproducible():
+    data = _tiny_data()
+    cfg = dict(dim=32, layers=1, heads=4, ffn=64, epochs=2, batch_size=8, warmup_steps=2, select_k=4, seed=3)
+    s1, rep1 = train_rerank(data, data, RerankConfig(**cfg))
+    s2, rep2 = train_rerank(data, data, RerankConfig(**cfg))
+    for k in s1:
+        torch.testing.assert_close(s1[k], s2[k])
+    assert rep1 == rep2
+    assert set(rep1["K"][4]) >= {"alpha", "t2i", "i2t"}
+
+
+def test_rerank_eval_alpha_zero_is_dual():
+    data = _tiny_data()
+    m = _model()
+    rep = rerank_eval(m, data.tokens, data.patches, data.sim, data.caption_image, ks=(4,), alpha=0.0)
+    assert rep["K"][4]["t2i"] == rep["dual"]["t2i"] and rep["K"][4]["i2t"] == rep["dual"]["i2t"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LITE_RERANK.exists(), reason="no data/lite-rerank.pt")
+def test_real_reranker_loads_and_scores():
+    from engine.rerank import Reranker
+
+    r = Reranker()
+    maps = torch.randn(3, 1280, 7, 7)
+    tokens = r.patch_tokens(maps)
+    assert tokens.shape[:2] == (3, 49)
+    scores = r.score_text_to_images(torch.randn(6, 384), torch.ones(6, dtype=torch.long), tokens)
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+
+
+def _tiny_checkpoint(path):
+    from engine.training.rerank import build_fusion, fit_pca, save_checkpoint
+
+    cfg = RerankConfig(dim=32, layers=1, heads=4, ffn=64, patch_dim=8)
+    pca = fit_pca(torch.randn(500, 1280), 8)
+    save_checkpoint(path, build_fusion(cfg, 8).state_dict(), cfg, pca, 0.05, {}, data="synthetic")
+
+
+def test_reranker_checkpoint_round_trip(tmp_path):
+    from engine.rerank import Reranker
+
+    _tiny_checkpoint(tmp_path / "r.pt")
+    r = Reranker(tmp_path / "r.pt")
+    assert r.alpha == 0.05
+    tokens = r.patch_tokens(torch.randn(4, 1280, 7, 7))
+    assert tokens.shape == (4, 49, 8)
+    t2i = r.score_text_to_images(torch.randn(6, 384), torch.ones(6, dtype=torch.long), tokens)
+    assert t2i.shape == (4,) and np.isfinite(t2i).all()
+    i2t = r.score_image_to_texts(tokens[0], torch.randn(3, 6, 384), torch.ones(3, 6, dtype=torch.long))
+    assert i2t.shape == (3,)
+    # the same pair scores the same either way round
+    text = torch.randn(6, 384)
+    one = torch.ones(6, dtype=torch.long)
+    np.testing.assert_allclose(r.score_image_to_texts(tokens[1], text[None], one[None]),
+                               r.score_text_to_images(text, one, tokens[1:2]), rtol=1e-5, atol=1e-5)
+
+
+def test_bench_rerank_needs_patch_features(tmp_path):
+    from click.testing import CliRunner
+
+    from conftest import COLOURS, draw
+    from engine.cli import cli
+
+    root = tmp_path / "ds"
+    rows = ["image,caption"]
+    for colour in COLOURS:
+        draw(root / "images" / f"{colour}.jpg", colour)
+        rows.append(f"{colour}.jpg,a {colour} square")
+    (root / "captions.txt").write_text("\n".join(rows) + "\n")
+    _tiny_checkpoint(tmp_path / "r.pt")
+    out = CliRunner().invoke(cli, ["bench", "recall", str(root), "--model", "fake-colour", "--rerank",
+                                   "--reranker", str(tmp_path / "r.pt")])
+    assert out.exit_code == 1 and "patch features" in out.output
