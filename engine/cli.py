@@ -445,21 +445,33 @@ def bench_speed_cmd(photos, scale, model, as_json):
 
 
 # ---------------------------------------------------------------------------------------------- train
+def training_options(checkpoint: str):
+    """The options every `xmodal train` command shares; `checkpoint` names the default --out."""
+    def decorate(f):
+        for option in reversed([
+            click.option("--data", "data_dir", required=True,
+                         type=click.Path(exists=True, file_okay=False, path_type=Path),
+                         help="Flickr8k-style folder: images/, captions.txt, splits/train.txt, splits/dev.txt."),
+            click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                         help=f"Checkpoint to write (default: {checkpoint})."),
+            click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                         help="Where tower features are cached (default ~/.cache/xmodal/features)."),
+            click.option("--epochs", type=click.IntRange(1, 1000), default=None),
+            click.option("--seed", type=int, default=0, show_default=True),
+            json_option,
+        ]):
+            f = option(f)
+        return f
+    return decorate
+
+
 @cli.group()
 def train():
     """Train the lite model's heads."""
 
 
 @train.command("align")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Flickr8k-style folder: images/, captions.txt, splits/train.txt, splits/dev.txt.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Checkpoint to write (default: the bundled data/lite-align.pt).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where tower features are cached (default ~/.cache/xmodal/features).")
-@click.option("--epochs", type=click.IntRange(1, 1000), default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
-@json_option
+@training_options("the bundled data/lite-align.pt")
 def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
     """Train the alignment heads on the train split, select on dev (LiT-style, towers locked)."""
     from .training.align import run_align
@@ -477,15 +489,7 @@ def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
 
 
 @train.command("rerank")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Flickr8k-style folder: images/, captions.txt, splits/train.txt, splits/dev.txt.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Checkpoint to write (default: data/lite-rerank.pt).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where tower features are cached (default ~/.cache/xmodal/features).")
-@click.option("--epochs", type=click.IntRange(1, 1000), default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
-@json_option
+@training_options("data/lite-rerank.pt")
 def train_rerank_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
     """Train the cross-attention reranker (ITM with hard negatives) on train, select on dev."""
     from .training.rerank import run_rerank
