@@ -470,15 +470,20 @@ def train():
     """Train the lite model's heads."""
 
 
+def _train(run, data_dir, out, cache_dir, epochs, seed) -> dict:
+    """Run a training job with its progress logged (per epoch) and domain errors made one line."""
+    logging.getLogger("engine").setLevel(logging.INFO)
+    with edge():
+        return run(data_dir, out=out, cache_dir=cache_dir, epochs=epochs, seed=seed)
+
+
 @train.command("align")
 @training_options("the bundled data/lite-align.pt")
 def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
     """Train the alignment heads on the train split, select on dev (LiT-style, towers locked)."""
     from .training.align import run_align
 
-    logging.getLogger("engine").setLevel(logging.INFO)
-    with edge():
-        report = run_align(data_dir, out=out, cache_dir=cache_dir, epochs=epochs, seed=seed)
+    report = _train(run_align, data_dir, out, cache_dir, epochs, seed)
     if as_json:
         _emit(report)
     else:
@@ -494,9 +499,7 @@ def train_rerank_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
     """Train the cross-attention reranker (ITM with hard negatives) on train, select on dev."""
     from .training.rerank import run_rerank
 
-    logging.getLogger("engine").setLevel(logging.INFO)
-    with edge():
-        report = run_rerank(data_dir, out=out, cache_dir=cache_dir, epochs=epochs, seed=seed)
+    report = _train(run_rerank, data_dir, out, cache_dir, epochs, seed)
     if as_json:
         _emit(report)
     else:

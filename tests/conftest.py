@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -59,3 +60,14 @@ def _no_network(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.delenv("XMODAL_LIBRARY", raising=False)
+
+
+def vectors_by_path(library: Path) -> dict[str, np.ndarray]:
+    """{path: vector} of every photo in a library, from its FAISS index (to compare two libraries)."""
+    from indexer.library import Library
+
+    with Library(library) as lib:
+        ids = lib.store.all_image_ids()
+        paths = {r.id: r.path for r in lib.store.get_images(ids.tolist())}
+        vectors = lib.vector_index("images").reconstruct(ids)
+        return {paths[int(i)]: v for i, v in zip(ids, vectors)}

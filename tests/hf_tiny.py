@@ -43,6 +43,14 @@ def _text(vocab: int, **extra) -> dict:
                 max_position_embeddings=32, **extra)
 
 
+def _save(folder: Path, model, tokenizer, image_processor) -> Path:
+    """Write a complete checkpoint folder: weights + config, tokenizer, image processor config."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    return folder
+
+
 def _vision() -> dict:
     return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=SIZE,
                 patch_size=8)
@@ -55,10 +63,8 @@ def make_clip(folder: Path) -> Path:
     tok = byte_level_tokenizer(folder / "_tok")
     cfg = CLIPConfig(text_config=_text(514, bos_token_id=512, eos_token_id=513, pad_token_id=513),
                      vision_config=_vision(), projection_dim=16)
-    CLIPModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
-    return folder
+    return _save(folder, CLIPModel(cfg), tok,
+                 CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}))
 
 
 def make_siglip(folder: Path) -> Path:
@@ -67,10 +73,7 @@ def make_siglip(folder: Path) -> Path:
     torch.manual_seed(1)
     tok = byte_level_tokenizer(folder / "_tok")
     cfg = SiglipConfig(text_config=_text(514, projection_size=32), vision_config=_vision())
-    SiglipModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    SiglipImageProcessor(size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
-    return folder
+    return _save(folder, SiglipModel(cfg), tok, SiglipImageProcessor(size={"height": SIZE, "width": SIZE}))
 
 
 def make_chinese_clip(folder: Path) -> Path:
@@ -85,10 +88,8 @@ def make_chinese_clip(folder: Path) -> Path:
     cfg = ChineseCLIPConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
                                              num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=32),
                             vision_config=_vision(), projection_dim=16)
-    ChineseCLIPModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    ChineseCLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
-    return folder
+    return _save(folder, ChineseCLIPModel(cfg), tok,
+                 ChineseCLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}))
 
 
 def make_blip_itm(folder: Path) -> Path:
@@ -103,7 +104,4 @@ def make_blip_itm(folder: Path) -> Path:
     cfg = BlipConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=2, max_position_embeddings=40, encoder_hidden_size=32),
                      vision_config=_vision(), projection_dim=16, image_text_hidden_size=16)
-    BlipForImageTextRetrieval(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    BlipImageProcessor(size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
-    return folder
+    return _save(folder, BlipForImageTextRetrieval(cfg), tok, BlipImageProcessor(size={"height": SIZE, "width": SIZE}))

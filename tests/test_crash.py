@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import vectors_by_path
 from engine.search import SearchEngine
 from indexer.check import check_library
 from indexer.library import Library
@@ -54,14 +55,6 @@ def _wait_for_more_than(library: Path, n: int, proc: subprocess.Popen, timeout: 
     end = time.monotonic() + timeout
     while _committed(library) <= n and proc.poll() is None and time.monotonic() < end:
         time.sleep(0.01)
-
-
-def _vectors_by_path(library: Path) -> dict[str, np.ndarray]:
-    with Library(library) as lib:
-        ids = lib.store.all_image_ids()
-        paths = {r.id: r.path for r in lib.store.get_images(ids.tolist())}
-        vectors = lib.vector_index("images").reconstruct(ids)
-        return {paths[int(i)]: v for i, v in zip(ids, vectors)}
 
 
 def _run_to_end(photos: Path, library: Path, delay: float) -> float:
@@ -109,7 +102,7 @@ def test_sigkill_at_random_points_loses_nothing_and_ends_equal_to_a_clean_build(
     with Library(library) as lib:
         report = check_library(lib)
     assert report.ok, report.problems
-    got, want = _vectors_by_path(library), _vectors_by_path(clean)
+    got, want = vectors_by_path(library), vectors_by_path(clean)
     assert set(got) == set(want) and len(got) == 400
     for path, vector in want.items():
         np.testing.assert_allclose(got[path], vector, atol=1e-6)

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import draw
+from conftest import draw, vectors_by_path
 from engine.cli import cli
 from engine.search import SearchEngine
 from indexer import store as store_module
@@ -27,14 +27,6 @@ from indexer.vector_index import VectorIndex
 def _index(library: Path, roots, encoder, **kw):
     with Library(library, create=True) as lib:
         return index_images(lib, [str(r) for r in roots] if roots else None, encoder, **kw)
-
-
-def _vectors_by_path(library: Path) -> dict[str, np.ndarray]:
-    with Library(library) as lib:
-        ids = lib.store.all_image_ids()
-        paths = {r.id: r.path for r in lib.store.get_images(ids.tolist())}
-        vectors = lib.vector_index("images").reconstruct(ids)
-        return {paths[int(i)]: v for i, v in zip(ids, vectors)}
 
 
 def _check_ok(library: Path) -> None:
@@ -190,7 +182,7 @@ def test_a_folder_that_is_not_a_library_is_refused(tmp_path):
 
 def test_a_schema_1_library_is_upgraded_and_back_filled_without_embedding(photos, library, fake_encoder):
     _index(library, [photos], fake_encoder)
-    expected = _vectors_by_path(library)
+    expected = vectors_by_path(library)
     db = sqlite3.connect(library / "library.db")  # turn it into what version 1 wrote
     db.executescript("ALTER TABLE images DROP COLUMN vector; ALTER TABLE texts DROP COLUMN vector;"
                      "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
@@ -207,7 +199,7 @@ def test_a_schema_1_library_is_upgraded_and_back_filled_without_embedding(photos
     report = _index(library, [photos], fake_encoder)
     assert (report.indexed, report.unchanged) == (0, 4) and fake_encoder.calls["images"] == 0
     _check_ok(library)
-    got = _vectors_by_path(library)
+    got = vectors_by_path(library)
     assert set(got) == set(expected)
     for p in expected:
         np.testing.assert_allclose(got[p], expected[p], atol=1e-6)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.recall import recall_report
+from engine.training.checkpoint import write_checkpoint
 from engine.training.features import FeatureCache, build_cache
 from indexer.encoders import LITE_HEADS, Preprocess, load_efficientnet_lite0, load_minilm
 from indexer.models.lite import LiteDualEncoder
@@ -175,18 +176,7 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
 
 def save_checkpoint(path: Path, state: dict, cfg: AlignConfig, report: dict, data: str) -> None:
     """Head weights (float16: half the size, dev recall unchanged) + config + preprocessing + dev figures."""
-    tmp = Path(path).with_suffix(".tmp")
-    torch.save({
-        "format": "xmodal-lite-align/1",
-        "state": {k: v.half() if v.is_floating_point() else v for k, v in state.items()},
-        "config": {k: v for k, v in asdict(cfg).items() if k != "history"},
-        "preprocess": asdict(Preprocess()),
-        "dev": report,
-        "history": cfg.history,
-        "data": data,
-    }, tmp)
-    os.replace(tmp, path)
-    logger.info("wrote %s", path)
+    write_checkpoint(path, "xmodal-lite-align/1", state, cfg, preprocess=asdict(Preprocess()), dev=report, data=data)
 
 
 def default_cache_dir() -> Path:

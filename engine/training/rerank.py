@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from engine.fusion import FusionReranker
 from engine.recall import i2t_ranks, recall_at_k, t2i_ranks
 from engine.rerank import fuse, reranked_matrix
+from engine.training.checkpoint import write_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -348,19 +349,8 @@ def train_rerank(train: RerankData, dev: RerankData | None, cfg: RerankConfig,
 
 def save_checkpoint(path: Path, state: dict, cfg: RerankConfig, pca: tuple | None, alpha: float, dev: dict,
                     data: str) -> None:
-    tmp = Path(path).with_suffix(".tmp")
-    torch.save({
-        "format": "xmodal-lite-rerank/1",
-        "state": {k: v.half() if v.is_floating_point() else v for k, v in state.items()},
-        "pca": None if pca is None else {"mean": pca[0], "proj": pca[1]},
-        "alpha": alpha,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "history"},
-        "dev": dev,
-        "history": cfg.history,
-        "data": data,
-    }, tmp)
-    os.replace(tmp, path)
-    logger.info("wrote %s", path)
+    write_checkpoint(path, "xmodal-lite-rerank/1", state, cfg,
+                     pca=None if pca is None else {"mean": pca[0], "proj": pca[1]}, alpha=alpha, dev=dev, data=data)
 
 
 def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig) -> tuple[RerankData, RerankData, tuple]:
