@@ -22,6 +22,9 @@ class BlipReranker:
     def __init__(self, name: str, batch_size: int = 16):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, BlipForImageTextRetrieval
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on the terminal of a search
 
         path = resolve_checkpoint(name)
         if AutoConfig.from_pretrained(path, local_files_only=True).model_type != "blip":

@@ -110,8 +110,10 @@ def cli(verbose: int) -> None:
 @library_option
 @click.option("--model", default=None, help="Dual encoder to embed with [default: the library's, else lite].")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--patches/--no-patches", default=True, show_default=True,
+              help="Store each photo's patch tokens for the reranker (lite model; 12.5 KB per photo).")
 @json_option
-def index(paths, library, model, batch_size, as_json):
+def index(paths, library, model, batch_size, patches, as_json):
     """Index the photos under PATHS (recursive); with no PATHS, refresh every folder the library knows.
     Re-runs embed only new or edited files, keep the vectors of moved ones and drop deleted ones.
     Ctrl-C stops after the current batch; running the same command again resumes."""
@@ -120,6 +122,7 @@ def index(paths, library, model, batch_size, as_json):
 
     from indexer.encoders import get_encoder
     from indexer.library import Library
+    from indexer.patch_tokens import default_projector
     from indexer.pipeline import index_images
 
     stop = threading.Event()
@@ -134,10 +137,11 @@ def index(paths, library, model, batch_size, as_json):
     try:
         with edge():
             encoder = get_encoder(model or _library_model(_library(library)) or "lite")
+            projector = default_projector(encoder.name) if patches else None
             with Library(_library(library), create=True) as lib:
                 with _progress("indexing") as progress:
                     report = index_images(lib, list(paths), encoder, batch_size=batch_size, progress=progress,
-                                          should_stop=stop.is_set)
+                                          should_stop=stop.is_set, patches=projector)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -148,6 +152,8 @@ def index(paths, library, model, batch_size, as_json):
         click.echo(f"added {report.added}, re-embedded {report.reembedded}, moved {report.moved}, "
                    f"removed {report.removed}, unchanged {report.unchanged}, skipped {len(report.skipped)} "
                    f"in {report.seconds:.1f}s ({rate:.1f} files/s)")
+        if report.patched:
+            click.echo(f"stored reranker patch tokens for {report.patched} photos indexed before")
         for s in report.skipped:
             click.echo(f"  skipped {s.path}: {s.reason}")
     if report.interrupted:
@@ -204,26 +210,78 @@ def remove(path, library, as_json):
 @click.option("--target", type=click.Choice(["images", "texts"]), default="images", show_default=True)
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--model", default=None, help="Refuse to run unless the library was built with this model.")
+@click.option("--rerank-k", "rerank_k", default=None, type=click.IntRange(1, 10_000),
+              help="Rerank this many dual-encoder candidates (text -> images, image -> texts) [default: 32].")
+@click.option("--no-rerank", is_flag=True, help="Rank by dual-encoder similarity only.")
+@click.option("--reranker", default="auto", show_default=True,
+              help="'auto' (the bundled reranker for lite libraries), 'lite', or a BLIP ITM checkpoint (name or folder).")
 @library_option
 @json_option
-def search(query, image, target, k, model, library, as_json):
-    """Search the library by text QUERY or by --image, for images or --target texts."""
+def search(query, image, target, k, model, rerank_k, no_rerank, reranker, library, as_json):
+    """Search the library by text QUERY or by --image, for images or --target texts. Text -> image and
+    image -> text searches rerank the top --rerank-k with the cross-attention reranker."""
     from .search import SearchEngine
 
     if bool(query) == bool(image):
         raise click.UsageError("give either a text QUERY or --image FILE (not both)")
+    rk = 0 if no_rerank else rerank_k
     with edge():
-        with SearchEngine(_library(library), model=model) as engine:
-            hits = engine.search_text(query, k, target) if query else engine.search_image(image, k, target)
+        with SearchEngine(_library(library), model=model, reranker=None if no_rerank else reranker) as engine:
+            if query:
+                hits = engine.search_text(query, k, target, rerank_k=rk)
+            else:
+                hits = engine.search_image(image, k, target, rerank_k=rk)
     if as_json:
         _emit([h.to_json() for h in hits])
         return
     if not hits:
         click.echo("no results")
         return
-    click.echo(f"{'rank':>4}  {'score':>6}  {'id':>6}  {'path' if target == 'images' else 'text'}")
+    reranked = any(h.match is not None for h in hits)
+    extra = f"  {'cosine':>6}  {'match':>6}" if reranked else ""
+    click.echo(f"{'rank':>4}  {'score':>6}{extra}  {'id':>6}  {'path' if target == 'images' else 'text'}")
     for h in hits:  # full paths, never shortened: people copy them
-        click.echo(f"{h.rank:>4}  {h.score:>6.3f}  {h.id:>6}  {h.path if target == 'images' else h.text}")
+        cols = f"  {h.similarity:>6.3f}  {h.match:>6.2f}" if h.match is not None else ("  " + " " * 14 if reranked else "")
+        click.echo(f"{h.rank:>4}  {h.score:>6.3f}{cols}  {h.id:>6}  {h.path if target == 'images' else h.text}")
+
+
+# ---------------------------------------------------------------------------------------------- explain
+@cli.command()
+@click.argument("query")
+@click.argument("image")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG to write: the photo with the heatmap of where the query matched.")
+@click.option("--per-word", is_flag=True, help="Also write one heatmap per word (OUTPUT-01-word.png, ...).")
+@library_option
+@json_option
+def explain(query, image, output, per_word, library, as_json):
+    """Show which regions of IMAGE (a file, or the id of an indexed photo) the reranker matched with QUERY:
+    its cross-attention from the query's words to the photo's patches, as a heatmap over the photo."""
+    import re
+
+    from .explain import overlay
+    from .search import SearchEngine
+
+    target = int(image) if image.isdigit() and not os.path.exists(image) else image
+    with edge():
+        with SearchEngine(_library(library), reranker="lite") as engine:
+            exp, photo = engine.explain(query, target)
+        written = [output]
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            overlay(photo, exp.overall).save(output, format="PNG")
+            if per_word:
+                for n, (word, grid) in enumerate(zip(exp.words, exp.word_maps), 1):
+                    safe = re.sub(r"[^\w-]+", "_", word).strip("_") or "word"
+                    path = output.with_name(f"{output.stem}-{n:02d}-{safe}.png")
+                    overlay(photo, grid).save(path, format="PNG")
+                    written.append(path)
+        except OSError as e:
+            raise click.ClickException(f"cannot write {e.filename or output}: {e.strerror or e}") from e
+    if as_json:
+        _emit({**exp.to_json(), "written": [str(p) for p in written]})
+    else:
+        click.echo(f"match {exp.match:.2f} for {query!r}; wrote " + ", ".join(str(p) for p in written))
 
 
 # ---------------------------------------------------------------------------------------------- info

@@ -9,14 +9,16 @@ R@1 at K = 16) and stored with the checkpoint.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from indexer.patch_tokens import LITE_RERANK, PatchProjector
+
 from .fusion import FusionReranker
 
-LITE_RERANK = Path(__file__).resolve().parent.parent / "data" / "lite-rerank.pt"
 
 
 def fuse(dual_scores, itm_logits, alpha: float) -> np.ndarray:
@@ -48,25 +50,51 @@ def reranked_matrix(sim: np.ndarray, top: np.ndarray, fused: np.ndarray) -> np.n
     return out
 
 
+@dataclass
+class TextTokens:
+    """MiniLM token states of one or more texts: states (B, T, 384), mask (B, T), ids (B, T)."""
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    ids: torch.Tensor | None = None
+
+
 class Reranker:
-    """Fusion model + patch PCA + alpha from a checkpoint."""
+    """The bundled cross-attention reranker: fusion weights, the patch projection and the fusion weight alpha
+    from one checkpoint. score(query, candidates) -> ITM logits, one per candidate:
+
+    * a text query (TextTokens of one text) against candidate images' patch tokens (K, 49, Cp);
+    * an image query's patch tokens (49, Cp) against candidate texts (TextTokens of K texts).
+    """
+
+    name = "lite"
 
     def __init__(self, checkpoint: Path = LITE_RERANK):
+        if not Path(checkpoint).exists():
+            raise FileNotFoundError(f"reranker not found at {checkpoint}; train it with `xmodal train rerank --data DIR`")
         ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
         cfg = ck["config"]
-        self.config, self.alpha, self.dev = cfg, float(ck["alpha"]), ck.get("dev")
-        pca = ck.get("pca")
-        self.pca = None if pca is None else (pca["mean"].float(), pca["proj"].float())
-        patch_dim = self.pca[1].shape[1] if self.pca else 1280
+        a = ck["alpha"]  # one fusion weight per direction (older checkpoints: one for both)
+        self.alpha = {"t2i": float(a["t2i"]), "i2t": float(a["i2t"])} if isinstance(a, dict) else \
+            {"t2i": float(a), "i2t": float(a)}
+        self.config, self.dev = cfg, ck.get("dev")
+        self.checkpoint = Path(checkpoint)
+        self.projector = PatchProjector(ck["pca"]["mean"], ck["pca"]["proj"]) if ck.get("pca") is not None else None
+        patch_dim = self.projector.spec.dim if self.projector else 1280
         self.model = FusionReranker(patch_dim=patch_dim, dim=cfg["dim"], layers=cfg["layers"], heads=cfg["heads"],
                                     ffn=cfg["ffn"], dropout=0.0)
         self.model.load_state_dict({k: v.float() for k, v in ck["state"].items()})
         self.model.eval()
 
-    def patch_tokens(self, maps: torch.Tensor) -> torch.Tensor:
-        """(B, 1280, 7, 7) patch maps of the locked image tower -> (B, 49, Cp) tokens."""
-        t = maps.float().flatten(2).transpose(1, 2)  # (B, 49, 1280)
-        return (t - self.pca[0]) @ self.pca[1] if self.pca else t
+    def patch_tokens(self, raw: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(B, 49, 1280) raw tower tokens, or (B, 1280, 7, 7) patch maps -> (B, 49, Cp) the tokens the model
+        reads (as stored)."""
+        raw = torch.as_tensor(raw)
+        if raw.dim() == 4:
+            raw = raw.float().flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C), row-major patches
+        if self.projector is None:
+            return torch.as_tensor(raw).float()
+        return torch.from_numpy(self.projector(raw)).float()
 
     @torch.inference_mode()
     def score_text_to_images(self, text_states: torch.Tensor, text_mask: torch.Tensor,
@@ -74,15 +102,30 @@ class Reranker:
         """One text (T, 384) / (T,) mask against K images' (K, 49, Cp) tokens -> (K,) ITM logits."""
         k = len(patch_tokens)
         return self.model(text_states.float().expand(k, -1, -1), text_mask.expand(k, -1),
-                          patch_tokens.float()).numpy()
+                          torch.as_tensor(patch_tokens).float()).numpy()
 
     @torch.inference_mode()
     def score_image_to_texts(self, patch_tokens: torch.Tensor, text_states: torch.Tensor,
                              text_mask: torch.Tensor) -> np.ndarray:
         """One image's (49, Cp) tokens against K texts (K, T, 384) / (K, T) -> (K,) ITM logits."""
         k = len(text_states)
-        return self.model(text_states.float(), text_mask, patch_tokens.float().expand(k, -1, -1)).numpy()
+        return self.model(text_states.float(), text_mask,
+                          torch.as_tensor(patch_tokens).float().expand(k, -1, -1)).numpy()
 
-    def score(self, query_states: torch.Tensor, query_mask: torch.Tensor, candidates: torch.Tensor) -> np.ndarray:
-        """Alias of score_text_to_images (a text query against candidate images)."""
-        return self.score_text_to_images(query_states, query_mask, candidates)
+    def score(self, query: TextTokens | np.ndarray | torch.Tensor,
+              candidates: np.ndarray | torch.Tensor | TextTokens) -> np.ndarray:
+        """ITM logits of a text query against images, or of an image query against texts (see the class)."""
+        if isinstance(query, TextTokens):
+            return self.score_text_to_images(query.states[0], query.mask[0], candidates)
+        if not isinstance(candidates, TextTokens):
+            raise TypeError("an image query is scored against texts: pass their TextTokens")
+        return self.score_image_to_texts(query, candidates.states, candidates.mask)
+
+    @torch.inference_mode()
+    def attention(self, text: TextTokens, patch_tokens: torch.Tensor | np.ndarray) -> tuple[float, np.ndarray]:
+        """One text against one image -> (ITM logit, (T, P) cross-attention of each token over the patches,
+        averaged over layers and heads; rows sum to 1)."""
+        logit, attn = self.model(text.states[:1].float(), text.mask[:1],
+                                 torch.as_tensor(patch_tokens).float()[None], return_attention=True)
+        weights = torch.stack(attn).mean(dim=(0, 2))[0]  # (layers, 1, h, T, P) -> (T, P)
+        return float(logit[0]), weights.numpy()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Sequence
@@ -16,13 +17,14 @@ import numpy as np
 from PIL import Image
 
 from indexer.decode import DecodeError, read_image
-from indexer.encoders import Encoder, get_encoder
+from indexer.encoders import Encoder, ModelUnavailable, get_encoder
 from indexer.library import Library, LibraryError
 from indexer.records import ImageRecord, SearchHit
 from indexer.store import StoreError
 
 logger = logging.getLogger(__name__)
 TARGETS = ("images", "texts")
+FULL_SIZE = 1 << 20  # decode without JPEG draft reduction (explain draws on the photo at its own size)
 
 
 class SearchError(Exception):
@@ -32,7 +34,9 @@ class SearchError(Exception):
 class SearchEngine:
     """Read-side handle on a library: encodes queries with the library's own model."""
 
-    def __init__(self, library_dir: str | os.PathLike, model: str | None = None):
+    def __init__(self, library_dir: str | os.PathLike, model: str | None = None, reranker: str | None = "auto"):
+        """`reranker`: "auto" (the bundled cross-attention reranker for libraries built with the lite model,
+        none otherwise), "lite", a BLIP image-text-matching checkpoint (name or folder), or None (off)."""
         try:
             self.library = Library(library_dir)
         except StoreError as e:
@@ -45,12 +49,55 @@ class SearchEngine:
                               f"queries with {model!r} would be meaningless (use --model {built_with})")
         self.model_name = built_with
         self._encoder: Encoder | None = None
+        if reranker == "lite" and built_with != "lite":
+            raise SearchError(f"the bundled reranker reads the lite model's features, but library {self.library.root} "
+                              f"was built with {built_with!r}; use a BLIP checkpoint as --reranker, or none")
+        self.reranker_name = reranker
+        self._backend = None
 
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
             self._encoder = get_encoder(self.model_name)
         return self._encoder
+
+    @property
+    def reranker(self):
+        """The rerank backend (engine.reranking), or None when reranking is off or unavailable."""
+        if self._backend is None and self.reranker_name:
+            from .reranking import BlipBackend, LiteBackend
+
+            try:
+                if self.reranker_name in ("auto", "lite"):
+                    from indexer.patch_tokens import LITE_RERANK
+
+                    if self.model_name == "lite" and (self.reranker_name == "lite" or LITE_RERANK.exists()):
+                        self._backend = LiteBackend(self.library, self.encoder)
+                else:
+                    self._backend = BlipBackend(self.reranker_name)
+            except (OSError, ModelUnavailable) as e:
+                raise SearchError(f"cannot load reranker {self.reranker_name!r}: {e}") from e
+            if self._backend is None:
+                self.reranker_name = None
+        return self._backend
+
+    def _rerank_k(self, rerank_k: int | None) -> int:
+        """How many candidates to rerank: the default when None, 0 when reranking is off."""
+        if rerank_k is not None and rerank_k < 0:
+            raise SearchError(f"rerank_k must be 0 (off) or more, got {rerank_k}")
+        if rerank_k == 0 or self.reranker is None:
+            return 0
+        from .reranking import DEFAULT_RERANK_K
+
+        return DEFAULT_RERANK_K if rerank_k is None else int(rerank_k)
+
+    def _reranked(self, hits: list[SearchHit], k: int, rk: int, score, direction: str) -> list[SearchHit]:
+        """Rerank the first rk hits with score(hits) -> match scores; the rest follow in dual order."""
+        from .reranking import rerank_hits
+
+        head = rerank_hits(hits[:rk], score(hits[:rk]), self.reranker.alpha[direction])
+        tail = [replace(h, rank=len(head) + n + 1) for n, h in enumerate(hits[rk:])]
+        return (head + tail)[:k]
 
     def close(self) -> None:
         self.library.close()
@@ -65,26 +112,72 @@ class SearchEngine:
     # Every query method takes optional image filters (keyword-only): `folder` keeps photos under that
     # folder (recursively); `taken_after` / `taken_before` keep photos whose EXIF date taken is on or
     # after / on or before that day (photos without a date taken are then left out).
-    def search_text(self, query: str, k: int = 10, target: str = "images", **filters) -> list[SearchHit]:
+    # Text -> image and image -> text queries rerank the top `rerank_k` candidates (None: the default,
+    # 0: off) when the engine has a reranker; image -> image and text -> text are not reranked.
+    def search_text(self, query: str, k: int = 10, target: str = "images", rerank_k: int | None = None,
+                    **filters) -> list[SearchHit]:
+        from .reranking import LiteBackend, RerankQuery
+
         if not query or not query.strip():
             raise SearchError("empty query: give some words to search for")
-        return self.search_vector(self.encoder.encode_texts([query])[0], k, target, **filters)
+        rk = self._rerank_k(rerank_k) if target == "images" else 0
+        if not rk:
+            return self.search_vector(self.encoder.encode_texts([query])[0], k, target, **filters)
+        backend = self.reranker
+        if isinstance(backend, LiteBackend):  # one MiniLM pass gives both the embedding and the token states
+            vectors, tokens = backend.query_tokens([query])
+        else:
+            vectors, tokens = self.encoder.encode_texts([query]), None
+        hits = self.search_vector(vectors[0], max(k, rk), target, **filters)
+        q = RerankQuery(text=query, tokens=tokens)
+        return self._reranked(hits, k, rk, lambda h: backend.score_images(q, h), "t2i")
 
     def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10,
-                     target: str = "images", **filters) -> list[SearchHit]:
+                     target: str = "images", rerank_k: int | None = None, **filters) -> list[SearchHit]:
+        from .reranking import LiteBackend, RerankQuery
+
         if not isinstance(image, Image.Image):
             try:
                 image = read_image(os.fspath(image)).image
             except DecodeError as e:
                 raise SearchError(f"cannot use {e.path} as a query image: {e.reason}") from e
-        return self.search_vector(self.encoder.encode_images([image])[0], k, target, **filters)
+        rk = self._rerank_k(rerank_k) if target == "texts" else 0
+        if not rk:
+            return self.search_vector(self.encoder.encode_images([image])[0], k, target, **filters)
+        backend = self.reranker
+        patches = None
+        if isinstance(backend, LiteBackend):
+            vector, patches = backend.query_patches(image)
+        else:
+            vector = self.encoder.encode_images([image])[0]
+        hits = self.search_vector(vector, max(k, rk), target, **filters)
+        q = RerankQuery(image=image, patches=patches)
+        return self._reranked(hits, k, rk, lambda h: backend.score_texts(q, h), "i2t")
 
-    def similar(self, image_id: int, k: int = 10, target: str = "images", **filters) -> list[SearchHit]:
-        """'More like this' for an indexed image, from its stored vector (no file is opened)."""
+    def similar(self, image_id: int, k: int = 10, target: str = "images", rerank_k: int | None = None,
+                **filters) -> list[SearchHit]:
+        """'More like this' for an indexed image, from its stored vector (no file is opened when its patch
+        tokens are stored)."""
+        from .reranking import LiteBackend, RerankQuery
+
         index = self._index("images")
         if image_id not in set(index.ids().tolist()):
             raise SearchError(f"no image with id {image_id} in {self.library.root}")
-        return self.search_vector(index.reconstruct([image_id])[0], k, target, **filters)
+        vector = index.reconstruct([image_id])[0]
+        rk = self._rerank_k(rerank_k) if target == "texts" else 0
+        if not rk:
+            return self.search_vector(vector, k, target, **filters)
+        backend, record = self.reranker, self.image_record(image_id)
+        if isinstance(backend, LiteBackend):
+            tokens, _ = backend.image_patches([image_id], [record.path])
+            q = RerankQuery(patches=tokens[0])
+        else:
+            try:
+                q = RerankQuery(image=read_image(record.path).image)
+            except DecodeError as e:
+                raise SearchError(f"cannot rerank for {e.path}: {e.reason}") from e
+        hits = self.search_vector(vector, max(k, rk), target, **filters)
+        return self._reranked(hits, k, rk, lambda h: backend.score_texts(q, h), "i2t")
 
     def search_vector(self, vector: np.ndarray, k: int, target: str = "images", *, folder: str | None = None,
                       taken_after: date | None = None, taken_before: date | None = None) -> list[SearchHit]:
@@ -111,6 +204,44 @@ class SearchEngine:
                 break
             fetch = min(index.ntotal, fetch * 4)
         return [SearchHit(rank=n + 1, score=s, id=r.id, path=r.path) for n, (s, r) in enumerate(kept[:k])]
+
+    # ------------------------------------------------------------------ explain
+    def explain(self, query: str, image: int | str | os.PathLike | Image.Image):
+        """Which regions of a photo (an indexed id, a file or a PIL image) the reranker matched with which
+        words of `query` -> (engine.explain.Explanation, the photo)."""
+        from .explain import explanation
+        from .reranking import LiteBackend
+
+        if not query or not query.strip():
+            raise SearchError("empty query: give some words to explain")
+        backend = self.reranker if self.reranker_name in ("auto", "lite") else None
+        if not isinstance(backend, LiteBackend):
+            raise SearchError("explain needs the bundled cross-attention reranker (a library built with the lite "
+                              "model, and data/lite-rerank.pt)")
+        if isinstance(image, int):
+            record = self.image_record(image)
+            if record is None:
+                raise SearchError(f"no image with id {image} in {self.library.root}")
+            try:
+                photo = read_image(record.path, target_size=FULL_SIZE).image
+            except DecodeError as e:
+                raise SearchError(f"cannot read {e.path}: {e.reason}") from e
+            tokens, _ = backend.image_patches([image], [record.path])
+            patches = tokens[0]
+        else:
+            if not isinstance(image, Image.Image):
+                try:
+                    image = read_image(os.fspath(image), target_size=FULL_SIZE).image
+                except DecodeError as e:
+                    raise SearchError(f"cannot use {e.path}: {e.reason}") from e
+            photo = image
+            _, patches = backend.query_patches(photo)
+        _, text = backend.query_tokens([query])
+        match, attention = backend.reranker.attention(text, patches)
+        words = self.encoder.tokenizer.convert_ids_to_tokens(text.ids[0].tolist())
+        n = int(text.mask[0].sum())
+        side = int(round(len(patches) ** 0.5))
+        return explanation(query, words[:n], attention[:n], match, grid=(side, len(patches) // side)), photo
 
     # ------------------------------------------------------------------ helpers
     def _index(self, target: str):

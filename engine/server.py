@@ -19,6 +19,7 @@ Rules:
 """
 from __future__ import annotations
 
+import io
 import ipaddress
 import logging
 import os
@@ -34,7 +35,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from indexer.decode import DecodeError, read_image
@@ -158,6 +159,8 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
 
     K = Query(20, ge=1, le=MAX_K, description="How many results.")
     TARGET = Query("images", description="`images` or `texts`.")
+    RERANK_K = Query(None, ge=0, le=MAX_K, description="Rerank this many candidates (text -> images, "
+                     "image -> texts); 0: off; default: the engine's.")
 
     # ------------------------------------------------------------------ API
     @api.get("/health", summary="Liveness")
@@ -170,13 +173,14 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
 
     @api.get("/search", summary="Search by text")
     def search(q: str = Query(..., description="What to look for."), k: int = K, target: str = TARGET,
-               f: dict = Depends(filters)):
+               rerank_k: int | None = RERANK_K, f: dict = Depends(filters)):
         started = time.perf_counter()
-        return answer(call(engine.search_text, q, k, target, **_active(f)), started, target)
+        return answer(call(engine.search_text, q, k, target, rerank_k=rerank_k, **_active(f)), started, target)
 
     @api.post("/search/image", summary="Search by an uploaded image (multipart field `file`)")
     def search_image(file: UploadFile = File(..., description="A photo (JPEG, PNG, WebP, HEIC...)."),
-                     k: int = K, target: str = TARGET, f: dict = Depends(filters)):
+                     k: int = K, target: str = TARGET, rerank_k: int | None = RERANK_K,
+                     f: dict = Depends(filters)):
         started = time.perf_counter()
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
@@ -184,7 +188,7 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
         if not data:
             raise HTTPProblem(400, "the uploaded file is empty; choose a photo")
         image = _decode_upload(data, file.filename or "upload", max_upload_pixels)
-        return answer(call(engine.search_image, image, k, target, **_active(f)), started, target)
+        return answer(call(engine.search_image, image, k, target, rerank_k=rerank_k, **_active(f)), started, target)
 
     @api.get("/images/{image_id}", summary="One photo's metadata")
     def image(image_id: int):
@@ -194,10 +198,32 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
                 "taken_at": r.taken_at.isoformat() if r.taken_at else None}
 
     @api.get("/images/{image_id}/similar", summary="More like this")
-    def similar(image_id: int, k: int = K, target: str = TARGET, f: dict = Depends(filters)):
+    def similar(image_id: int, k: int = K, target: str = TARGET, rerank_k: int | None = RERANK_K,
+                f: dict = Depends(filters)):
         started = time.perf_counter()
         record_or_404(image_id)
-        return answer(call(engine.similar, image_id, k, target, **_active(f)), started, target)
+        return answer(call(engine.similar, image_id, k, target, rerank_k=rerank_k, **_active(f)), started, target)
+
+    @api.get("/images/{image_id}/explain", summary="Where the photo matched each word of a query (7x7 grids)")
+    def explain(image_id: int, q: str = Query(..., description="The query to explain.")):
+        record_or_404(image_id)
+        exp, _ = call(engine.explain, q, image_id)
+        return exp.to_json()
+
+    @api.get("/images/{image_id}/explain.png", summary="The photo with a heatmap of where a query matched",
+             response_class=Response)
+    def explain_png(image_id: int, q: str = Query(..., description="The query to explain."),
+                    word: int | None = Query(None, ge=0, description="Only this word of the query (0-based).")):
+        from .explain import overlay
+
+        record_or_404(image_id)
+        exp, photo = call(engine.explain, q, image_id)
+        if word is not None and word >= len(exp.words):
+            raise HTTPProblem(400, f"the query has {len(exp.words)} words; word must be below that")
+        photo.thumbnail((1024, 1024))
+        buf = io.BytesIO()
+        overlay(photo, exp.overall if word is None else exp.word_maps[word]).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png")
 
     @api.get("/images/{image_id}/thumbnail", summary="A JPEG thumbnail (cached in the library)",
              response_class=FileResponse)

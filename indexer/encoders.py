@@ -203,6 +203,30 @@ class LiteEncoder:
         return _as_matrix(out, self.dim)
 
 
+    @torch.inference_mode()
+    def encode_images_with_patches(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """One forward pass -> (n, dim) embeddings and (n, 49, 1280) float32 raw patch tokens: the locked
+        tower's 7x7 map in row-major order, what the cross-attention reranker attends to."""
+        vectors, tokens = [], []
+        for s in range(0, len(images), self.batch_size):
+            maps = self.model.image_patches(self.preprocess(images[s:s + self.batch_size]))  # (B, 1280, 7, 7)
+            vectors.append(self.model.embed_pooled_image(maps.mean(dim=(2, 3))))
+            tokens.append(maps.flatten(2).transpose(1, 2))  # (B, 49, 1280)
+        raw = torch.cat(tokens).numpy() if tokens else np.zeros((0, 49, 1280), np.float32)
+        return _as_matrix(vectors, self.dim), raw
+
+    @torch.inference_mode()
+    def encode_text_states(self, texts: Sequence[str]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward pass -> (n, dim) embeddings, (n, T, 384) MiniLM token states, (n, T) mask, (n, T) ids:
+        the embedding for retrieval and the token states the reranker's queries come from."""
+        from .models.text_tower import mean_pool
+
+        ids, mask = tokenize(self.tokenizer, texts)
+        states = self.model.text_tower(ids, mask)  # (n, T, 384)
+        vectors = self.model.embed_pooled_text(mean_pool(states, mask))
+        return _as_matrix([vectors], self.dim), states, mask, ids
+
+
 def _as_matrix(chunks: list[torch.Tensor], dim: int) -> np.ndarray:
     if not chunks:
         return np.zeros((0, dim), np.float32)

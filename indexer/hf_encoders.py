@@ -56,6 +56,9 @@ class HFClipEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import transformers
         from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a command's output
 
         path = resolve_checkpoint(name)
         config = AutoConfig.from_pretrained(path, local_files_only=True)

@@ -33,6 +33,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .index_choice import choose_index
+from .patch_tokens import PatchSpec, PatchStore
 from .records import DecodedImage
 from .store import Store, StoreError
 from .vector_index import VectorIndex, VectorIndexError
@@ -76,6 +77,7 @@ class Library:
                 raise LibraryError(f"cannot create library {self.root}: {e.strerror or e}") from e
         self.store = Store(self.root, create=create)
         self._indexes: dict[str, VectorIndex] = {}
+        self._patch_store: PatchStore | None = None
         self._lock_fd: int | None = None
         self._lock_depth = 0
         #: per modality, ids of rows that have no vector anywhere (must be re-embedded)
@@ -375,6 +377,12 @@ class Library:
         index.remove(np.asarray(ids, np.int64))
         self._advance("texts")
         return ids
+
+    def patch_store(self, spec: PatchSpec | None = None) -> PatchStore:
+        """The library's reranker patch tokens; with `spec`, made for that projection (others are dropped)."""
+        if self._patch_store is None or (spec is not None and self._patch_store.spec != spec):
+            self._patch_store = PatchStore(self.root, spec)
+        return self._patch_store
 
     def sizes(self) -> dict[str, int]:
         """Bytes on disk of each library file."""

@@ -23,6 +23,7 @@ from .decode import iter_decoded
 from .encoders import Encoder, decode_size
 from .index_tuning import TUNING_QUERIES, needs_rebuild
 from .library import Library, LibraryError, _under, write_failure
+from .patch_tokens import PatchProjector
 from .records import DecodedImage, Skipped
 from .store import StoreError
 from .texts import read_texts
@@ -51,6 +52,7 @@ class IndexReport:
     processed: int = 0  # files of the work list handled (embedded, moved or skipped) this run
     roots: list[str] = field(default_factory=list)
     rebuilt: dict | None = None  # the library outgrew its index type: what it was rebuilt into
+    patched: int = 0  # photos indexed earlier that got their reranker patch tokens this run
 
     @property
     def indexed(self) -> int:
@@ -61,7 +63,7 @@ class IndexReport:
         return {"indexed": self.indexed, "added": self.added, "reembedded": self.reembedded, "moved": self.moved,
                 "unchanged": self.unchanged, "removed": self.removed,
                 "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
-                "interrupted": self.interrupted, "roots": self.roots, "rebuilt": self.rebuilt,
+                "interrupted": self.interrupted, "roots": self.roots, "rebuilt": self.rebuilt, "patched": self.patched,
                 "seconds": round(self.seconds, 3)}
 
 
@@ -121,18 +123,22 @@ def plan(library: Library, roots: Sequence[str], report: IndexReport,
 
 def index_images(library: Library, roots: Sequence[str] | None, encoder: Encoder, batch_size: int = BATCH_SIZE,
                  progress: Progress | None = None, workers: int = 2,
-                 should_stop: Callable[[], bool] | None = None) -> IndexReport:
+                 should_stop: Callable[[], bool] | None = None,
+                 patches: PatchProjector | None = None) -> IndexReport:
     """Index every photo under `roots` (None or empty: every root the library knows) into `library`.
 
     New files are embedded, files edited in place re-embedded, renamed or moved files (same content, old
     path gone) keep their vector, vanished files are removed. Holds the library's writer lock. Every batch
     is committed (rows and vectors, one transaction) before the next starts, so an interrupted run loses at
-    most one batch; `should_stop` is asked after each batch and ends the run early (``interrupted``)."""
+    most one batch; `should_stop` is asked after each batch and ends the run early (``interrupted``).
+
+    With `patches` (the reranker's projection) every embedded photo also gets its patch tokens, from the same
+    forward pass, and photos indexed before without them get them at the end (``patched``)."""
     t0 = time.perf_counter()
     report = IndexReport()
     with library.writing():
         try:
-            _index_images(library, roots, encoder, batch_size, progress, workers, should_stop, report)
+            _index_images(library, roots, encoder, batch_size, progress, workers, should_stop, report, patches)
         except (OSError, StoreError, VectorIndexError) as e:
             if isinstance(e, OSError) and e.errno not in WRITE_ERRNOS:
                 raise
@@ -146,8 +152,12 @@ def index_images(library: Library, roots: Sequence[str] | None, encoder: Encoder
 
 def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encoder, batch_size: int,
                   progress: Progress | None, workers: int, should_stop: Callable[[], bool] | None,
-                  report: IndexReport) -> None:
+                  report: IndexReport, patches: PatchProjector | None = None) -> None:
     library.bind_model(encoder.name, encoder.dim)
+    if patches is not None and not hasattr(encoder, "encode_images_with_patches"):
+        logger.warning("model %s gives no patch tokens; photos are indexed without them", encoder.name)
+        patches = None
+    patch_store = library.patch_store(patches.spec) if patches is not None else None
     if roots:
         library.add_roots(roots)
         report.roots = [os.path.abspath(r) for r in roots]
@@ -187,8 +197,14 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
             library.move_images(moves)
             report.moved += len(moves)
         if embed:
-            vectors = encoder.encode_images([im.image for im in embed])
-            library.add_images(embed, vectors, encoder.name)
+            pixels = [im.image for im in embed]
+            if patch_store is not None:
+                vectors, raw = encoder.encode_images_with_patches(pixels)
+            else:
+                vectors = encoder.encode_images(pixels)
+            ids, _ = library.add_images(embed, vectors, encoder.name)
+            if patch_store is not None:  # after the commit: a crash in between leaves slots that read as missing
+                patch_store.write(ids, [im.sha256 for im in embed], patches(raw))
             n_changed = sum(1 for im in embed if im.path in changed)
             report.reembedded += n_changed
             report.added += len(embed) - n_changed
@@ -212,6 +228,45 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
         if grown:  # the library outgrew its index type: rebuild from the stored vectors, no re-embedding
             report.rebuilt = library.rebuild_index("images", grown, queries=encoder.encode_texts(TUNING_QUERIES))
     library.save("images")
+    if patch_store is not None and not report.interrupted:
+        report.patched = backfill_patches(library, encoder, patches, batch_size, workers, should_stop, report)
+
+
+def missing_patches(library: Library, spec) -> list[tuple[int, str, str]]:
+    """(id, path, sha256) of the stored photos whose patch tokens are missing or stale."""
+    store = library.patch_store(spec)
+    missing = []
+    for page in batched(library.store.image_digests(), 4096):
+        _, found = store.read([i for i, _, _ in page], [sha for _, _, sha in page])
+        missing.extend(row for row, ok in zip(page, found) if not ok)
+    return missing
+
+
+def backfill_patches(library: Library, encoder: Encoder, patches: PatchProjector, batch_size: int = BATCH_SIZE,
+                     workers: int = 2, should_stop: Callable[[], bool] | None = None,
+                     report: IndexReport | None = None) -> int:
+    """Give photos indexed without patch tokens (an older library, a crash, another projection) their tokens.
+    Vectors are left as they are; a photo whose file changed or vanished is skipped. Returns how many got them."""
+    todo = [row for row in missing_patches(library, patches.spec) if os.path.exists(row[1])]  # not unplugged
+    if not todo:
+        return 0
+    logger.info("%s: making reranker patch tokens for %d photos indexed without them", library.root, len(todo))
+    store, done = library.patch_store(patches.spec), 0
+    expected = {path: (i, sha) for i, path, sha in todo}
+    for batch in batched(iter_decoded([p for _, p, _ in todo], target_size=decode_size(encoder), workers=workers),
+                         batch_size):
+        good = [im for im in batch if not isinstance(im, Skipped) and expected[im.path][1] == im.sha256]
+        if report is not None:
+            report.skipped.extend(im for im in batch if isinstance(im, Skipped))
+        if good:
+            _, raw = encoder.encode_images_with_patches([im.image for im in good])
+            store.write([expected[im.path][0] for im in good], [im.sha256 for im in good], patches(raw))
+            done += len(good)
+        if should_stop is not None and should_stop():
+            if report is not None:
+                report.interrupted = True
+            break
+    return done
 
 
 @dataclass

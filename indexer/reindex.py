@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .encoders import Encoder
 from .library import Library
+from .patch_tokens import default_projector
 from .pipeline import IndexReport, Progress, index_images, index_texts
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ def reindex(root: str | os.PathLike, encoder: Encoder, progress: Progress | None
             if stale_model not in (None, encoder.name):
                 shutil.rmtree(staging)
         with Library(staging, create=True) as new:
-            images = index_images(new, roots, encoder, progress=progress) if roots else IndexReport()
+            patches = default_projector(encoder.name)
+            images = index_images(new, roots, encoder, progress=progress, patches=patches) if roots else IndexReport()
             report = ReindexReport(before, encoder.name, images)
             for source in sources:
                 if os.path.exists(source):

@@ -543,6 +543,19 @@ class Store:
                 return
             last = page[-1][0]
 
+    def image_digests(self) -> Iterator[tuple[int, str, str]]:
+        """Yield ``(id, path, sha256)`` for every image in id order (paged like ``image_states``)."""
+        last = 0
+        while True:
+            with self._read() as conn:
+                query = (select(_images.c.id, _images.c.raw_path, _images.c.sha256).where(_images.c.id > last)
+                         .order_by(_images.c.id).limit(_STREAM_BATCH))
+                page = [(int(r.id), os.fsdecode(r.raw_path), r.sha256) for r in conn.execute(query)]
+            yield from page
+            if len(page) < _STREAM_BATCH:
+                return
+            last = page[-1][0]
+
     # -- vectors (both modalities)
 
     def vector_state(self, modality: str) -> tuple[int, np.ndarray, np.ndarray]:

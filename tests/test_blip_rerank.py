@@ -37,3 +37,37 @@ def test_scores_equal_blips_own_itm_probabilities(blip_folder):
 def test_a_non_blip_checkpoint_is_refused(tmp_path):
     with pytest.raises(ModelUnavailable, match="not a BLIP checkpoint"):
         BlipReranker(str(hf_tiny.make_clip(tmp_path / "clip")))
+
+
+def test_search_reranks_with_blip_through_the_same_interface(blip_folder, library, photos, fake_encoder):
+    """`xmodal search --reranker FOLDER`: BLIP's ITM probability reorders the top k (it reads the photos)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+    from engine.search import SearchEngine
+    from indexer.decode import read_image
+    from indexer.library import Library
+    from indexer.pipeline import index_images, index_texts
+
+    (photos / "captions.txt").write_text("a red square\na blue square\n")
+    with Library(library, create=True) as lib:
+        index_images(lib, [str(photos)], fake_encoder)
+        index_texts(lib, str(photos / "captions.txt"), fake_encoder)
+    with SearchEngine(library, reranker=str(blip_folder)) as eng:
+        hits = eng.search_text("red", k=4, rerank_k=3)
+        dual = eng.search_text("red", k=4, rerank_k=0)
+        to_texts = eng.search_image(photos / "red.jpg", k=2, target="texts")
+    assert {h.id for h in hits[:3]} == {h.id for h in dual[:3]} and hits[3].match is None
+    probs = BlipReranker(str(blip_folder)).score("red", [read_image(h.path).image for h in hits[:3]])
+    np.testing.assert_allclose([h.match for h in hits[:3]], probs, atol=1e-5)
+    for h in hits[:3]:
+        assert h.score == pytest.approx(h.similarity + 1.0 * h.match)
+    assert all(h.match is not None for h in to_texts)
+    out = CliRunner().invoke(cli, ["search", "red", "--library", str(library), "--reranker", str(blip_folder),
+                                   "--rerank-k", "2", "--json"])
+    assert out.exit_code == 0, out.output
+    assert [("match" in h) for h in json.loads(out.stdout)] == [True, True, False, False]
+    bad = CliRunner().invoke(cli, ["search", "red", "--library", str(library), "--reranker", "no/such-model"])
+    assert bad.exit_code == 1 and "no/such-model" in bad.output

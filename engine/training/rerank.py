@@ -37,11 +37,11 @@ from engine.fusion import FusionReranker
 from engine.recall import i2t_ranks, recall_at_k, t2i_ranks
 from engine.rerank import fuse, reranked_matrix
 from engine.training.checkpoint import write_checkpoint
+from indexer.patch_tokens import LITE_RERANK
 
 logger = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent.parent.parent / "data"
-LITE_RERANK = DATA_DIR / "lite-rerank.pt"
 ALPHAS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 
 
@@ -207,13 +207,13 @@ def score_pairs(model: FusionReranker, tokens: TokenCache, patches: torch.Tensor
 
 def rerank_eval(model: FusionReranker, tokens: TokenCache, patches: torch.Tensor, sim: np.ndarray,
                 caption_image: np.ndarray, ks=(16,), alphas=ALPHAS, captions: np.ndarray | None = None,
-                alpha: float | None = None) -> dict:
+                alpha: float | dict | None = None) -> dict:
     """Dev figures with the dual encoder's top-K reranked by dual + alpha * ITM logit.
 
     sim: (n_captions, n_images) dual similarities. `captions` restricts the t2i queries (and the captions
     that images can retrieve) to a subset. ITM logits are computed once for the largest K. Returns
-    {"dual": report, "K": {K: {"alpha", "t2i", "i2t", "by_alpha"}}}, alpha chosen per K (sum of R@1)
-    unless `alpha` is given."""
+    {"dual": report, "K": {K: {"alpha": {"t2i", "i2t"}, "t2i", "i2t", "by_alpha"}}}: alpha chosen per K and
+    per direction (the best R@1 of that direction) unless `alpha` is given (a float, or one per direction)."""
     ci = np.asarray(caption_image)
     if captions is not None:
         sim, ci = sim[captions], ci[captions]
@@ -234,17 +234,25 @@ def rerank_eval(model: FusionReranker, tokens: TokenCache, patches: torch.Tensor
 
     out = {"dual": report(sim, sim_it), "K": {}}
     for k in ks:
+        fixed = alpha_pair(alpha) if alpha is not None else None
         by_alpha = {}
-        for a in ([alpha] if alpha is not None else alphas):
+        for a in (sorted(set(fixed.values())) if fixed else alphas):
             ti = reranked_matrix(sim, top_ti[:, :k], fuse(np.take_along_axis(sim, top_ti[:, :k], 1),
                                                           logit_ti[:, :k], a))
             it = reranked_matrix(sim_it, top_it[:, :k], fuse(np.take_along_axis(sim_it, top_it[:, :k], 1),
                                                              logit_it[:, :k], a))
             by_alpha[a] = report(ti, it)
-        best = max(by_alpha, key=lambda a: by_alpha[a]["t2i"]["R@1"] + by_alpha[a]["i2t"]["R@1"])
-        out["K"][k] = {"alpha": best, **by_alpha[best],
+        best = fixed or {d: max(by_alpha, key=lambda a: (by_alpha[a][d]["R@1"], -a)) for d in ("t2i", "i2t")}
+        out["K"][k] = {"alpha": best, "t2i": by_alpha[best["t2i"]]["t2i"], "i2t": by_alpha[best["i2t"]]["i2t"],
                        "by_alpha": {str(a): [r["t2i"]["R@1"], r["i2t"]["R@1"]] for a, r in by_alpha.items()}}
     return out
+
+
+def alpha_pair(alpha: float | dict) -> dict:
+    """A fusion weight for both directions, or one per direction -> {"t2i": a, "i2t": b}."""
+    if isinstance(alpha, dict):
+        return {"t2i": float(alpha["t2i"]), "i2t": float(alpha["i2t"])}
+    return {"t2i": float(alpha), "i2t": float(alpha)}
 
 
 def _r1(rep: dict) -> float:

@@ -1,0 +1,125 @@
+"""What reranking adds to a text query: median and p95 latency with and without reranking the top K.
+
+    python benchmarks/rerank_latency.py [--library DIR] [--photos DIR] [--queries N] [--rerank-k 32] [--json]
+
+Without --library it indexes the photos (default: ../shared/data/flickr8k/originals, the 100 full-size
+photos; the lite model, patch tokens stored) into a temporary library first. Queries are Flickr8k dev
+captions when the dataset is there, else a fixed list. Each query runs both ways back to back (order
+alternating, after a warm-up), so the two are measured side by side in one run; the added time is the
+per-query difference. The rerank stage alone (reading the stored tokens and the fusion model's forward
+pass over K candidates) is timed too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
+FALLBACK_QUERIES = ["a dog running on the grass", "two children playing in the water", "a man riding a bike",
+                    "a woman in a red dress", "people walking down a city street", "a black and white dog",
+                    "a boy jumping into a swimming pool", "a group of people standing in the snow"]
+
+
+def queries(n: int) -> list[str]:
+    captions = FLICKR8K / "captions.txt"
+    dev = FLICKR8K / "splits" / "dev.txt"
+    if captions.exists() and dev.exists():
+        from indexer.datasets import load_captions_csv
+
+        ds = load_captions_csv(FLICKR8K, dev)
+        return list(ds.captions[::5][:n])
+    return (FALLBACK_QUERIES * (n // len(FALLBACK_QUERIES) + 1))[:n]
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def run(library: Path, n_queries: int, rerank_k: int, k: int = 10) -> dict:
+    from engine.reranking import RerankQuery
+    from engine.search import SearchEngine
+
+    qs = queries(n_queries)
+    plain, reranked, stage = [], [], []
+    with SearchEngine(library) as eng:
+        backend = eng.reranker
+        if backend is None:
+            raise SystemExit(f"{library}: no reranker for this library (built with {eng.model_name!r})")
+        for q in qs[:5]:  # warm-up: model loading, first-call allocations, page cache
+            eng.search_text(q, k, rerank_k=rerank_k)
+            eng.search_text(q, k, rerank_k=0)
+        for n, q in enumerate(qs):
+            runs = [(0, plain), (rerank_k, reranked)]
+            for rk, out in (runs if n % 2 == 0 else runs[::-1]):
+                t0 = time.perf_counter()
+                eng.search_text(q, k, rerank_k=rk)
+                out.append((time.perf_counter() - t0) * 1000)
+            hits = eng.search_text(q, rerank_k, rerank_k=0)
+            _, tokens = backend.query_tokens([q])
+            t0 = time.perf_counter()
+            backend.score_images(RerankQuery(text=q, tokens=tokens), hits)
+            stage.append((time.perf_counter() - t0) * 1000)
+        images = eng.library.store.count_images()
+    added = [r - p for r, p in zip(reranked, plain)]
+    return {"library_images": images, "queries": len(qs), "rerank_k": rerank_k, "k": k,
+            "plain_ms_p50": statistics.median(plain), "plain_ms_p95": pct(plain, 95),
+            "reranked_ms_p50": statistics.median(reranked), "reranked_ms_p95": pct(reranked, 95),
+            "added_ms_p50": statistics.median(added), "added_ms_p95": pct(added, 95),
+            "rerank_stage_ms_p50": statistics.median(stage), "rerank_stage_ms_p95": pct(stage, 95),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch_threads": _threads()}
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def build_library(photos: Path, root: Path) -> Path:
+    from indexer.encoders import get_encoder
+    from indexer.library import Library
+    from indexer.patch_tokens import default_projector
+    from indexer.pipeline import index_images
+
+    with Library(root, create=True) as lib:
+        report = index_images(lib, [str(photos)], get_encoder("lite"), patches=default_projector("lite"))
+    if report.indexed == 0:
+        raise SystemExit(f"no photos indexed from {photos}")
+    return root
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--library", type=Path, default=None)
+    ap.add_argument("--photos", type=Path, default=FLICKR8K / "originals")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--rerank-k", type=int, default=32)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        library = args.library or build_library(args.photos, Path(tmp) / "library")
+        result = run(library, args.queries, args.rerank_k)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['queries']} text queries, {result['library_images']} photos, rerank top {args.rerank_k} "
+              f"({result['machine']}, {result['torch_threads']} torch threads)")
+        for name in ("plain", "reranked", "added", "rerank_stage"):
+            print(f"  {name:13s} median {result[name + '_ms_p50']:7.2f} ms   p95 {result[name + '_ms_p95']:7.2f} ms")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Reranking at query time: the dual encoder's top-k hits in, reordered hits out.
+
+Two backends share one shape, `score_images(query, hits)` and `score_texts(query, hits)` -> one match
+score per hit, fused with the dual-encoder similarity as `similarity + alpha * match` (engine.rerank.fuse),
+with `alpha[direction]` for "t2i" (text -> images) and "i2t" (image -> texts):
+
+* `LiteBackend`: the bundled cross-attention reranker (engine.rerank.Reranker). Candidate photos' patch
+  tokens come from the library's token store (written at index time), so no image file is opened; a photo
+  indexed without them (before the first `xmodal index` with this version) is read from disk once per query.
+  Candidate texts' token states are computed at query time (one MiniLM pass over the k texts).
+* `BlipBackend`: BLIP's image-text matching head (engine.blip_rerank), which reads the candidate photos.
+
+A `RerankQuery` carries the query in every form a backend may need, computed once by the search engine.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from indexer.decode import DecodeError, read_image
+from indexer.library import Library
+from indexer.records import SearchHit
+
+from .rerank import Reranker, TextTokens, fuse
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RERANK_K = 32  # from the dev recall / latency curve (benchmarks/RESULTS.md)
+
+
+@dataclass
+class RerankQuery:
+    """text: the query text (t2i) with its token states; image: the query photo (i2t) with its patch tokens."""
+
+    text: str | None = None
+    tokens: TextTokens | None = None
+    image: Image.Image | None = None
+    patches: np.ndarray | None = None  # (P, Cp) float16, as stored
+
+
+def rerank_hits(hits: Sequence[SearchHit], match: np.ndarray, alpha: float) -> list[SearchHit]:
+    """Reorder hits by similarity + alpha * match (stable: ties keep the dual order); ranks renumbered."""
+    if not hits:
+        return []
+    sims = np.array([h.score for h in hits], np.float64)
+    fused = fuse(sims, match, alpha)
+    order = np.argsort(-fused, kind="stable")
+    return [replace(hits[j], rank=n + 1, score=float(fused[j]), similarity=float(sims[j]), match=float(match[j]))
+            for n, j in enumerate(order)]
+
+
+class LiteBackend:
+    """The bundled fusion reranker over a library's stored patch tokens."""
+
+    def __init__(self, library: Library, encoder, reranker: Reranker | None = None):
+        self.reranker = reranker or Reranker()
+        self.library, self.encoder = library, encoder
+        self.name, self.alpha = "lite", self.reranker.alpha
+        self.projector = self.reranker.projector
+        self._warned = False
+
+    def query_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, TextTokens]:
+        vectors, states, mask, ids = self.encoder.encode_text_states(list(texts))
+        return vectors, TextTokens(states, mask, ids)
+
+    def query_patches(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+        """A query photo -> (its embedding, its (P, Cp) patch tokens), one forward pass."""
+        vectors, raw = self.encoder.encode_images_with_patches([image])
+        return vectors[0], self.projector(raw)[0]
+
+    def image_patches(self, ids: Sequence[int], paths: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Stored tokens (K, P, Cp) of indexed photos and a (K,) found mask; photos without stored tokens are
+        read from `paths` (slow path, logged once) when given."""
+        store = self.library.patch_store()
+        records = {r.id: r for r in self.library.store.get_images(list(ids))}
+        shas = [records[i].sha256 if i in records else "" for i in ids]  # "" never matches a slot
+        if store.spec is not None and store.spec != self.projector.spec:
+            tokens = np.zeros((len(ids), self.projector.spec.tokens, self.projector.spec.dim), np.float16)
+            found = np.zeros(len(ids), bool)  # made with another projection: as good as missing
+        else:
+            tokens, found = store.read(ids, shas)
+            if store.spec is None:
+                tokens = np.zeros((len(ids), self.projector.spec.tokens, self.projector.spec.dim), np.float16)
+        if paths is not None and not found.all():
+            if not self._warned:
+                logger.warning("%s: some photos have no reranker patch tokens yet; run `xmodal index` to store "
+                               "them (until then they are read from disk at query time)", self.library.root)
+                self._warned = True
+            for j in np.flatnonzero(~found):
+                try:
+                    _, tokens[j] = self.query_patches(read_image(paths[j]).image)
+                    found[j] = True
+                except DecodeError as e:
+                    logger.warning("cannot rerank %s: %s", e.path, e.reason)
+        return tokens, found
+
+    def score_images(self, query: RerankQuery, hits: Sequence[SearchHit]) -> np.ndarray:
+        tokens, found = self.image_patches([h.id for h in hits], [h.path for h in hits])
+        match = self.reranker.score(query.tokens, torch.from_numpy(tokens).float())
+        return _neutral_where_missing(match, found)
+
+    def score_texts(self, query: RerankQuery, hits: Sequence[SearchHit]) -> np.ndarray:
+        _, tokens = self.query_tokens([h.text for h in hits])
+        return self.reranker.score(torch.from_numpy(query.patches).float(), tokens)
+
+
+class BlipBackend:
+    """BLIP's ITM head as the reranker: P(match) from the photos and texts themselves."""
+
+    # BLIP's probability dominates; the similarity breaks ties (BLIP itself adds its ITM and ITC scores)
+    alpha = {"t2i": 1.0, "i2t": 1.0}
+
+    def __init__(self, name: str):
+        from .blip_rerank import BlipReranker
+
+        self.model = BlipReranker(name)
+        self.name = name
+
+    def score_images(self, query: RerankQuery, hits: Sequence[SearchHit]) -> np.ndarray:
+        images, found = [], np.ones(len(hits), bool)
+        for j, h in enumerate(hits):
+            try:
+                images.append(read_image(h.path).image)
+            except DecodeError as e:
+                logger.warning("cannot rerank %s: %s", e.path, e.reason)
+                images.append(Image.new("RGB", (8, 8)))
+                found[j] = False
+        return _neutral_where_missing(self.model.score(query.text, images), found)
+
+    def score_texts(self, query: RerankQuery, hits: Sequence[SearchHit]) -> np.ndarray:
+        return self.model.score(query.image, [h.text for h in hits])
+
+
+def _neutral_where_missing(match: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Candidates that could not be scored get the median match of the others: they keep their place by
+    similarity instead of being pushed up or down by a score they never got."""
+    match = np.asarray(match, np.float64).copy()
+    if found.any() and not found.all():
+        match[~found] = np.median(match[found])
+    elif not found.any():
+        match[:] = 0.0
+    return match

@@ -1,0 +1,83 @@
+"""The patch-token store: fixed slots tagged with the photo's hash, within 16 KB per photo, memory-mapped."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from indexer.patch_tokens import (LITE_RERANK, MAX_SLOT_BYTES, PatchProjector, PatchSpec, PatchStore,
+                                  PatchTokenError, default_projector)
+
+
+def sha(n: int) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
+def projector(dim: int = 16, width: int = 32, tokens: int = 49, seed: int = 0) -> PatchProjector:
+    g = torch.Generator().manual_seed(seed)
+    return PatchProjector(torch.randn(width, generator=g), torch.randn(width, dim, generator=g), tokens=tokens)
+
+
+def test_tokens_round_trip_by_id_and_hash(tmp_path):
+    proj = projector()
+    store = PatchStore(tmp_path, proj.spec)
+    raw = np.random.default_rng(0).normal(size=(3, 49, 32)).astype(np.float32)
+    tokens = proj(raw)
+    assert tokens.shape == (3, 49, 16) and tokens.dtype == np.float16
+    store.write([5, 2, 9], [sha(5), sha(2), sha(9)], tokens)
+    got, found = PatchStore(tmp_path).read([9, 2, 5, 7], [sha(9), sha(2), sha(5), sha(7)])  # a fresh reader
+    assert found.tolist() == [True, True, True, False]
+    np.testing.assert_array_equal(got[:3], tokens[[2, 1, 0]])
+    assert not got[3].any()  # missing -> zeros
+
+
+def test_a_slot_with_another_photos_hash_reads_as_missing(tmp_path):
+    """An id reused after a delete, or a photo edited in place, never gets someone else's tokens."""
+    proj = projector()
+    store = PatchStore(tmp_path, proj.spec)
+    store.write([1], [sha(1)], proj(np.ones((1, 49, 32), np.float32)))
+    _, found = store.read([1, 1], [sha(1), sha(100)])
+    assert found.tolist() == [True, False]
+    _, found = store.read([1], [""])  # no hash at all (the row is gone)
+    assert not found.any()
+
+
+def test_reader_sees_tokens_written_after_it_mapped_the_file(tmp_path):
+    proj = projector()
+    writer, reader = PatchStore(tmp_path, proj.spec), PatchStore(tmp_path, proj.spec)
+    writer.write([0], [sha(0)], proj(np.ones((1, 49, 32), np.float32)))
+    assert reader.read([0], [sha(0)])[1].all()
+    writer.write([40], [sha(40)], proj(np.ones((1, 49, 32), np.float32)))  # the file grows
+    assert reader.read([40], [sha(40)])[1].all()
+
+
+def test_another_projection_starts_the_tokens_afresh(tmp_path):
+    a, b = projector(seed=0), projector(seed=1)
+    PatchStore(tmp_path, a.spec).write([0], [sha(0)], a(np.ones((1, 49, 32), np.float32)))
+    assert PatchStore(tmp_path).spec == a.spec
+    store = PatchStore(tmp_path, b.spec)
+    assert store.spec == b.spec and not store.read([0], [sha(0)])[1].any()
+
+
+def test_wrong_shapes_and_oversized_tokens_are_refused(tmp_path):
+    proj = projector()
+    with pytest.raises(PatchTokenError, match="do not fit"):
+        proj(np.ones((1, 10, 32), np.float32))
+    with pytest.raises(PatchTokenError, match="do not match"):
+        PatchStore(tmp_path, proj.spec).write([0, 1], [sha(0)], proj(np.ones((1, 49, 32), np.float32)))
+    with pytest.raises(PatchTokenError, match="budget"):
+        projector(dim=200, width=256)  # 49 x 200 x 2 bytes > 16 KB
+
+
+def test_empty_library_reads_nothing(tmp_path):
+    tokens, found = PatchStore(tmp_path, PatchSpec(49, 16, "x")).read([0, 1], [sha(0), sha(1)])
+    assert not found.any() and tokens.shape == (2, 49, 16)
+
+
+@pytest.mark.skipif(not LITE_RERANK.exists(), reason="no data/lite-rerank.pt")
+def test_the_bundled_projection_fits_the_budget():
+    proj = default_projector("lite")
+    assert proj.spec.slot_bytes <= MAX_SLOT_BYTES and proj.spec.tokens == 49
+    assert default_projector("fake-colour") is None  # only lite libraries store lite patch tokens
