@@ -74,7 +74,9 @@ def serve(library: str, photos: str, model: str, port: int) -> None:
         _register_toy()
     encoder = get_encoder(model)
     with Library(library, create=True) as lib:
-        index_images(lib, [photos], encoder)
+        from indexer.patch_tokens import default_projector
+
+        index_images(lib, [photos], encoder, patches=default_projector(encoder.name))
     uvicorn.run(create_app(library, model=model), host="127.0.0.1", port=port, log_level="warning")
 
 

@@ -47,38 +47,45 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def run(library: Path, n_queries: int, rerank_k: int, k: int = 10) -> dict:
+def run(library: Path, n_queries: int, rerank_ks=(32,), k: int = 10) -> dict:
+    """Per K: the query time with reranking, the time added over the same query without (paired), and the
+    rerank stage alone; every K and the plain query run back to back for each query, order rotating."""
     from engine.reranking import RerankQuery
     from engine.search import SearchEngine
 
     qs = queries(n_queries)
-    plain, reranked, stage = [], [], []
+    ks = [0, *rerank_ks]
+    times = {rk: [] for rk in ks}
+    stage = {rk: [] for rk in rerank_ks}
     with SearchEngine(library) as eng:
         backend = eng.reranker
         if backend is None:
             raise SystemExit(f"{library}: no reranker for this library (built with {eng.model_name!r})")
         for q in qs[:5]:  # warm-up: model loading, first-call allocations, page cache
-            eng.search_text(q, k, rerank_k=rerank_k)
-            eng.search_text(q, k, rerank_k=0)
+            for rk in ks:
+                eng.search_text(q, k, rerank_k=rk)
         for n, q in enumerate(qs):
-            runs = [(0, plain), (rerank_k, reranked)]
-            for rk, out in (runs if n % 2 == 0 else runs[::-1]):
+            for rk in ks[n % len(ks):] + ks[:n % len(ks)]:
                 t0 = time.perf_counter()
                 eng.search_text(q, k, rerank_k=rk)
-                out.append((time.perf_counter() - t0) * 1000)
-            hits = eng.search_text(q, rerank_k, rerank_k=0)
+                times[rk].append((time.perf_counter() - t0) * 1000)
             _, tokens = backend.query_tokens([q])
-            t0 = time.perf_counter()
-            backend.score_images(RerankQuery(text=q, tokens=tokens), hits)
-            stage.append((time.perf_counter() - t0) * 1000)
+            candidates = eng.search_text(q, max(rerank_ks), rerank_k=0)
+            for rk in rerank_ks:
+                t0 = time.perf_counter()
+                backend.score_images(RerankQuery(text=q, tokens=tokens), candidates[:rk])
+                stage[rk].append((time.perf_counter() - t0) * 1000)
         images = eng.library.store.count_images()
-    added = [r - p for r, p in zip(reranked, plain)]
-    return {"library_images": images, "queries": len(qs), "rerank_k": rerank_k, "k": k,
-            "plain_ms_p50": statistics.median(plain), "plain_ms_p95": pct(plain, 95),
-            "reranked_ms_p50": statistics.median(reranked), "reranked_ms_p95": pct(reranked, 95),
-            "added_ms_p50": statistics.median(added), "added_ms_p95": pct(added, 95),
-            "rerank_stage_ms_p50": statistics.median(stage), "rerank_stage_ms_p95": pct(stage, 95),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch_threads": _threads()}
+    plain = times[0]
+    out = {"library_images": images, "queries": len(qs), "k": k,
+           "plain_ms_p50": statistics.median(plain), "plain_ms_p95": pct(plain, 95), "rerank": {},
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch_threads": _threads()}
+    for rk in rerank_ks:
+        added = [r - p for r, p in zip(times[rk], plain)]
+        out["rerank"][rk] = {"query_ms_p50": statistics.median(times[rk]), "query_ms_p95": pct(times[rk], 95),
+                             "added_ms_p50": statistics.median(added), "added_ms_p95": pct(added, 95),
+                             "stage_ms_p50": statistics.median(stage[rk]), "stage_ms_p95": pct(stage[rk], 95)}
+    return out
 
 
 def _threads() -> int:
@@ -105,19 +112,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--library", type=Path, default=None)
     ap.add_argument("--photos", type=Path, default=FLICKR8K / "originals")
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--rerank-k", type=int, default=32)
+    ap.add_argument("--rerank-k", type=int, action="append", help="repeatable [default: 8 16 32 64]")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         library = args.library or build_library(args.photos, Path(tmp) / "library")
-        result = run(library, args.queries, args.rerank_k)
+        result = run(library, args.queries, tuple(args.rerank_k or (8, 16, 32, 64)))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['queries']} text queries, {result['library_images']} photos, rerank top {args.rerank_k} "
+        print(f"{result['queries']} text queries, {result['library_images']} photos, k = {result['k']} "
               f"({result['machine']}, {result['torch_threads']} torch threads)")
-        for name in ("plain", "reranked", "added", "rerank_stage"):
-            print(f"  {name:13s} median {result[name + '_ms_p50']:7.2f} ms   p95 {result[name + '_ms_p95']:7.2f} ms")
+        print(f"  no rerank      query median {result['plain_ms_p50']:7.2f} ms  p95 {result['plain_ms_p95']:7.2f} ms")
+        for rk, r in result["rerank"].items():
+            print(f"  rerank top {rk:<3d} query median {r['query_ms_p50']:7.2f} ms  p95 {r['query_ms_p95']:7.2f} ms"
+                  f" | added median {r['added_ms_p50']:6.2f} p95 {r['added_ms_p95']:6.2f}"
+                  f" | stage median {r['stage_ms_p50']:6.2f} p95 {r['stage_ms_p95']:6.2f}")
     return result
 
 

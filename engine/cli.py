@@ -211,7 +211,7 @@ def remove(path, library, as_json):
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--model", default=None, help="Refuse to run unless the library was built with this model.")
 @click.option("--rerank-k", "rerank_k", default=None, type=click.IntRange(1, 10_000),
-              help="Rerank this many dual-encoder candidates (text -> images, image -> texts) [default: 32].")
+              help="Rerank this many dual-encoder candidates (text -> images, image -> texts) [default: 16].")
 @click.option("--no-rerank", is_flag=True, help="Rank by dual-encoder similarity only.")
 @click.option("--reranker", default="auto", show_default=True,
               help="'auto' (the bundled reranker for lite libraries), 'lite', or a BLIP ITM checkpoint (name or folder).")

@@ -30,7 +30,7 @@ from .rerank import Reranker, TextTokens, fuse
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RERANK_K = 32  # from the dev recall / latency curve (benchmarks/RESULTS.md)
+DEFAULT_RERANK_K = 16  # dev R@1 is flat from K = 8, R@10 peaks at 16; each 16 more add ~3 ms (benchmarks/RESULTS.md)
 
 
 @dataclass

@@ -41,6 +41,9 @@ NORM_TOLERANCE = 1e-3
 KNOWN_SEARCH_PARAMS = frozenset({"nprobe", "efSearch", "ht", "max_codes", "quantizer_efSearch"})
 
 
+FEW_QUERIES = 4  # searches of at most this many queries run single-threaded (see VectorIndex.search)
+
+
 class VectorIndexError(Exception):
     """A vector index file is missing, unreadable, or cannot do what was asked."""
 
@@ -291,7 +294,17 @@ class VectorIndex:
         k_eff = min(k, self.ntotal)
         if k_eff == 0:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
-        scores, ids = self._index.search(queries, k_eff)
+        if len(queries) <= FEW_QUERIES:
+            # One query gains nothing from FAISS's OpenMP threads, and right after torch (the query encoder)
+            # has used its own threads they cost milliseconds of contention on a small machine: run it on one.
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                scores, ids = self._index.search(queries, k_eff)
+            finally:
+                faiss.omp_set_num_threads(threads)
+        else:
+            scores, ids = self._index.search(queries, k_eff)
         scores[ids < 0] = -np.inf
         return scores, ids.astype(np.int64, copy=False)
 

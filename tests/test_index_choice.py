@@ -111,3 +111,26 @@ def test_nonsense_sizes_are_rejected():
         choose_index(-1, 512)
     with pytest.raises(ValueError):
         choose_index(100, 0)
+
+
+def test_a_million_photos_under_a_one_and_a_half_gigabyte_budget_get_8_bit_vectors():
+    """Raw float vectors (2 GB) would not fit; one byte per dimension (0.57 GB) does, before any PQ."""
+    factory = choose_index(1_000_000, 512, memory_budget_bytes=int(1.5e9))
+    assert factory == "IVF4096,SQ8"
+    assert estimated_index_bytes(factory, 1_000_000, 512) < 0.6e9
+    assert choose_index(1_000_000, 512, memory_budget_bytes=int(0.3e9)).startswith("OPQ")
+
+
+def test_an_sq8_index_trains_adds_removes_and_finds_near_neighbours():
+    from indexer.vector_index import VectorIndex
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = VectorIndex.create(32, "IVF16,SQ8")
+    index.train(x)
+    index.add(np.arange(3000), x)
+    index.set_search_params(nprobe=16)
+    _, ids = index.search(x[:50], 1)
+    assert (ids[:, 0] == np.arange(50)).mean() >= 0.95
+    assert index.remove([0, 1]) == 2 and 0 not in index.search(x[:1], 5)[1][0]
