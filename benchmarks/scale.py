@@ -209,8 +209,6 @@ def run_scale(n: int, real: dict, budget: int, queries: np.ndarray, workdir: Pat
 def child(workdir: Path, n_queries: int) -> None:
     """A fresh search process: open the index (memory-mapped where the type allows) and the store, answer
     the queries (ANN + metadata fetch), report resident memory and fetch latency."""
-    import resource
-
     from indexer.store import Store
     from indexer.vector_index import VectorIndex
 
@@ -225,11 +223,11 @@ def child(workdir: Path, n_queries: int) -> None:
         t = time.perf_counter()
         store.get_images([int(i) for i in ids[0] if i >= 0])
         fetch.append(time.perf_counter() - t)
-    status = Path("/proc/self/status").read_text()
-    rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
-    print(json.dumps({"open_s": round(opened, 3), "rss_mb": round(rss / 2**20, 1),
-                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                      "fetch_ms": ms(fetch[5:] or fetch)}))
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    kb = lambda key: int(status[key].split()[0])  # noqa: E731
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forked parent across exec
+    print(json.dumps({"open_s": round(opened, 3), "rss_mb": round(kb("VmRSS") / 1024, 1),
+                      "peak_rss_mb": round(kb("VmHWM") / 1024, 1), "fetch_ms": ms(fetch[5:] or fetch)}))
 
 
 # ------------------------------------------------------------------------------------------- query stages

@@ -38,12 +38,17 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def forward_rate(encoder: Encoder, batch: int = 16, repeats: int = 5) -> float:
-    """Images/s of the image tower alone (preprocessed random pixels, batch `batch`), median of repeats."""
+def forward_rate(encoder: Encoder, batch: int = 16, repeats: int = 5, channels_last: bool = False) -> float:
+    """Images/s of the image tower alone (preprocessed random pixels, batch `batch`), median of repeats;
+    with `channels_last`, input and weights in the NHWC memory format (on a copy of the model)."""
+    import copy
+
     model = getattr(encoder, "model", None)
     if model is None or not hasattr(model, "image_patches"):
         return float("nan")
-    x = torch.randn(batch, 3, 224, 224)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = copy.deepcopy(model).to(memory_format=fmt)
+    x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=fmt)
     rates = []
     with torch.inference_mode():
         model.encode_image(x)  # warm-up
@@ -113,6 +118,7 @@ def bench_speed(encoder: Encoder, photos: Path, scale: int = 10_000, repeats: in
                 tokens, found = lib.patch_store().read([r.id for r in records], [r.sha256 for r in records])
                 tokens = tokens[found]
     forward_img_s = forward_rate(encoder)
+    forward_cl_img_s = forward_rate(encoder, channels_last=True)
     vectors = simulated_collection(real, scale)
     factory = choose_index(scale, vectors.shape[1])
     index = VectorIndex.create(vectors.shape[1], factory)
@@ -140,6 +146,7 @@ def bench_speed(encoder: Encoder, photos: Path, scale: int = 10_000, repeats: in
     query_ms = [e + a for e, a in zip(encode_ms, ann_ms)]
     return {
         "index_img_s": _num(index_img_s), "forward_img_s": _num(forward_img_s),
+        "forward_channels_last_img_s": _num(forward_cl_img_s),
         "photos": report.indexed, "scale": scale, "factory": factory, "search_params": tuning["params"],
         "query_ms_p50": round(statistics.median(query_ms), 2), "query_ms_p95": round(_percentile(query_ms, 95), 2),
         "encode_ms_p50": round(statistics.median(encode_ms), 2), "ann_ms_p50": round(statistics.median(ann_ms), 3),
