@@ -32,14 +32,14 @@ FALLBACK_QUERIES = ["a dog running on the grass", "two children playing in the w
                     "a boy jumping into a swimming pool", "a group of people standing in the snow"]
 
 
-def queries(n: int) -> list[str]:
+def queries(n: int, step: int = 5) -> list[str]:
     captions = FLICKR8K / "captions.txt"
     dev = FLICKR8K / "splits" / "dev.txt"
     if captions.exists() and dev.exists():
         from indexer.datasets import load_captions_csv
 
         ds = load_captions_csv(FLICKR8K, dev)
-        return list(ds.captions[::5][:n])
+        return list(ds.captions[::step][:n])
     return (FALLBACK_QUERIES * (n // len(FALLBACK_QUERIES) + 1))[:n]
 
 
@@ -76,15 +76,51 @@ def run(library: Path, n_queries: int, rerank_ks=(32,), k: int = 10) -> dict:
                 backend.score_images(RerankQuery(text=q, tokens=tokens), candidates[:rk])
                 stage[rk].append((time.perf_counter() - t0) * 1000)
         images = eng.library.store.count_images()
+        i2t = image_to_text(eng, backend, rerank_ks, k) if eng.library.store.count_texts() else None
     plain = times[0]
     out = {"library_images": images, "queries": len(qs), "k": k,
            "plain_ms_p50": statistics.median(plain), "plain_ms_p95": pct(plain, 95), "rerank": {},
            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch_threads": _threads()}
+    if i2t:
+        out["image_to_text"] = i2t
     for rk in rerank_ks:
         added = [r - p for r, p in zip(times[rk], plain)]
         out["rerank"][rk] = {"query_ms_p50": statistics.median(times[rk]), "query_ms_p95": pct(times[rk], 95),
                              "added_ms_p50": statistics.median(added), "added_ms_p95": pct(added, 95),
                              "stage_ms_p50": statistics.median(stage[rk]), "stage_ms_p95": pct(stage[rk], 95)}
+    return out
+
+
+def image_to_text(eng, backend, rerank_ks, k: int, n: int = 60) -> dict:
+    """"More like this" for texts (an indexed photo -> captions): the query time with and without reranking,
+    and how much of the rerank is the MiniLM pass over the K candidate texts (computed at query time)."""
+    ids = eng.library.store.all_image_ids()[:n].tolist()
+    for i in ids[:3]:
+        eng.similar(i, k, target="texts", rerank_k=max(rerank_ks))
+    out = {"queries": len(ids), "texts": eng.library.store.count_texts(), "rerank": {}}
+    plain = []
+    for i in ids:
+        t0 = time.perf_counter()
+        eng.similar(i, k, target="texts", rerank_k=0)
+        plain.append((time.perf_counter() - t0) * 1000)
+    out["plain_ms_p50"] = statistics.median(plain)
+    for rk in rerank_ks:
+        total, encode, fusion = [], [], []
+        for i in ids:
+            t0 = time.perf_counter()
+            eng.similar(i, k, target="texts", rerank_k=rk)
+            total.append((time.perf_counter() - t0) * 1000)
+            hits = eng.similar(i, rk, target="texts", rerank_k=0)
+            tokens, _ = backend.image_patches([i])
+            t0 = time.perf_counter()
+            _, texts = backend.query_tokens([h.text for h in hits])
+            t1 = time.perf_counter()
+            backend.reranker.score(tokens[0], texts)
+            t2 = time.perf_counter()
+            encode.append((t1 - t0) * 1000)
+            fusion.append((t2 - t1) * 1000)
+        out["rerank"][rk] = {"query_ms_p50": statistics.median(total), "query_ms_p95": pct(total, 95),
+                             "text_tokens_ms_p50": statistics.median(encode), "fusion_ms_p50": statistics.median(fusion)}
     return out
 
 
@@ -94,7 +130,7 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def build_library(photos: Path, root: Path) -> Path:
+def build_library(photos: Path, root: Path, texts: Path | None = None) -> Path:
     from indexer.encoders import get_encoder
     from indexer.library import Library
     from indexer.patch_tokens import default_projector
@@ -102,6 +138,10 @@ def build_library(photos: Path, root: Path) -> Path:
 
     with Library(root, create=True) as lib:
         report = index_images(lib, [str(photos)], get_encoder("lite"), patches=default_projector("lite"))
+        if texts is not None:
+            from indexer.pipeline import index_texts
+
+            index_texts(lib, str(texts), get_encoder("lite"))
     if report.indexed == 0:
         raise SystemExit(f"no photos indexed from {photos}")
     return root
@@ -113,10 +153,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--photos", type=Path, default=FLICKR8K / "originals")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--rerank-k", type=int, action="append", help="repeatable [default: 8 16 32 64]")
+    ap.add_argument("--texts", type=int, default=2000,
+                    help="also index this many dev captions and time image -> text reranking (0: skip)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        library = args.library or build_library(args.photos, Path(tmp) / "library")
+        texts = None
+        if args.texts and args.library is None:
+            texts = Path(tmp) / "captions.txt"
+            texts.write_text("\n".join(queries(args.texts * 5, step=1)[:args.texts]) + "\n")
+        library = args.library or build_library(args.photos, Path(tmp) / "library", texts)
         result = run(library, args.queries, tuple(args.rerank_k or (8, 16, 32, 64)))
     if args.json:
         print(json.dumps(result, indent=2))
@@ -128,6 +174,12 @@ def main(argv=None) -> dict:
             print(f"  rerank top {rk:<3d} query median {r['query_ms_p50']:7.2f} ms  p95 {r['query_ms_p95']:7.2f} ms"
                   f" | added median {r['added_ms_p50']:6.2f} p95 {r['added_ms_p95']:6.2f}"
                   f" | stage median {r['stage_ms_p50']:6.2f} p95 {r['stage_ms_p95']:6.2f}")
+        if "image_to_text" in result:
+            i2t = result["image_to_text"]
+            print(f"  image -> {i2t['texts']} texts, no rerank: median {i2t['plain_ms_p50']:.2f} ms")
+            for rk, r in i2t["rerank"].items():
+                print(f"  image -> texts, rerank top {rk:<3d} median {r['query_ms_p50']:7.2f} ms (MiniLM over the "
+                      f"candidates {r['text_tokens_ms_p50']:.2f} ms, fusion {r['fusion_ms_p50']:.2f} ms)")
     return result
 
 

@@ -3,10 +3,14 @@ photo, for collections of 10k, 100k and 1M photos (10M with --scales on a machin
 
     python benchmarks/scale.py [--scales 10000 100000 1000000] [--queries 200] [--budget-gb 1.5] [--json]
 
-Vectors: beyond the real photos, collections are drawn to resemble the real embedding distribution: the
-lite model's embeddings of the 1,000 Flickr8k dev photos give a mean and a 512 x 512 covariance, and each
-synthetic vector is mean + covariance^(1/2) z, z ~ N(0, I), renormalised (engine.speed.gaussian_like: no
-near-duplicate clusters, the anisotropy of the real space). Queries are real: the lite text embeddings of dev captions.
+Vectors: beyond the real photos, collections are drawn to resemble the real embedding distribution of the
+lite model's embeddings of real photos (default: the 7,000 Flickr8k train + dev photos), renormalised:
+* `--distribution mixture` (default, engine.speed.mixture_like): a Gaussian mixture with k-means centres (one
+  per 5 real photos, weighted by cluster size) and the pooled within-cluster covariance: the clustering of a
+  real collection (groups of similar scenes), without near-duplicates;
+* `--distribution gaussian` (engine.speed.gaussian_like): one Gaussian with the real mean and covariance, no
+  cluster structure: a harder, worst-case set for every ANN method.
+Queries are real: the lite text embeddings of dev captions.
 
 Per scale, side by side in one run on the same vectors and queries:
 * xmodal's own index (`choose_index` under the memory budget, trained on a sample, `tune_search_params` to
@@ -56,11 +60,14 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------------- real data
-def real_embeddings(n_queries: int) -> dict:
-    """Lite embeddings of the dev photos and of dev captions (cached: the photos take ~30 s to encode)."""
+def real_embeddings(n_queries: int, splits=("dev",)) -> dict:
+    """Lite embeddings of the photos of `splits` and of dev captions (cached: ~25 s per 1,000 photos)."""
     from indexer.datasets import load_captions_csv
 
     ds = load_captions_csv(FLICKR8K, FLICKR8K / "splits" / "dev.txt")
+    if tuple(splits) != ("dev",):
+        images = [im for sp in splits for im in load_captions_csv(FLICKR8K, FLICKR8K / "splits" / f"{sp}.txt").images]
+        ds.images = images
     key = hashlib.sha256(json.dumps([sorted(ds.images), n_queries, 1]).encode()).hexdigest()[:12]
     f = CACHE / f"real-{key}.npz"
     if not f.exists():
@@ -106,9 +113,10 @@ def run_scale(n: int, real: dict, budget: int, queries: np.ndarray, workdir: Pat
 
     out: dict = {"n": n}
     t0 = time.perf_counter()
-    from engine.speed import gaussian_like
+    from engine.speed import gaussian_like, mixture_like
 
-    vectors = np.concatenate(list(gaussian_like(real["images"], n, seed=n)))
+    draw = mixture_like if real.get("distribution") == "mixture" else gaussian_like
+    vectors = np.concatenate(list(draw(real["images"], n, seed=n)))
     out["synthesis_s"] = round(time.perf_counter() - t0, 1)
     dim = vectors.shape[1]
     factory = choose_index(n, dim, budget)
@@ -265,6 +273,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--budget-gb", type=float, default=1.5, help="memory budget for the index choice")
     ap.add_argument("--no-hnswlib", action="store_true")
+    ap.add_argument("--distribution", choices=["mixture", "gaussian"], default="mixture",
+                    help="mixture: clustered like the real photos (default); gaussian: one Gaussian, no clusters")
+    ap.add_argument("--base", choices=["dev", "train+dev"], default="train+dev",
+                    help="real photos whose embeddings the distribution is fitted to")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-queries", type=int, default=0, help=argparse.SUPPRESS)
@@ -280,10 +292,12 @@ def main(argv=None) -> dict:
     except ImportError:
         hnsw = False
         print("hnswlib is not installed (pip install -e .[bench]); its column is left out", file=sys.stderr)
-    real = real_embeddings(args.queries)
+    real = real_embeddings(args.queries, ("dev",) if args.base == "dev" else ("train", "dev"))
+    real["distribution"] = args.distribution
     queries = real["texts"].astype(np.float32)
     encode_ms, rerank_ms = stage_latencies(real)
     result = {"date": datetime.now().strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "distribution": args.distribution, "base_photos": len(real["images"]),
               "budget_bytes": int(args.budget_gb * 1e9), "queries": len(queries), "encode_ms": encode_ms,
               "rerank32_ms": rerank_ms, "scales": []}
     for n in args.scales:

@@ -77,6 +77,33 @@ def gaussian_like(real: np.ndarray, n: int, seed: int = 0, chunk: int = 100_000)
         yield x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def mixture_like(real: np.ndarray, n: int, seed: int = 0, per_cluster: int = 5, chunk: int = 100_000):
+    """Yield float32 chunks of `n` unit vectors from a Gaussian mixture fitted to the `real` embeddings:
+    k-means centres (one per `per_cluster` real vectors, weighted by their cluster sizes) and the pooled
+    within-cluster covariance, renormalised. Keeps the clustering of real photo collections (groups of
+    similar scenes) that a single Gaussian (gaussian_like) lacks, still without near-duplicates."""
+    import faiss
+
+    real = np.ascontiguousarray(real, np.float32)
+    m, d = real.shape
+    k = max(1, m // per_cluster)
+    km = faiss.Kmeans(d, k, niter=20, seed=seed, verbose=False, min_points_per_centroid=1)  # few points per centre, on purpose
+    km.train(real)
+    _, assign = km.index.search(real, 1)
+    assign = assign[:, 0]
+    residual = (real - km.centroids[assign]).astype(np.float64)
+    cov = residual.T @ residual / max(1, m - k)
+    shrink = d / (m + d)
+    cov = (1 - shrink) * cov + shrink * (np.trace(cov) / d + 1e-6) * np.eye(d)
+    root = np.linalg.cholesky(cov).astype(np.float32)
+    weights = np.bincount(assign, minlength=k) / m
+    rng = np.random.default_rng(seed)
+    for s in range(0, n, chunk):
+        c = rng.choice(k, size=min(chunk, n - s), p=weights)
+        x = km.centroids[c] + rng.standard_normal((len(c), d), dtype=np.float32) @ root.T
+        yield x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def simulated_collection(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """(n, d) unit vectors resembling `real` (see gaussian_like)."""
     return np.concatenate(list(gaussian_like(real, n, seed))) if n else np.zeros((0, real.shape[1]), np.float32)

@@ -27,6 +27,11 @@ TUNING_QUERIES = [
               "a cat sleeping on a sofa", "mountains and a lake", "a beach at sunset", "a car on the road",
               "a woman smiling", "an old building", "flowers in a garden", "a football match", "a baby")
 ]
+#: nprobe / efSearch candidates, in steps of about 1.5x so the cheapest sufficient value is not overshot 2x
+STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+#: the tuning queries are a sample: aim this much above the target so that other queries still reach it
+#: (at 1M clustered vectors, nprobe tuned to exactly 0.95 gave 0.936 on held-out text queries)
+MARGIN = 0.01
 REBUILD_GROWTH = 4  # an IVF index is rebuilt when the right nlist has grown this many times
 
 
@@ -65,7 +70,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 
 def tune_search_params(index, vectors: np.ndarray, k: int = 10, target: float = 0.95, n_queries: int = 200,
                        seed: int = 0, queries: np.ndarray | None = None) -> dict:
-    """Set the cheapest nprobe / efSearch reaching `target` recall@k on queries sampled from `vectors` (the
+    """Set the cheapest nprobe / efSearch reaching `target` + MARGIN recall@k on queries sampled from `vectors` (the
     collection itself, in the index's insertion order) plus `queries` (e.g. text embeddings of
     TUNING_QUERIES); returns {"params": {...}, "recall_at_k": r}. A Flat index needs nothing."""
     kind = tier(index.factory)
@@ -82,17 +87,17 @@ def tune_search_params(index, vectors: np.ndarray, k: int = 10, target: float = 
     all_ids = index.ids()  # positions -> the ids the index holds, in insertion order
     truth = all_ids[truth_pos]
     if kind == 1:
-        name, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
+        name, values = "efSearch", list(STEPS[STEPS.index(16):])
     else:
         nlist = _nlist(index.factory) or 1
-        name, values = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v <= nlist] or [nlist]
+        name, values = "nprobe", [v for v in STEPS if v <= nlist] or [nlist]
     recall = 0.0
     for value in values:
         index.set_search_params(**{name: value})
         _, found = index.search(queries, kk)
         recall = min(recall_at_k(found[:len(sample)], truth[:len(sample)]),  # each query family must reach it
                      recall_at_k(found[len(sample):], truth[len(sample):]) if len(queries) > len(sample) else 1.0)
-        if recall >= target:
+        if recall >= target + MARGIN:
             break
     logger.info("%s: %s=%d gives recall@%d %.3f", index.factory, name, value, kk, recall)
     return {"params": {name: value}, "recall_at_k": round(recall, 4)}

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 MODALITIES = ("images", "texts")
 LOCK_FILENAME = "index.lock"
+#: a reader (a search process) memory-maps index files at least this large, where FAISS can map the type:
+#: it starts without reading the file and shares the pages with other search processes
+MMAP_MIN_BYTES = 64 * 2**20
 
 
 class LibraryError(Exception):
@@ -224,7 +227,8 @@ class Library:
             index = None
             if path.exists():
                 try:
-                    index = VectorIndex.load(path)
+                    mmap = not self.is_writer and path.stat().st_size >= MMAP_MIN_BYTES
+                    index = VectorIndex.load(path, mmap=mmap)
                 except VectorIndexError as e:
                     logger.warning("%s; rebuilding it from the store", e)
             if index is None or index.dim != dim:
@@ -249,6 +253,9 @@ class Library:
         if index.generation == generation and not self.is_writer:
             self.unembedded[modality] = np.empty(0, np.int64)
             return fixed
+        if index.read_only:  # memory-mapped, and behind the store: patch a private in-memory copy instead
+            index = VectorIndex.load(self.index_path(modality))
+            self._indexes[modality] = index
         held = index.ids()
         if len(np.unique(held)) != len(held):  # duplicate ids: cannot patch in place, rebuild from scratch
             index = VectorIndex.create(index.dim, choose_index(0, index.dim))

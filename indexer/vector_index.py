@@ -123,6 +123,11 @@ class VectorIndex:
         return bool(self._index.is_trained)
 
     @property
+    def read_only(self) -> bool:
+        """True when loaded memory-mapped (``load(mmap=True)`` on a type FAISS can map)."""
+        return self._read_only
+
+    @property
     def search_params(self) -> dict[str, Any]:
         return dict(self._search_params)
 

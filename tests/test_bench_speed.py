@@ -33,3 +33,22 @@ def test_bench_speed_reports_every_figure(photos, fake_encoder):
                 "speedup_vs_exact", "rss_mb"):
         assert key in r
     assert r["photos"] == 4 and r["factory"] == "Flat" and r["ann_recall_at_10"] == 1.0
+
+
+def test_mixture_keeps_the_clusters_of_the_real_vectors():
+    """Three tight groups of real vectors: the mixture draws around the groups, in their proportions,
+    where a single Gaussian spreads everything between them."""
+    from engine.speed import gaussian_like, mixture_like
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(16)[:3] * 3
+    sizes = [600, 300, 100]
+    real = np.concatenate([c + 0.3 * rng.normal(size=(n, 16)) for c, n in zip(centres, sizes)]).astype(np.float32)
+    real /= np.linalg.norm(real, axis=1, keepdims=True)
+    unit = centres / 3
+    mix = np.concatenate(list(mixture_like(real, 3000, seed=1)))
+    one = np.concatenate(list(gaussian_like(real, 3000, seed=1)))
+    np.testing.assert_allclose(np.linalg.norm(mix, axis=1), 1.0, atol=1e-5)
+    share = np.bincount((mix @ unit.T).argmax(1), minlength=3) / len(mix)
+    np.testing.assert_allclose(share, np.array(sizes) / 1000, atol=0.05)
+    assert (mix @ unit.T).max(1).mean() > (one @ unit.T).max(1).mean() + 0.1

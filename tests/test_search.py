@@ -83,3 +83,29 @@ def test_a_long_lived_engine_sees_photos_indexed_after_it_opened(engine, photos,
         index_images(lib, [str(photos)], fake_encoder)
     hits = engine.search_text("purple", k=10)
     assert len(hits) == 5 and Path(hits[0].path).name == "purple.jpg"
+
+
+def test_a_search_process_maps_a_large_index_and_still_sees_new_photos(photos, library, fake_encoder, monkeypatch):
+    """Readers memory-map index files above MMAP_MIN_BYTES (here: every file); when the store moves on they
+    patch a private in-memory copy instead, so new photos still show up."""
+    import indexer.library
+
+    monkeypatch.setattr(indexer.library, "MMAP_MIN_BYTES", 0)
+    with Library(library, create=True) as lib:
+        index_images(lib, [str(photos)], fake_encoder)
+    with SearchEngine(library) as eng:
+        assert eng._index("images").read_only  # mapped, not read into memory
+        assert len(eng.search_text("red", k=10)) == 4
+        draw(photos / "later" / "purple.jpg", "purple")
+        with Library(library) as lib:
+            index_images(lib, [str(photos)], fake_encoder)
+        hits = eng.search_text("purple", k=10)
+        assert len(hits) == 5 and Path(hits[0].path).name == "purple.jpg"
+        # an index file behind the store (a writer that committed rows but has not saved FAISS yet)
+        draw(photos / "later" / "cyan.jpg", "cyan")
+        with Library(library) as lib, monkeypatch.context() as m:
+            m.setattr(Library, "save", lambda self, modality: None)
+            index_images(lib, [str(photos)], fake_encoder)
+        hits = eng.search_text("cyan", k=10)
+        assert len(hits) == 6 and Path(hits[0].path).name == "cyan.jpg"
+        assert not eng._index("images").read_only  # patched in memory, not in the shared file
