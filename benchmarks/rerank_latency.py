@@ -141,7 +141,7 @@ def build_library(photos: Path, root: Path, texts: Path | None = None) -> Path:
         if texts is not None:
             from indexer.pipeline import index_texts
 
-            index_texts(lib, str(texts), get_encoder("lite"))
+            index_texts(lib, str(texts), get_encoder("lite"), tokens=True)
     if report.indexed == 0:
         raise SystemExit(f"no photos indexed from {photos}")
     return root

@@ -172,11 +172,14 @@ def index_texts_cmd(path, library, model, as_json):
     from indexer.library import Library
     from indexer.pipeline import index_texts
 
+    from indexer.patch_tokens import default_projector
+
     with edge():
         encoder = get_encoder(model or _library_model(_library(library)) or "lite")
+        tokens = default_projector(encoder.name) is not None  # the bundled reranker will read them
         with Library(_library(library), create=True) as lib:
             with _progress("texts", unit="texts") as progress:
-                report = index_texts(lib, path, encoder, progress=progress)
+                report = index_texts(lib, path, encoder, progress=progress, tokens=tokens)
     if as_json:
         _emit(report.to_json())
     else:

@@ -7,7 +7,8 @@ with `alpha[direction]` for "t2i" (text -> images) and "i2t" (image -> texts):
 * `LiteBackend`: the bundled cross-attention reranker (engine.rerank.Reranker). Candidate photos' patch
   tokens come from the library's token store (written at index time), so no image file is opened; a photo
   indexed without them (before the first `xmodal index` with this version) is read from disk once per query.
-  Candidate texts' token states are computed at query time (one MiniLM pass over the k texts).
+  Candidate texts' token states are stored when a corpus is indexed (indexer.text_tokens); texts indexed
+  without them get one MiniLM pass at query time.
 * `BlipBackend`: BLIP's image-text matching head (engine.blip_rerank), which reads the candidate photos.
 
 A `RerankQuery` carries the query in every form a backend may need, computed once by the search engine.
@@ -25,6 +26,7 @@ from PIL import Image
 from indexer.decode import DecodeError, read_image
 from indexer.library import Library
 from indexer.records import SearchHit
+from indexer.text_tokens import TextTokenStore
 
 from .rerank import Reranker, TextTokens, fuse
 
@@ -104,9 +106,26 @@ class LiteBackend:
         match = self.reranker.score(query.tokens, torch.from_numpy(tokens).float())
         return _neutral_where_missing(match, found)
 
+    def text_states(self, hits: Sequence[SearchHit]) -> TextTokens:
+        """Candidate texts' token states: stored at indexing (indexer.text_tokens), else computed now."""
+        stored = TextTokenStore(self.library.root).read([h.id for h in hits], [h.text for h in hits])
+        missing = [j for j, s in enumerate(stored) if s is None]
+        if missing:
+            _, computed = self.query_tokens([hits[j].text for j in missing])
+            for r, j in enumerate(missing):
+                stored[j] = computed.states[r][: int(computed.mask[r].sum())].numpy()
+        t = max(len(s) for s in stored)
+        states = torch.zeros(len(stored), t, stored[0].shape[1])
+        mask = torch.zeros(len(stored), t, dtype=torch.long)
+        for j, s in enumerate(stored):
+            states[j, : len(s)] = torch.from_numpy(np.asarray(s, np.float32))
+            mask[j, : len(s)] = 1
+        return TextTokens(states, mask)
+
     def score_texts(self, query: RerankQuery, hits: Sequence[SearchHit]) -> np.ndarray:
-        _, tokens = self.query_tokens([h.text for h in hits])
-        return self.reranker.score(torch.from_numpy(query.patches).float(), tokens)
+        if not hits:
+            return np.zeros(0)
+        return self.reranker.score(torch.from_numpy(query.patches).float(), self.text_states(hits))
 
 
 class BlipBackend:

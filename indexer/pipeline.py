@@ -26,6 +26,7 @@ from .library import Library, LibraryError, _under, write_failure
 from .patch_tokens import PatchProjector
 from .records import DecodedImage, Skipped
 from .store import StoreError
+from .text_tokens import TextTokenStore
 from .texts import read_texts
 from .vector_index import VectorIndexError
 from .walk import iter_image_files
@@ -282,8 +283,10 @@ class TextReport:
 
 
 def index_texts(library: Library, path: str, encoder: Encoder, batch_size: int = 256,
-                progress: Progress | None = None) -> TextReport:
-    """Index a text corpus file; indexing the same file again replaces its earlier texts."""
+                progress: Progress | None = None, tokens: bool = False) -> TextReport:
+    """Index a text corpus file; indexing the same file again replaces its earlier texts. With `tokens` (and
+    an encoder that has them) each text's token states are stored too, from the same text-tower pass, for
+    reranking image -> text searches without a text-tower pass at query time (indexer.text_tokens)."""
     t0 = time.perf_counter()
     source = os.path.abspath(path)
     report = TextReport(source=source)
@@ -293,9 +296,16 @@ def index_texts(library: Library, path: str, encoder: Encoder, batch_size: int =
             library.reconcile()
             if source in library.store.text_sources():
                 report.replaced = len(library.delete_texts_from_source(source))
+            store = TextTokenStore(library.root) if tokens and hasattr(encoder, "encode_text_states") else None
             for batch in batched(read_texts(path), batch_size):
-                vectors = encoder.encode_texts(batch)
-                library.add_texts(batch, vectors, source, encoder.name)
+                if store is not None:
+                    vectors, states, mask, _ = encoder.encode_text_states(batch)
+                    ids = library.add_texts(batch, vectors, source, encoder.name)
+                    lengths = mask.sum(1).tolist()
+                    store.write(ids, batch, [st[:n].numpy() for st, n in zip(states, lengths)])
+                else:
+                    vectors = encoder.encode_texts(batch)
+                    library.add_texts(batch, vectors, source, encoder.name)
                 report.indexed += len(batch)
                 if progress:
                     progress(report.indexed, 0)

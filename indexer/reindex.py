@@ -51,7 +51,7 @@ def reindex(root: str | os.PathLike, encoder: Encoder, progress: Progress | None
             report = ReindexReport(before, encoder.name, images)
             for source in sources:
                 if os.path.exists(source):
-                    report.texts += index_texts(new, source, encoder).indexed
+                    report.texts += index_texts(new, source, encoder, tokens=patches is not None).indexed
                 else:
                     report.missing_text_sources.append(source)
         retired = old.root.with_name(old.root.name + ".old")

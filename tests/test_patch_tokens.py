@@ -81,3 +81,16 @@ def test_the_bundled_projection_fits_the_budget():
     proj = default_projector("lite")
     assert proj.spec.slot_bytes <= MAX_SLOT_BYTES and proj.spec.tokens == 49
     assert default_projector("fake-colour") is None  # only lite libraries store lite patch tokens
+
+
+def test_text_token_states_round_trip_and_stale_slots_read_as_missing(tmp_path):
+    from indexer.text_tokens import TextTokenStore
+
+    store = TextTokenStore(tmp_path, width=4)
+    a, b = np.arange(12).reshape(3, 4), np.ones((2, 4))
+    store.write([7, 2], ["a dog", "a cat"], [a, b])
+    store.write([9], ["a bird"], [np.full((5, 4), 0.5)])  # appended after the first batch
+    got = TextTokenStore(tmp_path, width=4).read([2, 7, 9, 3, 7], ["a cat", "a dog", "a bird", "x", "another text"])
+    np.testing.assert_array_equal(got[0], b)
+    np.testing.assert_array_equal(got[1], a)
+    assert got[2].shape == (5, 4) and got[3] is None and got[4] is None  # never written; id 7 now holds another text

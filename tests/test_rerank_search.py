@@ -32,7 +32,7 @@ def lite_library(tmp_path_factory):
     encoder = get_encoder("lite")
     with Library(root, create=True) as lib:
         report = index_images(lib, [str(photos)], encoder, patches=default_projector("lite"))
-        index_texts(lib, str(photos / "captions.txt"), encoder)
+        index_texts(lib, str(photos / "captions.txt"), encoder, tokens=True)
     assert report.added == len(PHOTOS) and report.patched == 0
     return root
 
@@ -172,3 +172,30 @@ def test_web_api_reranks_and_explains(lite_library):
         bad = client.get(f"/api/images/{cat}/explain.png", params={"q": "a tabby cat", "word": 7})
         assert bad.status_code == 400 and "3 words" in bad.json()["detail"]
         assert client.get("/api/images/99999/explain", params={"q": "x"}).status_code == 404
+
+
+def test_image_to_text_reranking_reads_stored_text_tokens(lite_library, monkeypatch, tmp_path):
+    """Texts indexed with their token states need no text-tower pass when an image query reranks them, and
+    scores are the same as when the states are computed at query time."""
+    from engine.reranking import LiteBackend
+    from indexer.text_tokens import TextTokenStore
+
+    with SearchEngine(lite_library) as eng:
+        stored = eng.search_image(SAMPLES / "cat-chelsea.jpg", k=4, target="texts")
+        assert TextTokenStore(lite_library).read([h.id for h in stored], [h.text for h in stored])[0] is not None
+        original = LiteBackend.query_tokens
+
+        def only_the_query(self, texts):  # the query image's own pass is fine; candidate texts must not need one
+            raise AssertionError(f"text tower run for {texts}")
+
+        monkeypatch.setattr(LiteBackend, "query_tokens", only_the_query)
+        again = eng.search_image(SAMPLES / "cat-chelsea.jpg", k=4, target="texts")
+        monkeypatch.setattr(LiteBackend, "query_tokens", original)
+    assert [h.id for h in again] == [h.id for h in stored]
+    root = tmp_path / "copy"
+    shutil.copytree(lite_library, root)
+    (root / "text_tokens.idx").unlink()  # computed at query time instead
+    with SearchEngine(root) as eng:
+        computed = eng.search_image(SAMPLES / "cat-chelsea.jpg", k=4, target="texts")
+    assert [h.id for h in computed] == [h.id for h in stored]
+    np.testing.assert_allclose([h.match for h in computed], [h.match for h in stored], atol=2e-3)
