@@ -24,5 +24,9 @@ echo; echo "== xmodal search --image data/samples/rocket-launch.jpg --target tex
 $X search --image data/samples/rocket-launch.jpg --target texts -k 3
 echo; echo "== xmodal search \"a kitten\" --target texts -k 2   (text -> text)"
 $X search "a kitten" --target texts -k 2
+echo; echo "== xmodal search \"a cat\" -k 3 --no-rerank   (dual-encoder order only)"
+$X search "a cat" -k 3 --no-rerank
+echo; echo "== xmodal explain \"a tabby cat\" data/samples/cat-chelsea.jpg -o .demo-output/explain-cat.png --per-word"
+$X explain "a tabby cat" data/samples/cat-chelsea.jpg -o .demo-output/explain-cat.png --per-word
 echo; echo "== xmodal info"
 $X info
