@@ -53,6 +53,11 @@ def run(out: Path, quick: bool) -> None:
     sh(XMODAL + ["bench", "speed", "--photos", FLICKR8K / "originals", "--scale", "2000" if quick else "100000",
                  "--json"], out / "speed_small.json")
     sh([PY, HERE / "decode_draft.py", "--n", "3" if quick else "20", "--json"], out / "decode_draft.json")
+    try:
+        import onnxruntime  # noqa: F401
+        sh([PY, HERE / "runtimes.py", "--repeats", "2" if quick else "7", "--json"], out / "runtimes.json")
+    except ImportError:
+        print("onnxruntime is not installed (pip install -e .[bench]): runtimes.py skipped", file=sys.stderr)
     scales = ["2000", "20000"] if quick else ["10000", "100000", "1000000"]
     base = ["--base", "dev"] if quick else []  # quick: fit to the 1,000 dev photos (train's 6,000 take minutes)
     subprocess.run([PY, HERE / "scale.py", "--scales", *scales, "--queries", "40" if quick else "200", *base,
@@ -180,6 +185,16 @@ def render(out: Path) -> str:
               f"| ANN recall@10 against exact search | {sp['ann_recall_at_10']} |",
               f"| ANN speed-up over exact search | {sp['speedup_vs_exact']}x |",
               f"| peak resident memory of the benchmark process | {sp['rss_mb']} MB |", ""]
+    rt = _load(out / "runtimes.json")
+    if rt:
+        r += ["## The image tower on each runtime (`benchmarks/runtimes.py`)", "",
+              f"Pixels -> embedding, batch {rt['batch']} of real photos, {rt['torch_threads']} threads, images/s "
+              "(median), side by side in one run:", "",
+              "| PyTorch eager (NCHW) | channels-last | ONNX Runtime " + rt["onnxruntime"] + " |",
+              "| ---: | ---: | ---: |",
+              f"| {rt['eager_img_s']} | {rt['channels_last_img_s']} | {rt['onnxruntime_img_s']} |", "",
+              f"Largest difference from eager's embeddings: channels-last {rt['channels_last_max_abs_diff']:.1e}, "
+              f"ONNX Runtime {rt['onnxruntime_max_abs_diff']:.1e}. xmodal indexes with channels-last today.", ""]
     dd = _load(out / "decode_draft.json")
     if dd:
         r += ["## JPEG draft decoding of 12-megapixel photos (`benchmarks/decode_draft.py`)", "",
