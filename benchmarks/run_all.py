@@ -179,6 +179,7 @@ def render(out: Path) -> str:
               f"| indexing, end to end (patch tokens included) | {sp['index_img_s']} images/s |",
               f"| image tower + head forward pass alone, batch 16, PyTorch eager | {sp['forward_img_s']} images/s |",
               f"| the same, channels-last memory format | {sp.get('forward_channels_last_img_s')} images/s |",
+              f"| the same, ONNX Runtime (what the lite encoder indexes with) | {sp.get('forward_onnx_img_s')} images/s |",
               f"| index chosen | {sp['factory']} {sp['search_params']} |",
               f"| text query, encode + ANN, median / p95 | {sp['query_ms_p50']} / {sp['query_ms_p95']} ms |",
               f"| rerank of the top 32, median | {sp['rerank_ms_p50']} ms |",
@@ -194,7 +195,8 @@ def render(out: Path) -> str:
               "| ---: | ---: | ---: |",
               f"| {rt['eager_img_s']} | {rt['channels_last_img_s']} | {rt['onnxruntime_img_s']} |", "",
               f"Largest difference from eager's embeddings: channels-last {rt['channels_last_max_abs_diff']:.1e}, "
-              f"ONNX Runtime {rt['onnxruntime_max_abs_diff']:.1e}. xmodal indexes with channels-last today.", ""]
+              f"ONNX Runtime {rt['onnxruntime_max_abs_diff']:.1e}. The lite encoder runs its image path on ONNX "
+              "Runtime (exported once per checkpoint, `indexer/onnx_image.py`), else channels-last PyTorch.", ""]
     dd = _load(out / "decode_draft.json")
     if dd:
         r += ["## JPEG draft decoding of 12-megapixel photos (`benchmarks/decode_draft.py`)", "",

@@ -59,6 +59,22 @@ def forward_rate(encoder: Encoder, batch: int = 16, repeats: int = 5, channels_l
     return statistics.median(rates)
 
 
+def onnx_forward_rate(encoder: Encoder, batch: int = 16, repeats: int = 5) -> float:
+    """Images/s of the encoder's ONNX Runtime image path (what the lite encoder indexes with when
+    onnxruntime is installed), or nan when it has none."""
+    onnx = getattr(encoder, "onnx", None)
+    if onnx is None:
+        return float("nan")
+    x = torch.randn(batch, 3, 224, 224)
+    onnx(x)
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        onnx(x)
+        rates.append(batch / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
 def gaussian_like(real: np.ndarray, n: int, seed: int = 0, chunk: int = 100_000):
     """Yield float32 chunks (at most `chunk` rows) of `n` unit vectors drawn from N(mean, cov) of the `real`
     embeddings, renormalised: the anisotropy of the real space without near-duplicate clusters. With fewer
@@ -146,6 +162,7 @@ def bench_speed(encoder: Encoder, photos: Path, scale: int = 10_000, repeats: in
                 tokens = tokens[found]
     forward_img_s = forward_rate(encoder)
     forward_cl_img_s = forward_rate(encoder, channels_last=True)
+    forward_onnx_img_s = onnx_forward_rate(encoder)
     vectors = simulated_collection(real, scale)
     factory = choose_index(scale, vectors.shape[1])
     index = VectorIndex.create(vectors.shape[1], factory)
@@ -173,7 +190,7 @@ def bench_speed(encoder: Encoder, photos: Path, scale: int = 10_000, repeats: in
     query_ms = [e + a for e, a in zip(encode_ms, ann_ms)]
     return {
         "index_img_s": _num(index_img_s), "forward_img_s": _num(forward_img_s),
-        "forward_channels_last_img_s": _num(forward_cl_img_s),
+        "forward_channels_last_img_s": _num(forward_cl_img_s), "forward_onnx_img_s": _num(forward_onnx_img_s),
         "photos": report.indexed, "scale": scale, "factory": factory, "search_params": tuning["params"],
         "query_ms_p50": round(statistics.median(query_ms), 2), "query_ms_p95": round(_percentile(query_ms, 95), 2),
         "encode_ms_p50": round(statistics.median(encode_ms), 2), "ann_ms_p50": round(statistics.median(ann_ms), 3),

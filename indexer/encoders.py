@@ -10,6 +10,7 @@ Tests and plugins add their own with `register_encoder(name, factory)`.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -189,14 +190,27 @@ class LiteEncoder:
         self.dim = cfg["dim"]
         self.batch_size = batch_size
         self.info = {"checkpoint": Path(checkpoint).name, "dev": ck.get("dev"), "data": ck.get("data")}
+        from .onnx_image import onnx_image_path
+
+        fingerprint = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+        self.onnx = onnx_image_path(self.model, fingerprint, self.preprocess.size)  # None: torch only
 
     def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return self.preprocess(images).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), NHWC in memory
 
     @torch.inference_mode()
+    def _image_path(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch -> ((B, D) embeddings, (B, 1280, 7, 7) patch maps), on ONNX Runtime when available."""
+        pixels = self._pixels(images)
+        if self.onnx is not None:
+            emb, maps = self.onnx(pixels.contiguous())
+            return torch.from_numpy(emb), torch.from_numpy(maps)
+        maps = self.model.image_patches(pixels)
+        return self.model.embed_pooled_image(maps.mean(dim=(2, 3))), maps
+
+    @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        out = [self.model.encode_image(self._pixels(images[s:s + self.batch_size]))
-               for s in range(0, len(images), self.batch_size)]
+        out = [self._image_path(images[s:s + self.batch_size])[0] for s in range(0, len(images), self.batch_size)]
         return _as_matrix(out, self.dim)
 
     @torch.inference_mode()
@@ -214,8 +228,8 @@ class LiteEncoder:
         tower's 7x7 map in row-major order, what the cross-attention reranker attends to."""
         vectors, tokens = [], []
         for s in range(0, len(images), self.batch_size):
-            maps = self.model.image_patches(self._pixels(images[s:s + self.batch_size]))  # (B, 1280, 7, 7)
-            vectors.append(self.model.embed_pooled_image(maps.mean(dim=(2, 3))))
+            emb, maps = self._image_path(images[s:s + self.batch_size])  # (B, D), (B, 1280, 7, 7)
+            vectors.append(emb)
             tokens.append(maps.flatten(2).transpose(1, 2))  # (B, 49, 1280)
         raw = torch.cat(tokens).numpy() if tokens else np.zeros((0, 49, 1280), np.float32)
         return _as_matrix(vectors, self.dim), raw

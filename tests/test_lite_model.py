@@ -79,3 +79,21 @@ def test_lite_encoder_gives_unit_float32_vectors_in_one_space():
     sim = tv @ iv.T
     assert (sim.argmax(1) == [0, 1, 2]).all()  # each description finds its photo
     assert enc.encode_texts([]).shape == (0, enc.dim)
+
+
+def test_onnx_runtime_image_path_equals_torch(monkeypatch, tmp_path):
+    """The lite encoder's image path runs on ONNX Runtime (exported once into the cache); embeddings and patch
+    maps equal the torch modules' own, and XMODAL_IMAGE_RUNTIME=torch turns it off."""
+    from indexer.encoders import LiteEncoder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    photos = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
+    onnx = LiteEncoder()
+    assert onnx.onnx is not None and onnx.onnx.path.parent == tmp_path / "xmodal" / "onnx"
+    monkeypatch.setenv("XMODAL_IMAGE_RUNTIME", "torch")
+    plain = LiteEncoder()
+    assert plain.onnx is None
+    (a, pa), (b, pb) = onnx.encode_images_with_patches(photos), plain.encode_images_with_patches(photos)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(pa, pb, atol=1e-3, rtol=1e-4)
+    np.testing.assert_allclose(onnx.encode_images(photos[:1]), plain.encode_images(photos[:1]), atol=1e-5)
