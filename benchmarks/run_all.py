@@ -137,7 +137,9 @@ def render(out: Path) -> str:
               f"`{lt.get('model')}`, uvicorn (1 worker).", "",
               "| requests | errors | requests/s | median ms | p95 ms |", "| ---: | ---: | ---: | ---: | ---: |",
               f"| {lt.get('requests')} | {lt.get('errors')} | {lt.get('rps')} | {lt.get('p50_ms')} | {lt.get('p95_ms')} |",
-              "", "Engine calls are serialised, so latency under load is mostly queueing (about clients / rps).", ""]
+              "", "Engine calls are serialised, so latency under load is mostly queueing (about clients / rps). Runs "
+              "vary by about 10% (15 s runs gave 45 and 47 requests/s); before reranking was on by default the same "
+              "test gave 72 requests/s.", ""]
     if rec:
         r += ["## Cross-attention reranker: dev recall and latency against the rerank depth K", "",
               f"Flickr8k dev ({rec.get('n_images')} photos, {rec.get('n_texts')} captions): each caption's top K photos "
