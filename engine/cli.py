@@ -531,11 +531,17 @@ def train():
     """Train the lite model's heads."""
 
 
-def _train(run, data_dir, out, cache_dir, epochs, seed) -> dict:
-    """Run a training job with its progress logged (per epoch) and domain errors made one line."""
+def _train(run, summary, data_dir, out, cache_dir, epochs, seed, as_json) -> None:
+    """Run a training job with its progress logged (per epoch) and domain errors made one line; print its
+    report as JSON, or the lines `summary(report)` gives."""
     logging.getLogger("engine").setLevel(logging.INFO)
     with edge():
-        return run(data_dir, out=out, cache_dir=cache_dir, epochs=epochs, seed=seed)
+        report = run(data_dir, out=out, cache_dir=cache_dir, epochs=epochs, seed=seed)
+    if as_json:
+        _emit(report)
+        return
+    for line in summary(report):
+        click.echo(line)
 
 
 @train.command("align")
@@ -544,14 +550,12 @@ def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
     """Train the alignment heads on the train split, select on dev (LiT-style, towers locked)."""
     from .training.align import run_align
 
-    report = _train(run_align, data_dir, out, cache_dir, epochs, seed)
-    if as_json:
-        _emit(report)
-    else:
+    def summary(report):
         dev = report["dev"]
-        click.echo(f"best epochs {report['epochs']}: dev t2i R@1/5/10 "
-                   + "/".join(f"{v:.1f}" for v in dev["t2i"].values()) + ", i2t R@1/5/10 "
-                   + "/".join(f"{v:.1f}" for v in dev["i2t"].values()) + f" -> {report['out']}")
+        yield (f"best epochs {report['epochs']}: dev t2i R@1/5/10 " + "/".join(f"{v:.1f}" for v in dev["t2i"].values())
+               + ", i2t R@1/5/10 " + "/".join(f"{v:.1f}" for v in dev["i2t"].values()) + f" -> {report['out']}")
+
+    _train(run_align, summary, data_dir, out, cache_dir, epochs, seed, as_json)
 
 
 @train.command("rerank")
@@ -560,15 +564,14 @@ def train_rerank_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
     """Train the cross-attention reranker (ITM with hard negatives) on train, select on dev."""
     from .training.rerank import run_rerank
 
-    report = _train(run_rerank, data_dir, out, cache_dir, epochs, seed)
-    if as_json:
-        _emit(report)
-    else:
+    def summary(report):
         dev = report["dev"]
         for k, r in dev["K"].items():
-            click.echo(f"dev K={k} alpha {r['alpha']}: t2i R@1 {dev['dual']['t2i']['R@1']:.2f} -> "
-                       f"{r['t2i']['R@1']:.2f}, i2t R@1 {dev['dual']['i2t']['R@1']:.2f} -> {r['i2t']['R@1']:.2f}")
-        click.echo(f"-> {report['out']} ({report['train_seconds']:.0f}s training)")
+            yield (f"dev K={k} alpha {r['alpha']}: t2i R@1 {dev['dual']['t2i']['R@1']:.2f} -> {r['t2i']['R@1']:.2f}, "
+                   f"i2t R@1 {dev['dual']['i2t']['R@1']:.2f} -> {r['i2t']['R@1']:.2f}")
+        yield f"-> {report['out']} ({report['train_seconds']:.0f}s training)"
+
+    _train(run_rerank, summary, data_dir, out, cache_dir, epochs, seed, as_json)
 
 
 # ---------------------------------------------------------------------------------------------- serve

@@ -45,6 +45,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Row,
     String,
     Table,
     Text,
@@ -478,27 +479,25 @@ class Store:
                     by_id[row.id] = _image_record(row)
         return [by_id[int(i)] for i in ids if int(i) in by_id]
 
-    def image_states(self) -> Iterator[tuple[str, int, int, float]]:
-        """Yield ``(path, id, size, mtime)`` for every image in id order, for the incremental re-index check.
-
-        Streams in pages of a few thousand rows (keyset pagination on id), holding no read transaction
-        between pages, so the caller may write to the store while iterating; rows added meanwhile with
-        higher ids may or may not be seen.
-        """
+    def _image_pages(self, *columns) -> Iterator[Row]:
+        """Every image row (id plus `columns`) in id order, streamed in pages of a few thousand rows (keyset
+        pagination on id), holding no read transaction between pages, so the caller may write to the store
+        while iterating; rows added meanwhile with higher ids may or may not be seen."""
         last = 0
         while True:
             with self._read() as conn:
-                query = (
-                    select(_images.c.raw_path, _images.c.id, _images.c.size, _images.c.mtime)
-                    .where(_images.c.id > last)
-                    .order_by(_images.c.id)
-                    .limit(_STREAM_BATCH)
-                )
-                page = [(os.fsdecode(r.raw_path), r.id, r.size, r.mtime) for r in conn.execute(query)]
+                query = (select(_images.c.id, *columns).where(_images.c.id > last)
+                         .order_by(_images.c.id).limit(_STREAM_BATCH))
+                page = list(conn.execute(query))
             yield from page
             if len(page) < _STREAM_BATCH:
                 return
-            last = page[-1][1]
+            last = page[-1].id
+
+    def image_states(self) -> Iterator[tuple[str, int, int, float]]:
+        """Yield ``(path, id, size, mtime)`` for every image in id order, for the incremental re-index check."""
+        for r in self._image_pages(_images.c.raw_path, _images.c.size, _images.c.mtime):
+            yield os.fsdecode(r.raw_path), r.id, r.size, r.mtime
 
     def delete_images(self, ids: Sequence[int]) -> int:
         """Delete the images with these ids (unknown ids are ignored); returns how many rows went."""
@@ -532,29 +531,13 @@ class Store:
 
     def image_paths(self) -> Iterator[tuple[int, str, str]]:
         """Yield ``(id, path, model)`` for every image in id order (paged like ``image_states``)."""
-        last = 0
-        while True:
-            with self._read() as conn:
-                query = (select(_images.c.id, _images.c.raw_path, _images.c.model).where(_images.c.id > last)
-                         .order_by(_images.c.id).limit(_STREAM_BATCH))
-                page = [(int(r.id), os.fsdecode(r.raw_path), r.model) for r in conn.execute(query)]
-            yield from page
-            if len(page) < _STREAM_BATCH:
-                return
-            last = page[-1][0]
+        for r in self._image_pages(_images.c.raw_path, _images.c.model):
+            yield int(r.id), os.fsdecode(r.raw_path), r.model
 
     def image_digests(self) -> Iterator[tuple[int, str, str]]:
         """Yield ``(id, path, sha256)`` for every image in id order (paged like ``image_states``)."""
-        last = 0
-        while True:
-            with self._read() as conn:
-                query = (select(_images.c.id, _images.c.raw_path, _images.c.sha256).where(_images.c.id > last)
-                         .order_by(_images.c.id).limit(_STREAM_BATCH))
-                page = [(int(r.id), os.fsdecode(r.raw_path), r.sha256) for r in conn.execute(query)]
-            yield from page
-            if len(page) < _STREAM_BATCH:
-                return
-            last = page[-1][0]
+        for r in self._image_pages(_images.c.raw_path, _images.c.sha256):
+            yield int(r.id), os.fsdecode(r.raw_path), r.sha256
 
     # -- vectors (both modalities)
 

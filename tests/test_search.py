@@ -76,13 +76,20 @@ def test_info_counts_and_describes_the_library(engine):
     assert info["bytes"]["library.db"] > 0
 
 
+def add_and_find(eng, photos, library, encoder, colour: str) -> int:
+    """Draw a new `colour` photo, index it from a separate writer, and check `eng` finds it first;
+    returns how many photos `eng` now sees."""
+    draw(photos / "later" / f"{colour}.jpg", colour)
+    with Library(library) as lib:
+        index_images(lib, [str(photos)], encoder)
+    hits = eng.search_text(colour, k=100)
+    assert Path(hits[0].path).name == f"{colour}.jpg"
+    return len(hits)
+
+
 def test_a_long_lived_engine_sees_photos_indexed_after_it_opened(engine, photos, library, fake_encoder):
     assert len(engine.search_text("purple", k=10)) == 4
-    draw(photos / "later" / "purple.jpg", "purple")
-    with Library(library) as lib:
-        index_images(lib, [str(photos)], fake_encoder)
-    hits = engine.search_text("purple", k=10)
-    assert len(hits) == 5 and Path(hits[0].path).name == "purple.jpg"
+    assert add_and_find(engine, photos, library, fake_encoder, "purple") == 5
 
 
 def test_a_search_process_maps_a_large_index_and_still_sees_new_photos(photos, library, fake_encoder, monkeypatch):
@@ -96,16 +103,8 @@ def test_a_search_process_maps_a_large_index_and_still_sees_new_photos(photos, l
     with SearchEngine(library) as eng:
         assert eng._index("images").read_only  # mapped, not read into memory
         assert len(eng.search_text("red", k=10)) == 4
-        draw(photos / "later" / "purple.jpg", "purple")
-        with Library(library) as lib:
-            index_images(lib, [str(photos)], fake_encoder)
-        hits = eng.search_text("purple", k=10)
-        assert len(hits) == 5 and Path(hits[0].path).name == "purple.jpg"
-        # an index file behind the store (a writer that committed rows but has not saved FAISS yet)
-        draw(photos / "later" / "cyan.jpg", "cyan")
-        with Library(library) as lib, monkeypatch.context() as m:
+        assert add_and_find(eng, photos, library, fake_encoder, "purple") == 5  # the saved file: mapped again
+        with monkeypatch.context() as m:  # an index file behind the store: rows committed, FAISS not saved yet
             m.setattr(Library, "save", lambda self, modality: None)
-            index_images(lib, [str(photos)], fake_encoder)
-        hits = eng.search_text("cyan", k=10)
-        assert len(hits) == 6 and Path(hits[0].path).name == "cyan.jpg"
+            assert add_and_find(eng, photos, library, fake_encoder, "cyan") == 6
         assert not eng._index("images").read_only  # patched in memory, not in the shared file
