@@ -20,6 +20,7 @@ too. This module changes no global state on import; pillow-heif's opener is regi
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -27,15 +28,14 @@ import os
 import re
 import stat
 import threading
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from indexer.records import DecodedImage, Skipped
+from indexer.stages import ordered_map
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ def iter_decoded(
     workers: int = 2,
     prefetch: int = 32,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    prepare: Callable[[Image.Image], Image.Image] | None = None,
 ) -> Iterator[DecodedImage | Skipped]:
     """Decode `paths` on `workers` threads, yielding results in input order.
 
@@ -150,40 +151,24 @@ def iter_decoded(
     decodes are submitted and not yet yielded at any time, so memory stays bounded. Exceptions raised by
     `paths` itself (e.g. `FileNotFoundError` from the walk) propagate. Closing the generator early cancels
     decodes that have not started.
+
+    `prepare`, when given, also runs on the worker threads on each decoded image (the encoder's own
+    resize to its input size, `Preprocess.fit`), so that work overlaps inference too.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    if prefetch < 1:
-        raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+    def decode(item: str | Skipped) -> DecodedImage | Skipped:
+        if isinstance(item, Skipped):
+            return item
+        return _decode_or_skip(os.fsdecode(os.fspath(item)), target_size, max_pixels, prepare)
 
-    pending: deque[Future | Skipped] = deque()
-    in_flight = 0
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xmodal-decode")
+    return ordered_map(decode, paths, workers=workers, prefetch=prefetch, name="xmodal-decode")
+
+
+def _decode_or_skip(path: str, target_size: int, max_pixels: int,
+                    prepare: Callable[[Image.Image], Image.Image] | None = None) -> DecodedImage | Skipped:
+    """`read_image` (then `prepare`), with every failure turned into a `Skipped` (runs on a worker thread)."""
     try:
-        for item in paths:
-            if isinstance(item, Skipped):
-                pending.append(item)
-            else:
-                pending.append(pool.submit(_decode_or_skip, os.fsdecode(os.fspath(item)), target_size, max_pixels))
-                in_flight += 1
-            # Yield whatever is ready at the head without waiting, then wait only if the window is full.
-            while pending and (isinstance(pending[0], Skipped) or pending[0].done() or in_flight >= prefetch):
-                head = pending.popleft()
-                if isinstance(head, Future):
-                    in_flight -= 1
-                    head = head.result()
-                yield head
-        while pending:
-            head = pending.popleft()
-            yield head.result() if isinstance(head, Future) else head
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _decode_or_skip(path: str, target_size: int, max_pixels: int) -> DecodedImage | Skipped:
-    """`read_image`, with every failure turned into a `Skipped` (runs on a worker thread)."""
-    try:
-        return read_image(path, target_size=target_size, max_pixels=max_pixels)
+        decoded = read_image(path, target_size=target_size, max_pixels=max_pixels)
+        return decoded if prepare is None else dataclasses.replace(decoded, image=prepare(decoded.image))
     except DecodeError as exc:
         return Skipped(path, exc.reason)
     except Exception as exc:  # noqa: BLE001 - one odd file must never abort the stream

@@ -40,17 +40,24 @@ class Preprocess:
     std: tuple[float, float, float] = (128.0, 128.0, 128.0)
     resize: str = "squash"  # "squash": whole photo to size x size (as the training images); "crop": centre crop
 
+    def fit(self, im: Image.Image) -> Image.Image:
+        """One photo -> RGB size x size, as the model sees it (centre crop if asked, then bicubic). Idempotent
+        (an image already at size comes back as it is), so the indexer runs it on its decode threads."""
+        if im.mode == "RGB" and im.size == (self.size, self.size):
+            return im
+        if self.resize == "crop":
+            w, h = im.size
+            s = min(w, h)
+            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        return im.convert("RGB").resize((self.size, self.size), Image.BICUBIC)
+
+    def array(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """RGB PIL images -> (B, size, size, 3) uint8, before normalisation."""
+        return np.stack([np.asarray(self.fit(im)) for im in images])
+
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """RGB PIL images -> (B, 3, size, size) float32."""
-        arrs = []
-        for im in images:
-            if self.resize == "crop":
-                w, h = im.size
-                s = min(w, h)
-                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-            im = im.convert("RGB").resize((self.size, self.size), Image.BICUBIC)
-            arrs.append(np.asarray(im, dtype=np.float32))
-        x = (np.stack(arrs) - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)
+        """RGB PIL images -> (B, 3, size, size) float32, normalised."""
+        x = (self.array(images).astype(np.float32) - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)
         return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
 
@@ -193,24 +200,30 @@ class LiteEncoder:
         from .onnx_image import onnx_image_path
 
         fingerprint = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
-        self.onnx = onnx_image_path(self.model, fingerprint, self.preprocess.size)  # None: torch only
+        self.onnx = onnx_image_path(self.model, fingerprint, self.preprocess)  # None: torch only
 
     def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return self.preprocess(images).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), NHWC in memory
 
+    @property
+    def lanes(self) -> int:
+        """Batches worth running at once (on threads, each passing its `lane`): one per core on ONNX Runtime,
+        1 on torch (whose operators already use every core)."""
+        return self.onnx.lanes if self.onnx is not None else 1
+
     @torch.inference_mode()
-    def _image_path(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _image_path(self, images: Sequence[Image.Image], lane: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch -> ((B, D) embeddings, (B, 1280, 7, 7) patch maps), on ONNX Runtime when available."""
-        pixels = self._pixels(images)
-        if self.onnx is not None:
-            emb, maps = self.onnx(pixels.contiguous())
+        if self.onnx is not None:  # normalisation runs inside the graph, on uint8 pixels
+            emb, maps = self.onnx(self.preprocess.array(images), lane)
             return torch.from_numpy(emb), torch.from_numpy(maps)
+        pixels = self._pixels(images)
         maps = self.model.image_patches(pixels)
         return self.model.embed_pooled_image(maps.mean(dim=(2, 3))), maps
 
     @torch.inference_mode()
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        out = [self._image_path(images[s:s + self.batch_size])[0] for s in range(0, len(images), self.batch_size)]
+    def encode_images(self, images: Sequence[Image.Image], lane: int | None = None) -> np.ndarray:
+        out = [self._image_path(images[s:s + self.batch_size], lane)[0] for s in range(0, len(images), self.batch_size)]
         return _as_matrix(out, self.dim)
 
     @torch.inference_mode()
@@ -223,15 +236,19 @@ class LiteEncoder:
 
 
     @torch.inference_mode()
-    def encode_images_with_patches(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+    def encode_images_with_patches(self, images: Sequence[Image.Image],
+                                   lane: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One forward pass -> (n, dim) embeddings and (n, 49, 1280) float32 raw patch tokens: the locked
-        tower's 7x7 map in row-major order, what the cross-attention reranker attends to."""
+        tower's 7x7 map in row-major order, what the cross-attention reranker attends to. `lane`: see `lanes`."""
         vectors, tokens = [], []
         for s in range(0, len(images), self.batch_size):
-            emb, maps = self._image_path(images[s:s + self.batch_size])  # (B, D), (B, 1280, 7, 7)
+            emb, maps = self._image_path(images[s:s + self.batch_size], lane)  # (B, D), (B, 1280, 7, 7)
             vectors.append(emb)
-            tokens.append(maps.flatten(2).transpose(1, 2))  # (B, 49, 1280)
-        raw = torch.cat(tokens).numpy() if tokens else np.zeros((0, 49, 1280), np.float32)
+            tokens.append(maps.flatten(2).transpose(1, 2))  # (B, 49, 1280), a strided view: no copy
+        if len(tokens) == 1:
+            raw = tokens[0].numpy()
+        else:
+            raw = torch.cat(tokens).numpy() if tokens else np.zeros((0, 49, 1280), np.float32)
         return _as_matrix(vectors, self.dim), raw
 
     @torch.inference_mode()

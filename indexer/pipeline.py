@@ -1,6 +1,9 @@
 """The write path as a pipeline of generators in fixed-size batches:
 
-    walk -> (skip unchanged) -> decode (thread pool, overlapping inference) -> encode -> write
+    walk -> (skip unchanged) -> decode + resize (thread pool) -> encode (one thread per inference lane) -> write
+
+Decoding, inference and the main thread's store writes overlap (indexer.stages): with the lite model on
+ONNX Runtime each core runs its own single-threaded session on alternate batches.
 
 Only paths and file states are held for the whole run; pixels and vectors live one batch at a time.
 Every batch commits its store rows together with their vectors (one transaction), then adds the vectors to
@@ -25,6 +28,7 @@ from .index_tuning import TUNING_QUERIES, needs_rebuild
 from .library import Library, LibraryError, _under, write_failure
 from .patch_tokens import PatchProjector
 from .records import DecodedImage, Skipped
+from .stages import LaneIds, ordered_map
 from .store import StoreError
 from .text_tokens import TextTokenStore
 from .texts import read_texts
@@ -122,6 +126,69 @@ def plan(library: Library, roots: Sequence[str], report: IndexReport,
     return todo, changed, vanished
 
 
+@dataclass
+class _Job:
+    """One batch on its way through the stages: what to move, what to embed, and (after encoding) its vectors."""
+
+    size: int  # files of the work list in the batch, skipped ones included
+    moves: list[tuple[int, DecodedImage]]
+    embed: list[DecodedImage]
+    vectors: np.ndarray | None = None
+    raw: np.ndarray | None = None  # (n, 49, 1280) patch tokens, when asked for
+
+
+def _sorted_batches(library: Library, batches: Iterable[list], changed: dict[str, int], unembedded: set[int],
+                    claimed: set[int], report: IndexReport) -> Iterator[_Job]:
+    """Decoded batches -> jobs: files that fail are reported, files whose content is a vanished file's are
+    moves (keep the vector), the rest are embedded. Runs on the main thread (it reads the store)."""
+    for batch in batches:
+        images: list[DecodedImage] = []
+        for item in batch:
+            if isinstance(item, Skipped):
+                report.skipped.append(item)  # a changed file that no longer decodes keeps its old entry
+            else:
+                images.append(item)
+        fresh = [im for im in images if im.path not in changed]
+        candidates = library.store.images_by_sha256([im.sha256 for im in fresh]) if fresh else {}
+        moves: list[tuple[int, DecodedImage]] = []
+        embed: list[DecodedImage] = []
+        for im in images:
+            if im.path not in changed:
+                old = next((i for i, p in candidates.get(im.sha256, ())
+                            if i not in claimed and i not in unembedded and not os.path.lexists(p)), None)
+                if old is not None:
+                    claimed.add(old)
+                    moves.append((old, im))
+                    continue
+            embed.append(im)
+        yield _Job(len(batch), moves, embed)
+
+
+def encode_ahead(encoder: Encoder, jobs: Iterable[_Job], with_patches: bool = False) -> Iterator[_Job]:
+    """Encode each job's photos on worker threads, one per inference lane (`encoder.lanes`, else 1), while
+    the caller writes the jobs before them; jobs come back in order."""
+    lanes = max(1, int(getattr(encoder, "lanes", 1)))
+    lane_of = LaneIds()
+
+    def encode(job: _Job) -> _Job:
+        if job.embed:
+            pixels = [im.image for im in job.embed]
+            kw = {"lane": lane_of()} if lanes > 1 else {}
+            if with_patches:
+                job.vectors, job.raw = encoder.encode_images_with_patches(pixels, **kw)
+            else:
+                job.vectors = encoder.encode_images(pixels, **kw)
+        return job
+
+    return ordered_map(encode, jobs, workers=lanes, prefetch=lanes + 1, name="xmodal-encode")
+
+
+def input_fit(encoder: Encoder) -> Callable | None:
+    """The encoder's resize to its input size (`Preprocess.fit`), for the decode threads to run; None when the
+    encoder has its own preprocessing (CLIP-family checkpoints)."""
+    return getattr(getattr(encoder, "preprocess", None), "fit", None)
+
+
 def index_images(library: Library, roots: Sequence[str] | None, encoder: Encoder, batch_size: int = BATCH_SIZE,
                  progress: Progress | None = None, workers: int = 2,
                  should_stop: Callable[[], bool] | None = None,
@@ -174,42 +241,20 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
     done, last_save = 0, time.monotonic()
     if progress:
         progress(0, len(todo))
-    for batch in batched(iter_decoded(todo, target_size=decode_size(encoder), workers=workers), batch_size):
-        images: list[DecodedImage] = []
-        for item in batch:
-            if isinstance(item, Skipped):
-                report.skipped.append(item)  # a changed file that no longer decodes keeps its old entry
-            else:
-                images.append(item)
-        fresh = [im for im in images if im.path not in changed]
-        candidates = library.store.images_by_sha256([im.sha256 for im in fresh]) if fresh else {}
-        moves: list[tuple[int, DecodedImage]] = []
-        embed: list[DecodedImage] = []
-        for im in images:
-            if im.path not in changed:
-                old = next((i for i, p in candidates.get(im.sha256, ())
-                            if i not in claimed and i not in unembedded and not os.path.lexists(p)), None)
-                if old is not None:
-                    claimed.add(old)
-                    moves.append((old, im))
-                    continue
-            embed.append(im)
-        if moves:
-            library.move_images(moves)
-            report.moved += len(moves)
-        if embed:
-            pixels = [im.image for im in embed]
-            if patch_store is not None:
-                vectors, raw = encoder.encode_images_with_patches(pixels)
-            else:
-                vectors = encoder.encode_images(pixels)
-            ids, _ = library.add_images(embed, vectors, encoder.name)
+    decoded = iter_decoded(todo, target_size=decode_size(encoder), workers=workers, prepare=input_fit(encoder))
+    jobs = _sorted_batches(library, batched(decoded, batch_size), changed, unembedded, claimed, report)
+    for job in encode_ahead(encoder, jobs, with_patches=patch_store is not None):
+        if job.moves:
+            library.move_images(job.moves)
+            report.moved += len(job.moves)
+        if job.embed:
+            ids, _ = library.add_images(job.embed, job.vectors, encoder.name)
             if patch_store is not None:  # after the commit: a crash in between leaves slots that read as missing
-                patch_store.write(ids, [im.sha256 for im in embed], patches(raw))
-            n_changed = sum(1 for im in embed if im.path in changed)
+                patch_store.write(ids, [im.sha256 for im in job.embed], patches(job.raw))
+            n_changed = sum(1 for im in job.embed if im.path in changed)
             report.reembedded += n_changed
-            report.added += len(embed) - n_changed
-        done += len(batch)
+            report.added += len(job.embed) - n_changed
+        done += job.size
         report.processed = done
         if progress:
             progress(done, len(todo))
@@ -254,7 +299,8 @@ def backfill_patches(library: Library, encoder: Encoder, patches: PatchProjector
     logger.info("%s: making reranker patch tokens for %d photos indexed without them", library.root, len(todo))
     store, done = library.patch_store(patches.spec), 0
     expected = {path: (i, sha) for i, path, sha in todo}
-    for batch in batched(iter_decoded([p for _, p, _ in todo], target_size=decode_size(encoder), workers=workers),
+    for batch in batched(iter_decoded([p for _, p, _ in todo], target_size=decode_size(encoder), workers=workers,
+                                      prepare=input_fit(encoder)),
                          batch_size):
         good = [im for im in batch if not isinstance(im, Skipped) and expected[im.path][1] == im.sha256]
         if report is not None:

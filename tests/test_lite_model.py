@@ -97,3 +97,96 @@ def test_onnx_runtime_image_path_equals_torch(monkeypatch, tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_allclose(pa, pb, atol=1e-3, rtol=1e-4)
     np.testing.assert_allclose(onnx.encode_images(photos[:1]), plain.encode_images(photos[:1]), atol=1e-5)
+
+
+def test_image_path_lanes_give_the_same_embeddings_as_the_shared_session(monkeypatch, tmp_path):
+    """Indexing runs one single-threaded ONNX Runtime session per core ("lanes") concurrently; each lane
+    gives the same embeddings and patch maps as the latency session, and concurrent calls do not mix."""
+    import threading
+
+    from indexer.encoders import LiteEncoder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    enc = LiteEncoder()
+    photos = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
+    ref, ref_maps = enc.encode_images_with_patches(photos)
+    assert enc.lanes == enc.onnx.lanes >= 1
+    got = {}
+
+    def run(lane, order):
+        got[lane] = (order, enc.encode_images_with_patches([photos[i] for i in order], lane=lane))
+
+    threads = [threading.Thread(target=run, args=(lane, list(range(len(photos)))[::1 - 2 * (lane % 2)]))
+               for lane in range(max(2, enc.lanes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for order, (vectors, maps) in got.values():
+        np.testing.assert_allclose(vectors, ref[order], atol=1e-5)
+        np.testing.assert_allclose(maps, ref_maps[order], atol=1e-3, rtol=1e-4)
+
+
+def test_int8_image_path_is_quantised_once_and_stays_close_to_float(monkeypatch, tmp_path, caplog):
+    """XMODAL_IMAGE_RUNTIME=int8 quantises the image path once (calibrated on the shipped sample photos) into
+    the cache; its embeddings stay close to the float graph's. On a CPU where int8 drifts it keeps float32
+    and says why; an unknown runtime name is named in a warning."""
+    import logging
+
+    import indexer.onnx_int8 as onnx_int8
+    from indexer.encoders import LiteEncoder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    photos = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
+    plain = LiteEncoder()
+    monkeypatch.setenv("XMODAL_IMAGE_RUNTIME", "int8")
+    q = LiteEncoder()
+    assert q.onnx.kind == "int8" and q.onnx.path.name.endswith("-int8-v1.onnx") and q.onnx.path.exists()
+    cosine = (q.encode_images(photos) * plain.encode_images(photos)).sum(1)
+    assert np.median(cosine) > 0.98 and cosine.min() > 0.9
+
+    monkeypatch.setattr(onnx_int8, "VERSION", 99)  # a fresh quantisation, on a CPU that "drifts"
+    monkeypatch.setattr(onnx_int8, "MIN_MEDIAN_COSINE", 1.01)
+    with caplog.at_level(logging.WARNING, logger="indexer.onnx_image"):
+        fallback = LiteEncoder()
+    assert fallback.onnx.kind == "float32" and "int8 embeddings drift" in caplog.text
+    assert not list((tmp_path / "xmodal" / "onnx").glob("*-int8-v99.onnx"))
+
+    monkeypatch.setenv("XMODAL_IMAGE_RUNTIME", "tpu")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="indexer.onnx_image"):
+        assert LiteEncoder().onnx.kind == "float32"
+    assert "'tpu' is not one of onnx, int8, torch" in caplog.text
+
+
+def test_indexing_on_inference_lanes_stores_what_the_encoder_gives_one_photo_at_a_time(tmp_path):
+    """The write path encodes batches on concurrent lanes (and resizes on the decode threads); every stored
+    vector and patch token is the one the encoder gives for that photo alone."""
+    import shutil
+
+    from indexer.decode import read_image
+    from indexer.library import Library
+    from indexer.patch_tokens import default_projector
+    from indexer.pipeline import index_images
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    n = 5 * len(list(SAMPLES.glob("*.jpg")))
+    for i in range(5):  # several batches of 16, so both lanes and the write-behind are used
+        for p in sorted(SAMPLES.glob("*.jpg")):
+            shutil.copy(p, photos / f"{i}-{p.name}")
+            with open(photos / f"{i}-{p.name}", "ab") as f:
+                f.write(bytes([i]))  # distinct content, same pixels
+    enc, projector = get_encoder("lite"), default_projector("lite")
+    with Library(tmp_path / "lib", create=True) as lib:
+        report = index_images(lib, [str(photos)], enc, batch_size=16, patches=projector)
+        assert report.indexed == n and not report.skipped
+        ids = lib.vector_index("images").ids()
+        records = lib.store.get_images(ids.tolist())
+        stored = lib.vector_index("images").reconstruct(ids)
+        tokens, found = lib.patch_store().read([r.id for r in records], [r.sha256 for r in records])
+    assert found.all()
+    for rec, vec, tok in zip(records, stored, tokens):
+        alone, raw = enc.encode_images_with_patches([read_image(rec.path).image])  # decoded as the indexer does
+        np.testing.assert_allclose(vec, alone[0], atol=1e-5)
+        np.testing.assert_allclose(tok.astype(np.float32), projector(raw)[0].astype(np.float32), atol=2e-2, rtol=1e-2)
