@@ -49,7 +49,7 @@ class Preprocess:
             w, h = im.size
             s = min(w, h)
             im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        return im.convert("RGB").resize((self.size, self.size), Image.BICUBIC)
+        return (im if im.mode == "RGB" else im.convert("RGB")).resize((self.size, self.size), Image.BICUBIC)
 
     def array(self, images: Sequence[Image.Image]) -> np.ndarray:
         """RGB PIL images -> (B, size, size, 3) uint8, before normalisation."""
