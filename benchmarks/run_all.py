@@ -116,6 +116,11 @@ def plots(out: Path) -> None:
         plt.close(fig)
 
 
+RUNTIME_NAMES = {"eager": "PyTorch eager", "channels_last": "PyTorch channels-last",
+                 "onnxruntime": "ONNX Runtime float32, one session", "onnxruntime_lanes": "ONNX Runtime float32, lanes",
+                 "int8": "ONNX Runtime int8, one session", "int8_lanes": "ONNX Runtime int8, lanes"}
+
+
 def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -180,12 +185,13 @@ def render(out: Path) -> str:
               f"({sp['simulated']}).", "",
               "| figure | value |", "| --- | ---: |",
               f"| indexing, end to end (decode, resize, embed, patch tokens, store) | {sp['index_img_s']} images/s |",
-              f"| image tower + head forward pass alone, batch 16, PyTorch eager | {sp['forward_img_s']} images/s |",
+              f"| image tower + head forward pass alone, batch 16, PyTorch eager | "
+              f"{sp.get('forward_eager_img_s', sp['forward_img_s'])} images/s |",
               f"| the same, channels-last memory format | {sp.get('forward_channels_last_img_s')} images/s |",
               f"| the same, ONNX Runtime, one session on every core | {sp.get('forward_onnx_session_img_s')} images/s |",
               f"| the same, ONNX Runtime, one single-threaded session per core (what indexing uses) | "
               f"{sp.get('forward_onnx_lanes_img_s')} images/s |",
-              f"| end to end / fastest forward pass (target 0.8) | {sp.get('index_vs_fastest')} |",
+              f"| end to end / the fastest forward pass above (float32; int8 below) | {sp.get('index_vs_fastest')} |",
               f"| index chosen | {sp['factory']} {sp['search_params']} |",
               f"| text query, encode + ANN, median / p95 | {sp['query_ms_p50']} / {sp['query_ms_p95']} ms |",
               f"| rerank of the top 32, median | {sp['rerank_ms_p50']} ms |",
@@ -207,15 +213,18 @@ def render(out: Path) -> str:
               "(\"lanes\") running batches concurrently. End to end: the Flickr8k full-size originals indexed by "
               "`xmodal index`'s pipeline (decode, resize, embed, patch tokens, store), median of 3 runs.", "",
               "| runtime | forward, one session | forward, lanes | indexing end to end | end to end / fastest "
-              "forward | dev R@1 t2i / i2t |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |",
-              f"| PyTorch eager (NCHW) | {rt['eager_img_s']} | | | | |",
-              f"| PyTorch channels-last | {rt['channels_last_img_s']} | | | | |",
+              "forward (target 80%) | end to end / the same graph's lanes | dev R@1 t2i / i2t |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+              f"| PyTorch eager (NCHW) | {rt['eager_img_s']} | | | | | |",
+              f"| PyTorch channels-last | {rt['channels_last_img_s']} | | | | | |",
               f"| ONNX Runtime float32 (the default) | {rt['onnxruntime_img_s']} | {rt['onnxruntime_lanes_img_s']} | "
-              f"{rt['onnxruntime_index_img_s']} | {rt['onnxruntime_index_vs_fastest']:.0%} | {r1('onnxruntime')} |",
+              f"{rt['onnxruntime_index_img_s']} | {rt['onnxruntime_index_vs_fastest']:.0%} | "
+              f"{rt['onnxruntime_index_img_s'] / rt['onnxruntime_lanes_img_s']:.0%} | {r1('onnxruntime')} |",
               f"| ONNX Runtime int8 (`XMODAL_IMAGE_RUNTIME=int8`) | {rt['int8_img_s']} | {rt['int8_lanes_img_s']} | "
-              f"{rt['int8_index_img_s']} | {rt['int8_index_vs_fastest']:.0%} | {r1('int8')} |", "",
-              f"Fastest forward pass: **{rt['fastest']} at {rt['fastest_img_s']} images/s**"
+              f"{rt['int8_index_img_s']} | {rt['int8_index_vs_fastest']:.0%} | "
+              f"{rt['int8_index_img_s'] / rt['int8_lanes_img_s']:.0%} | {r1('int8')} |", "",
+              f"Fastest forward pass: **{RUNTIME_NAMES.get(rt['fastest'], rt['fastest'])}, {rt['fastest_img_s']} "
+              "images/s**"
               + (f" (int8 costs {rt['int8_dev_r1_cost']} points of dev R@1 at most, inside the 0.5 allowed, so it "
                  "counts)" if dev and rt.get("int8_qualifies") else "") + ". Target: indexing end to end at 80% "
               "of it. Largest difference from eager's embeddings: channels-last "

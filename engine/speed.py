@@ -238,7 +238,7 @@ def bench_speed(encoder: Encoder, photos: Path, scale: int = 10_000, repeats: in
         truth.append(ex[0])
     query_ms = [e + a for e, a in zip(encode_ms, ann_ms)]
     return {
-        "index_img_s": _num(index_img_s), "forward_img_s": _num(forward_img_s),
+        "index_img_s": _num(index_img_s), "forward_img_s": _num(fastest), "forward_eager_img_s": _num(forward_img_s),
         "forward_channels_last_img_s": _num(forward_cl_img_s), "forward_onnx_img_s": _num(forward_onnx_img_s),
         "forward_onnx_session_img_s": _num(onnx_rates.get("session", float("nan"))),
         "forward_onnx_lanes_img_s": _num(onnx_rates.get("lanes", float("nan"))),
