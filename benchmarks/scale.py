@@ -98,7 +98,7 @@ def build_store(path: Path, vectors: np.ndarray, batch: int = 20_000) -> float:
             rows = [DecodedImage(f"/photos/{i // 1000:05d}/IMG_{i:07d}.jpg", 3_000_000, 1.7e9,
                                  hashlib.sha256(str(i).encode()).hexdigest(), 4000, 3000, None, None)
                     for i in range(s, min(len(vectors), s + batch))]
-            store.add_images(rows, "lite", vectors[s:s + batch])
+            store.add_images(rows, "lite", np.asarray(vectors[s:s + batch], np.float32))
     return time.perf_counter() - t0
 
 

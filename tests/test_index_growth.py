@@ -41,6 +41,26 @@ def test_tuning_reaches_the_recall_target_on_clustered_vectors(factory):
     assert set(result["params"]) == ({"efSearch"} if factory.startswith("HNSW") else {"nprobe"})
 
 
+def test_an_index_that_cannot_reach_the_target_stops_probing_where_recall_levels_off(caplog):
+    """Coarse product-quantised codes cap recall below 0.95 however many lists are probed: tuning says so and
+    keeps the cheapest setting near the best recall instead of probing every list."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = VectorIndex.create(32, "IVF64,PQ4x4")
+    index.train(x)
+    index.add(np.arange(6000, dtype=np.int64), x)
+    with caplog.at_level("WARNING", logger="indexer.index_tuning"):
+        result = tune_search_params(index, x)
+    assert not result["reached"] and result["recall_at_k"] < 0.95
+    assert result["params"]["nprobe"] < 64 and "cannot reach recall@10 0.95" in caplog.text
+    truth = np.argsort(-(x[:300] @ x.T), axis=1)[:, :10]
+    index.set_search_params(nprobe=64)  # every list: the best this index can do
+    _, everything = index.search(x[:300], 10)
+    best = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(everything.tolist(), truth.tolist())])
+    assert result["recall_at_k"] >= best - 0.03
+
+
 def _many_photos(root, start, stop):
     """Photos start..stop-1, each a distinct shade of one of the test colours."""
     from PIL import Image
