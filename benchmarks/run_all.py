@@ -6,8 +6,10 @@
 
 Steps (each writes its raw JSON next to RESULTS.md): the web load test (load_test.py), dev recall of the
 reranker against the rerank depth K (`xmodal bench recall --rerank`), reranking latency against K
-(rerank_latency.py), speed at a small scale (`xmodal bench speed`), and speed at scale (scale.py: 10k,
-100k, 1M). Needs the Flickr8k data beside the repository and the bench extra (matplotlib, hnswlib).
+(rerank_latency.py), speed at a small scale (`xmodal bench speed`), JPEG draft decoding (decode_draft.py),
+runtimes and end-to-end indexing (runtimes.py), and speed at scale (scale.py: 10k, 100k, 1M;
+scale_10m.py: 10M, about 40 minutes of the 80). Needs the Flickr8k data beside the repository and the bench
+extra (matplotlib, hnswlib).
 """
 from __future__ import annotations
 
@@ -63,6 +65,9 @@ def run(out: Path, quick: bool) -> None:
     if not quick:  # the worst case: one Gaussian, no cluster structure
         subprocess.run([PY, HERE / "scale.py", "--scales", *scales, "--distribution", "gaussian",
                         "--json", out / "scale_gaussian.json"], cwd=REPO, check=True)
+    subprocess.run([PY, HERE / "scale_10m.py", *(["--n", "60000", "--queries", "40", "--timed-exact", "3"] if quick
+                                                  else []), "--json", out / "scale_10m.json"],
+                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
 
 
 # ------------------------------------------------------------------------------------------- plots
@@ -254,6 +259,9 @@ def render(out: Path) -> str:
     gs = _load(out / "scale_gaussian.json")
     if gs and gs.get("scales"):
         r += _scale_table(gs, "single Gaussian (worst case)")
+    s10 = _load(out / "scale_10m.json")
+    if s10 and s10.get("scale"):
+        r += _scale_10m(s10)
     if sc and sc.get("scales"):
         r += ["![latency, memory and disk against the collection size (clustered collections)](scale.png)", ""]
     notes = HERE / "NOTES.md"
@@ -284,6 +292,31 @@ def _scale_table(sc: dict, title: str) -> list[str]:
         f"{s['n']:,}: index {s['disk_bytes_per_photo']['index']:.0f} B, store {s['disk_bytes_per_photo']['store']:.0f} B "
         f"(the vector is kept in the row too), patch tokens {s['disk_bytes_per_photo']['patch_tokens']} B"
         for s in sc["scales"]) + ".", ""]
+    return r
+
+
+def _scale_10m(s10: dict) -> list[str]:
+    s = s10["scale"]
+    params = ", ".join(f"{k} {v}" for k, v in s["tuning"]["params"].items()) or "exact"
+    peers = s["peers"]
+    r = [f"### {s['n']:,} photos, clustered (`benchmarks/scale_10m.py`)", "",
+         "The raw vectors of 10M photos (20.5 GB as float32) do not fit in this machine's 24 GB beside the index "
+         "being built, so they are held as float16 and every consumer sees the same float32 values converted back; "
+         "exact search (the truth, and the FAISS Flat and NumPy timings) streams them in 1M pieces, a query's time "
+         f"being the sum over the pieces (a full scan, measured on {peers[next(p for p in peers if 'Flat' in p)]['queries']} "
+         "queries); hnswlib is left out (its graph over 10M raw vectors needs more than 24 GB). The index is trained "
+         f"on 200,000 of the vectors. Build {s['build_s']:.0f} s, tuning {s['tuning']['seconds']:.0f} s, store "
+         f"{s['store_build_s']:.0f} s.", "",
+         "| photos | index (params) | ANN ms | recall@10 | vs exact | vs NumPy | query ms | + rerank 32 | "
+         "search RSS MB | disk KB/photo |",
+         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+         f"| {s['n']:,} | {s['factory']} ({params}) | {s['ann_ms']['p50']:.2f} / {s['ann_ms']['p95']:.2f} | "
+         f"{s['ann_recall_at_10']:.3f} | {s['speedup_vs_exact']}x | {s['speedup_vs_numpy']}x | "
+         f"{s['query_ms_p50']:.1f} | {s['query_ms_p50_with_rerank']:.1f} | {s['search_process']['rss_mb']:.0f} | "
+         f"{s['disk_bytes_per_photo']['total'] / 1024:.1f} |", "",
+         "Peers (median / p95 ms): " + "; ".join(f"{name} {p['p50']:.1f} / {p['p95']:.1f}" for name, p in peers.items())
+         + f". Disk per photo: index {s['disk_bytes_per_photo']['index']:.0f} B, store "
+         f"{s['disk_bytes_per_photo']['store']:.0f} B, patch tokens {s['disk_bytes_per_photo']['patch_tokens']} B.", ""]
     return r
 
 

@@ -222,8 +222,11 @@ def child(workdir: Path, n_queries: int) -> None:
 
     queries = np.asarray(json.loads(sys.stdin.read()), np.float32)
     t0 = time.perf_counter()
+    from indexer.library import store_rescorer
+
     index = VectorIndex.load(workdir / "images.faiss", mmap=True)
     store = Store(workdir)
+    index.rescore = store_rescorer(store, "images", index.dim)  # as a library does (used only with `refine`)
     opened = time.perf_counter() - t0
     fetch = []
     for q in queries:

@@ -71,6 +71,20 @@ def opq_factory(n_vectors: int, m: int) -> str:
     return f"OPQ{m}_{4 * m},{coarse},PQ{m}x8"
 
 
+#: Training set of an IVF index: about this many vectors per list (FAISS's k-means wants at least 39) ...
+TRAIN_PER_LIST = 50
+#: ... and never fewer than this (PQ / OPQ codebooks), unless the collection is smaller.
+MIN_TRAIN = 100_000
+
+
+def train_size(factory: str, n_vectors: int) -> int:
+    """How many of ``n_vectors`` to train ``factory`` on: a sample, so that a rebuild never needs the whole
+    collection in memory (10M x 512 float32 would be 20 GB)."""
+    nlist = re.search(r"IVF(\d+)", factory)
+    want = max(MIN_TRAIN, TRAIN_PER_LIST * int(nlist.group(1))) if nlist else MIN_TRAIN
+    return int(min(n_vectors, want))
+
+
 def estimated_index_bytes(factory: str, n: int, dim: int) -> int:
     """Approximate memory (≈ file size) of an ``IndexIDMap2`` around ``factory`` holding ``n`` vectors of ``dim``.
 

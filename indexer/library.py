@@ -63,6 +63,20 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def store_rescorer(store: Store, modality: str, dim: int):
+    """ids -> their exact vectors from `store` (NaN rows for ids that have none): what a compressed index
+    re-ranks its shortlist with (VectorIndex ``refine``)."""
+    def rescore(ids: np.ndarray) -> np.ndarray:
+        got = store.get_vectors(modality, [int(i) for i in ids], dim)
+        out = np.full((len(ids), dim), np.nan, np.float32)
+        for row, i in enumerate(ids):
+            v = got.get(int(i))
+            if v is not None:
+                out[row] = v
+        return out
+    return rescore
+
+
 class Library:
     """Open (or with create=True, make) the library at `root`."""
 
@@ -235,7 +249,11 @@ class Library:
                 index = VectorIndex.create(dim, choose_index(0, dim))
             self._indexes[modality] = index
             self.sync(modality)
+            self._indexes[modality].rescore = self._rescorer(modality)
         return self._indexes[modality]
+
+    def _rescorer(self, modality: str):
+        return store_rescorer(self.store, modality, self.dim)
 
     def forget_index(self, modality: str) -> None:
         """Drop the loaded index; the next `vector_index` call loads the saved file and patches it."""
@@ -317,31 +335,33 @@ class Library:
     def rebuild_index(self, modality: str, factory: str | None = None, memory_budget_bytes: int | None = None,
                       queries: np.ndarray | None = None) -> dict:
         """Rebuild the modality's FAISS index from the vectors in the store -- nothing is re-embedded -- as
-        `factory` (default: `choose_index` for its size), train it on the stored vectors, tune nprobe /
+        `factory` (default: `choose_index` for its size), train it on a sample of the stored vectors (read page
+        by page: the collection is never in memory at once), tune nprobe /
         efSearch to recall@10 >= 0.95 against exact search (for self-queries and for `queries`, typically text
         embeddings of index_tuning.TUNING_QUERIES), and save it. The caller holds the writer lock."""
+        from .index_choice import train_size
         from .index_tuning import tune_search_params
+        from .stored_vectors import StoredVectors
 
         dim = self.dim
         if dim is None:
             raise LibraryError(f"library {self.root} holds no vectors yet; nothing to rebuild")
         generation, ids, has = self.store.vector_state(modality)
-        stored = self.store.get_vectors(modality, ids[has].tolist(), dim)
-        keep = np.fromiter(stored, dtype=np.int64, count=len(stored))
-        vectors = np.stack([stored[int(i)] for i in keep]).astype(np.float32) if len(keep) else np.zeros((0, dim), np.float32)
-        del stored
-        factory = factory or choose_index(len(keep), dim, memory_budget_bytes)
+        vectors = StoredVectors(self.store, modality, ids[has], dim)  # read page by page, never all at once
+        factory = factory or choose_index(len(vectors), dim, memory_budget_bytes)
         index = VectorIndex.create(dim, factory)
+        index.rescore = self._rescorer(modality)
         if not index.is_trained:
-            index.train(vectors)
-        for s in range(0, len(keep), 100_000):
-            index.add(keep[s:s + 100_000], vectors[s:s + 100_000])
-        tuning = tune_search_params(index, vectors, queries=queries)
+            index.train(vectors.sample(train_size(factory, len(vectors))))
+        for part, page in vectors.pages():
+            index.add(part, page)
+        tuning = tune_search_params(index, vectors, queries=queries, exact_search=vectors.exact_search)
         index.generation = generation
         self._indexes[modality] = index
         self.save(modality)
-        logger.info("%s: %s index rebuilt as %s over %d vectors (%s)", self.root, modality, factory, len(keep), tuning)
-        return {"modality": modality, "factory": factory, "vectors": int(len(keep)), **tuning}
+        logger.info("%s: %s index rebuilt as %s over %d vectors (%s)", self.root, modality, factory, len(vectors),
+                    tuning)
+        return {"modality": modality, "factory": factory, "vectors": int(len(vectors)), **tuning}
 
     # ------------------------------------------------------------------ writes (store first, then FAISS)
     def _advance(self, modality: str) -> None:

@@ -28,7 +28,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import faiss
 import numpy as np
@@ -39,6 +39,8 @@ SIDECAR_SUFFIX = ".json"
 NORM_TOLERANCE = 1e-3
 #: Search-time parameters that are valid names but simply do not apply to some index types (e.g. Flat).
 KNOWN_SEARCH_PARAMS = frozenset({"nprobe", "efSearch", "ht", "max_codes", "quantizer_efSearch"})
+#: Not a FAISS parameter: fetch k * refine candidates and re-score them with exact vectors (``rescore``).
+REFINE = "refine"
 
 
 FEW_QUERIES = 4  # searches of at most this many queries run single-threaded (see VectorIndex.search)
@@ -85,6 +87,9 @@ class VectorIndex:
         self._read_only = read_only
         self._id_bound: int | None = None  # >= every id held (stale-high after removals); None = not computed
         self.generation: int | None = None  # the store generation these vectors reflect (saved in the sidecar)
+        #: ids -> (len(ids), dim) exact float32 vectors (a library reads them from its store). With the
+        #: ``refine`` search parameter above 1, compressed codes only shortlist candidates and these rank them.
+        self.rescore: Callable[[np.ndarray], np.ndarray] | None = None
         if search_params:
             self.set_search_params(**search_params)
 
@@ -269,6 +274,11 @@ class VectorIndex:
         """
         space = faiss.ParameterSpace()
         for name, value in params.items():
+            if name == REFINE:
+                if not isinstance(value, (int, np.integer)) or value < 1:
+                    raise ValueError(f"search parameter refine={value!r} must be a whole number >= 1")
+                self._search_params[name] = int(value)
+                continue
             try:
                 space.set_index_parameter(self._index, name, value)
             except RuntimeError as exc:
@@ -299,6 +309,28 @@ class VectorIndex:
         k_eff = min(k, self.ntotal)
         if k_eff == 0:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+        refine = int(self._search_params.get(REFINE, 1))
+        if refine > 1 and self.rescore is not None:
+            return self._refined(queries, k_eff, min(self.ntotal, k_eff * refine))
+        return self._search(queries, k_eff)
+
+    def _refined(self, queries: np.ndarray, k: int, shortlist: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `shortlist` best by compressed codes, re-ranked by exact inner product with `rescore`'s vectors."""
+        _, cand = self._search(queries, shortlist)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        for q, row in enumerate(cand):
+            row = row[row >= 0]
+            if not len(row):
+                continue
+            exact = self.rescore(row) @ queries[q]
+            known = ~np.isnan(exact)  # a row deleted meanwhile has no vector: dropped
+            row, exact = row[known], exact[known]
+            top = np.argsort(-exact, kind="stable")[:k]
+            scores[q, :len(top)], ids[q, :len(top)] = exact[top], row[top]
+        return scores, ids
+
+    def _search(self, queries: np.ndarray, k_eff: int) -> tuple[np.ndarray, np.ndarray]:
         if len(queries) <= FEW_QUERIES:
             # One query gains nothing from FAISS's OpenMP threads, and right after torch (the query encoder)
             # has used its own threads they cost milliseconds of contention on a small machine: run it on one.

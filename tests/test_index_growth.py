@@ -106,3 +106,24 @@ def test_reindex_index_type_forces_a_choice_and_deletions_still_work(tmp_path, p
     hits = json.loads(run(cli, ["search", "red", "-k", "10", "--json", "--library", str(lib_dir)]).stdout)
     assert len(hits) == 3 and all("red.jpg" not in h["path"] for h in hits)
     assert run(cli, ["reindex", "--library", str(lib_dir)]).exit_code == 2
+
+
+def test_compressed_codes_that_fall_short_are_refined_with_the_exact_vectors():
+    """A PQ index whose codes cap recall below 0.95 shortlists k * refine candidates and ranks them by their
+    exact vectors (what a library reads from its store): tuning finds the refine that reaches the target,
+    and it is saved with the index."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 32))
+    x = (centres[rng.integers(0, 40, 6000)] + 0.5 * rng.normal(size=(6000, 32))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = VectorIndex.create(32, "IVF64,PQ4x4")
+    index.train(x)
+    index.add(np.arange(6000, dtype=np.int64) + 10, x)
+    assert not tune_search_params(index, x)["reached"]  # codes alone
+    index.rescore = lambda ids: x[np.asarray(ids) - 10]
+    result = tune_search_params(index, x)
+    assert result["reached"] and result["recall_at_k"] >= 0.95 and result["params"]["refine"] > 1
+    scores, ids = index.search(x[:5], 10)
+    assert (ids[:, 0] == np.arange(5) + 10).all()  # each vector's nearest is itself, exactly scored
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert VectorIndex(index._index, index.factory, index.search_params).search_params["refine"] == result["params"]["refine"]
