@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# every benchmark, then benchmarks/RESULTS.md and its plots (about 40 min on 2 cores; needs ../shared/data)
+# every benchmark, then benchmarks/RESULTS.md and its plots (about 70 min on 2 cores, 45 GB of free disk; needs ../shared/data)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/run_all.py

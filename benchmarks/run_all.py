@@ -8,7 +8,7 @@ Steps (each writes its raw JSON next to RESULTS.md): the web load test (load_tes
 reranker against the rerank depth K (`xmodal bench recall --rerank`), reranking latency against K
 (rerank_latency.py), speed at a small scale (`xmodal bench speed`), JPEG draft decoding (decode_draft.py),
 runtimes and end-to-end indexing (runtimes.py), and speed at scale (scale.py: 10k, 100k, 1M;
-scale_10m.py: 10M, about 40 minutes of the 80). Needs the Flickr8k data beside the repository and the bench
+scale_10m.py: 10M, about 25 minutes of the 70, and 45 GB of disk for its store). Needs the Flickr8k data beside the repository and the bench
 extra (matplotlib, hnswlib).
 """
 from __future__ import annotations

@@ -120,7 +120,8 @@ def run(n: int, real: dict, budget: int, queries: np.ndarray, workdir: Path, enc
 
     t0 = time.perf_counter()
     index = VectorIndex.create(dim, factory)
-    sample = np.asarray(vectors[np.sort(np.random.default_rng(0).choice(n, size=200_000, replace=False))], np.float32)
+    sample = np.asarray(vectors[np.sort(np.random.default_rng(0).choice(n, size=min(n, 200_000), replace=False))],
+                        np.float32)
     index.train(sample)
     out["train_s"] = round(time.perf_counter() - t0, 1)
     log(f"trained in {out['train_s']} s")
