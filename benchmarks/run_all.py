@@ -8,8 +8,8 @@ Steps (each writes its raw JSON next to RESULTS.md): the web load test (load_tes
 reranker against the rerank depth K (`xmodal bench recall --rerank`), reranking latency against K
 (rerank_latency.py), speed at a small scale (`xmodal bench speed`), JPEG draft decoding (decode_draft.py),
 runtimes and end-to-end indexing (runtimes.py), and speed at scale (scale.py: 10k, 100k, 1M;
-scale_10m.py: 10M, about 25 minutes of the 70, and 45 GB of disk for its store). Needs the Flickr8k data beside the repository and the bench
-extra (matplotlib, hnswlib).
+scale_10m.py: 10M, about 25 minutes of the 70, and 45 GB of disk for its store). Needs the Flickr8k data
+beside the repository and the bench extra (matplotlib, hnswlib).
 """
 from __future__ import annotations
 
@@ -299,11 +299,12 @@ def _scale_10m(s10: dict) -> list[str]:
     s = s10["scale"]
     params = ", ".join(f"{k} {v}" for k, v in s["tuning"]["params"].items()) or "exact"
     peers = s["peers"]
+    timed = peers[next(p for p in peers if "Flat" in p)]["queries"]
     r = [f"### {s['n']:,} photos, clustered (`benchmarks/scale_10m.py`)", "",
          "The raw vectors of 10M photos (20.5 GB as float32) do not fit in this machine's 24 GB beside the index "
          "being built, so they are held as float16 and every consumer sees the same float32 values converted back; "
          "exact search (the truth, and the FAISS Flat and NumPy timings) streams them in 1M pieces, a query's time "
-         f"being the sum over the pieces (a full scan, measured on {peers[next(p for p in peers if 'Flat' in p)]['queries']} "
+         f"being the sum over the pieces (a full scan, measured on {timed} "
          "queries); hnswlib is left out (its graph over 10M raw vectors needs more than 24 GB). The index is trained "
          f"on 200,000 of the vectors. Build {s['build_s']:.0f} s, tuning {s['tuning']['seconds']:.0f} s, store "
          f"{s['store_build_s']:.0f} s.", "",
