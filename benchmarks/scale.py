@@ -108,7 +108,6 @@ def run_scale(n: int, real: dict, budget: int, queries: np.ndarray, workdir: Pat
 
     from indexer.index_choice import choose_index, estimated_index_bytes
     from indexer.index_tuning import tune_search_params
-    from indexer.patch_tokens import LITE_RERANK, PatchProjector
     from indexer.vector_index import VectorIndex
 
     out: dict = {"n": n}
@@ -199,19 +198,30 @@ def run_scale(n: int, real: dict, budget: int, queries: np.ndarray, workdir: Pat
     out["store_build_s"] = round(build_store(workdir, vectors), 1)
     out["store_file_bytes"] = (workdir / "library.db").stat().st_size
     del vectors
-    child = subprocess.run([sys.executable, __file__, "--child", str(workdir), "--child-queries", str(len(test_q))],
-                           capture_output=True, text=True, input=json.dumps(test_q.tolist()), check=True)
-    proc = json.loads(child.stdout.strip().splitlines()[-1])
-    out["search_process"] = proc
-    out["fetch_ms"] = proc["fetch_ms"]
-    slot = PatchProjector.from_checkpoint(LITE_RERANK).spec.slot_bytes if LITE_RERANK.exists() else 0
-    out["disk_bytes_per_photo"] = {"index": round(out["index_file_bytes"] / n, 1),
-                                   "store": round(out["store_file_bytes"] / n, 1), "patch_tokens": slot}
-    out["disk_bytes_per_photo"]["total"] = round(sum(out["disk_bytes_per_photo"].values()), 1)
-    total = [encode_ms["p50"], out["ann_ms"]["p50"], out["fetch_ms"]["p50"]]
-    out["query_ms_p50"] = round(sum(total), 2)
-    out["query_ms_p50_with_rerank"] = round(sum(total) + rerank_ms["p50"], 2)
+    finish(out, workdir, test_q, encode_ms, rerank_ms)
     return out
+
+
+def finish(out: dict, workdir: Path, test_q: np.ndarray, encode_ms: dict, rerank_ms: dict) -> None:
+    """The last steps of one scale, shared with scale_10m.py: a fresh search process over the saved index and
+    store in `workdir` (resident memory, metadata fetch), disk bytes per photo, and the query totals.
+    `out` must hold n, index_file_bytes, store_file_bytes and ann_ms already."""
+    from indexer.patch_tokens import LITE_RERANK, PatchProjector
+
+    n = out["n"]
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(workdir), "--child-queries",
+                           str(len(test_q))], capture_output=True, text=True, input=json.dumps(test_q.tolist()),
+                          check=True)
+    out["search_process"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["fetch_ms"] = out["search_process"]["fetch_ms"]
+    slot = PatchProjector.from_checkpoint(LITE_RERANK).spec.slot_bytes if LITE_RERANK.exists() else 0
+    disk = {"index": round(out["index_file_bytes"] / n, 1), "store": round(out["store_file_bytes"] / n, 1),
+            "patch_tokens": slot}
+    disk["total"] = round(sum(disk.values()), 1)
+    out["disk_bytes_per_photo"] = disk
+    total = encode_ms["p50"] + out["ann_ms"]["p50"] + out["fetch_ms"]["p50"]
+    out["query_ms_p50"] = round(total, 2)
+    out["query_ms_p50_with_rerank"] = round(total + rerank_ms["p50"], 2)
 
 
 def child(workdir: Path, n_queries: int) -> None:

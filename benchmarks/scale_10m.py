@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from scale import FLICKR8K, K, TARGET_RECALL, build_store, ms, real_embeddings, recall, stage_latencies  # noqa: E402
+from scale import (FLICKR8K, K, TARGET_RECALL, build_store, finish, ms, real_embeddings, recall,  # noqa: E402
+                   stage_latencies)
 
 PIECE = 1_000_000
 
@@ -105,7 +105,6 @@ def run(n: int, real: dict, budget: int, queries: np.ndarray, workdir: Path, enc
     from indexer.index_tuning import tune_search_params
     from indexer.library import store_rescorer
     from indexer.store import Store
-    from indexer.patch_tokens import LITE_RERANK, PatchProjector
     from indexer.vector_index import VectorIndex
 
     out: dict = {"n": n, "vectors": "float16 in memory, float32 to every consumer"}
@@ -172,19 +171,7 @@ def run(n: int, real: dict, budget: int, queries: np.ndarray, workdir: Path, enc
     del index
     store.close()
     del vectors
-    child = subprocess.run([sys.executable, str(HERE / "scale.py"), "--child", str(workdir), "--child-queries",
-                            str(len(test_q))], capture_output=True, text=True, input=json.dumps(test_q.tolist()),
-                           check=True)
-    proc = json.loads(child.stdout.strip().splitlines()[-1])
-    out["search_process"] = proc
-    out["fetch_ms"] = proc["fetch_ms"]
-    slot = PatchProjector.from_checkpoint(LITE_RERANK).spec.slot_bytes if LITE_RERANK.exists() else 0
-    out["disk_bytes_per_photo"] = {"index": round(out["index_file_bytes"] / n, 1),
-                                   "store": round(out["store_file_bytes"] / n, 1), "patch_tokens": slot}
-    out["disk_bytes_per_photo"]["total"] = round(sum(out["disk_bytes_per_photo"].values()), 1)
-    total = [encode_ms["p50"], out["ann_ms"]["p50"], out["fetch_ms"]["p50"]]
-    out["query_ms_p50"] = round(sum(total), 2)
-    out["query_ms_p50_with_rerank"] = round(sum(total) + rerank_ms["p50"], 2)
+    finish(out, workdir, test_q, encode_ms, rerank_ms)
     return out
 
 
