@@ -20,13 +20,13 @@ too. This module changes no global state on import; pillow-heif's opener is regi
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import logging
 import os
 import re
 import stat
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
@@ -34,6 +34,7 @@ from datetime import datetime
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from indexer import jpeg_array
 from indexer.records import DecodedImage, Skipped
 from indexer.stages import ordered_map
 
@@ -78,12 +79,17 @@ class DecodeError(Exception):
         return f"{self.path}: {self.reason}"
 
 
-def read_image(path: str, target_size: int = 224, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def read_image(path: str, target_size: int = 224, max_pixels: int = DEFAULT_MAX_PIXELS,
+               prepare: Callable[[Image.Image | np.ndarray], Image.Image] | None = None) -> DecodedImage:
     """Read the file at `path` once and decode it into a `DecodedImage` (see the module docstring).
 
     `size`, `mtime` and `sha256` describe exactly the bytes that were decoded. `taken_at` is the EXIF
     DateTimeOriginal, else DateTime, or None. Raises `DecodeError` for anything that stops the file from
     being used: missing, unreadable, a folder, empty, not an image, too many pixels, corrupt or truncated.
+
+    With `prepare` (the encoder's resize to its input, taking a PIL image or an upright (H, W, 3) uint8
+    array) the record's image is ``prepare(pixels)``; most JPEGs then skip Pillow's own image and decode
+    straight into an array (`indexer.jpeg_array`, the same pixels).
     """
     if target_size < 1:
         raise ValueError(f"target_size must be at least 1, got {target_size}")
@@ -102,7 +108,9 @@ def read_image(path: str, target_size: int = 224, max_pixels: int = DEFAULT_MAX_
     except Exception as exc:  # noqa: BLE001 - a broken header can raise nearly anything (incl. warnings-as-errors)
         raise DecodeError(path, f"unreadable image header ({_exc_text(exc)}); the file is probably corrupt") from None
 
-    with opened as im:
+    im = opened
+    rgb = None
+    try:
         try:
             width, height = im.size
             if width * height > max_pixels:
@@ -115,14 +123,17 @@ def read_image(path: str, target_size: int = 224, max_pixels: int = DEFAULT_MAX_
             orientation, taken_at = _read_exif(im)
             if orientation in (5, 6, 7, 8):
                 width, height = height, width
+            if prepare is not None and jpeg_array.fast_path_applies(im, target_size):
+                pixels = jpeg_array.decode_upright(data, orientation)
+                if pixels is not None:
+                    return DecodedImage(path=path, size=size, mtime=mtime, sha256=sha256, width=width,
+                                        height=height, taken_at=taken_at, image=prepare(pixels))
             im.draft("RGB", (target_size, target_size))  # JPEG only; keeps both sides >= target_size
             im.load()
             rgb = _shrink(_to_rgb(im), 2 * target_size)
             method = _TRANSPOSE.get(orientation)
             if method is not None:
                 rgb = rgb.transpose(method)
-            if rgb is im:  # closing `im` below would free the pixels we return
-                rgb = im.copy()
         except DecodeError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -130,9 +141,12 @@ def read_image(path: str, target_size: int = 224, max_pixels: int = DEFAULT_MAX_
         except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, zlib errors...
             raise DecodeError(path, f"corrupt or truncated image data ({_exc_text(exc)}); the file may be "
                                     "incomplete: copy it again from its source") from None
+    finally:
+        if rgb is not im:  # returned as it is (no copy): closing it would free the pixels
+            im.close()
 
     return DecodedImage(path=path, size=size, mtime=mtime, sha256=sha256, width=width, height=height,
-                        taken_at=taken_at, image=rgb)
+                        taken_at=taken_at, image=rgb if prepare is None else prepare(rgb))
 
 
 def iter_decoded(
@@ -160,15 +174,24 @@ def iter_decoded(
             return item
         return _decode_or_skip(os.fsdecode(os.fspath(item)), target_size, max_pixels, prepare)
 
-    return ordered_map(decode, paths, workers=workers, prefetch=prefetch, name="xmodal-decode")
+    return ordered_map(decode, paths, workers=workers, prefetch=prefetch, name="xmodal-decode",
+                       initializer=_one_core_per_decoder)
+
+
+def _one_core_per_decoder() -> None:
+    """torch kernels that `prepare` runs on a decode thread (the encoder's resize) stay on that thread: each
+    decoder is one busy core, not an OpenMP team of its own beside the inference lanes. The setting is per
+    calling thread; torch is not imported here if nothing else has."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def _decode_or_skip(path: str, target_size: int, max_pixels: int,
                     prepare: Callable[[Image.Image], Image.Image] | None = None) -> DecodedImage | Skipped:
     """`read_image` (then `prepare`), with every failure turned into a `Skipped` (runs on a worker thread)."""
     try:
-        decoded = read_image(path, target_size=target_size, max_pixels=max_pixels)
-        return decoded if prepare is None else dataclasses.replace(decoded, image=prepare(decoded.image))
+        return read_image(path, target_size=target_size, max_pixels=max_pixels, prepare=prepare)
     except DecodeError as exc:
         return Skipped(path, exc.reason)
     except Exception as exc:  # noqa: BLE001 - one odd file must never abort the stream

@@ -182,16 +182,28 @@ class PatchStore:
         """-> (n, P, dim) float16 tokens (zeros where missing), (n,) bool found (tag matches the hash)."""
         spec = self.spec
         out = np.zeros((len(ids), spec.tokens, spec.dim), np.float16) if spec else np.zeros((len(ids), 0, 0))
-        found = np.zeros(len(ids), bool)
-        slots = self._slots() if self.available else None
-        if slots is None:
-            return out, found
-        for r, (i, sha) in enumerate(zip(ids, sha256s)):
-            tag = _tag(sha) if sha else _EMPTY
-            if tag != _EMPTY and 0 <= int(i) < len(slots) and bytes(slots[int(i), :TAG_BYTES]) == tag:
-                out[r] = slots[int(i), TAG_BYTES:].view(np.float16).reshape(spec.tokens, spec.dim)
-                found[r] = True
+        found, rows = self._match(ids, sha256s)
+        if found.any():
+            slots = self._slots()
+            out[found] = slots[rows[found], TAG_BYTES:].view(np.float16).reshape(-1, spec.tokens, spec.dim)
         return out, found
+
+    def has(self, ids: Sequence[int], sha256s: Sequence[str]) -> np.ndarray:
+        """(n,) bool: whether each photo has valid tokens, reading only the slots' tags."""
+        return self._match(ids, sha256s)[0]
+
+    def _match(self, ids: Sequence[int], sha256s: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """-> (n,) bool found (the slot exists and its tag is the photo's hash), (n,) int64 slot row."""
+        rows = np.asarray(ids, np.int64).reshape(-1)
+        found = np.zeros(len(rows), bool)
+        slots = self._slots() if self.available else None
+        if slots is None or not len(rows):
+            return found, rows
+        tags = np.frombuffer(b"".join(_tag(sha) if sha else _EMPTY for sha in sha256s), np.uint8)
+        tags = tags.reshape(len(rows), TAG_BYTES)
+        inside = (rows >= 0) & (rows < len(slots)) & tags.any(1)  # a hole's all-zero tag is never valid
+        found[inside] = (slots[rows[inside], :TAG_BYTES] == tags[inside]).all(1)
+        return found, rows
 
     def bytes_on_disk(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0

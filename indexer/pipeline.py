@@ -283,7 +283,7 @@ def missing_patches(library: Library, spec) -> list[tuple[int, str, str]]:
     store = library.patch_store(spec)
     missing = []
     for page in batched(library.store.image_digests(), 4096):
-        _, found = store.read([i for i, _, _ in page], [sha for _, _, sha in page])
+        found = store.has([i for i, _, _ in page], [sha for _, _, sha in page])
         missing.extend(row for row, ok in zip(page, found) if not ok)
     return missing
 

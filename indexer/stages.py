@@ -19,20 +19,20 @@ R = TypeVar("R")
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 2, prefetch: int = 32,
-                name: str = "xmodal-stage") -> Iterator[R]:
+                name: str = "xmodal-stage", initializer: Callable[[], None] | None = None) -> Iterator[R]:
     """Yield ``fn(item)`` for each item, in input order, computed on `workers` threads.
 
     `items` is consumed lazily on the calling thread; at most `prefetch` calls are submitted and not yet
     yielded, so memory stays bounded. Results that are ready at the head are yielded without waiting; the
     stream waits only when the window is full. Exceptions from `items` propagate at once, those from `fn`
     when their result's turn comes. Closing the generator early cancels calls that have not started and
-    waits for running ones."""
+    waits for running ones. `initializer` runs once on each worker thread before its first call."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if prefetch < 1:
         raise ValueError(f"prefetch must be at least 1, got {prefetch}")
     pending: deque[Future] = deque()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name, initializer=initializer)
     try:
         for item in items:
             pending.append(pool.submit(fn, item))
