@@ -243,9 +243,15 @@ def render(out: Path) -> str:
               f"{dd['photos']} Flickr8k originals upscaled to 12 MP JPEGs (quality 92). Decoding as `xmodal index` "
               f"does (libjpeg draft mode, never below 224 px; {dd['draft_size'][0]}x{dd['draft_size'][1]} out) takes "
               f"{dd['draft_ms_p50']} ms per photo (median) against {dd['full_ms_p50']} ms for a full decode: "
-              f"**{dd['speedup']}x faster**. Lite embeddings of the two decodes: cosine median {dd['cosine_median']}, "
-              f"minimum {dd['cosine_min']}. Indexing these 12 MP photos end to end (reading and hashing 3-4 MB "
-              f"files, draft decoding, embedding, patch tokens, store): **{dd.get('index_img_s')} images/s**.", ""]
+              f"**{dd['speedup']}x faster** (target 4x: {'met' if dd['speedup'] >= 4 else '**not met**'}). libjpeg "
+              f"alone, on bytes in memory: {dd.get('libjpeg_draft_ms_p50')} against {dd.get('libjpeg_full_ms_p50')} ms, "
+              f"{dd.get('libjpeg_speedup')}x. A draft decode still entropy-decodes every coefficient of the "
+              f"{dd.get('file_mb_mean')} MB file (only the inverse DCT, upsampling and colour conversion shrink with the "
+              "scale), which bounds the speed-up; a full-size decode copied once more before 2026-11-29 made it read "
+              "4.6x. Lite embeddings of the two decodes: cosine median "
+              f"{dd['cosine_median']}, minimum {dd['cosine_min']}. Indexing these 12 MP photos end to end (reading "
+              f"and hashing the files, draft decoding, embedding, patch tokens, store): **{dd.get('index_img_s')} "
+              "images/s**.", ""]
     if sc and sc.get("scales"):
         r += ["## Speed at scale (`benchmarks/scale.py`)", "",
               f"{sc['queries']} real text queries (dev captions), a quarter used to tune the index, the rest measured. "

@@ -12,6 +12,8 @@ What a decoded image looks like:
 * Small: JPEGs are decoded at reduced scale with libjpeg's draft mode (never below `target_size` on
   either side), and every image is then shrunk so its shorter side is at most ``2 * target_size``.
   `width`/`height` in the record are still the original full-resolution size (after rotation).
+* With `prepare` (the encoder's resize), the record holds the resized image; JPEGs that draft mode would
+  not shrink then decode straight into an array (`indexer.jpeg_array`), the same pixels without Pillow's.
 
 Safety: the pixel count declared in the header is checked against `max_pixels` before any pixel is
 decoded. Pillow's own global limit (``PIL.Image.MAX_IMAGE_PIXELS``) is left untouched; it raises
