@@ -248,7 +248,9 @@ def render(out: Path) -> str:
               f"{dd.get('libjpeg_speedup')}x. A draft decode still entropy-decodes every coefficient of the "
               f"{dd.get('file_mb_mean')} MB file (only the inverse DCT, upsampling and colour conversion shrink with the "
               "scale), which bounds the speed-up; a full-size decode copied once more before 2026-11-29 made it read "
-              "4.6x. Lite embeddings of the two decodes: cosine median "
+              "4.6x. From file to the model's 224 x 224 input (decode and the encoder's resize): "
+              f"{dd.get('to_input_draft_ms_p50')} against {dd.get('to_input_full_ms_p50')} ms, {dd.get('to_input_speedup')}x. "
+              "Lite embeddings of the two decodes: cosine median "
               f"{dd['cosine_median']}, minimum {dd['cosine_min']}. Indexing these 12 MP photos end to end (reading "
               f"and hashing the files, draft decoding, embedding, patch tokens, store): **{dd.get('index_img_s')} "
               "images/s**.", ""]
