@@ -450,3 +450,20 @@ def test_iter_decoded_consumes_its_input_lazily_with_bounded_prefetch(tmp_path):
     assert pulled <= 3  # never more than `prefetch` decodes ahead of the consumer
     assert sum(1 for _ in stream) == 49
     stream.close()
+
+
+def test_decode_threads_run_torch_on_one_thread_and_leave_the_callers_setting_alone(tmp_path):
+    import torch
+
+    for i in range(4):
+        Image.new("RGB", (40, 30), (i * 50, 0, 0)).save(tmp_path / f"{i}.png")
+    before = torch.get_num_threads()
+    seen = []
+
+    def prepare(im):
+        seen.append(torch.get_num_threads())
+        return im
+
+    assert len(list(iter_decoded(sorted(map(str, tmp_path.iterdir())), prepare=prepare))) == 4
+    assert seen == [1, 1, 1, 1]
+    assert torch.get_num_threads() == before

@@ -94,3 +94,15 @@ def test_text_token_states_round_trip_and_stale_slots_read_as_missing(tmp_path):
     np.testing.assert_array_equal(got[0], b)
     np.testing.assert_array_equal(got[1], a)
     assert got[2].shape == (5, 4) and got[3] is None and got[4] is None  # never written; id 7 now holds another text
+
+
+def test_has_agrees_with_read_for_written_stale_holes_and_out_of_range_slots(tmp_path):
+    proj = projector()
+    store = PatchStore(tmp_path, proj.spec)
+    store.write([0, 3], [sha(0), sha(3)], proj(np.ones((2, 49, 32), np.float32)))  # slots 1 and 2 are holes
+    ids, hashes = [0, 1, 2, 3, 3, 50, -1], [sha(0), sha(1), sha(2), sha(3), sha(99), sha(50), sha(0)]
+    _, found = store.read(ids, hashes)
+    assert found.tolist() == [True, False, False, True, False, False, False]
+    assert store.has(ids, hashes).tolist() == found.tolist()
+    assert store.has([], []).tolist() == []
+    assert store.has([0], [""]).tolist() == [False]  # no hash: never a match

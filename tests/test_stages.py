@@ -71,3 +71,18 @@ def test_each_thread_keeps_one_lane_number_and_numbers_are_dense():
         t.join()
     assert all(len(v) == 1 for v in seen.values())
     assert sorted(next(iter(v)) for v in seen.values()) == [0, 1, 2]
+
+
+def test_the_initializer_runs_on_each_worker_thread_before_its_first_call():
+    ready = set()
+
+    def init():
+        ready.add(threading.get_ident())
+
+    def work(x):
+        assert threading.get_ident() in ready
+        return threading.get_ident()
+
+    threads = set(ordered_map(work, range(20), workers=2, initializer=init))
+    assert threads <= ready and threading.get_ident() not in ready
+
