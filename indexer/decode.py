@@ -126,16 +126,14 @@ def read_image(path: str, target_size: int = 224, max_pixels: int = DEFAULT_MAX_
             if orientation in (5, 6, 7, 8):
                 width, height = height, width
             if prepare is not None and jpeg_array.fast_path_applies(im, target_size):
-                pixels = jpeg_array.decode_upright(data, orientation)
-                if pixels is not None:
-                    return DecodedImage(path=path, size=size, mtime=mtime, sha256=sha256, width=width,
-                                        height=height, taken_at=taken_at, image=prepare(pixels))
-            im.draft("RGB", (target_size, target_size))  # JPEG only; keeps both sides >= target_size
-            im.load()
-            rgb = _shrink(_to_rgb(im), 2 * target_size)
-            method = _TRANSPOSE.get(orientation)
-            if method is not None:
-                rgb = rgb.transpose(method)
+                rgb = jpeg_array.decode_upright(data, orientation)  # an upright array, or None: Pillow below
+            if rgb is None:
+                im.draft("RGB", (target_size, target_size))  # JPEG only; keeps both sides >= target_size
+                im.load()
+                rgb = _shrink(_to_rgb(im), 2 * target_size)
+                method = _TRANSPOSE.get(orientation)
+                if method is not None:
+                    rgb = rgb.transpose(method)
         except DecodeError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
