@@ -88,8 +88,9 @@ def test_a_corrupt_jpeg_on_the_fast_path_still_gets_pillows_clear_reason(tmp_pat
         read_image(path, target_size=64, prepare=Preprocess(size=64).fit)
 
 
-def test_torch_resize_agrees_with_pillows_bicubic_filter():
-    im = photo((300, 170))
+@pytest.mark.parametrize("size", [(300, 170), (40, 30), (500, 20)])  # down, up, both at once
+def test_torch_resize_agrees_with_pillows_bicubic_filter(size):
+    im = photo(size)
     ours = np.asarray(resize_bicubic(im, 64)).astype(int)
     pillow = np.asarray(im.resize((64, 64), Image.BICUBIC)).astype(int)
     assert np.abs(ours - pillow).mean() < 0.25
