@@ -41,6 +41,24 @@ def test_tuning_reaches_the_recall_target_on_clustered_vectors(factory):
     assert set(result["params"]) == ({"efSearch"} if factory.startswith("HNSW") else {"nprobe"})
 
 
+def test_an_hnsw_coarse_quantizer_searches_a_longer_list_than_nprobe_and_the_setting_is_saved(tmp_path):
+    """IVF..._HNSW32 finds its lists through an HNSW graph over the centroids: tuning gives that graph a list of
+    at least 2 x nprobe (and 64), or it misses some of the nearest lists; the value is kept with the index."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(64, 32))
+    x = (centres[rng.integers(0, 64, 6000)] + 0.4 * rng.normal(size=(6000, 32))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = VectorIndex.create(32, "IVF128_HNSW32,Flat")
+    index.train(x)
+    index.add(np.arange(6000, dtype=np.int64), x)
+    result = tune_search_params(index, x)
+    params = result["params"]
+    assert result["reached"] and set(params) == {"nprobe", "quantizer_efSearch"}
+    assert params["quantizer_efSearch"] == max(64, 2 * params["nprobe"])
+    index.save(tmp_path / "ivf.faiss")
+    assert VectorIndex.load(tmp_path / "ivf.faiss").search_params == params
+
+
 def test_an_index_that_cannot_reach_the_target_stops_probing_where_recall_levels_off(caplog):
     """Coarse product-quantised codes cap recall below 0.95 however many lists are probed: tuning says so and
     keeps the cheapest setting near the best recall instead of probing every list."""
