@@ -18,6 +18,22 @@ from indexer.pipeline import index_images
 from indexer.vector_index import VectorIndex
 
 
+def clustered(n: int, centres: int, spread: float, dim: int = 32, seed: int = 0) -> np.ndarray:
+    """n unit vectors around `centres` random centres (Gaussian noise of `spread`): a photo-like collection."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, dim))
+    x = (c[rng.integers(0, centres, n)] + spread * rng.normal(size=(n, dim))).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def built(factory: str, x: np.ndarray, first_id: int = 0) -> VectorIndex:
+    """A trained `factory` index holding `x` under ids first_id, first_id + 1, ..."""
+    index = VectorIndex.create(x.shape[1], factory)
+    index.train(x)
+    index.add(np.arange(len(x), dtype=np.int64) + first_id, x)
+    return index
+
+
 def test_needs_rebuild_moves_up_tiers_only():
     assert needs_rebuild("Flat", 1_000, 256) is None
     assert tier(needs_rebuild("Flat", 100_000, 256)) == 1
@@ -29,13 +45,8 @@ def test_needs_rebuild_moves_up_tiers_only():
 
 @pytest.mark.parametrize("factory", ["HNSW16", "IVF64,Flat"])
 def test_tuning_reaches_the_recall_target_on_clustered_vectors(factory):
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(50, 32))
-    x = (centres[rng.integers(0, 50, 5000)] + 0.3 * rng.normal(size=(5000, 32))).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    index = VectorIndex.create(32, factory)
-    index.train(x)
-    index.add(np.arange(5000, dtype=np.int64) + 100, x)
+    x = clustered(5000, centres=50, spread=0.3)
+    index = built(factory, x, first_id=100)
     result = tune_search_params(index, x)
     assert result["recall_at_k"] >= 0.95
     assert set(result["params"]) == ({"efSearch"} if factory.startswith("HNSW") else {"nprobe"})
@@ -44,13 +55,8 @@ def test_tuning_reaches_the_recall_target_on_clustered_vectors(factory):
 def test_an_hnsw_coarse_quantizer_searches_a_longer_list_than_nprobe_and_the_setting_is_saved(tmp_path):
     """IVF..._HNSW32 finds its lists through an HNSW graph over the centroids: tuning gives that graph a list of
     at least 2 x nprobe (and 64), or it misses some of the nearest lists; the value is kept with the index."""
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(64, 32))
-    x = (centres[rng.integers(0, 64, 6000)] + 0.4 * rng.normal(size=(6000, 32))).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    index = VectorIndex.create(32, "IVF128_HNSW32,Flat")
-    index.train(x)
-    index.add(np.arange(6000, dtype=np.int64), x)
+    x = clustered(6000, centres=64, spread=0.4)
+    index = built("IVF128_HNSW32,Flat", x)
     result = tune_search_params(index, x)
     params = result["params"]
     assert result["reached"] and set(params) == {"nprobe", "quantizer_efSearch"}
@@ -65,9 +71,7 @@ def test_an_index_that_cannot_reach_the_target_stops_probing_where_recall_levels
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6000, 32)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    index = VectorIndex.create(32, "IVF64,PQ4x4")
-    index.train(x)
-    index.add(np.arange(6000, dtype=np.int64), x)
+    index = built("IVF64,PQ4x4", x)
     with caplog.at_level("WARNING", logger="indexer.index_tuning"):
         result = tune_search_params(index, x)
     assert not result["reached"] and result["recall_at_k"] < 0.95
@@ -130,13 +134,8 @@ def test_compressed_codes_that_fall_short_are_refined_with_the_exact_vectors():
     """A PQ index whose codes cap recall below 0.95 shortlists k * refine candidates and ranks them by their
     exact vectors (what a library reads from its store): tuning finds the refine that reaches the target,
     and it is saved with the index."""
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(40, 32))
-    x = (centres[rng.integers(0, 40, 6000)] + 0.5 * rng.normal(size=(6000, 32))).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    index = VectorIndex.create(32, "IVF64,PQ4x4")
-    index.train(x)
-    index.add(np.arange(6000, dtype=np.int64) + 10, x)
+    x = clustered(6000, centres=40, spread=0.5)
+    index = built("IVF64,PQ4x4", x, first_id=10)
     assert not tune_search_params(index, x)["reached"]  # codes alone
     index.rescore = lambda ids: x[np.asarray(ids) - 10]
     result = tune_search_params(index, x)
