@@ -64,8 +64,9 @@ def rerank_benchmark(ds: CaptionDataset, encoder, reranker, rerank_ks=(16,), bat
     """Recall@1/5/10 of the lite dual encoder alone and with its top-K reranked by the fusion model.
 
     For each caption the dual encoder's top-K images, and for each image its top-K captions, are reordered
-    by dual similarity + alpha * ITM logit (alpha from the reranker's checkpoint, chosen on dev); ranks
-    beyond K keep the dual order. {"dual": {t2i, i2t}, "rerank": {K: {t2i, i2t, alpha}}, ...}."""
+    by (dual similarity - hubness prior) + alpha * match score (alpha and the hubness bank from the reranker's
+    checkpoint, alpha chosen on dev); ranks beyond K keep the dual order.
+    {"dual": {t2i, i2t}, "hub": {K: {t2i, i2t}} (hubness correction alone), "rerank": {K: {t2i, i2t, alpha}}}."""
     import torch
 
     from indexer.encoders import tokenize
@@ -100,12 +101,15 @@ def rerank_benchmark(ds: CaptionDataset, encoder, reranker, rerank_ks=(16,), bat
             txt.append(model.embed_pooled_text(mean_pool(model.text_tower(ids, mask), mask)))
     if progress:
         progress(total, total)
-    sim = (torch.cat(txt) @ torch.cat(img).T).numpy()
+    img, txt = torch.cat(img).numpy(), torch.cat(txt).numpy()
+    sim = txt @ img.T
+    priors = None if reranker.hub is None else (reranker.hub_prior(img, "t2i"), reranker.hub_prior(txt, "i2t"))
     rep = rerank_eval(reranker.model, TokenCache(states, offsets), torch.cat(patches), sim, ds.caption_image,
-                      ks=tuple(rerank_ks), alpha=reranker.alpha)
+                      ks=tuple(rerank_ks), alpha=reranker.alpha, priors=priors)
     r2 = lambda d: {k: round(v, 2) for k, v in d.items()}  # noqa: E731
     return {"t2i": r2(rep["dual"]["t2i"]), "i2t": r2(rep["dual"]["i2t"]),
             "rerank": {int(k): {"alpha": v["alpha"], "t2i": r2(v["t2i"]), "i2t": r2(v["i2t"])}
                        for k, v in rep["K"].items()},
+            "hub": {int(k): {"t2i": r2(v["t2i"]), "i2t": r2(v["i2t"])} for k, v in rep.get("hub", {}).items()},
             "n_images": len(ds.images), "n_texts": len(ds.captions), "model": encoder.name, "dataset": ds.name,
             "seconds": round(time.perf_counter() - t0, 2)}

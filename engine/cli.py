@@ -561,11 +561,14 @@ def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
 @train.command("rerank")
 @training_options("data/lite-rerank.pt")
 def train_rerank_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
-    """Train the cross-attention reranker (ITM with hard negatives) on train, select on dev."""
+    """Train the cross-attention reranker (contrastive, with hard negatives) on train, select on dev."""
     from .training.rerank import run_rerank
 
     def summary(report):
         dev = report["dev"]
+        for k, r in dev.get("hub", {}).items():
+            yield (f"dev K={k} hubness correction alone: t2i R@1 {dev['dual']['t2i']['R@1']:.2f} -> "
+                   f"{r['t2i']['R@1']:.2f}, i2t R@1 {dev['dual']['i2t']['R@1']:.2f} -> {r['i2t']['R@1']:.2f}")
         for k, r in dev["K"].items():
             yield (f"dev K={k} alpha {r['alpha']}: t2i R@1 {dev['dual']['t2i']['R@1']:.2f} -> {r['t2i']['R@1']:.2f}, "
                    f"i2t R@1 {dev['dual']['i2t']['R@1']:.2f} -> {r['i2t']['R@1']:.2f}")

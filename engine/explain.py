@@ -30,7 +30,7 @@ class Explanation:
     words: list[str]
     word_maps: np.ndarray  # (W, gh, gw), each sums to 1
     overall: np.ndarray  # (gh, gw), sums to 1
-    match: float  # the reranker's matching score (ITM logit) for this pair
+    match: float  # the reranker's matching score for this pair
 
     def to_json(self) -> dict:
         return {"query": self.query, "match": round(self.match, 4), "grid": list(self.overall.shape),

@@ -94,3 +94,84 @@ class FusionReranker(nn.Module):
         pooled = (self.ln_out(t) * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, d) masked mean
         logits = self.head(pooled).squeeze(-1)  # (B,)
         return (logits, attn) if return_attention else logits
+
+
+class CrossAttentionMatcher(nn.Module):
+    """Word-to-region matching through cross-attention (SCAN's text-to-image attention, Lee et al. 2018): the
+    default reranker. Each text token attends over the patches and the pair's score is how well every word
+    finds what it describes:
+
+        w = unit(W_t text)      (B, T, d)   queries
+        v = unit(W_v patches + pos)  (B, P, d)   keys and values (pos: a learned 7x7 position embedding)
+        A = softmax(lambda * w v^T)  = softmax(Q_t K_v^T / sqrt(d)) V_v with Q_t = lambda sqrt(d) w, K_v = V_v = v
+        a_t = A_t v             the region each word attends to
+        score = masked mean over words of cos(w_t, a_t), in [-1, 1]
+
+    with `both`, plus the mirror term (each patch attends over the words, mean cosine over the patches).
+    A single learned temperature lambda; no matching head, so the score is a similarity and is trained
+    contrastively (engine.training.rerank). `pairwise` scores every text against every image of a batch from
+    one (T x P) similarity tensor, without materialising the attended vectors.
+    """
+
+    def __init__(self, text_dim: int = 384, patch_dim: int = 128, dim: int = 256, both: bool = False,
+                 temperature: float = 10.0, patches: int = 49):
+        super().__init__()
+        self.text_in = nn.Linear(text_dim, dim)  # 384 -> d
+        self.patch_in = nn.Linear(patch_dim, dim)  # Cp -> d
+        self.patch_pos = nn.Parameter(torch.zeros(patches, dim))  # where a patch is; zero: position-blind start
+        self.log_lambda = nn.Parameter(torch.tensor(math.log(temperature)))  # attention sharpness
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # contrastive logit scale (training only)
+        self.both = bool(both)
+
+    def _features(self, text: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = nn.functional.normalize(self.text_in(text), dim=-1)  # (B, T, d)
+        v = nn.functional.normalize(self.patch_in(patches) + self.patch_pos[: patches.shape[1]], dim=-1)  # (C, P, d)
+        return w, v
+
+    def _score(self, sim: torch.Tensor, w: torch.Tensor, v: torch.Tensor, text_mask: torch.Tensor,
+               patch_mask: torch.Tensor | None, pairwise: bool):
+        """sim (..., T, P) word-patch cosines -> (scores (...), attention (..., T, P))."""
+        # shapes: pairwise: sim (B, C, T, P), w (B, T, d), v (C, P, d); elementwise: sim (B, T, P), w, v per row
+        lam = self.log_lambda.exp()
+        tm = text_mask.bool()[:, None, :] if pairwise else text_mask.bool()  # (B, 1, T) or (B, T)
+        logits = lam * sim
+        if patch_mask is not None:
+            pm = patch_mask.bool()[None, :, None, :] if pairwise else patch_mask.bool()[:, None, :]
+            logits = logits.masked_fill(~pm, float("-inf"))
+        attn = logits.softmax(-1)  # over patches
+        num = (attn * sim).sum(-1)  # (..., T): w_t . a_t
+        gram = v @ v.transpose(-1, -2)  # (C, P, P) or (B, P, P)
+        eq = "bctp,cpq->bctq" if pairwise else "btp,bpq->btq"
+        norm2 = (torch.einsum(eq, attn, gram) * attn).sum(-1)  # (..., T): |a_t|^2
+        cos = num / (norm2 + 1e-6).sqrt()
+        m = tm.to(cos.dtype)
+        score = (cos * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+        if self.both:  # patches attend over the words
+            back = (lam * sim).masked_fill(~tm[..., None], float("-inf")).softmax(-2)  # (..., T, P) over T
+            num2 = (back * sim).sum(-2)  # (..., P)
+            gw = w @ w.transpose(-1, -2)  # (B, T, T)
+            eq2 = "bctp,btu->bcup" if pairwise else "btp,btu->bup"
+            n22 = (torch.einsum(eq2, back, gw) * back).sum(-2)
+            cos2 = num2 / (n22 + 1e-6).sqrt()
+            if patch_mask is not None:
+                pm2 = (patch_mask[None] if pairwise else patch_mask).to(cos2.dtype)
+                score = score + (cos2 * pm2).sum(-1) / pm2.sum(-1).clamp(min=1.0)
+            else:
+                score = score + cos2.mean(-1)
+        return score, attn
+
+    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, patches: torch.Tensor,
+                patch_mask: torch.Tensor | None = None, return_attention: bool = False):
+        """Row-wise pairs: text (B, T, 384), text_mask (B, T), patches (B, P, Cp), patch_mask (B, P) ->
+        scores (B,); with return_attention also [(B, 1, T, P)] (one layer, one head, rows sum to 1)."""
+        w, v = self._features(text, patches)
+        sim = w @ v.transpose(1, 2)  # (B, T, P) cosines
+        score, attn = self._score(sim, w, v, text_mask, patch_mask, pairwise=False)
+        return (score, [attn[:, None]]) if return_attention else score
+
+    def pairwise(self, text: torch.Tensor, text_mask: torch.Tensor, patches: torch.Tensor,
+                 patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Every text against every image: text (B, T, 384), patches (C, P, Cp) -> scores (B, C)."""
+        w, v = self._features(text, patches)
+        sim = torch.einsum("btd,cpd->bctp", w, v)  # (B, C, T, P)
+        return self._score(sim, w, v, text_mask, patch_mask, pairwise=True)[0]

@@ -4,8 +4,10 @@ Pure functions (no models): `fuse` combines scores, `rerank_topk` reorders one t
 `reranked_matrix` applies per-row reranks to a similarity matrix for Recall@K (ranks beyond K keep the
 dual order). `Reranker` loads data/lite-rerank.pt (fusion weights, patch PCA, fusion weight alpha).
 
-Fused score: dual cosine similarity + alpha * ITM logit; alpha is chosen on Flickr8k dev (best t2i + i2t
-R@1 at K = 16) and stored with the checkpoint.
+Fused score: (dual cosine similarity - hubness prior) + alpha * match score. The match score is the
+cross-attention model's (engine.fusion); the hubness prior (`hub_prior`) is computed from the candidate's
+dual vector and a bank of train embeddings stored with the checkpoint. alpha is chosen per direction on
+Flickr8k dev (best R@1 at K = 16) and stored with the checkpoint.
 """
 from __future__ import annotations
 
@@ -17,8 +19,24 @@ import torch
 
 from indexer.patch_tokens import LITE_RERANK, PatchProjector
 
-from .fusion import FusionReranker
+from .fusion import CrossAttentionMatcher, FusionReranker
 
+
+
+def hub_prior(vectors, bank, tau: float, chunk: int = 1024) -> np.ndarray:
+    """(N, D) unit vectors, (M, D) bank of unit vectors of the other modality -> (N,) float64
+    tau * log sum_j exp(v . bank_j / tau).
+
+    A candidate that is close to many of the bank's queries (a "hub") gets a large prior; subtracting it from
+    the dual similarity turns the score into tau * log softmax over the bank and the query, the inverted
+    softmax of Smith et al. (2017) / querybank normalisation of Bogolin et al. (2022), at the dual encoder's
+    own temperature. Hubs otherwise win top ranks for queries they do not match."""
+    v = torch.as_tensor(np.asarray(vectors, np.float32))
+    b = torch.as_tensor(np.asarray(bank, np.float32))
+    if v.ndim != 2 or b.ndim != 2 or v.shape[1] != b.shape[1]:
+        raise ValueError(f"vectors {tuple(v.shape)} and bank {tuple(b.shape)} must be 2-D with equal widths")
+    out = [torch.logsumexp(v[s:s + chunk] @ b.T / tau, dim=1).double() * tau for s in range(0, len(v), chunk)]
+    return torch.cat(out).numpy() if out else np.zeros(0)
 
 
 def fuse(dual_scores, itm_logits, alpha: float) -> np.ndarray:
@@ -81,10 +99,25 @@ class Reranker:
         self.checkpoint = Path(checkpoint)
         self.projector = PatchProjector(ck["pca"]["mean"], ck["pca"]["proj"]) if ck.get("pca") is not None else None
         patch_dim = self.projector.spec.dim if self.projector else 1280
-        self.model = FusionReranker(patch_dim=patch_dim, dim=cfg["dim"], layers=cfg["layers"], heads=cfg["heads"],
-                                    ffn=cfg["ffn"], dropout=0.0)
+        self.arch = cfg.get("arch", "itm")  # format 1 checkpoints: the ITM transformer
+        if self.arch == "match":
+            self.model = CrossAttentionMatcher(patch_dim=patch_dim, dim=cfg["dim"], both=cfg.get("both", False))
+        else:
+            self.model = FusionReranker(patch_dim=patch_dim, dim=cfg["dim"], layers=cfg["layers"],
+                                        heads=cfg["heads"], ffn=cfg["ffn"], dropout=0.0)
         self.model.load_state_dict({k: v.float() for k, v in ck["state"].items()})
         self.model.eval()
+        hub = ck.get("hub")  # {"texts": (M, D), "images": (N, D), "tau"} or None
+        self.hub = None if hub is None else {"texts": hub["texts"].float().numpy(),
+                                             "images": hub["images"].float().numpy(), "tau": float(hub["tau"])}
+
+    def hub_prior(self, vectors: np.ndarray, direction: str) -> np.ndarray | None:
+        """Hubness priors of candidates' dual vectors (K, D): images for "t2i" (against the bank's texts),
+        texts for "i2t" (against its images); None when the checkpoint has no bank."""
+        if self.hub is None:
+            return None
+        bank = self.hub["texts"] if direction == "t2i" else self.hub["images"]
+        return hub_prior(vectors, bank, self.hub["tau"])
 
     def patch_tokens(self, raw: torch.Tensor | np.ndarray) -> torch.Tensor:
         """(B, 49, 1280) raw tower tokens, or (B, 1280, 7, 7) patch maps -> (B, 49, Cp) the tokens the model

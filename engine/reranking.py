@@ -1,8 +1,9 @@
 """Reranking at query time: the dual encoder's top-k hits in, reordered hits out.
 
 Two backends share one shape, `score_images(query, hits)` and `score_texts(query, hits)` -> one match
-score per hit, fused with the dual-encoder similarity as `similarity + alpha * match` (engine.rerank.fuse),
-with `alpha[direction]` for "t2i" (text -> images) and "i2t" (image -> texts):
+score per hit, and `hub_prior(hits, direction)` -> a hubness prior per hit (or None), fused with the
+dual-encoder similarity as `similarity - prior + alpha * match` (engine.rerank.fuse), with
+`alpha[direction]` for "t2i" (text -> images) and "i2t" (image -> texts):
 
 * `LiteBackend`: the bundled cross-attention reranker (engine.rerank.Reranker). Candidate photos' patch
   tokens come from the library's token store (written at index time), so no image file is opened; a photo
@@ -32,7 +33,7 @@ from .rerank import Reranker, TextTokens, fuse
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RERANK_K = 16  # dev R@1 is flat from K = 8, R@10 peaks at 16; each 16 more add ~3 ms (benchmarks/RESULTS.md)
+DEFAULT_RERANK_K = 16  # dev R@1 is flat from K = 16 (t2i from 8); each 16 more add ~3 ms (benchmarks/RESULTS.md)
 
 
 @dataclass
@@ -45,15 +46,18 @@ class RerankQuery:
     patches: np.ndarray | None = None  # (P, Cp) float16, as stored
 
 
-def rerank_hits(hits: Sequence[SearchHit], match: np.ndarray, alpha: float) -> list[SearchHit]:
-    """Reorder hits by similarity + alpha * match (stable: ties keep the dual order); ranks renumbered."""
+def rerank_hits(hits: Sequence[SearchHit], match: np.ndarray, alpha: float,
+                prior: np.ndarray | None = None) -> list[SearchHit]:
+    """Reorder hits by (similarity - prior) + alpha * match (stable: ties keep the dual order); ranks
+    renumbered. prior: per-hit hubness priors, or None for none."""
     if not hits:
         return []
     sims = np.array([h.score for h in hits], np.float64)
-    fused = fuse(sims, match, alpha)
+    prior = np.zeros(len(hits)) if prior is None else np.asarray(prior, np.float64)
+    fused = fuse(sims - prior, match, alpha)
     order = np.argsort(-fused, kind="stable")
-    return [replace(hits[j], rank=n + 1, score=float(fused[j]), similarity=float(sims[j]), match=float(match[j]))
-            for n, j in enumerate(order)]
+    return [replace(hits[j], rank=n + 1, score=float(fused[j]), similarity=float(sims[j]), match=float(match[j]),
+                    hubness=float(prior[j])) for n, j in enumerate(order)]
 
 
 class LiteBackend:
@@ -65,6 +69,22 @@ class LiteBackend:
         self.name, self.alpha = "lite", self.reranker.alpha
         self.projector = self.reranker.projector
         self._warned = False
+
+    def hub_prior(self, hits: Sequence[SearchHit], direction: str) -> np.ndarray | None:
+        """Hubness priors of the hits from their stored dual vectors (images for "t2i", texts for "i2t"); a hit
+        whose vector is gone gets the median of the others (it keeps its place by similarity)."""
+        if self.reranker.hub is None or not hits:
+            return None
+        modality = "images" if direction == "t2i" else "texts"
+        dim = self.reranker.hub["texts"].shape[1]
+        got = self.library.store.get_vectors(modality, [h.id for h in hits], dim)
+        found = np.array([h.id in got for h in hits])
+        if not found.any():
+            return None
+        prior = np.zeros(len(hits))
+        prior[found] = self.reranker.hub_prior(np.stack([got[h.id] for h in hits if h.id in got]), direction)
+        prior[~found] = np.median(prior[found])
+        return prior
 
     def query_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, TextTokens]:
         vectors, states, mask, ids = self.encoder.encode_text_states(list(texts))
@@ -153,6 +173,9 @@ class BlipBackend:
 
     def score_texts(self, query: RerankQuery, hits: Sequence[SearchHit]) -> np.ndarray:
         return self.model.score(query.image, [h.text for h in hits])
+
+    def hub_prior(self, hits: Sequence[SearchHit], direction: str) -> None:
+        return None  # BLIP's own scores need no hubness correction
 
 
 def _neutral_where_missing(match: np.ndarray, found: np.ndarray) -> np.ndarray:

@@ -95,7 +95,9 @@ class SearchEngine:
         """Rerank the first rk hits with score(hits) -> match scores; the rest follow in dual order."""
         from .reranking import rerank_hits
 
-        head = rerank_hits(hits[:rk], score(hits[:rk]), self.reranker.alpha[direction])
+        backend = self.reranker
+        head = rerank_hits(hits[:rk], score(hits[:rk]), backend.alpha[direction],
+                           backend.hub_prior(hits[:rk], direction))
         tail = [replace(h, rank=len(head) + n + 1) for n, h in enumerate(hits[rk:])]
         return (head + tail)[:k]
 

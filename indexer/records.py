@@ -63,7 +63,8 @@ class SearchHit:
     """One search result. `path` is set for image hits, `text` for text hits.
 
     `score` orders the results: the dual-encoder cosine similarity, or after reranking the fused score
-    (`similarity` + alpha * `match`, where `match` is the reranker's image-text matching score)."""
+    (`similarity` - `hubness` + alpha * `match`, where `match` is the reranker's image-text matching score
+    and `hubness` the candidate's hubness prior, 0 when the reranker has none)."""
 
     rank: int
     score: float
@@ -72,12 +73,14 @@ class SearchHit:
     text: str | None = None
     similarity: float | None = None  # set when reranked
     match: float | None = None  # set when reranked
+    hubness: float | None = None  # set when reranked
 
     def to_json(self) -> dict:
         d = {"rank": self.rank, "score": round(float(self.score), 6), "id": self.id}
         if self.match is not None:
             d["similarity"] = round(float(self.similarity), 6)
             d["match"] = round(float(self.match), 6)
+            d["hubness"] = round(float(self.hubness or 0.0), 6)
         if self.path is not None:
             d["path"] = self.path
         if self.text is not None:

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.fusion import FusionReranker
+from engine.fusion import CrossAttentionMatcher, FusionReranker
 from engine.recall import t2i_ranks
-from engine.rerank import LITE_RERANK, fuse, reranked_matrix, rerank_topk
-from engine.training.rerank import RerankConfig, RerankData, TokenCache, mine, rerank_eval, train_rerank
+from engine.rerank import LITE_RERANK, fuse, hub_prior, reranked_matrix, rerank_topk
+from engine.training.rerank import (RerankConfig, RerankData, TokenCache, build_fusion, mine, rerank_eval,
+                                   train_rerank)
 
 
 def _model(seed=0, **kw):
@@ -63,6 +64,86 @@ def test_padding_tokens_do_not_change_the_score():
     torch.testing.assert_close(m(text2, mask, patches), base)
 
 
+def _matcher(seed=0, **kw):
+    torch.manual_seed(seed)
+    m = CrossAttentionMatcher(patch_dim=8, dim=32, **kw).eval()
+    with torch.no_grad():
+        m.patch_pos.normal_(std=0.5)  # trained models have positions; zero would hide position bugs
+    return m
+
+
+@pytest.mark.parametrize("both", [False, True])
+def test_matcher_attends_from_words_to_patches_and_scores_like_its_pairwise_form(both):
+    m = _matcher(both=both)
+    text, mask, patches = _inputs()
+    scores, attn = m(text, mask, patches, return_attention=True)
+    assert scores.shape == (3,) and attn[0].shape == (3, 1, 5, 49)
+    torch.testing.assert_close(attn[0].sum(-1), torch.ones(3, 1, 5))
+    assert float(scores.detach().abs().max()) <= (2.0 if both else 1.0) + 1e-5  # mean cosines
+    # every text against every image at once equals the row-wise pairs
+    table = m.pairwise(text, mask, patches)  # (3 texts, 3 images)
+    for j in range(3):
+        torch.testing.assert_close(table[:, j], m(text, mask, patches[j:j + 1].expand(3, -1, -1)))
+
+
+@pytest.mark.parametrize("both", [False, True])
+def test_matcher_score_depends_on_patches_and_ignores_masked_ones_and_padding(both):
+    m = _matcher(both=both)
+    text, mask, patches = _inputs()
+    base = m(text, mask, patches)
+    changed = patches.clone()
+    changed[:, :10] += 3.0
+    assert not torch.allclose(m(text, mask, changed), base)
+    patch_mask = torch.ones(3, 49, dtype=torch.long)
+    patch_mask[:, 20:] = 0
+    masked = m(text, mask, patches, patch_mask=patch_mask)
+    assert not torch.allclose(masked, base)  # masking out patches changes the score
+    other = patches.clone()
+    other[:, 20:] = torch.randn(3, 29, 8)
+    torch.testing.assert_close(m(text, mask, other, patch_mask=patch_mask), masked)
+    torch.testing.assert_close(m.pairwise(text, mask, other, patch_mask=patch_mask).diagonal(), masked)
+    text2 = text.clone()
+    text2[0, 3:] = 100.0  # padding of row 0
+    torch.testing.assert_close(m(text2, mask, patches), base)
+
+
+def test_hub_prior_is_the_temperature_scaled_log_sum_exp_over_the_bank():
+    rng = np.random.default_rng(0)
+    e1 = np.eye(8)[0]
+    bank = np.concatenate([e1 + 0.1 * rng.standard_normal((20, 8)), rng.standard_normal((30, 8))])
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    v = np.stack([e1, -e1])  # a hub, near 20 of the bank's rows; and its opposite, near none of them
+    p = hub_prior(v, bank, 0.05)
+    expected = 0.05 * np.log(np.exp(v @ bank.T / 0.05).sum(1))
+    np.testing.assert_allclose(p, expected, rtol=1e-5)
+    assert p[0] > p[1]
+    with pytest.raises(ValueError, match="equal widths"):
+        hub_prior(v, bank[:, :4], 0.05)
+
+
+def test_rerank_eval_subtracts_hub_priors_from_the_dual_scores():
+    data = _tiny_data()
+    m = _model()
+    n_img, n_cap = data.sim.shape[1], data.sim.shape[0]
+    zero = rerank_eval(m, data.tokens, data.patches, data.sim, data.caption_image, ks=(4,), alpha=0.0,
+                       priors=(np.zeros(n_img), np.zeros(n_cap)))
+    assert zero["hub"][4]["t2i"] == zero["dual"]["t2i"]
+    # reranking every candidate (K = all images) by dual - prior ranks exactly as the corrected matrix does
+    from engine.recall import i2t_ranks, recall_at_k
+
+    rng = np.random.default_rng(5)
+    prior_img, prior_cap = rng.uniform(0, 0.5, n_img), rng.uniform(0, 0.5, n_cap)
+    rep = rerank_eval(m, data.tokens, data.patches, data.sim, data.caption_image, ks=(n_img,), alpha=0.0,
+                      priors=(prior_img, prior_cap))
+    assert rep["hub"][n_img]["t2i"] == recall_at_k(t2i_ranks(data.sim - prior_img[None, :], data.caption_image))
+    top_caps = np.argsort(-data.sim.T, axis=1, kind="stable")[:, :n_img]  # each image's top-K captions
+    corrected = np.full(data.sim.T.shape, -np.inf)
+    np.put_along_axis(corrected, top_caps, np.take_along_axis(data.sim.T - prior_cap[None, :], top_caps, 1), 1)
+    assert rep["hub"][n_img]["i2t"] == recall_at_k(i2t_ranks(corrected, data.caption_image))
+    assert rep["hub"][n_img] != rerank_eval(m, data.tokens, data.patches, data.sim, data.caption_image,
+                                            ks=(n_img,), alpha=0.0, priors=(prior_img * 0, prior_cap * 0))["hub"][n_img]
+
+
 def test_fuse_and_rerank_topk():
     np.testing.assert_allclose(fuse([0.5, 0.2], [1.0, -1.0], 0.0), [0.5, 0.2])
     np.testing.assert_allclose(fuse([0.5, 0.2], [1.0, -1.0], 0.1), [0.6, 0.1])
@@ -108,9 +189,11 @@ def test_mining_excludes_own():
     assert not (d.caption_image[d.neg_cap] == np.arange(len(d.patches))[:, None]).any()
 
 
-def test_training_runs_and_is_reproducible():
+@pytest.mark.parametrize("arch", ["match", "itm"])
+def test_training_runs_and_is_reproducible(arch):
     data = _tiny_data()
-    cfg = dict(dim=32, layers=1, heads=4, ffn=64, epochs=2, batch_size=8, warmup_steps=2, select_k=4, seed=3)
+    cfg = dict(arch=arch, dim=32, layers=1, heads=4, ffn=64, epochs=2, batch_size=8, warmup_steps=2, select_k=4,
+               seed=3)
     s1, rep1 = train_rerank(data, data, RerankConfig(**cfg))
     s2, rep2 = train_rerank(data, data, RerankConfig(**cfg))
     for k in s1:
@@ -139,20 +222,26 @@ def test_real_reranker_loads_and_scores():
     assert scores.shape == (3,) and np.isfinite(scores).all()
 
 
-def _tiny_checkpoint(path):
+def _tiny_checkpoint(path, arch="match", hub=True):
     from engine.training.rerank import build_fusion, fit_pca, save_checkpoint
 
-    cfg = RerankConfig(dim=32, layers=1, heads=4, ffn=64, patch_dim=8)
+    cfg = RerankConfig(arch=arch, dim=32, layers=1, heads=4, ffn=64, patch_dim=8)
     pca = fit_pca(torch.randn(500, 1280), 8)
-    save_checkpoint(path, build_fusion(cfg, 8).state_dict(), cfg, pca, 0.05, {}, data="synthetic")
+    g = torch.Generator().manual_seed(0)
+    bank = {"texts": torch.nn.functional.normalize(torch.randn(40, 16, generator=g), dim=1).half(),
+            "images": torch.nn.functional.normalize(torch.randn(30, 16, generator=g), dim=1).half(), "tau": 0.05}
+    save_checkpoint(path, build_fusion(cfg, 8).state_dict(), cfg, pca, 0.05, {}, data="synthetic",
+                    hub=bank if hub else None)
+    return bank
 
 
-def test_reranker_checkpoint_round_trip(tmp_path):
+@pytest.mark.parametrize("arch", ["match", "itm"])
+def test_reranker_checkpoint_round_trip(tmp_path, arch):
     from engine.rerank import Reranker
 
-    _tiny_checkpoint(tmp_path / "r.pt")
+    bank = _tiny_checkpoint(tmp_path / "r.pt", arch)
     r = Reranker(tmp_path / "r.pt")
-    assert r.alpha == {"t2i": 0.05, "i2t": 0.05}
+    assert r.arch == arch and r.alpha == {"t2i": 0.05, "i2t": 0.05}
     tokens = r.patch_tokens(torch.randn(4, 1280, 7, 7))
     assert tokens.shape == (4, 49, 8)
     t2i = r.score_text_to_images(torch.randn(6, 384), torch.ones(6, dtype=torch.long), tokens)
@@ -164,6 +253,30 @@ def test_reranker_checkpoint_round_trip(tmp_path):
     one = torch.ones(6, dtype=torch.long)
     np.testing.assert_allclose(r.score_image_to_texts(tokens[1], text[None], one[None]),
                                r.score_text_to_images(text, one, tokens[1:2]), rtol=1e-5, atol=1e-5)
+    # the hubness bank travels with the checkpoint: images are normalised against its texts and vice versa
+    v = torch.nn.functional.normalize(torch.randn(5, 16), dim=1).numpy()
+    np.testing.assert_allclose(r.hub_prior(v, "t2i"), hub_prior(v, bank["texts"].float().numpy(), 0.05), rtol=1e-6)
+    np.testing.assert_allclose(r.hub_prior(v, "i2t"), hub_prior(v, bank["images"].float().numpy(), 0.05), rtol=1e-6)
+
+
+def test_a_checkpoint_without_a_hub_bank_gives_no_prior(tmp_path):
+    from engine.rerank import Reranker
+
+    _tiny_checkpoint(tmp_path / "r.pt", hub=False)
+    assert Reranker(tmp_path / "r.pt").hub_prior(np.ones((2, 16), np.float32), "t2i") is None
+
+
+def test_rerank_hits_subtracts_the_prior_before_adding_the_match():
+    from indexer.records import SearchHit
+    from engine.reranking import rerank_hits
+
+    hits = [SearchHit(rank=n + 1, score=s, id=n) for n, s in enumerate([0.9, 0.8, 0.7])]
+    out = rerank_hits(hits, np.zeros(3), 0.5, prior=np.array([0.25, 0.0, 0.0]))  # a hub loses its lead
+    assert [h.id for h in out] == [1, 2, 0] and [h.rank for h in out] == [1, 2, 3]
+    assert out[2].similarity == 0.9 and out[2].hubness == 0.25 and out[2].score == pytest.approx(0.65)
+    assert out[2].to_json()["hubness"] == 0.25
+    same = rerank_hits(hits, np.zeros(3), 0.5)  # no prior: dual order
+    assert [h.id for h in same] == [0, 1, 2] and same[0].hubness == 0.0
 
 
 def test_bench_rerank_needs_patch_features(tmp_path):
@@ -213,7 +326,8 @@ def _scenes(per_pair: int, seed: int):
     return pairs, np.asarray(pair_of), np.stack(states), np.stack(patches)
 
 
-def test_after_training_a_scene_outscores_its_swapped_role_caption():
+@pytest.mark.parametrize("arch", ["match", "itm"])
+def test_after_training_a_scene_outscores_its_swapped_role_caption(arch):
     pairs, pair_of, states, patches = _scenes(per_pair=8, seed=1)
     n = len(pair_of)
     swapped = {p: pairs.index((b, a)) for p, (a, b) in enumerate(pairs)}
@@ -223,10 +337,10 @@ def test_after_training_a_scene_outscores_its_swapped_role_caption():
                       torch.from_numpy(patches.astype(np.float16)), np.arange(n))
     data.neg_img = np.stack([by_pair[swapped[pair_of[i]]][:4] for i in range(n)])  # the mirrored scenes
     data.neg_cap = data.neg_img.copy()  # one caption per scene: the mirrored scenes' captions
-    cfg = RerankConfig(dim=32, layers=2, heads=4, ffn=64, dropout=0.0, epochs=30, batch_size=32, lr=3e-3,
-                       warmup_steps=20, hard_fraction=0.7, seed=0)
+    cfg = RerankConfig(arch=arch, dim=32, layers=2, heads=4, ffn=64, dropout=0.0, epochs=30, batch_size=32,
+                       lr=3e-3, warmup_steps=20, hard_fraction=0.7, captions_per_image=1, seed=0)
     state, _ = train_rerank(data, None, cfg)
-    model = FusionReranker(text_dim=32, patch_dim=16, dim=32, layers=2, heads=4, ffn=64, dropout=0.0).eval()
+    model = build_fusion(cfg, patch_dim=16, text_dim=32).eval()
     model.load_state_dict(state)
 
     # fresh scenes (new positions and noise), each against its own caption and the swapped-role caption

@@ -57,8 +57,9 @@ def test_text_search_reranks_the_top_k_and_no_rerank_keeps_the_dual_order(lite_l
     assert [h.id for h in reranked[5:]] == [h.id for h in dual[5:]]
     assert [h.score for h in head] == sorted((h.score for h in head), reverse=True)
     alpha = eng.reranker.alpha["t2i"]
-    for h in head:  # fused = cosine + alpha * match, the cosine being the dual score of the same photo
-        assert h.score == pytest.approx(h.similarity + alpha * h.match)
+    for h in head:  # fused = cosine - hubness + alpha * match, the cosine being the dual score of the same photo
+        assert h.hubness > 0  # the bundled reranker carries a hubness bank
+        assert h.score == pytest.approx(h.similarity - h.hubness + alpha * h.match)
         assert h.similarity == pytest.approx(next(d.score for d in dual if d.id == h.id), abs=1e-5)
     assert [h.rank for h in reranked] == list(range(1, 9))
 

@@ -7,7 +7,14 @@ Inputs, all cached or derived from the caches of engine.training.features:
   49 patch tokens reduced to `patch_dim` channels by a whitened PCA fitted on train patches and stored
   with the checkpoint (49 x 128 float16 = 12.5 KB per image).
 
-Objective: ALBEF-style image-text matching. Every step takes a batch of captions and makes three pairs
+Two architectures (engine.fusion), chosen by `arch`:
+
+* "match" (the default): CrossAttentionMatcher, trained contrastively. Each step takes `batch_size` images,
+  one caption each, plus for every caption one hard-negative image from its top dual-encoder images (the
+  ALBEF-style mining, from the shipped lite model); symmetric InfoNCE over all pairs of the batch (captions
+  against 2 x batch images, images against the batch's captions). Every epoch draws `captions_per_image`
+  rounds of one random caption per image.
+* "itm": FusionReranker, ALBEF-style image-text matching. Every step takes a batch of captions and makes three pairs
 per caption c of image i: (c, i) positive; (c, i') with i' drawn from c's top dual-encoder images except
 i; (c', i) with c' drawn from i's top dual-encoder captions except i's own. A share `hard_fraction` of the
 negatives are these hard ones, the rest uniformly random pairs (with hard negatives only the model stayed at
@@ -33,33 +40,38 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.fusion import FusionReranker
+from engine.fusion import CrossAttentionMatcher, FusionReranker
 from engine.recall import i2t_ranks, recall_at_k, t2i_ranks
-from engine.rerank import fuse, reranked_matrix
+from engine.rerank import fuse, hub_prior, reranked_matrix
 from engine.training.checkpoint import write_checkpoint
 from indexer.patch_tokens import LITE_RERANK
 
 logger = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent.parent.parent / "data"
-ALPHAS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+ALPHAS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+HUB_BANK_TEXTS = 10_000  # train captions in the hubness bank (as good as all 30,000 on dev, a third the size)
 
 
 @dataclass
 class RerankConfig:
-    dim: int = 128
-    layers: int = 2
-    heads: int = 4
-    ffn: int = 256
-    dropout: float = 0.1
+    arch: str = "match"  # "match": CrossAttentionMatcher (contrastive); "itm": FusionReranker (BCE)
+    dim: int = 256
+    layers: int = 2  # itm only
+    heads: int = 4  # itm only
+    ffn: int = 256  # itm only
+    dropout: float = 0.1  # itm only
+    both: bool = True  # match only: add the patches-attend-to-words term
     patch_dim: int = 128  # PCA channels per patch token (0: keep all 1280)
-    epochs: int = 6
-    batch_size: int = 64  # captions per step (x3 pairs)
-    captions_per_image: int = 1  # captions of each image used per epoch (1..5), drawn anew each epoch
+    epochs: int = 2
+    batch_size: int = 128  # match: images (one caption each) per step; itm: captions per step (x3 pairs)
+    captions_per_image: int = 5  # match: rounds of one random caption per image per epoch; itm: captions
+    #                              of each image used per epoch (1..5)
     mine_k: int = 16  # hard negatives drawn from this many dual-encoder neighbours
-    hard_fraction: float = 0.5  # share of negatives that are hard (the rest: uniformly random)
+    hard_fraction: float = 0.5  # itm: share of negatives that are hard (the rest: uniformly random)
+    hub: bool = True  # subtract each candidate's hubness prior from the dual similarity (engine.rerank)
     lr: float = 2e-3
-    weight_decay: float = 0.01
+    weight_decay: float = 1e-4
     warmup_steps: int = 50
     select_k: int = 16
     seed: int = 0
@@ -205,19 +217,25 @@ def score_pairs(model: FusionReranker, tokens: TokenCache, patches: torch.Tensor
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def rerank_eval(model: FusionReranker, tokens: TokenCache, patches: torch.Tensor, sim: np.ndarray,
+def rerank_eval(model, tokens: TokenCache, patches: torch.Tensor, sim: np.ndarray,
                 caption_image: np.ndarray, ks=(16,), alphas=ALPHAS, captions: np.ndarray | None = None,
-                alpha: float | dict | None = None) -> dict:
-    """Dev figures with the dual encoder's top-K reranked by dual + alpha * ITM logit.
+                alpha: float | dict | None = None, priors: tuple | None = None) -> dict:
+    """Dev figures with the dual encoder's top-K reranked by (dual - hubness prior) + alpha * match score.
 
     sim: (n_captions, n_images) dual similarities. `captions` restricts the t2i queries (and the captions
-    that images can retrieve) to a subset. ITM logits are computed once for the largest K. Returns
-    {"dual": report, "K": {K: {"alpha": {"t2i", "i2t"}, "t2i", "i2t", "by_alpha"}}}: alpha chosen per K and
-    per direction (the best R@1 of that direction) unless `alpha` is given (a float, or one per direction)."""
+    that images can retrieve) to a subset. priors: (per image (n_images,), per caption (n_captions,)) hubness
+    priors (engine.rerank.hub_prior), or None for none. Match scores are computed once for the largest K.
+    Returns {"dual": report, "hub": report with priors and alpha 0 (when priors), "K": {K: {"alpha": {"t2i",
+    "i2t"}, "t2i", "i2t", "by_alpha"}}}: alpha chosen per K and per direction (the best R@1 of that direction)
+    unless `alpha` is given (a float, or one per direction)."""
     ci = np.asarray(caption_image)
+    prior_img = prior_cap = None
+    if priors is not None:
+        prior_img, prior_cap = (np.asarray(p, np.float64) for p in priors)
     if captions is not None:
         sim, ci = sim[captions], ci[captions]
         tok_ids = np.asarray(captions)
+        prior_cap = prior_cap[captions] if prior_cap is not None else None
     else:
         tok_ids = np.arange(len(ci))
     kmax = max(ks)
@@ -232,16 +250,22 @@ def rerank_eval(model: FusionReranker, tokens: TokenCache, patches: torch.Tensor
     def report(ti, it) -> dict:
         return {"t2i": recall_at_k(t2i_ranks(ti, ci)), "i2t": recall_at_k(i2t_ranks(it, ci))}
 
+    dual_ti, dual_it = np.take_along_axis(sim, top_ti, 1), np.take_along_axis(sim_it, top_it, 1)  # (.., kmax)
+    if prior_img is not None:
+        dual_ti, dual_it = dual_ti - prior_img[top_ti], dual_it - prior_cap[top_it]
+
+    def reranked(k: int, a: float) -> dict:
+        return report(reranked_matrix(sim, top_ti[:, :k], fuse(dual_ti[:, :k], logit_ti[:, :k], a)),
+                      reranked_matrix(sim_it, top_it[:, :k], fuse(dual_it[:, :k], logit_it[:, :k], a)))
+
     out = {"dual": report(sim, sim_it), "K": {}}
+    if prior_img is not None:
+        out["hub"] = {k: reranked(k, 0.0) for k in ks}
     for k in ks:
         fixed = alpha_pair(alpha) if alpha is not None else None
         by_alpha = {}
         for a in (sorted(set(fixed.values())) if fixed else alphas):
-            ti = reranked_matrix(sim, top_ti[:, :k], fuse(np.take_along_axis(sim, top_ti[:, :k], 1),
-                                                          logit_ti[:, :k], a))
-            it = reranked_matrix(sim_it, top_it[:, :k], fuse(np.take_along_axis(sim_it, top_it[:, :k], 1),
-                                                             logit_it[:, :k], a))
-            by_alpha[a] = report(ti, it)
+            by_alpha[a] = reranked(k, a)
         best = fixed or {d: max(by_alpha, key=lambda a: (by_alpha[a][d]["R@1"], -a)) for d in ("t2i", "i2t")}
         out["K"][k] = {"alpha": best, "t2i": by_alpha[best["t2i"]]["t2i"], "i2t": by_alpha[best["i2t"]]["i2t"],
                        "by_alpha": {str(a): [r["t2i"]["R@1"], r["i2t"]["R@1"]] for a, r in by_alpha.items()}}
@@ -269,12 +293,68 @@ class RerankData:
     neg_img: np.ndarray | None = None  # (N_cap, k) hard-negative images per caption
     neg_cap: np.ndarray | None = None  # (N_img, k) hard-negative captions per image
     sim: np.ndarray | None = None  # (N_cap, N_img) dual similarities (dev only)
+    priors: tuple | None = None  # (per image, per caption) hubness priors (dev only; None: no hub correction)
 
 
-def build_fusion(cfg: RerankConfig, patch_dim: int, text_dim: int = 384) -> FusionReranker:
+def build_fusion(cfg: RerankConfig, patch_dim: int, text_dim: int = 384):
     torch.manual_seed(cfg.seed)
-    return FusionReranker(text_dim=text_dim, patch_dim=patch_dim, dim=cfg.dim, layers=cfg.layers,
-                          heads=cfg.heads, ffn=cfg.ffn, dropout=cfg.dropout)
+    if cfg.arch == "match":
+        return CrossAttentionMatcher(text_dim=text_dim, patch_dim=patch_dim, dim=cfg.dim, both=cfg.both)
+    if cfg.arch == "itm":
+        return FusionReranker(text_dim=text_dim, patch_dim=patch_dim, dim=cfg.dim, layers=cfg.layers,
+                              heads=cfg.heads, ffn=cfg.ffn, dropout=cfg.dropout)
+    raise ValueError(f"unknown reranker arch {cfg.arch!r}; use 'match' or 'itm'")
+
+
+def _epoch_batches(cfg: RerankConfig, ci: np.ndarray, by_image: list, rng: np.random.Generator):
+    """One epoch's caption batches. match: rounds of one random caption per image (distinct images within a
+    batch); itm: every caption, or `captions_per_image` per image, in random order."""
+    if cfg.arch == "match":
+        for _ in range(cfg.captions_per_image):
+            caps = np.array([c[rng.integers(len(c))] for c in by_image])[rng.permutation(len(by_image))]
+            yield from (caps[s:s + cfg.batch_size] for s in range(0, len(caps), cfg.batch_size))
+        return
+    if cfg.captions_per_image < 5:
+        caps = np.concatenate([rng.permutation(c)[:cfg.captions_per_image] for c in by_image])
+        order = caps[rng.permutation(len(caps))]
+    else:
+        order = rng.permutation(len(ci))
+    yield from (order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size))
+
+
+def _contrastive_loss(model, train: RerankData, c: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """Symmetric InfoNCE: captions c against their images and one hard-negative image each; images against
+    the batch's captions."""
+    ci = train.caption_image
+    i = ci[c]
+    ni = train.neg_img[c, rng.integers(0, train.neg_img.shape[1], len(c))]
+    imgs = np.concatenate([i, ni])
+    st, m = train.tokens.batch(c)
+    scores = model.pairwise(st, m, train.patches[imgs].float()) * model.log_scale.exp()  # (B, 2B)
+    target = torch.arange(len(c))
+    other_positive = torch.from_numpy(i[:, None] == imgs[None, :])  # a hard negative that is another row's
+    other_positive[target, target] = False  # image is a negative; only an image equal to the row's own is not
+    t2i = F.cross_entropy(scores.masked_fill(other_positive, -1e4), target)
+    i2t = F.cross_entropy(scores[:, :len(c)].T, target)
+    return (t2i + i2t) / 2
+
+
+def _itm_loss(model, train: RerankData, c: np.ndarray, rng: np.random.Generator, cfg: RerankConfig) -> torch.Tensor:
+    """BCE over (c, i) positives, (c, i') and (c', i) negatives, hard or random."""
+    ci = train.caption_image
+    n_img = len(train.patches)
+    i = ci[c]
+    ni = train.neg_img[c, rng.integers(0, train.neg_img.shape[1], len(c))]
+    nc = train.neg_cap[i, rng.integers(0, train.neg_cap.shape[1], len(c))]
+    easy = rng.random((2, len(c))) >= cfg.hard_fraction
+    ri = (i + rng.integers(1, n_img, len(c))) % n_img  # a random other image
+    rc = rng.integers(0, len(ci), len(c))
+    rc = np.where(ci[rc] == i, (rc + 5) % len(ci), rc)  # a random caption of another image (5 per image)
+    ni, nc = np.where(easy[0], ri, ni), np.where(easy[1], rc, nc)
+    st, m = train.tokens.batch(np.concatenate([c, c, nc]))
+    pt = train.patches[np.concatenate([i, ni, i])].float()
+    y = torch.cat([torch.ones(len(c)), torch.zeros(2 * len(c))])
+    return F.binary_cross_entropy_with_logits(model(st, m, pt), y)
 
 
 def train_rerank(train: RerankData, dev: RerankData | None, cfg: RerankConfig,
@@ -285,42 +365,26 @@ def train_rerank(train: RerankData, dev: RerankData | None, cfg: RerankConfig,
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     ci = np.asarray(train.caption_image)
+    train.caption_image = ci
     n_img = len(train.patches)
-    by_image = [np.flatnonzero(ci == i) for i in range(n_img)] if cfg.captions_per_image < 5 else None
-    steps_per_epoch = None
+    by_image = [np.flatnonzero(ci == i) for i in range(n_img)]
+    by_image = [c for c in by_image if len(c)]
+    total = cfg.epochs * sum(1 for _ in _epoch_batches(cfg, ci, by_image, np.random.default_rng(0)))
     best, best_rep, step = None, None, 0
-    dev_caps = None
+    dev_caps = dev_priors = None
     if dev is not None:
         dci = np.asarray(dev.caption_image)
         dev_caps = np.array([np.flatnonzero(dci == i)[0] for i in range(len(dev.patches))])
+        dev_priors = dev.priors
     for epoch in range(cfg.epochs):
         model.train()
         t0, losses = time.time(), []
-        if by_image is not None:
-            caps = np.concatenate([rng.permutation(c)[:cfg.captions_per_image] for c in by_image])
-            order = caps[rng.permutation(len(caps))]
-        else:
-            order = rng.permutation(len(ci))
-        if steps_per_epoch is None:
-            steps_per_epoch = math.ceil(len(order) / cfg.batch_size)
-            total = cfg.epochs * steps_per_epoch
-        for s in range(0, len(order), cfg.batch_size):
-            c = order[s:s + cfg.batch_size]
-            i = ci[c]
-            ni = train.neg_img[c, rng.integers(0, train.neg_img.shape[1], len(c))]
-            nc = train.neg_cap[i, rng.integers(0, train.neg_cap.shape[1], len(c))]
-            easy = rng.random((2, len(c))) >= cfg.hard_fraction
-            ri = (i + rng.integers(1, n_img, len(c))) % n_img  # a random other image
-            rc = rng.integers(0, len(ci), len(c))
-            rc = np.where(ci[rc] == i, (rc + 5) % len(ci), rc)  # a random caption of another image (5 per image)
-            ni, nc = np.where(easy[0], ri, ni), np.where(easy[1], rc, nc)
-            st, m = train.tokens.batch(np.concatenate([c, c, nc]))
-            pt = train.patches[np.concatenate([i, ni, i])].float()
-            y = torch.cat([torch.ones(len(c)), torch.zeros(2 * len(c))])
+        for c in _epoch_batches(cfg, ci, by_image, rng):
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / total))
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = F.binary_cross_entropy_with_logits(model(st, m, pt), y)
+            loss = _contrastive_loss(model, train, c, rng) if cfg.arch == "match" else \
+                _itm_loss(model, train, c, rng, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -334,7 +398,7 @@ def train_rerank(train: RerankData, dev: RerankData | None, cfg: RerankConfig,
         rep = None
         if dev is not None:
             rep = rerank_eval(model, dev.tokens, dev.patches, dev.sim, dev.caption_image, ks=(cfg.select_k,),
-                              captions=dev_caps)
+                              captions=dev_caps, priors=dev_priors)
             entry["dev_subset"] = {"dual": rep["dual"], "reranked": {k: v for k, v in rep["K"][cfg.select_k].items()
                                                                       if k != "by_alpha"}}
             entry["eval_seconds"] = round(time.time() - t0 - entry["seconds"], 1)
@@ -356,13 +420,25 @@ def train_rerank(train: RerankData, dev: RerankData | None, cfg: RerankConfig,
 
 
 def save_checkpoint(path: Path, state: dict, cfg: RerankConfig, pca: tuple | None, alpha: float, dev: dict,
-                    data: str) -> None:
-    write_checkpoint(path, "xmodal-lite-rerank/1", state, cfg,
-                     pca=None if pca is None else {"mean": pca[0], "proj": pca[1]}, alpha=alpha, dev=dev, data=data)
+                    data: str, hub: dict | None = None) -> None:
+    """Format 2 adds config["arch"] and the hubness bank `hub` ({texts, images, tau}, or None)."""
+    write_checkpoint(path, "xmodal-lite-rerank/2", state, cfg,
+                     pca=None if pca is None else {"mean": pca[0], "proj": pca[1]}, alpha=alpha, dev=dev, data=data,
+                     hub=hub)
 
 
-def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig) -> tuple[RerankData, RerankData, tuple]:
-    """Caches -> train and dev RerankData (patch tokens, token states, neighbours, dev similarities)."""
+def hub_bank(lite, img: torch.Tensor, txt: torch.Tensor, seed: int) -> dict:
+    """The hubness bank from the train split's dual embeddings: HUB_BANK_TEXTS seeded random captions (the
+    queries images are normalised against), all images (for texts), float16, and the dual encoder's own
+    temperature 1 / exp(logit_scale)."""
+    pick = np.sort(np.random.default_rng(seed).permutation(len(txt))[:HUB_BANK_TEXTS])
+    tau = float(1.0 / lite.logit_scale.detach().float().exp().mean())
+    return {"texts": txt[torch.from_numpy(pick)].half(), "images": img.half(), "tau": tau}
+
+
+def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig) -> tuple[RerankData, RerankData, tuple, dict | None]:
+    """Caches -> train and dev RerankData (patch tokens, token states, neighbours, dev similarities and
+    hubness priors), the patch PCA and the hubness bank (None without cfg.hub)."""
     from engine.training.align import default_cache_dir, patch_maps
     from engine.training.features import build_cache
     from indexer.datasets import load_captions_csv
@@ -371,7 +447,7 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig) -> tuple[
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     lite = LiteEncoder().model
-    out, pca = {}, None
+    out, pca, bank = {}, None, None
     for split in ("train", "dev"):
         t0 = time.time()
         ds = load_captions_csv(data_dir, data_dir / "splits" / f"{split}.txt")
@@ -387,12 +463,15 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig) -> tuple[
         d = RerankData(tokens, patches, np.asarray(fc.caption_image, np.int64))
         if split == "train":
             d.neg_img, d.neg_cap = mine(img, txt, d.caption_image, cfg.mine_k)
+            bank = hub_bank(lite, img, txt, cfg.seed) if cfg.hub else None
         else:
             d.sim = (txt @ img.T).numpy()
+            if bank is not None:
+                d.priors = (hub_prior(img, bank["texts"], bank["tau"]), hub_prior(txt, bank["images"], bank["tau"]))
         out[split] = d
         logger.info("%s ready: %d images, %d captions (%.0fs)", ds.name, len(patches), len(d.caption_image),
                     time.time() - t0)
-    return out["train"], out["dev"], pca
+    return out["train"], out["dev"], pca, bank
 
 
 def run_rerank(data_dir: Path, out: Path | None = None, cache_dir: Path | None = None, epochs: int | None = None,
@@ -402,17 +481,17 @@ def run_rerank(data_dir: Path, out: Path | None = None, cache_dir: Path | None =
     cfg = RerankConfig(seed=seed, **overrides)
     if epochs is not None:
         cfg.epochs = epochs
-    train, dev, pca = prepare(data_dir, cache_dir, cfg)
+    train, dev, pca, bank = prepare(data_dir, cache_dir, cfg)
     t_train = time.time()
     state, _ = train_rerank(train, dev, cfg)
     train_seconds = time.time() - t_train
     model = build_fusion(cfg, train.patches.shape[-1])
     model.load_state_dict(state)
-    full = rerank_eval(model, dev.tokens, dev.patches, dev.sim, dev.caption_image, ks=(8, 16, 32))
+    full = rerank_eval(model, dev.tokens, dev.patches, dev.sim, dev.caption_image, ks=(8, 16, 32), priors=dev.priors)
     alpha = full["K"][cfg.select_k]["alpha"]
     out = Path(out) if out else LITE_RERANK
     save_checkpoint(out, state, cfg, pca, alpha, full, data=f"{Path(data_dir).name}: train split "
-                    f"({len(train.patches)} images), selected on dev ({len(dev.patches)} images)")
+                    f"({len(train.patches)} images), selected on dev ({len(dev.patches)} images)", hub=bank)
     return {"out": str(out), "alpha": alpha, "dev": full, "history": cfg.history,
             "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1),
             "config": {k: v for k, v in asdict(cfg).items() if k != "history"}}
