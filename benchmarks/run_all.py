@@ -87,6 +87,8 @@ def plots(out: Path) -> None:
         fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=120)
         for d, c in (("t2i", "tab:blue"), ("i2t", "tab:orange")):
             a.plot(ks, [rec["rerank"][str(k)][d]["R@1"] for k in ks], "o-", color=c, label=f"{d} reranked")
+            if rec.get("hub"):
+                a.plot(ks, [rec["hub"][str(k)][d]["R@1"] for k in ks], "x:", color=c, label=f"{d} hubness only")
             a.axhline(rec[d]["R@1"], color=c, ls="--", lw=1, label=f"{d} dual encoder")
         a.set(xscale="log", xlabel="rerank depth K", ylabel="R@1 (%)", title="Flickr8k dev R@1")
         a.set_xticks(ks, [str(k) for k in ks])
@@ -151,14 +153,21 @@ def render(out: Path) -> str:
     if rec:
         r += ["## Cross-attention reranker: dev recall and latency against the rerank depth K", "",
               f"Flickr8k dev ({rec.get('n_images')} photos, {rec.get('n_texts')} captions): each caption's top K photos "
-              "and each photo's top K captions reordered by `cosine + alpha * ITM logit` (alpha per direction, "
-              "stored in the checkpoint); ranks beyond K keep the dual order.", "",
+              "and each photo's top K captions reordered by `(cosine - hubness prior) + alpha * match score` (the "
+              "cross-attention matcher's score; alpha per direction, stored in the checkpoint with the hubness "
+              "bank); ranks beyond K keep the dual order. The \"hubness correction alone\" rows reorder by "
+              "`cosine - hubness prior` only: what the cross-attention model adds is the difference between the "
+              "two rows of the same K.", "",
               "| | alpha t2i / i2t | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
               "| dual encoder alone | | " + " | ".join(f"{rec[d][m]:.2f}" for d in ("t2i", "i2t")
                                                      for m in ("R@1", "R@5", "R@10")) + " |"]
         for k, v in sorted(rec["rerank"].items(), key=lambda kv: int(kv[0])):
             a = v["alpha"]
+            h = rec.get("hub", {}).get(k)
+            if h:
+                r.append(f"| hubness correction alone, K = {k} | | " + " | ".join(
+                    f"{h[d][m]:.2f}" for d in ("t2i", "i2t") for m in ("R@1", "R@5", "R@10")) + " |")
             r.append(f"| reranked, K = {k} | {a['t2i']} / {a['i2t']} | " + " | ".join(
                 f"{v[d][m]:.2f}" for d in ("t2i", "i2t") for m in ("R@1", "R@5", "R@10")) + " |")
         r.append("")
