@@ -72,7 +72,8 @@ def rerank_benchmark(ds: CaptionDataset, encoder, reranker, rerank_ks=(16,), bat
     from indexer.encoders import tokenize
     from indexer.models.text_tower import mean_pool
 
-    from .training.rerank import TokenCache, rerank_eval, token_states
+    from .training.rerank import rerank_eval
+    from .training.rerank_data import TokenCache, token_states
 
     if not ds.images or not ds.captions:
         raise BenchError(f"dataset {ds.name} has no images or no captions")

@@ -1,11 +1,6 @@
 """Training of the cross-attention fusion reranker (engine.fusion) on cached features.
 
-Inputs, all cached or derived from the caches of engine.training.features:
-* text: MiniLM's final token states of every caption, flat float16 (sum of lengths, 384) with offsets
-  (N_cap + 1,) -- only real tokens ([CLS] ... [SEP]) are stored, so no padding is kept on disk;
-* images: the locked trunk cache -> 1280-channel 7x7 patch maps (engine.training.align.patch_maps) ->
-  49 patch tokens reduced to `patch_dim` channels by a whitened PCA fitted on train patches and stored
-  with the checkpoint (49 x 128 float16 = 12.5 KB per image).
+Inputs (token-state cache, patch tokens, hard negatives) come from engine.training.rerank_data.
 
 Two architectures (engine.fusion), chosen by `arch`:
 
@@ -14,12 +9,15 @@ Two architectures (engine.fusion), chosen by `arch`:
   ALBEF-style mining, from the shipped lite model); symmetric InfoNCE over all pairs of the batch (captions
   against 2 x batch images, images against the batch's captions). Every epoch draws `captions_per_image`
   rounds of one random caption per image.
-* "itm": FusionReranker, ALBEF-style image-text matching. Every step takes a batch of captions and makes three pairs
-per caption c of image i: (c, i) positive; (c, i') with i' drawn from c's top dual-encoder images except
-i; (c', i) with c' drawn from i's top dual-encoder captions except i's own. A share `hard_fraction` of the
-negatives are these hard ones, the rest uniformly random pairs (with hard negatives only the model stayed at
-the chance loss for the steps this budget allows). Binary cross-entropy on the matching logit. The
-dual-encoder neighbours come from the shipped lite model, computed once.
+* "itm": FusionReranker, ALBEF-style image-text matching. Every step takes a batch of captions and makes
+  three pairs per caption c of image i: (c, i) positive; (c, i') with i' drawn from c's top dual-encoder
+  images except i; (c', i) with c' drawn from i's top dual-encoder captions except i's own. A share
+  `hard_fraction` of the negatives are these hard ones, the rest uniformly random pairs (with hard negatives
+  only the model stayed at the chance loss for the steps this budget allows). Binary cross-entropy on the
+  matching logit. The dual-encoder neighbours come from the shipped lite model, computed once.
+
+Hubness: `prepare` also builds the bank stored with the checkpoint (`hub_bank`) and the dev priors, so that
+selection and the dev figures use the same fused score as the engine.
 
 Selection: after each epoch, dev R@1 (t2i + i2t) of the dual encoder's top `select_k` reranked by the
 fused score, on a fixed dev subset (first caption of every image for t2i, every image for i2t), with the
@@ -27,11 +25,8 @@ best fusion weight alpha from ALPHAS. Reproducible: one seed; deterministic torc
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +39,8 @@ from engine.fusion import CrossAttentionMatcher, FusionReranker
 from engine.recall import i2t_ranks, recall_at_k, t2i_ranks
 from engine.rerank import fuse, hub_prior, reranked_matrix
 from engine.training.checkpoint import write_checkpoint
+from engine.training.rerank_data import (TokenCache, _sample_tokens, cache_tokens, dual_embeddings, fit_pca,
+                                         mine, to_patch_tokens, token_states)  # noqa: F401 (re-exported)
 from indexer.patch_tokens import LITE_RERANK
 
 logger = logging.getLogger(__name__)
@@ -76,131 +73,6 @@ class RerankConfig:
     select_k: int = 16
     seed: int = 0
     history: list = field(default_factory=list)
-
-
-# ------------------------------------------------------------------------------------------ token cache
-
-@dataclass
-class TokenCache:
-    states: np.ndarray  # (sum T_i, 384) float16
-    offsets: np.ndarray  # (N + 1,) int64
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
-        """Caption indices -> (B, T, 384) float32 padded states and (B, T) 0/1 mask."""
-        idx = np.asarray(idx)
-        lens = self.offsets[idx + 1] - self.offsets[idx]
-        t = int(lens.max())
-        out = np.zeros((len(idx), t, self.states.shape[1]), np.float32)
-        mask = np.zeros((len(idx), t), np.int64)
-        for r, (i, n) in enumerate(zip(idx, lens)):
-            out[r, :n] = self.states[self.offsets[i]:self.offsets[i] + n]
-            mask[r, :n] = 1
-        return torch.from_numpy(out), torch.from_numpy(mask)
-
-
-@torch.inference_mode()
-def token_states(tokenizer, tower, texts, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Texts -> flat (sum T, 384) float16 final token states of real tokens, offsets (N + 1,)."""
-    from indexer.encoders import tokenize
-
-    chunks, lens = [], []
-    for s in range(0, len(texts), batch_size):
-        ids, mask = tokenize(tokenizer, texts[s:s + batch_size])
-        states = tower(ids, mask)  # (B, T, 384)
-        for row, m in zip(states, mask):
-            n = int(m.sum())
-            chunks.append(row[:n].half().numpy())
-            lens.append(n)
-    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    return np.concatenate(chunks) if chunks else np.zeros((0, 384), np.float16), offsets
-
-
-def cache_tokens(captions: list[str], name: str, cache_dir: Path) -> TokenCache:
-    """MiniLM token states of `captions`, cached under cache_dir (keyed by the captions)."""
-    from indexer.encoders import load_minilm
-    from indexer.models.text_tower import TextTower
-
-    key = hashlib.sha256(json.dumps(["tokens", 1, captions]).encode()).hexdigest()[:16]
-    f = Path(cache_dir) / f"tokens-{name}-{key}.npz"
-    if not f.exists():
-        t0 = time.time()
-        tokenizer, bert = load_minilm()
-        states, offsets = token_states(tokenizer, TextTower(bert), captions)
-        tmp = f.with_suffix(".tmp.npz")
-        np.savez(tmp, states=states, offsets=offsets)
-        os.replace(tmp, f)
-        logger.info("token states of %d captions cached in %.0fs", len(captions), time.time() - t0)
-    z = np.load(f)
-    return TokenCache(z["states"], z["offsets"])
-
-
-# ------------------------------------------------------------------------------------------ patch tokens
-
-def fit_pca(tokens: torch.Tensor, dim: int, sample: int = 60000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, C) patch tokens -> (mean (C,), projection (C, dim)): whitened PCA (unit variance outputs)."""
-    g = torch.Generator().manual_seed(seed)
-    x = tokens[torch.randperm(len(tokens), generator=g)[:sample]].double()
-    mean = x.mean(0)
-    cov = (x - mean).T @ (x - mean) / max(1, len(x) - 1)
-    evals, evecs = torch.linalg.eigh(cov)  # ascending
-    evals, evecs = evals.flip(0)[:dim], evecs.flip(1)[:, :dim]
-    sign = torch.sign(evecs[evecs.abs().argmax(0), torch.arange(dim)])  # deterministic signs
-    proj = evecs * sign / evals.clamp(min=1e-8).sqrt()
-    return mean.float(), proj.float()
-
-
-def _sample_tokens(maps: torch.Tensor, images: int, seed: int) -> torch.Tensor:
-    """(N, C, 7, 7) maps -> (M * 49, C) float32 patch tokens of at most `images` seeded random images."""
-    if len(maps) > images:
-        maps = maps[torch.from_numpy(np.random.default_rng(seed).choice(len(maps), images, replace=False))]
-    return maps.float().flatten(2).transpose(1, 2).reshape(-1, maps.shape[1])
-
-
-def to_patch_tokens(maps: torch.Tensor, mean: torch.Tensor | None, proj: torch.Tensor | None,
-                    batch: int = 500) -> torch.Tensor:
-    """(N, 1280, 7, 7) patch maps -> (N, 49, Cp) float16 tokens (row-major patches), PCA-reduced if given."""
-    out = []
-    for s in range(0, len(maps), batch):
-        t = maps[s:s + batch].float().flatten(2).transpose(1, 2)  # (B, 49, 1280)
-        if proj is not None:
-            t = (t - mean) @ proj  # (B, 49, Cp)
-        out.append(t.half())
-    return torch.cat(out)
-
-
-# ------------------------------------------------------------------------------------------ mining
-
-def topk_neighbours(sim_fn, n_rows: int, k: int, exclude, chunk: int = 1000) -> np.ndarray:
-    """(n_rows, k) column indices of each row's top-k by sim_fn(rows) -> (B, n_cols), excluding
-    exclude(rows) -> boolean (B, n_cols)."""
-    out = []
-    for s in range(0, n_rows, chunk):
-        rows = np.arange(s, min(n_rows, s + chunk))
-        sim = sim_fn(rows).clone()
-        sim[torch.from_numpy(exclude(rows))] = -math.inf
-        out.append(sim.topk(k, dim=1).indices.numpy())
-    return np.concatenate(out)
-
-
-@torch.inference_mode()
-def dual_embeddings(model, maps: torch.Tensor, pooled_text: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lite dual encoder embeddings (images (N, D), captions (M, D)) from patch maps and pooled text."""
-    img = torch.cat([model.embed_pooled_image(maps[s:s + 500].float().mean((2, 3)))
-                     for s in range(0, len(maps), 500)])
-    txt = model.embed_pooled_text(torch.from_numpy(np.asarray(pooled_text, np.float32)))
-    return img, txt
-
-
-def mine(img: torch.Tensor, txt: torch.Tensor, caption_image: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hard negatives: (captions' top-k images except their own, images' top-k captions except their own)."""
-    ci = np.asarray(caption_image)
-    neg_img = topk_neighbours(lambda r: txt[r] @ img.T, len(txt), k,
-                              lambda r: np.arange(len(img))[None] == ci[r][:, None])
-    neg_cap = topk_neighbours(lambda r: img[r] @ txt.T, len(img), k, lambda r: ci[None] == r[:, None])
-    return neg_img, neg_cap
 
 
 # ------------------------------------------------------------------------------------------ scoring

@@ -1,0 +1,149 @@
+"""Inputs of reranker training (engine.training.rerank), cached or derived from engine.training.features:
+
+* `TokenCache`: MiniLM's final token states of every caption, flat float16 (sum of lengths, 384) with offsets
+  (N_cap + 1,); only real tokens ([CLS] ... [SEP]) are stored, so no padding is kept on disk;
+* patch tokens: 1280-channel 7x7 patch maps -> 49 tokens reduced by a whitened PCA fitted on train patches
+  (`fit_pca`, `to_patch_tokens`);
+* hard negatives: each caption's top dual-encoder images and each image's top captions, own ones excluded
+  (`mine`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ token cache
+
+@dataclass
+class TokenCache:
+    states: np.ndarray  # (sum T_i, 384) float16
+    offsets: np.ndarray  # (N + 1,) int64
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption indices -> (B, T, 384) float32 padded states and (B, T) 0/1 mask."""
+        idx = np.asarray(idx)
+        lens = self.offsets[idx + 1] - self.offsets[idx]
+        t = int(lens.max())
+        out = np.zeros((len(idx), t, self.states.shape[1]), np.float32)
+        mask = np.zeros((len(idx), t), np.int64)
+        for r, (i, n) in enumerate(zip(idx, lens)):
+            out[r, :n] = self.states[self.offsets[i]:self.offsets[i] + n]
+            mask[r, :n] = 1
+        return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+@torch.inference_mode()
+def token_states(tokenizer, tower, texts, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Texts -> flat (sum T, 384) float16 final token states of real tokens, offsets (N + 1,)."""
+    from indexer.encoders import tokenize
+
+    chunks, lens = [], []
+    for s in range(0, len(texts), batch_size):
+        ids, mask = tokenize(tokenizer, texts[s:s + batch_size])
+        states = tower(ids, mask)  # (B, T, 384)
+        for row, m in zip(states, mask):
+            n = int(m.sum())
+            chunks.append(row[:n].half().numpy())
+            lens.append(n)
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    return np.concatenate(chunks) if chunks else np.zeros((0, 384), np.float16), offsets
+
+
+def cache_tokens(captions: list[str], name: str, cache_dir: Path) -> TokenCache:
+    """MiniLM token states of `captions`, cached under cache_dir (keyed by the captions)."""
+    from indexer.encoders import load_minilm
+    from indexer.models.text_tower import TextTower
+
+    key = hashlib.sha256(json.dumps(["tokens", 1, captions]).encode()).hexdigest()[:16]
+    f = Path(cache_dir) / f"tokens-{name}-{key}.npz"
+    if not f.exists():
+        t0 = time.time()
+        tokenizer, bert = load_minilm()
+        states, offsets = token_states(tokenizer, TextTower(bert), captions)
+        tmp = f.with_suffix(".tmp.npz")
+        np.savez(tmp, states=states, offsets=offsets)
+        os.replace(tmp, f)
+        logger.info("token states of %d captions cached in %.0fs", len(captions), time.time() - t0)
+    z = np.load(f)
+    return TokenCache(z["states"], z["offsets"])
+
+
+# ------------------------------------------------------------------------------------------ patch tokens
+
+def fit_pca(tokens: torch.Tensor, dim: int, sample: int = 60000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, C) patch tokens -> (mean (C,), projection (C, dim)): whitened PCA (unit variance outputs)."""
+    g = torch.Generator().manual_seed(seed)
+    x = tokens[torch.randperm(len(tokens), generator=g)[:sample]].double()
+    mean = x.mean(0)
+    cov = (x - mean).T @ (x - mean) / max(1, len(x) - 1)
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    evals, evecs = evals.flip(0)[:dim], evecs.flip(1)[:, :dim]
+    sign = torch.sign(evecs[evecs.abs().argmax(0), torch.arange(dim)])  # deterministic signs
+    proj = evecs * sign / evals.clamp(min=1e-8).sqrt()
+    return mean.float(), proj.float()
+
+
+def _sample_tokens(maps: torch.Tensor, images: int, seed: int) -> torch.Tensor:
+    """(N, C, 7, 7) maps -> (M * 49, C) float32 patch tokens of at most `images` seeded random images."""
+    if len(maps) > images:
+        maps = maps[torch.from_numpy(np.random.default_rng(seed).choice(len(maps), images, replace=False))]
+    return maps.float().flatten(2).transpose(1, 2).reshape(-1, maps.shape[1])
+
+
+def to_patch_tokens(maps: torch.Tensor, mean: torch.Tensor | None, proj: torch.Tensor | None,
+                    batch: int = 500) -> torch.Tensor:
+    """(N, 1280, 7, 7) patch maps -> (N, 49, Cp) float16 tokens (row-major patches), PCA-reduced if given."""
+    out = []
+    for s in range(0, len(maps), batch):
+        t = maps[s:s + batch].float().flatten(2).transpose(1, 2)  # (B, 49, 1280)
+        if proj is not None:
+            t = (t - mean) @ proj  # (B, 49, Cp)
+        out.append(t.half())
+    return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------ mining
+
+def topk_neighbours(sim_fn, n_rows: int, k: int, exclude, chunk: int = 1000) -> np.ndarray:
+    """(n_rows, k) column indices of each row's top-k by sim_fn(rows) -> (B, n_cols), excluding
+    exclude(rows) -> boolean (B, n_cols)."""
+    out = []
+    for s in range(0, n_rows, chunk):
+        rows = np.arange(s, min(n_rows, s + chunk))
+        sim = sim_fn(rows).clone()
+        sim[torch.from_numpy(exclude(rows))] = -math.inf
+        out.append(sim.topk(k, dim=1).indices.numpy())
+    return np.concatenate(out)
+
+
+@torch.inference_mode()
+def dual_embeddings(model, maps: torch.Tensor, pooled_text: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lite dual encoder embeddings (images (N, D), captions (M, D)) from patch maps and pooled text."""
+    img = torch.cat([model.embed_pooled_image(maps[s:s + 500].float().mean((2, 3)))
+                     for s in range(0, len(maps), 500)])
+    txt = model.embed_pooled_text(torch.from_numpy(np.asarray(pooled_text, np.float32)))
+    return img, txt
+
+
+def mine(img: torch.Tensor, txt: torch.Tensor, caption_image: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hard negatives: (captions' top-k images except their own, images' top-k captions except their own)."""
+    ci = np.asarray(caption_image)
+    neg_img = topk_neighbours(lambda r: txt[r] @ img.T, len(txt), k,
+                              lambda r: np.arange(len(img))[None] == ci[r][:, None])
+    neg_cap = topk_neighbours(lambda r: img[r] @ txt.T, len(img), k, lambda r: ci[None] == r[:, None])
+    return neg_img, neg_cap
