@@ -241,10 +241,12 @@ def search(query, image, target, k, model, rerank_k, no_rerank, reranker, librar
         click.echo("no results")
         return
     reranked = any(h.match is not None for h in hits)
-    extra = f"  {'cosine':>6}  {'match':>6}" if reranked else ""
+    # reranked: score = cosine - hubness + alpha * match
+    extra = f"  {'cosine':>6}  {'hubness':>7}  {'match':>6}" if reranked else ""
     click.echo(f"{'rank':>4}  {'score':>6}{extra}  {'id':>6}  {'path' if target == 'images' else 'text'}")
     for h in hits:  # full paths, never shortened: people copy them
-        cols = f"  {h.similarity:>6.3f}  {h.match:>6.2f}" if h.match is not None else ("  " + " " * 14 if reranked else "")
+        cols = f"  {h.similarity:>6.3f}  {h.hubness or 0.0:>7.3f}  {h.match:>6.2f}" if h.match is not None else \
+            (" " * 25 if reranked else "")
         click.echo(f"{h.rank:>4}  {h.score:>6.3f}{cols}  {h.id:>6}  {h.path if target == 'images' else h.text}")
 
 

@@ -107,7 +107,14 @@ def test_search_cli_rerank_options(lite_library):
     assert all("match" in h for h in reranked) and not any("match" in h for h in plain)
     assert ["match" in h for h in small] == [True, True, False]
     text = runner.invoke(cli, args[:-3] + ["-k", "2"]).output
-    assert "cosine" in text and "match" in text
+    assert "cosine" in text and "hubness" in text and "match" in text
+    header, first = text.splitlines()[:2]
+    assert header.index("cosine") < header.index("hubness") < header.index("match")
+    score, cosine, hubness, match = (float(v) for v in first.split()[1:5])
+    from engine.rerank import Reranker
+
+    alpha = Reranker().alpha["t2i"]  # the columns add up (to their printed rounding)
+    assert hubness > 0 and score == pytest.approx(cosine - hubness + alpha * match, abs=0.005)
 
 
 def test_explain_writes_pngs_of_the_photos_size(lite_library, tmp_path):
