@@ -64,9 +64,11 @@ def rerank_benchmark(ds: CaptionDataset, encoder, reranker, rerank_ks=(16,), bat
     """Recall@1/5/10 of the lite dual encoder alone and with its top-K reranked by the fusion model.
 
     For each caption the dual encoder's top-K images, and for each image its top-K captions, are reordered
-    by (dual similarity - hubness prior) + alpha * match score (alpha and the hubness bank from the reranker's
-    checkpoint, alpha chosen on dev); ranks beyond K keep the dual order.
-    {"dual": {t2i, i2t}, "hub": {K: {t2i, i2t}} (hubness correction alone), "rerank": {K: {t2i, i2t, alpha}}}."""
+    by (dual similarity - hubness prior) + beta * exemplar + alpha * match score (alpha, beta and the hubness
+    and exemplar banks from the reranker's checkpoint, alpha and beta chosen on dev; the exemplar term is for
+    text -> image only); ranks beyond K keep the dual order.
+    {"dual": {t2i, i2t}, "hub": {K: {t2i, i2t}} (hubness correction alone), "exemplar": {K: {t2i, beta}}
+    (hubness and exemplar terms, no cross-attention), "rerank": {K: {t2i, i2t, alpha, beta}}}."""
     import torch
 
     from indexer.encoders import tokenize
@@ -96,21 +98,28 @@ def rerank_benchmark(ds: CaptionDataset, encoder, reranker, rerank_ks=(16,), bat
             if progress:
                 progress(done, total)
         states, offsets = token_states(encoder.tokenizer, model.text_tower, list(ds.captions))
-        txt = []
+        txt, sentences = [], []
         for s in range(0, len(ds.captions), 256):
             ids, mask = tokenize(encoder.tokenizer, ds.captions[s:s + 256])
-            txt.append(model.embed_pooled_text(mean_pool(model.text_tower(ids, mask), mask)))
+            pooled = mean_pool(model.text_tower(ids, mask), mask)
+            txt.append(model.embed_pooled_text(pooled))
+            sentences.append(pooled)
     if progress:
         progress(total, total)
     img, txt = torch.cat(img).numpy(), torch.cat(txt).numpy()
     sim = txt @ img.T
     priors = None if reranker.hub is None else (reranker.hub_prior(img, "t2i"), reranker.hub_prior(txt, "i2t"))
+    expansion = None
+    if reranker.exemplars is not None and reranker.beta["t2i"]:
+        expansion = reranker.exemplar_matrix(torch.cat(sentences).numpy(), img)
     rep = rerank_eval(reranker.model, TokenCache(states, offsets), torch.cat(patches), sim, ds.caption_image,
-                      ks=tuple(rerank_ks), alpha=reranker.alpha, priors=priors)
+                      ks=tuple(rerank_ks), alpha=reranker.alpha, priors=priors, expansion=expansion,
+                      beta=reranker.beta)
     r2 = lambda d: {k: round(v, 2) for k, v in d.items()}  # noqa: E731
     return {"t2i": r2(rep["dual"]["t2i"]), "i2t": r2(rep["dual"]["i2t"]),
-            "rerank": {int(k): {"alpha": v["alpha"], "t2i": r2(v["t2i"]), "i2t": r2(v["i2t"])}
+            "rerank": {int(k): {"alpha": v["alpha"], "beta": v["beta"], "t2i": r2(v["t2i"]), "i2t": r2(v["i2t"])}
                        for k, v in rep["K"].items()},
             "hub": {int(k): {"t2i": r2(v["t2i"]), "i2t": r2(v["i2t"])} for k, v in rep.get("hub", {}).items()},
+            "exemplar": {int(k): {"beta": v["beta"], "t2i": r2(v["t2i"])} for k, v in rep.get("exemplar", {}).items()},
             "n_images": len(ds.images), "n_texts": len(ds.captions), "model": encoder.name, "dataset": ds.name,
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -241,12 +241,17 @@ def search(query, image, target, k, model, rerank_k, no_rerank, reranker, librar
         click.echo("no results")
         return
     reranked = any(h.match is not None for h in hits)
-    # reranked: score = cosine - hubness + alpha * match
-    extra = f"  {'cosine':>6}  {'hubness':>7}  {'match':>6}" if reranked else ""
+    expanded = any(h.exemplar is not None for h in hits)
+    # reranked: score = cosine - hubness (+ beta * exemplar, text -> image) + alpha * match
+    extra = (f"  {'cosine':>6}  {'hubness':>7}" + (f"  {'exemplar':>8}" if expanded else "") + f"  {'match':>6}"
+             if reranked else "")
     click.echo(f"{'rank':>4}  {'score':>6}{extra}  {'id':>6}  {'path' if target == 'images' else 'text'}")
     for h in hits:  # full paths, never shortened: people copy them
-        cols = f"  {h.similarity:>6.3f}  {h.hubness or 0.0:>7.3f}  {h.match:>6.2f}" if h.match is not None else \
-            (" " * 25 if reranked else "")
+        if h.match is not None:
+            ex = f"  {h.exemplar or 0.0:>8.3f}" if expanded else ""
+            cols = f"  {h.similarity:>6.3f}  {h.hubness or 0.0:>7.3f}{ex}  {h.match:>6.2f}"
+        else:
+            cols = " " * len(extra)
         click.echo(f"{h.rank:>4}  {h.score:>6.3f}{cols}  {h.id:>6}  {h.path if target == 'images' else h.text}")
 
 
@@ -533,12 +538,12 @@ def train():
     """Train the lite model's heads."""
 
 
-def _train(run, summary, data_dir, out, cache_dir, epochs, seed, as_json) -> None:
+def _train(run, summary, data_dir, out, cache_dir, epochs, seed, as_json, **extra) -> None:
     """Run a training job with its progress logged (per epoch) and domain errors made one line; print its
     report as JSON, or the lines `summary(report)` gives."""
     logging.getLogger("engine").setLevel(logging.INFO)
     with edge():
-        report = run(data_dir, out=out, cache_dir=cache_dir, epochs=epochs, seed=seed)
+        report = run(data_dir, out=out, cache_dir=cache_dir, epochs=epochs, seed=seed, **extra)
     if as_json:
         _emit(report)
         return
@@ -562,7 +567,9 @@ def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
 
 @train.command("rerank")
 @training_options("data/lite-rerank.pt")
-def train_rerank_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
+@click.option("--refit", is_flag=True, help="Keep the weights of --out; rebuild its hubness and exemplar banks and "
+              "choose the fusion weights again on dev (no training, minutes).")
+def train_rerank_cmd(data_dir, out, cache_dir, epochs, seed, as_json, refit):
     """Train the cross-attention reranker (contrastive, with hard negatives) on train, select on dev."""
     from .training.rerank import run_rerank
 
@@ -571,12 +578,16 @@ def train_rerank_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
         for k, r in dev.get("hub", {}).items():
             yield (f"dev K={k} hubness correction alone: t2i R@1 {dev['dual']['t2i']['R@1']:.2f} -> "
                    f"{r['t2i']['R@1']:.2f}, i2t R@1 {dev['dual']['i2t']['R@1']:.2f} -> {r['i2t']['R@1']:.2f}")
+        for k, r in dev.get("exemplar", {}).items():
+            yield (f"dev K={k} hubness + exemplar (beta {r['beta']}), no cross-attention: t2i R@1 "
+                   f"{dev['dual']['t2i']['R@1']:.2f} -> {r['t2i']['R@1']:.2f}")
         for k, r in dev["K"].items():
-            yield (f"dev K={k} alpha {r['alpha']}: t2i R@1 {dev['dual']['t2i']['R@1']:.2f} -> {r['t2i']['R@1']:.2f}, "
-                   f"i2t R@1 {dev['dual']['i2t']['R@1']:.2f} -> {r['i2t']['R@1']:.2f}")
-        yield f"-> {report['out']} ({report['train_seconds']:.0f}s training)"
+            yield (f"dev K={k} alpha {r['alpha']} beta {r['beta']}: t2i R@1 {dev['dual']['t2i']['R@1']:.2f} -> "
+                   f"{r['t2i']['R@1']:.2f}, i2t R@1 {dev['dual']['i2t']['R@1']:.2f} -> {r['i2t']['R@1']:.2f}")
+        how = "refit, no training" if report["refit"] else f"{report['train_seconds']:.0f}s training"
+        yield f"-> {report['out']} ({how})"
 
-    _train(run_rerank, summary, data_dir, out, cache_dir, epochs, seed, as_json)
+    _train(run_rerank, summary, data_dir, out, cache_dir, epochs, seed, as_json, refit=refit)
 
 
 # ---------------------------------------------------------------------------------------------- serve

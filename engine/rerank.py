@@ -4,10 +4,12 @@ Pure functions (no models): `fuse` combines scores, `rerank_topk` reorders one t
 `reranked_matrix` applies per-row reranks to a similarity matrix for Recall@K (ranks beyond K keep the
 dual order). `Reranker` loads data/lite-rerank.pt (fusion weights, patch PCA, fusion weight alpha).
 
-Fused score: (dual cosine similarity - hubness prior) + alpha * match score. The match score is the
-cross-attention model's (engine.fusion); the hubness prior (`hub_prior`) is computed from the candidate's
-dual vector and a bank of train embeddings stored with the checkpoint. alpha is chosen per direction on
-Flickr8k dev (best R@1 at K = 16) and stored with the checkpoint.
+Fused score: (dual cosine similarity - hubness prior) + beta * exemplar + alpha * match score. The match
+score is the cross-attention model's (engine.fusion); the hubness prior (`hub_prior`) is computed from the
+candidate's dual vector and a bank of train embeddings stored with the checkpoint; the exemplar term
+(`exemplar_expansion`, text -> image only) is the candidate's cosine with the photos of the train captions
+nearest to the query. alpha and beta are chosen per direction on Flickr8k dev (best R@1 at K = 16) and
+stored with the checkpoint.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from indexer.models.text_tower import mean_pool
 from indexer.patch_tokens import LITE_RERANK, PatchProjector
 
 from .fusion import CrossAttentionMatcher, FusionReranker
@@ -37,6 +40,33 @@ def hub_prior(vectors, bank, tau: float, chunk: int = 1024) -> np.ndarray:
         raise ValueError(f"vectors {tuple(v.shape)} and bank {tuple(b.shape)} must be 2-D with equal widths")
     out = [torch.logsumexp(v[s:s + chunk] @ b.T / tau, dim=1).double() * tau for s in range(0, len(v), chunk)]
     return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def exemplar_expansion(queries, keys, values, value_of=None, m: int = 5, tau: float = 0.01,
+                       chunk: int = 1024) -> np.ndarray:
+    """(Q, E) unit query sentence vectors, a bank of (M, E) unit keys, (N, D) values and value_of (M,): the
+    value row of each key (None: row j for key j) -> (Q, D) unit vectors, the softmax(key similarity / tau)-
+    weighted mean of the values of each query's m nearest keys.
+
+    With train captions as keys and their photos' dual vectors as values, this turns a text query into the
+    photos of the captions most like it (exemplar query expansion); a candidate photo close to those gains
+    in the fused score (engine.reranking). A small tau makes it nearly the nearest caption's photo."""
+    q = torch.as_tensor(np.asarray(queries, np.float32))
+    k = torch.as_tensor(np.asarray(keys, np.float32))
+    val = torch.as_tensor(np.asarray(values, np.float32))
+    of = torch.arange(len(k)) if value_of is None else torch.as_tensor(np.asarray(value_of, np.int64))
+    if q.ndim != 2 or k.ndim != 2 or q.shape[1] != k.shape[1] or val.ndim != 2 or of.shape != (len(k),):
+        raise ValueError(f"queries {tuple(q.shape)}, keys {tuple(k.shape)}, values {tuple(val.shape)} and "
+                         f"value_of {tuple(of.shape)}: need (Q, E), (M, E), (N, D) and (M,)")
+    if len(k) and (int(of.min()) < 0 or int(of.max()) >= len(val)):
+        raise ValueError(f"value_of points outside the {len(val)} values")
+    m = max(1, min(int(m), len(k)))
+    out = []
+    for s in range(0, len(q), chunk):
+        top, idx = (q[s:s + chunk] @ k.T).topk(m, dim=1)  # (q, m) similarities and key ids
+        w = torch.softmax(top / tau, dim=1)  # (q, m)
+        out.append(torch.nn.functional.normalize(torch.einsum("qm,qmd->qd", w, val[of[idx]]), dim=1))
+    return torch.cat(out).numpy() if out else np.zeros((0, val.shape[1]), np.float32)
 
 
 def fuse(dual_scores, itm_logits, alpha: float) -> np.ndarray:
@@ -66,6 +96,27 @@ def reranked_matrix(sim: np.ndarray, top: np.ndarray, fused: np.ndarray) -> np.n
     shifted = fused - fused.min(1, keepdims=True) + out.max(1, keepdims=True) + 1.0
     out[rows, top] = shifted
     return out
+
+
+def pack_keys(keys) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, E) float unit vectors -> int8 (M, E) and float32 (M,) per-row scales (a quarter of float32; the
+    cosines move by about 1e-3)."""
+    k = torch.as_tensor(np.asarray(keys, np.float32))
+    scale = k.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    return torch.round(k / scale[:, None]).to(torch.int8), scale
+
+
+def unpack_keys(q: torch.Tensor, scale: torch.Tensor) -> np.ndarray:
+    """pack_keys' output -> (M, E) float32 unit vectors."""
+    k = q.float() * scale.float()[:, None]
+    return torch.nn.functional.normalize(k, dim=1).numpy()
+
+
+def sentence_vectors(text: "TextTokens") -> np.ndarray:
+    """MiniLM token states -> (B, 384) unit sentence vectors (mean over the real tokens, as
+    sentence-transformers pools all-MiniLM-L6-v2)."""
+    pooled = mean_pool(torch.as_tensor(text.states).float(), torch.as_tensor(text.mask))  # (B, 384)
+    return torch.nn.functional.normalize(pooled, dim=1).numpy()
 
 
 @dataclass
@@ -110,6 +161,12 @@ class Reranker:
         hub = ck.get("hub")  # {"texts": (M, D), "images": (N, D), "tau"} or None
         self.hub = None if hub is None else {"texts": hub["texts"].float().numpy(),
                                              "images": hub["images"].float().numpy(), "tau": float(hub["tau"])}
+        ex = None if hub is None else hub.get("exemplars")  # format 2 checkpoints from before: none
+        self.exemplars = None if ex is None else {
+            "keys": unpack_keys(ex["keys"], ex["scale"]), "images": ex["images"].long().numpy(),
+            "m": int(ex["m"]), "tau": float(ex["tau"])}
+        b = ck.get("beta") or {}  # weight of the exemplar term per direction (0: off)
+        self.beta = {"t2i": float(b.get("t2i", 0.0)), "i2t": float(b.get("i2t", 0.0))}
 
     def hub_prior(self, vectors: np.ndarray, direction: str) -> np.ndarray | None:
         """Hubness priors of candidates' dual vectors (K, D): images for "t2i" (against the bank's texts),
@@ -118,6 +175,25 @@ class Reranker:
             return None
         bank = self.hub["texts"] if direction == "t2i" else self.hub["images"]
         return hub_prior(vectors, bank, self.hub["tau"])
+
+    def exemplar_scores(self, text: TextTokens, vectors: np.ndarray) -> np.ndarray | None:
+        """A text query against candidate photos' (K, D) dual vectors -> (K,) cosines with the query's exemplar
+        expansion (the bank photos of the train captions nearest to it in MiniLM's sentence space); None when
+        the checkpoint has no exemplar bank."""
+        if self.exemplars is None or self.hub is None:
+            return None
+        ex = self.exemplars
+        e = exemplar_expansion(sentence_vectors(text)[:1], ex["keys"], self.hub["images"], ex["images"],
+                               m=ex["m"], tau=ex["tau"])  # (1, D)
+        return np.asarray(vectors, np.float32) @ e[0]
+
+    def exemplar_matrix(self, sentences: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """(Q, 384) MiniLM sentence vectors of text queries, (N, D) photos' dual vectors -> (Q, N) cosines of each
+        query's exemplar expansion with each photo (the benchmark's form of exemplar_scores)."""
+        ex = self.exemplars
+        q = torch.nn.functional.normalize(torch.as_tensor(np.asarray(sentences, np.float32)), dim=1).numpy()
+        e = exemplar_expansion(q, ex["keys"], self.hub["images"], ex["images"], m=ex["m"], tau=ex["tau"])
+        return e @ np.asarray(vectors, np.float32).T
 
     def patch_tokens(self, raw: torch.Tensor | np.ndarray) -> torch.Tensor:
         """(B, 49, 1280) raw tower tokens, or (B, 1280, 7, 7) patch maps -> (B, 49, Cp) the tokens the model

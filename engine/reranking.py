@@ -1,9 +1,10 @@
 """Reranking at query time: the dual encoder's top-k hits in, reordered hits out.
 
 Two backends share one shape, `score_images(query, hits)` and `score_texts(query, hits)` -> one match
-score per hit, and `hub_prior(hits, direction)` -> a hubness prior per hit (or None), fused with the
-dual-encoder similarity as `similarity - prior + alpha * match` (engine.rerank.fuse), with
-`alpha[direction]` for "t2i" (text -> images) and "i2t" (image -> texts):
+score per hit, and `priors(query, hits, direction)` -> a hubness prior and an exemplar cosine per hit (or
+None for either), fused with the dual-encoder similarity as `similarity - prior + beta * exemplar +
+alpha * match` (engine.rerank), with `alpha[direction]` and `beta[direction]` for "t2i" (text -> images)
+and "i2t" (image -> texts):
 
 * `LiteBackend`: the bundled cross-attention reranker (engine.rerank.Reranker). Candidate photos' patch
   tokens come from the library's token store (written at index time), so no image file is opened; a photo
@@ -47,17 +48,21 @@ class RerankQuery:
 
 
 def rerank_hits(hits: Sequence[SearchHit], match: np.ndarray, alpha: float,
-                prior: np.ndarray | None = None) -> list[SearchHit]:
-    """Reorder hits by (similarity - prior) + alpha * match (stable: ties keep the dual order); ranks
-    renumbered. prior: per-hit hubness priors, or None for none."""
+                prior: np.ndarray | None = None, exemplar: np.ndarray | None = None,
+                beta: float = 0.0) -> list[SearchHit]:
+    """Reorder hits by (similarity - prior + beta * exemplar) + alpha * match (stable: ties keep the dual
+    order); ranks renumbered. prior: per-hit hubness priors; exemplar: per-hit cosines with the query's
+    exemplar expansion; None for none."""
     if not hits:
         return []
     sims = np.array([h.score for h in hits], np.float64)
     prior = np.zeros(len(hits)) if prior is None else np.asarray(prior, np.float64)
-    fused = fuse(sims - prior, match, alpha)
+    ex = None if exemplar is None else np.asarray(exemplar, np.float64)
+    fused = fuse(sims - prior + (float(beta) * ex if ex is not None else 0.0), match, alpha)
     order = np.argsort(-fused, kind="stable")
     return [replace(hits[j], rank=n + 1, score=float(fused[j]), similarity=float(sims[j]), match=float(match[j]),
-                    hubness=float(prior[j])) for n, j in enumerate(order)]
+                    hubness=float(prior[j]), exemplar=None if ex is None else float(ex[j]))
+            for n, j in enumerate(order)]
 
 
 class LiteBackend:
@@ -66,25 +71,37 @@ class LiteBackend:
     def __init__(self, library: Library, encoder, reranker: Reranker | None = None):
         self.reranker = reranker or Reranker()
         self.library, self.encoder = library, encoder
-        self.name, self.alpha = "lite", self.reranker.alpha
+        self.name, self.alpha, self.beta = "lite", self.reranker.alpha, self.reranker.beta
         self.projector = self.reranker.projector
         self._warned = False
 
-    def hub_prior(self, hits: Sequence[SearchHit], direction: str) -> np.ndarray | None:
-        """Hubness priors of the hits from their stored dual vectors (images for "t2i", texts for "i2t"); a hit
-        whose vector is gone gets the median of the others (it keeps its place by similarity)."""
-        if self.reranker.hub is None or not hits:
-            return None
+    def priors(self, query: RerankQuery | None, hits: Sequence[SearchHit], direction: str
+               ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(hubness priors, exemplar cosines) of the hits, from their stored dual vectors (images for "t2i",
+        texts for "i2t"), read once. Hubness: None without a bank. Exemplar: text -> image only, None without
+        an exemplar bank, with beta 0 or without the query's tokens. A hit whose vector is gone gets the median
+        of the others (it keeps its place by similarity)."""
+        rr = self.reranker
+        if rr.hub is None or not hits:
+            return None, None
         modality = "images" if direction == "t2i" else "texts"
-        dim = self.reranker.hub["texts"].shape[1]
-        got = self.library.store.get_vectors(modality, [h.id for h in hits], dim)
+        got = self.library.store.get_vectors(modality, [h.id for h in hits], rr.hub["texts"].shape[1])
         found = np.array([h.id in got for h in hits])
         if not found.any():
-            return None
-        prior = np.zeros(len(hits))
-        prior[found] = self.reranker.hub_prior(np.stack([got[h.id] for h in hits if h.id in got]), direction)
-        prior[~found] = np.median(prior[found])
-        return prior
+            return None, None
+        vectors = np.stack([got[h.id] for h in hits if h.id in got])
+
+        def per_hit(values: np.ndarray) -> np.ndarray:
+            out = np.zeros(len(hits))
+            out[found] = values
+            out[~found] = np.median(values)
+            return out
+
+        prior = per_hit(rr.hub_prior(vectors, direction))
+        use_exemplar = (direction == "t2i" and query is not None and query.tokens is not None
+                        and rr.exemplars is not None and self.beta.get(direction))
+        exemplar = per_hit(rr.exemplar_scores(query.tokens, vectors)) if use_exemplar else None
+        return prior, exemplar
 
     def query_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, TextTokens]:
         vectors, states, mask, ids = self.encoder.encode_text_states(list(texts))
@@ -174,8 +191,10 @@ class BlipBackend:
     def score_texts(self, query: RerankQuery, hits: Sequence[SearchHit]) -> np.ndarray:
         return self.model.score(query.image, [h.text for h in hits])
 
-    def hub_prior(self, hits: Sequence[SearchHit], direction: str) -> None:
-        return None  # BLIP's own scores need no hubness correction
+    beta = {"t2i": 0.0, "i2t": 0.0}
+
+    def priors(self, query: RerankQuery | None, hits: Sequence[SearchHit], direction: str) -> tuple[None, None]:
+        return None, None  # BLIP's own scores need no hubness correction or exemplars
 
 
 def _neutral_where_missing(match: np.ndarray, found: np.ndarray) -> np.ndarray:

@@ -91,13 +91,14 @@ class SearchEngine:
 
         return DEFAULT_RERANK_K if rerank_k is None else int(rerank_k)
 
-    def _reranked(self, hits: list[SearchHit], k: int, rk: int, score, direction: str) -> list[SearchHit]:
+    def _reranked(self, hits: list[SearchHit], k: int, rk: int, score, direction: str, query=None) -> list[SearchHit]:
         """Rerank the first rk hits with score(hits) -> match scores; the rest follow in dual order."""
         from .reranking import rerank_hits
 
         backend = self.reranker
-        head = rerank_hits(hits[:rk], score(hits[:rk]), backend.alpha[direction],
-                           backend.hub_prior(hits[:rk], direction))
+        match = score(hits[:rk])
+        prior, exemplar = backend.priors(query, hits[:rk], direction)
+        head = rerank_hits(hits[:rk], match, backend.alpha[direction], prior, exemplar, backend.beta[direction])
         tail = [replace(h, rank=len(head) + n + 1) for n, h in enumerate(hits[rk:])]
         return (head + tail)[:k]
 
@@ -132,7 +133,7 @@ class SearchEngine:
             vectors, tokens = self.encoder.encode_texts([query]), None
         hits = self.search_vector(vectors[0], max(k, rk), target, **filters)
         q = RerankQuery(text=query, tokens=tokens)
-        return self._reranked(hits, k, rk, lambda h: backend.score_images(q, h), "t2i")
+        return self._reranked(hits, k, rk, lambda h: backend.score_images(q, h), "t2i", q)
 
     def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10,
                      target: str = "images", rerank_k: int | None = None, **filters) -> list[SearchHit]:

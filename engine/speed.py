@@ -190,7 +190,7 @@ def rerank_latency(encoder: Encoder, tokens: np.ndarray, queries: list[str], k: 
 
     if not hasattr(encoder, "encode_text_states") or not LITE_RERANK.exists() or not len(tokens):
         return None
-    from .rerank import Reranker
+    from .rerank import Reranker, TextTokens
 
     rr = Reranker()
     cand = torch.from_numpy(np.resize(tokens, (k, *tokens.shape[1:]))).float()
@@ -205,6 +205,8 @@ def rerank_latency(encoder: Encoder, tokens: np.ndarray, queries: list[str], k: 
         rr.score_text_to_images(states[0], mask[0], cand)
         if vectors is not None:
             rr.hub_prior(vectors, "t2i")
+            if rr.beta["t2i"]:
+                rr.exemplar_scores(TextTokens(states, mask), vectors)
         if i:  # the first is a warm-up
             times.append(1000 * (time.perf_counter() - t0))
     return round(statistics.median(times), 2)

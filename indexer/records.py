@@ -63,8 +63,9 @@ class SearchHit:
     """One search result. `path` is set for image hits, `text` for text hits.
 
     `score` orders the results: the dual-encoder cosine similarity, or after reranking the fused score
-    (`similarity` - `hubness` + alpha * `match`, where `match` is the reranker's image-text matching score
-    and `hubness` the candidate's hubness prior, 0 when the reranker has none)."""
+    (`similarity` - `hubness` + beta * `exemplar` + alpha * `match`, where `match` is the reranker's
+    image-text matching score, `hubness` the candidate's hubness prior (0 when the reranker has none) and
+    `exemplar` its cosine with the photos of the train captions nearest to a text query (None when unused))."""
 
     rank: int
     score: float
@@ -74,6 +75,7 @@ class SearchHit:
     similarity: float | None = None  # set when reranked
     match: float | None = None  # set when reranked
     hubness: float | None = None  # set when reranked
+    exemplar: float | None = None  # set when reranked with the exemplar term (text -> image)
 
     def to_json(self) -> dict:
         d = {"rank": self.rank, "score": round(float(self.score), 6), "id": self.id}
@@ -81,6 +83,8 @@ class SearchHit:
             d["similarity"] = round(float(self.similarity), 6)
             d["match"] = round(float(self.match), 6)
             d["hubness"] = round(float(self.hubness or 0.0), 6)
+            if self.exemplar is not None:
+                d["exemplar"] = round(float(self.exemplar), 6)
         if self.path is not None:
             d["path"] = self.path
         if self.text is not None:

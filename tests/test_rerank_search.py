@@ -56,10 +56,12 @@ def test_text_search_reranks_the_top_k_and_no_rerank_keeps_the_dual_order(lite_l
     assert all(h.match is not None for h in head) and all(h.match is None for h in reranked[5:])
     assert [h.id for h in reranked[5:]] == [h.id for h in dual[5:]]
     assert [h.score for h in head] == sorted((h.score for h in head), reverse=True)
-    alpha = eng.reranker.alpha["t2i"]
-    for h in head:  # fused = cosine - hubness + alpha * match, the cosine being the dual score of the same photo
+    alpha, beta = eng.reranker.alpha["t2i"], eng.reranker.beta["t2i"]
+    assert beta > 0  # the bundled reranker carries an exemplar bank and uses it for text -> image
+    for h in head:  # fused = cosine - hubness + beta * exemplar + alpha * match, the cosine being the dual score
         assert h.hubness > 0  # the bundled reranker carries a hubness bank
-        assert h.score == pytest.approx(h.similarity - h.hubness + alpha * h.match)
+        assert -1.0 <= h.exemplar <= 1.0
+        assert h.score == pytest.approx(h.similarity - h.hubness + beta * h.exemplar + alpha * h.match)
         assert h.similarity == pytest.approx(next(d.score for d in dual if d.id == h.id), abs=1e-5)
     assert [h.rank for h in reranked] == list(range(1, 9))
 
@@ -107,14 +109,15 @@ def test_search_cli_rerank_options(lite_library):
     assert all("match" in h for h in reranked) and not any("match" in h for h in plain)
     assert ["match" in h for h in small] == [True, True, False]
     text = runner.invoke(cli, args[:-3] + ["-k", "2"]).output
-    assert "cosine" in text and "hubness" in text and "match" in text
+    assert "cosine" in text and "hubness" in text and "exemplar" in text and "match" in text
     header, first = text.splitlines()[:2]
-    assert header.index("cosine") < header.index("hubness") < header.index("match")
-    score, cosine, hubness, match = (float(v) for v in first.split()[1:5])
+    assert header.index("cosine") < header.index("hubness") < header.index("exemplar") < header.index("match")
+    score, cosine, hubness, exemplar, match = (float(v) for v in first.split()[1:6])
     from engine.rerank import Reranker
 
-    alpha = Reranker().alpha["t2i"]  # the columns add up (to their printed rounding)
-    assert hubness > 0 and score == pytest.approx(cosine - hubness + alpha * match, abs=0.005)
+    r = Reranker()  # the columns add up (to their printed rounding)
+    alpha, beta = r.alpha["t2i"], r.beta["t2i"]
+    assert hubness > 0 and score == pytest.approx(cosine - hubness + beta * exemplar + alpha * match, abs=0.006)
 
 
 def test_explain_writes_pngs_of_the_photos_size(lite_library, tmp_path):

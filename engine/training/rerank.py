@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from engine.fusion import CrossAttentionMatcher, FusionReranker
 from engine.recall import i2t_ranks, recall_at_k, t2i_ranks
-from engine.rerank import fuse, hub_prior, reranked_matrix
+from engine.rerank import exemplar_expansion, fuse, hub_prior, pack_keys, reranked_matrix, unpack_keys
 from engine.training.checkpoint import write_checkpoint
 from engine.training.rerank_data import (TokenCache, _sample_tokens, cache_tokens, dual_embeddings, fit_pca,
                                          mine, to_patch_tokens, token_states)  # noqa: F401 (re-exported)
@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent.parent.parent / "data"
 ALPHAS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+BETAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)  # weights of the exemplar term (text -> image)
 HUB_BANK_TEXTS = 10_000  # train captions in the hubness bank (as good as all 30,000 on dev, a third the size)
 
 
@@ -67,6 +68,9 @@ class RerankConfig:
     mine_k: int = 16  # hard negatives drawn from this many dual-encoder neighbours
     hard_fraction: float = 0.5  # itm: share of negatives that are hard (the rest: uniformly random)
     hub: bool = True  # subtract each candidate's hubness prior from the dual similarity (engine.rerank)
+    exemplar: bool = True  # t2i: add beta * the candidate's cosine with the query's exemplar expansion (needs hub)
+    exemplar_m: int = 5  # nearest train captions per query
+    exemplar_tau: float = 0.01  # softmax temperature over their similarities (0.01: nearly the nearest one)
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
@@ -91,15 +95,21 @@ def score_pairs(model: FusionReranker, tokens: TokenCache, patches: torch.Tensor
 
 def rerank_eval(model, tokens: TokenCache, patches: torch.Tensor, sim: np.ndarray,
                 caption_image: np.ndarray, ks=(16,), alphas=ALPHAS, captions: np.ndarray | None = None,
-                alpha: float | dict | None = None, priors: tuple | None = None) -> dict:
-    """Dev figures with the dual encoder's top-K reranked by (dual - hubness prior) + alpha * match score.
+                alpha: float | dict | None = None, priors: tuple | None = None,
+                expansion: np.ndarray | None = None, betas=BETAS, beta: float | dict | None = None) -> dict:
+    """Dev figures with the dual encoder's top-K reranked by (dual - hubness prior) + beta * exemplar +
+    alpha * match score.
 
     sim: (n_captions, n_images) dual similarities. `captions` restricts the t2i queries (and the captions
     that images can retrieve) to a subset. priors: (per image (n_images,), per caption (n_captions,)) hubness
-    priors (engine.rerank.hub_prior), or None for none. Match scores are computed once for the largest K.
-    Returns {"dual": report, "hub": report with priors and alpha 0 (when priors), "K": {K: {"alpha": {"t2i",
-    "i2t"}, "t2i", "i2t", "by_alpha"}}}: alpha chosen per K and per direction (the best R@1 of that direction)
-    unless `alpha` is given (a float, or one per direction)."""
+    priors (engine.rerank.hub_prior), or None for none. expansion: (n_captions, n_images) cosines of each
+    caption's exemplar expansion (engine.rerank.exemplar_expansion) with each image, or None; it enters the
+    text -> image direction only. Match scores are computed once for the largest K.
+    Returns {"dual": report, "hub": {K: report} with priors and alpha 0 (when priors), "exemplar": {K: report}
+    with priors, the chosen beta and alpha 0 (when expansion), "K": {K: {"alpha": {"t2i", "i2t"}, "beta":
+    {"t2i", "i2t"}, "t2i", "i2t", "by_alpha"}}}: alpha (and for t2i beta) chosen per K and per direction (the
+    best R@1 of that direction; ties: the smaller weights) unless `alpha` / `beta` are given (a float, or one
+    per direction)."""
     ci = np.asarray(caption_image)
     prior_img = prior_cap = None
     if priors is not None:
@@ -108,6 +118,7 @@ def rerank_eval(model, tokens: TokenCache, patches: torch.Tensor, sim: np.ndarra
         sim, ci = sim[captions], ci[captions]
         tok_ids = np.asarray(captions)
         prior_cap = prior_cap[captions] if prior_cap is not None else None
+        expansion = expansion[captions] if expansion is not None else None
     else:
         tok_ids = np.arange(len(ci))
     kmax = max(ks)
@@ -119,28 +130,40 @@ def rerank_eval(model, tokens: TokenCache, patches: torch.Tensor, sim: np.ndarra
     logit_it = score_pairs(model, tokens, patches, tok_ids[top_it.ravel()],
                            np.repeat(np.arange(n_img), kmax)).reshape(n_img, kmax)
 
-    def report(ti, it) -> dict:
-        return {"t2i": recall_at_k(t2i_ranks(ti, ci)), "i2t": recall_at_k(i2t_ranks(it, ci))}
-
     dual_ti, dual_it = np.take_along_axis(sim, top_ti, 1), np.take_along_axis(sim_it, top_it, 1)  # (.., kmax)
     if prior_img is not None:
         dual_ti, dual_it = dual_ti - prior_img[top_ti], dual_it - prior_cap[top_it]
+    ex_ti = np.take_along_axis(expansion, top_ti, 1) if expansion is not None else np.zeros_like(dual_ti)
 
-    def reranked(k: int, a: float) -> dict:
-        return report(reranked_matrix(sim, top_ti[:, :k], fuse(dual_ti[:, :k], logit_ti[:, :k], a)),
-                      reranked_matrix(sim_it, top_it[:, :k], fuse(dual_it[:, :k], logit_it[:, :k], a)))
+    def t2i(k: int, a: float, b: float = 0.0) -> dict:
+        fused = fuse(dual_ti[:, :k] + b * ex_ti[:, :k], logit_ti[:, :k], a)
+        return recall_at_k(t2i_ranks(reranked_matrix(sim, top_ti[:, :k], fused), ci))
 
-    out = {"dual": report(sim, sim_it), "K": {}}
+    def i2t(k: int, a: float) -> dict:
+        return recall_at_k(i2t_ranks(reranked_matrix(sim_it, top_it[:, :k], fuse(dual_it[:, :k], logit_it[:, :k], a)), ci))
+
+    out = {"dual": {"t2i": recall_at_k(t2i_ranks(sim, ci)), "i2t": recall_at_k(i2t_ranks(sim_it, ci))}, "K": {}}
     if prior_img is not None:
-        out["hub"] = {k: reranked(k, 0.0) for k in ks}
+        out["hub"] = {k: {"t2i": t2i(k, 0.0), "i2t": i2t(k, 0.0)} for k in ks}
+    fixed_a = alpha_pair(alpha) if alpha is not None else None
+    fixed_b = alpha_pair(beta) if beta is not None else None
     for k in ks:
-        fixed = alpha_pair(alpha) if alpha is not None else None
-        by_alpha = {}
-        for a in (sorted(set(fixed.values())) if fixed else alphas):
-            by_alpha[a] = reranked(k, a)
-        best = fixed or {d: max(by_alpha, key=lambda a: (by_alpha[a][d]["R@1"], -a)) for d in ("t2i", "i2t")}
-        out["K"][k] = {"alpha": best, "t2i": by_alpha[best["t2i"]]["t2i"], "i2t": by_alpha[best["i2t"]]["i2t"],
-                       "by_alpha": {str(a): [r["t2i"]["R@1"], r["i2t"]["R@1"]] for a, r in by_alpha.items()}}
+        a_grid = sorted(set(fixed_a.values())) if fixed_a else alphas
+        b_grid = [fixed_b["t2i"]] if fixed_b else (betas if expansion is not None else (0.0,))
+        by_ab = {(a, b): t2i(k, a, b) for a in a_grid for b in b_grid}
+        by_a_i2t = {a: i2t(k, a) for a in a_grid}
+        if fixed_a:
+            a_t, a_i = fixed_a["t2i"], fixed_a["i2t"]
+            b_t = fixed_b["t2i"] if fixed_b else max(b_grid, key=lambda b: (by_ab[(a_t, b)]["R@1"], -b))
+        else:
+            a_t, b_t = max(by_ab, key=lambda ab: (by_ab[ab]["R@1"], -ab[0], -ab[1]))
+            a_i = max(by_a_i2t, key=lambda a: (by_a_i2t[a]["R@1"], -a))
+        out["K"][k] = {"alpha": {"t2i": a_t, "i2t": a_i}, "beta": {"t2i": b_t, "i2t": 0.0},
+                       "t2i": by_ab[(a_t, b_t)], "i2t": by_a_i2t[a_i],
+                       "by_alpha": {str(a): [by_ab[(a, b_t)]["R@1"] if (a, b_t) in by_ab else None,
+                                             by_a_i2t[a]["R@1"]] for a in a_grid}}
+        if expansion is not None:
+            out.setdefault("exemplar", {})[k] = {"t2i": t2i(k, 0.0, b_t), "beta": b_t}
     return out
 
 
@@ -166,6 +189,7 @@ class RerankData:
     neg_cap: np.ndarray | None = None  # (N_img, k) hard-negative captions per image
     sim: np.ndarray | None = None  # (N_cap, N_img) dual similarities (dev only)
     priors: tuple | None = None  # (per image, per caption) hubness priors (dev only; None: no hub correction)
+    expansion: np.ndarray | None = None  # (N_cap, N_img) cosines with each caption's exemplar expansion (dev)
 
 
 def build_fusion(cfg: RerankConfig, patch_dim: int, text_dim: int = 384):
@@ -270,7 +294,7 @@ def train_rerank(train: RerankData, dev: RerankData | None, cfg: RerankConfig,
         rep = None
         if dev is not None:
             rep = rerank_eval(model, dev.tokens, dev.patches, dev.sim, dev.caption_image, ks=(cfg.select_k,),
-                              captions=dev_caps, priors=dev_priors)
+                              captions=dev_caps, priors=dev_priors, expansion=dev.expansion)
             entry["dev_subset"] = {"dual": rep["dual"], "reranked": {k: v for k, v in rep["K"][cfg.select_k].items()
                                                                       if k != "by_alpha"}}
             entry["eval_seconds"] = round(time.time() - t0 - entry["seconds"], 1)
@@ -292,11 +316,12 @@ def train_rerank(train: RerankData, dev: RerankData | None, cfg: RerankConfig,
 
 
 def save_checkpoint(path: Path, state: dict, cfg: RerankConfig, pca: tuple | None, alpha: float, dev: dict,
-                    data: str, hub: dict | None = None) -> None:
-    """Format 2 adds config["arch"] and the hubness bank `hub` ({texts, images, tau}, or None)."""
+                    data: str, hub: dict | None = None, beta: dict | None = None) -> None:
+    """Format 2 adds config["arch"] and the hubness bank `hub` ({texts, images, tau, and optionally
+    exemplars: {keys, scale, images, m, tau}}, or None), and `beta`, the exemplar weight per direction."""
     write_checkpoint(path, "xmodal-lite-rerank/2", state, cfg,
                      pca=None if pca is None else {"mean": pca[0], "proj": pca[1]}, alpha=alpha, dev=dev, data=data,
-                     hub=hub)
+                     hub=hub, beta=beta or {"t2i": 0.0, "i2t": 0.0})
 
 
 def hub_bank(lite, img: torch.Tensor, txt: torch.Tensor, seed: int) -> dict:
@@ -308,9 +333,30 @@ def hub_bank(lite, img: torch.Tensor, txt: torch.Tensor, seed: int) -> dict:
     return {"texts": txt[torch.from_numpy(pick)].half(), "images": img.half(), "tau": tau}
 
 
-def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig) -> tuple[RerankData, RerankData, tuple, dict | None]:
-    """Caches -> train and dev RerankData (patch tokens, token states, neighbours, dev similarities and
-    hubness priors), the patch PCA and the hubness bank (None without cfg.hub)."""
+def exemplar_bank(pooled_text: np.ndarray, caption_image: np.ndarray, cfg: RerankConfig) -> dict:
+    """The exemplar bank: every train caption's MiniLM sentence vector (unit, int8 with per-row scales) and
+    the index of its photo in the hubness bank's images (all train photos, in order)."""
+    keys = torch.nn.functional.normalize(torch.as_tensor(np.asarray(pooled_text, np.float32)), dim=1)
+    q, scale = pack_keys(keys)
+    return {"keys": q, "scale": scale, "images": torch.as_tensor(np.asarray(caption_image, np.int32)),
+            "m": cfg.exemplar_m, "tau": cfg.exemplar_tau}
+
+
+def expansion_matrix(bank: dict, pooled_text: np.ndarray, img: torch.Tensor) -> np.ndarray:
+    """Captions' MiniLM sentence vectors (N_cap, 384) and images' dual vectors (N_img, D) -> (N_cap, N_img)
+    cosines of each caption's exemplar expansion with each image, as the engine computes them at query time."""
+    ex = bank["exemplars"]
+    q = torch.nn.functional.normalize(torch.as_tensor(np.asarray(pooled_text, np.float32)), dim=1).numpy()
+    e = exemplar_expansion(q, unpack_keys(ex["keys"], ex["scale"]), bank["images"].float().numpy(),
+                           ex["images"].long().numpy(), m=ex["m"], tau=ex["tau"])
+    return e @ np.asarray(img, np.float32).T
+
+
+def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tuple | None = None
+            ) -> tuple[RerankData, RerankData, tuple, dict | None]:
+    """Caches -> train and dev RerankData (patch tokens, token states, neighbours, dev similarities, hubness
+    priors and exemplar expansions), the patch PCA (fitted on train unless given) and the hubness bank with
+    its exemplars (None without cfg.hub)."""
     from engine.training.align import default_cache_dir, patch_maps
     from engine.training.features import build_cache
     from indexer.datasets import load_captions_csv
@@ -319,7 +365,7 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig) -> tuple[
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     lite = LiteEncoder().model
-    out, pca, bank = {}, None, None
+    out, bank = {}, None
     for split in ("train", "dev"):
         t0 = time.time()
         ds = load_captions_csv(data_dir, data_dir / "splits" / f"{split}.txt")
@@ -328,7 +374,7 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig) -> tuple[
         tokens = cache_tokens(list(ds.captions), ds.name, cache_dir)
         maps = patch_maps(fc.trunk)  # (N, 1280, 7, 7) f16
         img, txt = dual_embeddings(lite, maps, fc.text)
-        if split == "train" and cfg.patch_dim:
+        if split == "train" and cfg.patch_dim and pca is None:
             pca = fit_pca(_sample_tokens(maps, 1500, cfg.seed), cfg.patch_dim, seed=cfg.seed)
         patches = to_patch_tokens(maps, *(pca if pca else (None, None)))
         del maps
@@ -336,10 +382,14 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig) -> tuple[
         if split == "train":
             d.neg_img, d.neg_cap = mine(img, txt, d.caption_image, cfg.mine_k)
             bank = hub_bank(lite, img, txt, cfg.seed) if cfg.hub else None
+            if bank is not None and cfg.exemplar:
+                bank["exemplars"] = exemplar_bank(fc.text, d.caption_image, cfg)
         else:
             d.sim = (txt @ img.T).numpy()
             if bank is not None:
                 d.priors = (hub_prior(img, bank["texts"], bank["tau"]), hub_prior(txt, bank["images"], bank["tau"]))
+                if "exemplars" in bank:
+                    d.expansion = expansion_matrix(bank, fc.text, img)
         out[split] = d
         logger.info("%s ready: %d images, %d captions (%.0fs)", ds.name, len(patches), len(d.caption_image),
                     time.time() - t0)
@@ -347,23 +397,39 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig) -> tuple[
 
 
 def run_rerank(data_dir: Path, out: Path | None = None, cache_dir: Path | None = None, epochs: int | None = None,
-               seed: int = 0, **overrides) -> dict:
-    """`xmodal train rerank`: train on the train split, select on dev, evaluate the best epoch on full dev."""
+               seed: int = 0, refit: bool = False, **overrides) -> dict:
+    """`xmodal train rerank`: train on the train split, select on dev, evaluate the best epoch on full dev.
+
+    refit: keep the weights (and patch PCA, config, history) of the checkpoint at `out`; rebuild its hubness
+    and exemplar banks from train and choose the fusion weights again on dev. No training: minutes."""
     t_start = time.time()
-    cfg = RerankConfig(seed=seed, **overrides)
-    if epochs is not None:
-        cfg.epochs = epochs
-    train, dev, pca, bank = prepare(data_dir, cache_dir, cfg)
+    out = Path(out) if out else LITE_RERANK
+    pca = state = None
+    if refit:
+        if not out.exists():
+            raise FileNotFoundError(f"--refit keeps the weights of {out}, which does not exist: train it first")
+        ck = torch.load(out, map_location="cpu", weights_only=True)
+        known = {f for f in RerankConfig.__dataclass_fields__ if f != "history"}
+        cfg = RerankConfig(**{k: v for k, v in ck["config"].items() if k in known})
+        cfg.history = list(ck.get("history") or [])
+        pca = None if ck.get("pca") is None else (ck["pca"]["mean"].float(), ck["pca"]["proj"].float())
+        state = {k: v.float() for k, v in ck["state"].items()}
+    else:
+        cfg = RerankConfig(seed=seed, **overrides)
+        if epochs is not None:
+            cfg.epochs = epochs
+    train, dev, pca, bank = prepare(data_dir, cache_dir, cfg, pca=pca)
     t_train = time.time()
-    state, _ = train_rerank(train, dev, cfg)
+    if not refit:
+        state, _ = train_rerank(train, dev, cfg)
     train_seconds = time.time() - t_train
     model = build_fusion(cfg, train.patches.shape[-1])
     model.load_state_dict(state)
-    full = rerank_eval(model, dev.tokens, dev.patches, dev.sim, dev.caption_image, ks=(8, 16, 32), priors=dev.priors)
-    alpha = full["K"][cfg.select_k]["alpha"]
-    out = Path(out) if out else LITE_RERANK
+    full = rerank_eval(model, dev.tokens, dev.patches, dev.sim, dev.caption_image, ks=(8, 16, 32), priors=dev.priors,
+                       expansion=dev.expansion)
+    alpha, beta = full["K"][cfg.select_k]["alpha"], full["K"][cfg.select_k]["beta"]
     save_checkpoint(out, state, cfg, pca, alpha, full, data=f"{Path(data_dir).name}: train split "
-                    f"({len(train.patches)} images), selected on dev ({len(dev.patches)} images)", hub=bank)
-    return {"out": str(out), "alpha": alpha, "dev": full, "history": cfg.history,
+                    f"({len(train.patches)} images), selected on dev ({len(dev.patches)} images)", hub=bank, beta=beta)
+    return {"out": str(out), "alpha": alpha, "beta": beta, "dev": full, "history": cfg.history, "refit": refit,
             "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1),
             "config": {k: v for k, v in asdict(cfg).items() if k != "history"}}
