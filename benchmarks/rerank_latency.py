@@ -7,7 +7,7 @@ photos; the lite model, patch tokens stored) into a temporary library first. Que
 captions when the dataset is there, else a fixed list. Each query runs both ways back to back (order
 alternating, after a warm-up), so the two are measured side by side in one run; the added time is the
 per-query difference. The rerank stage alone (reading the stored tokens and dual vectors, the hubness
-priors and the fusion model's forward pass over K candidates) is timed too.
+priors, the exemplar expansion and the fusion model's forward pass over K candidates) is timed too.
 """
 from __future__ import annotations
 
@@ -73,8 +73,9 @@ def run(library: Path, n_queries: int, rerank_ks=(32,), k: int = 10) -> dict:
             candidates = eng.search_text(q, max(rerank_ks), rerank_k=0)
             for rk in rerank_ks:
                 t0 = time.perf_counter()
-                backend.score_images(RerankQuery(text=q, tokens=tokens), candidates[:rk])
-                backend.hub_prior(candidates[:rk], "t2i")
+                rq = RerankQuery(text=q, tokens=tokens)
+                backend.score_images(rq, candidates[:rk])
+                backend.priors(rq, candidates[:rk], "t2i")
                 stage[rk].append((time.perf_counter() - t0) * 1000)
         images = eng.library.store.count_images()
         i2t = image_to_text(eng, backend, rerank_ks, k) if eng.library.store.count_texts() else None

@@ -84,15 +84,18 @@ def plots(out: Path) -> None:
     rec, lat = _load(out / "rerank_dev.json"), _load(out / "rerank_latency.json")
     if rec and lat:
         ks = sorted(int(k) for k in rec["rerank"])
-        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=120)
+        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4.0), dpi=120)
         for d, c in (("t2i", "tab:blue"), ("i2t", "tab:orange")):
             a.plot(ks, [rec["rerank"][str(k)][d]["R@1"] for k in ks], "o-", color=c, label=f"{d} reranked")
             if rec.get("hub"):
                 a.plot(ks, [rec["hub"][str(k)][d]["R@1"] for k in ks], "x:", color=c, label=f"{d} hubness only")
+            if rec.get("exemplar") and d == "t2i":
+                a.plot(ks, [rec["exemplar"][str(k)][d]["R@1"] for k in ks], "+-.", color=c,
+                       label=f"{d} hubness + exemplar, no cross-attention")
             a.axhline(rec[d]["R@1"], color=c, ls="--", lw=1, label=f"{d} dual encoder")
         a.set(xscale="log", xlabel="rerank depth K", ylabel="R@1 (%)", title="Flickr8k dev R@1")
         a.set_xticks(ks, [str(k) for k in ks])
-        a.legend(fontsize=7)
+        a.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
         lk = sorted(int(k) for k in lat["rerank"])
         b.plot(lk, [lat["rerank"][str(k)]["added_ms_p50"] for k in lk], "o-", label="median")
         b.plot(lk, [lat["rerank"][str(k)]["added_ms_p95"] for k in lk], "s--", label="p95")
@@ -105,7 +108,7 @@ def plots(out: Path) -> None:
     sc = _load(out / "scale.json")
     if sc and sc.get("scales"):
         ns = [s["n"] for s in sc["scales"]]
-        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=120)
+        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4.0), dpi=120)
         names = [p for p in sc["scales"][0]["peers"]]
         for name in names:
             label = "xmodal (chosen index)" if name.startswith("xmodal") else name
@@ -153,11 +156,13 @@ def render(out: Path) -> str:
     if rec:
         r += ["## Cross-attention reranker: dev recall and latency against the rerank depth K", "",
               f"Flickr8k dev ({rec.get('n_images')} photos, {rec.get('n_texts')} captions): each caption's top K photos "
-              "and each photo's top K captions reordered by `(cosine - hubness prior) + alpha * match score` (the "
-              "cross-attention matcher's score; alpha per direction, stored in the checkpoint with the hubness "
-              "bank); ranks beyond K keep the dual order. The \"hubness correction alone\" rows reorder by "
-              "`cosine - hubness prior` only: what the cross-attention model adds is the difference between the "
-              "two rows of the same K.", "",
+              "and each photo's top K captions reordered by `(cosine - hubness prior) + beta * exemplar + alpha * "
+              "match score` (match: the cross-attention matcher's score; exemplar, text -> image only: the photo's "
+              "cosine with the photos of the train captions nearest to the query; alpha and beta per direction, "
+              "stored in the checkpoint with the hubness and exemplar banks); ranks beyond K keep the dual order. "
+              "The \"hubness correction alone\" rows reorder by `cosine - hubness prior` only, the \"no "
+              "cross-attention\" rows add the exemplar term: what the cross-attention model adds is the "
+              "difference between those rows and the reranked row of the same K.", "",
               "| | alpha t2i / i2t | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
               "| dual encoder alone | | " + " | ".join(f"{rec[d][m]:.2f}" for d in ("t2i", "i2t")
@@ -168,7 +173,12 @@ def render(out: Path) -> str:
             if h:
                 r.append(f"| hubness correction alone, K = {k} | | " + " | ".join(
                     f"{h[d][m]:.2f}" for d in ("t2i", "i2t") for m in ("R@1", "R@5", "R@10")) + " |")
-            r.append(f"| reranked, K = {k} | {a['t2i']} / {a['i2t']} | " + " | ".join(
+            e = rec.get("exemplar", {}).get(k)
+            if e:
+                r.append(f"| hubness + exemplar (beta {e['beta']}), no cross-attention, K = {k} | 0 / - | " + " | ".join(
+                    f"{e['t2i'][m]:.2f}" for m in ("R@1", "R@5", "R@10")) + " | | | |")
+            b = v.get("beta", {}).get("t2i")
+            r.append(f"| reranked, K = {k}" + (f", beta {b}" if b else "") + f" | {a['t2i']} / {a['i2t']} | " + " | ".join(
                 f"{v[d][m]:.2f}" for d in ("t2i", "i2t") for m in ("R@1", "R@5", "R@10")) + " |")
         r.append("")
     if lat:
