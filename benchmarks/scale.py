@@ -19,9 +19,12 @@ Per scale, side by side in one run on the same vectors and queries:
   hnswlib (M = 16, efSearch raised until it reaches the same recall), when installed;
 * stages of one text query: encode (the real lite text tower), ANN search, metadata fetch from a real
   xmodal store holding that many rows (vectors in the rows, as a library stores them), and the rerank of
-  the top 32 (the real reranker over stored-format patch tokens; its cost does not depend on the scale);
-* memory: resident set of a fresh search process that opens the saved index and the store and answers
-  queries (measured in a child process, so the benchmark's own arrays do not count); disk: bytes per photo
+  the top 32 (the real reranker over stored-format patch tokens, with the hubness and exemplar terms of 32
+  photo vectors; its cost does not depend on the scale);
+* memory: resident set of a fresh search process that opens the saved index and the store, answers
+  queries (ANN + metadata fetch) and holds the lite encoder and the reranker, as `xmodal search` does
+  (measured in a child process, so the benchmark's own arrays do not count; `rss_index_store_mb` is the
+  same before the models are loaded); disk: bytes per photo
   of the index file, the store and the patch tokens.
 Every latency is single-query (batch of 1), median and p95 over the queries, after a warm-up.
 """
@@ -227,13 +230,18 @@ def finish(out: dict, workdir: Path, test_q: np.ndarray, encode_ms: dict, rerank
 def child(workdir: Path, n_queries: int) -> None:
     """A fresh search process: open the index (memory-mapped where the type allows) and the store, answer
     the queries (ANN + metadata fetch), report resident memory and fetch latency."""
+    from indexer.library import store_rescorer  # imports torch, as every search process does
     from indexer.store import Store
     from indexer.vector_index import VectorIndex
 
+    def status() -> dict:
+        return dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+
+    def mb(st: dict, key: str) -> float:
+        return round(int(st[key].split()[0]) / 1024, 1)
+
     queries = np.asarray(json.loads(sys.stdin.read()), np.float32)
     t0 = time.perf_counter()
-    from indexer.library import store_rescorer
-
     index = VectorIndex.load(workdir / "images.faiss", mmap=True)
     store = Store(workdir)
     index.rescore = store_rescorer(store, "images", index.dim)  # as a library does (used only with `refine`)
@@ -244,19 +252,28 @@ def child(workdir: Path, n_queries: int) -> None:
         t = time.perf_counter()
         store.get_images([int(i) for i in ids[0] if i >= 0])
         fetch.append(time.perf_counter() - t)
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    kb = lambda key: int(status[key].split()[0])  # noqa: E731
+    index_store = mb(status(), "VmRSS")
+    # and what `xmodal search` holds besides: the lite encoder (to encode the query) and the reranker
+    from engine.rerank import LITE_RERANK, Reranker
+    from indexer.encoders import get_encoder
+
+    enc = get_encoder("lite")
+    enc.encode_text_states(["a warm-up query"])
+    rr = Reranker() if LITE_RERANK.exists() else None
+    st = status()
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forked parent across exec
-    print(json.dumps({"open_s": round(opened, 3), "rss_mb": round(kb("VmRSS") / 1024, 1),
-                      "peak_rss_mb": round(kb("VmHWM") / 1024, 1), "fetch_ms": ms(fetch[5:] or fetch)}))
+    print(json.dumps({"open_s": round(opened, 3), "rss_mb": mb(st, "VmRSS"), "rss_index_store_mb": index_store,
+                      "peak_rss_mb": mb(st, "VmHWM"), "fetch_ms": ms(fetch[5:] or fetch),
+                      "models": ["lite"] + (["reranker"] if rr is not None else [])}))
 
 
 # ------------------------------------------------------------------------------------------- query stages
 def stage_latencies(real: dict) -> tuple[dict, dict]:
-    """Encode a text query (lite) and rerank its top 32 (real reranker, stored-format tokens)."""
+    """Encode a text query (lite) and rerank its top 32: the real reranker over stored-format tokens, with the
+    candidates' hubness priors and exemplar term from 32 real photo vectors (as engine.reranking does)."""
     import torch
 
-    from engine.rerank import Reranker
+    from engine.rerank import Reranker, TextTokens
     from indexer.encoders import get_encoder
 
     enc = get_encoder("lite")
@@ -271,11 +288,16 @@ def stage_latencies(real: dict) -> tuple[dict, dict]:
     rr = Reranker()
     spec = rr.projector.spec
     tokens = torch.from_numpy(np.random.default_rng(0).standard_normal((32, spec.tokens, spec.dim)).astype(np.float16))
+    vectors = np.ascontiguousarray(real["images"][:32], np.float32)  # (32, D) unit photo vectors
     rerank = []
     for c in captions:
         _, states, mask, _ = enc.encode_text_states([c])
         t = time.perf_counter()
         rr.score_text_to_images(states[0], mask[0], tokens.float())
+        if rr.hub is not None:
+            rr.hub_prior(vectors, "t2i")
+            if rr.beta["t2i"]:
+                rr.exemplar_scores(TextTokens(states, mask), vectors)
         rerank.append(time.perf_counter() - t)
     return ms(encode), ms(rerank[5:])
 
