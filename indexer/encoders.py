@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -192,6 +193,9 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int = 64) -> tuple[tor
 
 # ---------------------------------------------------------------- the bundled offline model
 
+_NOT_YET = object()  # LiteEncoder.onnx before its first use
+
+
 class LiteEncoder:
     """EfficientNet-Lite0 + all-MiniLM-L6-v2 with the trained alignment heads in data/lite-align.pt."""
 
@@ -223,10 +227,20 @@ class LiteEncoder:
         self.dim = cfg["dim"]
         self.batch_size = batch_size
         self.info = {"checkpoint": Path(checkpoint).name, "dev": ck.get("dev"), "data": ck.get("data")}
-        from .onnx_image import onnx_image_path
+        self._fingerprint = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+        self._onnx, self._onnx_lock = _NOT_YET, threading.Lock()
 
-        fingerprint = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
-        self.onnx = onnx_image_path(self.model, fingerprint, self.preprocess)  # None: torch only
+    @property
+    def onnx(self):
+        """The ONNX Runtime image path (indexer.onnx_image), or None for torch only. Built on first use: a
+        process that only encodes texts (a text search) never loads ONNX Runtime or its sessions (about
+        300 MB resident)."""
+        with self._onnx_lock:
+            if self._onnx is _NOT_YET:
+                from .onnx_image import onnx_image_path
+
+                self._onnx = onnx_image_path(self.model, self._fingerprint, self.preprocess)
+            return self._onnx
 
     def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return self.preprocess(images).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), NHWC in memory

@@ -99,6 +99,24 @@ def test_onnx_runtime_image_path_equals_torch(monkeypatch, tmp_path):
     np.testing.assert_allclose(onnx.encode_images(photos[:1]), plain.encode_images(photos[:1]), atol=1e-5)
 
 
+def test_a_text_only_process_never_builds_the_onnx_image_path(monkeypatch):
+    """Text searches load no ONNX Runtime session (about 90 MB resident); the first photo builds it, once."""
+    import indexer.onnx_image
+    from indexer.encoders import LiteEncoder
+
+    built = []
+    real = indexer.onnx_image.onnx_image_path
+    monkeypatch.setattr(indexer.onnx_image, "onnx_image_path", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    enc = LiteEncoder()
+    enc.encode_texts(["a dog on the grass"])
+    enc.encode_text_states(["a red car"])
+    assert built == []
+    photo = Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).convert("RGB")
+    enc.encode_images([photo])
+    enc.encode_images([photo])
+    assert built == [1]
+
+
 def test_image_path_lanes_give_the_same_embeddings_as_the_shared_session(monkeypatch, tmp_path):
     """Indexing runs one single-threaded ONNX Runtime session per core ("lanes") concurrently; each lane
     gives the same embeddings and patch maps as the latency session, and concurrent calls do not mix."""
