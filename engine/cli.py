@@ -216,11 +216,13 @@ def remove(path, library, as_json):
 @click.option("--rerank-k", "rerank_k", default=None, type=click.IntRange(1, 10_000),
               help="Rerank this many dual-encoder candidates (text -> images, image -> texts) [default: 16].")
 @click.option("--no-rerank", is_flag=True, help="Rank by dual-encoder similarity only.")
+@click.option("--no-exemplar", is_flag=True, help="Text -> image: leave out the reranker's exemplar term (the photo "
+              "of the Flickr8k train caption nearest to the query), e.g. for things those photos do not show.")
 @click.option("--reranker", default="auto", show_default=True,
               help="'auto' (the bundled reranker for lite libraries), 'lite', or a BLIP ITM checkpoint (name or folder).")
 @library_option
 @json_option
-def search(query, image, target, k, model, rerank_k, no_rerank, reranker, library, as_json):
+def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, reranker, library, as_json):
     """Search the library by text QUERY or by --image, for images or --target texts. Text -> image and
     image -> text searches rerank the top --rerank-k with the cross-attention reranker."""
     from .search import SearchEngine
@@ -231,7 +233,7 @@ def search(query, image, target, k, model, rerank_k, no_rerank, reranker, librar
     with edge():
         with SearchEngine(_library(library), model=model, reranker=None if no_rerank else reranker) as engine:
             if query:
-                hits = engine.search_text(query, k, target, rerank_k=rk)
+                hits = engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar)
             else:
                 hits = engine.search_image(image, k, target, rerank_k=rk)
     if as_json:

@@ -45,6 +45,7 @@ class RerankQuery:
     tokens: TextTokens | None = None
     image: Image.Image | None = None
     patches: np.ndarray | None = None  # (P, Cp) float16, as stored
+    exemplar: bool = True  # text -> image: add the exemplar term when the reranker has one
 
 
 def rerank_hits(hits: Sequence[SearchHit], match: np.ndarray, alpha: float,
@@ -98,7 +99,7 @@ class LiteBackend:
             return out
 
         prior = per_hit(rr.hub_prior(vectors, direction))
-        use_exemplar = (direction == "t2i" and query is not None and query.tokens is not None
+        use_exemplar = (direction == "t2i" and query is not None and query.tokens is not None and query.exemplar
                         and rr.exemplars is not None and self.beta.get(direction))
         exemplar = per_hit(rr.exemplar_scores(query.tokens, vectors)) if use_exemplar else None
         return prior, exemplar

@@ -118,7 +118,9 @@ class SearchEngine:
     # Text -> image and image -> text queries rerank the top `rerank_k` candidates (None: the default,
     # 0: off) when the engine has a reranker; image -> image and text -> text are not reranked.
     def search_text(self, query: str, k: int = 10, target: str = "images", rerank_k: int | None = None,
-                    **filters) -> list[SearchHit]:
+                    exemplar: bool = True, **filters) -> list[SearchHit]:
+        """exemplar=False leaves the reranker's exemplar term out (it draws on the Flickr8k train captions,
+        whose photos may not resemble what a query about other things asks for)."""
         from .reranking import LiteBackend, RerankQuery
 
         if not query or not query.strip():
@@ -132,7 +134,7 @@ class SearchEngine:
         else:
             vectors, tokens = self.encoder.encode_texts([query]), None
         hits = self.search_vector(vectors[0], max(k, rk), target, **filters)
-        q = RerankQuery(text=query, tokens=tokens)
+        q = RerankQuery(text=query, tokens=tokens, exemplar=exemplar)
         return self._reranked(hits, k, rk, lambda h: backend.score_images(q, h), "t2i", q)
 
     def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10,

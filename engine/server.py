@@ -173,9 +173,12 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
 
     @api.get("/search", summary="Search by text")
     def search(q: str = Query(..., description="What to look for."), k: int = K, target: str = TARGET,
-               rerank_k: int | None = RERANK_K, f: dict = Depends(filters)):
+               rerank_k: int | None = RERANK_K,
+               exemplar: bool = Query(True, description="Text -> image: include the reranker's exemplar term."),
+               f: dict = Depends(filters)):
         started = time.perf_counter()
-        return answer(call(engine.search_text, q, k, target, rerank_k=rerank_k, **_active(f)), started, target)
+        return answer(call(engine.search_text, q, k, target, rerank_k=rerank_k, exemplar=exemplar, **_active(f)),
+                      started, target)
 
     @api.post("/search/image", summary="Search by an uploaded image (multipart field `file`)")
     def search_image(file: UploadFile = File(..., description="A photo (JPEG, PNG, WebP, HEIC...)."),

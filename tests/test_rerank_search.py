@@ -100,6 +100,21 @@ def test_a_library_without_tokens_gets_them_on_the_next_index(lite_library, tmp_
         assert missing_patches(lib, default_projector("lite").spec) == []
 
 
+def test_no_exemplar_leaves_the_exemplar_term_out(lite_library):
+    runner = CliRunner()
+    args = ["search", "a horse", "--library", str(lite_library), "--json", "-k", "3"]
+    with_ex = json.loads(runner.invoke(cli, args).output)
+    without = json.loads(runner.invoke(cli, args + ["--no-exemplar"]).output)
+    assert all("exemplar" in h for h in with_ex) and not any("exemplar" in h for h in without)
+    from engine.rerank import Reranker
+
+    alpha = Reranker().alpha["t2i"]
+    for h in without:  # score = cosine - hubness + alpha * match
+        assert h["score"] == pytest.approx(h["similarity"] - h["hubness"] + alpha * h["match"], abs=1e-5)
+    table = runner.invoke(cli, args[:-3] + ["-k", "3", "--no-exemplar"]).output
+    assert "hubness" in table and "exemplar" not in table
+
+
 def test_search_cli_rerank_options(lite_library):
     runner = CliRunner()
     args = ["search", "a horse", "--library", str(lite_library), "--json", "-k", "3"]
@@ -210,3 +225,15 @@ def test_image_to_text_reranking_reads_stored_text_tokens(lite_library, monkeypa
         computed = eng.search_image(SAMPLES / "cat-chelsea.jpg", k=4, target="texts")
     assert [h.id for h in computed] == [h.id for h in stored]
     np.testing.assert_allclose([h.match for h in computed], [h.match for h in stored], atol=2e-3)
+
+
+def test_the_web_api_takes_exemplar_false(lite_library):
+    from fastapi.testclient import TestClient
+
+    from engine.server import create_app
+
+    with TestClient(create_app(lite_library)) as c:
+        on = c.get("/api/search", params={"q": "a horse", "k": 3}).json()["hits"]
+        off = c.get("/api/search", params={"q": "a horse", "k": 3, "exemplar": "false"}).json()["hits"]
+    assert all("exemplar" in h for h in on) and not any("exemplar" in h for h in off)
+    assert all("match" in h for h in off)  # still reranked, by the cross-attention score
