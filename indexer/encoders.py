@@ -242,6 +242,12 @@ class LiteEncoder:
                 self._onnx = onnx_image_path(self.model, self._fingerprint, self.preprocess)
             return self._onnx
 
+    @onnx.setter
+    def onnx(self, path) -> None:
+        """Run the image path on this ONNX graph instead (benchmarks compare runtimes), or None for torch."""
+        with self._onnx_lock:
+            self._onnx = path
+
     def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return self.preprocess(images).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), NHWC in memory
 
