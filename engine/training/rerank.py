@@ -37,10 +37,11 @@ import torch.nn.functional as F
 
 from engine.fusion import CrossAttentionMatcher, FusionReranker
 from engine.recall import i2t_ranks, recall_at_k, t2i_ranks
-from engine.rerank import exemplar_expansion, fuse, hub_prior, pack_keys, reranked_matrix, unpack_keys
+from engine.rerank import fuse, hub_prior, reranked_matrix
 from engine.training.checkpoint import write_checkpoint
-from engine.training.rerank_data import (TokenCache, _sample_tokens, cache_tokens, dual_embeddings, fit_pca,
-                                         mine, to_patch_tokens, token_states)  # noqa: F401 (re-exported)
+from engine.training.rerank_data import (HUB_BANK_TEXTS, TokenCache, _sample_tokens, cache_tokens,  # noqa: F401
+                                         dual_embeddings, exemplar_bank, expansion_matrix, fit_pca, hub_bank, mine,
+                                         to_patch_tokens, token_states)  # (re-exported)
 from indexer.patch_tokens import LITE_RERANK
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ logger = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent.parent.parent / "data"
 ALPHAS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 BETAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)  # weights of the exemplar term (text -> image)
-HUB_BANK_TEXTS = 10_000  # train captions in the hubness bank (as good as all 30,000 on dev, a third the size)
 
 
 @dataclass
@@ -324,34 +324,6 @@ def save_checkpoint(path: Path, state: dict, cfg: RerankConfig, pca: tuple | Non
                      hub=hub, beta=beta or {"t2i": 0.0, "i2t": 0.0})
 
 
-def hub_bank(lite, img: torch.Tensor, txt: torch.Tensor, seed: int) -> dict:
-    """The hubness bank from the train split's dual embeddings: HUB_BANK_TEXTS seeded random captions (the
-    queries images are normalised against), all images (for texts), float16, and the dual encoder's own
-    temperature 1 / exp(logit_scale)."""
-    pick = np.sort(np.random.default_rng(seed).permutation(len(txt))[:HUB_BANK_TEXTS])
-    tau = float(1.0 / lite.logit_scale.detach().float().exp().mean())
-    return {"texts": txt[torch.from_numpy(pick)].half(), "images": img.half(), "tau": tau}
-
-
-def exemplar_bank(pooled_text: np.ndarray, caption_image: np.ndarray, cfg: RerankConfig) -> dict:
-    """The exemplar bank: every train caption's MiniLM sentence vector (unit, int8 with per-row scales) and
-    the index of its photo in the hubness bank's images (all train photos, in order)."""
-    keys = torch.nn.functional.normalize(torch.as_tensor(np.asarray(pooled_text, np.float32)), dim=1)
-    q, scale = pack_keys(keys)
-    return {"keys": q, "scale": scale, "images": torch.as_tensor(np.asarray(caption_image, np.int32)),
-            "m": cfg.exemplar_m, "tau": cfg.exemplar_tau}
-
-
-def expansion_matrix(bank: dict, pooled_text: np.ndarray, img: torch.Tensor) -> np.ndarray:
-    """Captions' MiniLM sentence vectors (N_cap, 384) and images' dual vectors (N_img, D) -> (N_cap, N_img)
-    cosines of each caption's exemplar expansion with each image, as the engine computes them at query time."""
-    ex = bank["exemplars"]
-    q = torch.nn.functional.normalize(torch.as_tensor(np.asarray(pooled_text, np.float32)), dim=1).numpy()
-    e = exemplar_expansion(q, unpack_keys(ex["keys"], ex["scale"]), bank["images"].float().numpy(),
-                           ex["images"].long().numpy(), m=ex["m"], tau=ex["tau"])
-    return e @ np.asarray(img, np.float32).T
-
-
 def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tuple | None = None
             ) -> tuple[RerankData, RerankData, tuple, dict | None]:
     """Caches -> train and dev RerankData (patch tokens, token states, neighbours, dev similarities, hubness
@@ -383,7 +355,7 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tupl
             d.neg_img, d.neg_cap = mine(img, txt, d.caption_image, cfg.mine_k)
             bank = hub_bank(lite, img, txt, cfg.seed) if cfg.hub else None
             if bank is not None and cfg.exemplar:
-                bank["exemplars"] = exemplar_bank(fc.text, d.caption_image, cfg)
+                bank["exemplars"] = exemplar_bank(fc.text, d.caption_image, cfg.exemplar_m, cfg.exemplar_tau)
         else:
             d.sim = (txt @ img.T).numpy()
             if bank is not None:

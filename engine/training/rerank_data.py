@@ -5,7 +5,9 @@
 * patch tokens: 1280-channel 7x7 patch maps -> 49 tokens reduced by a whitened PCA fitted on train patches
   (`fit_pca`, `to_patch_tokens`);
 * hard negatives: each caption's top dual-encoder images and each image's top captions, own ones excluded
-  (`mine`).
+  (`mine`);
+* the banks that travel with the checkpoint: the hubness bank (`hub_bank`) and the exemplar bank
+  (`exemplar_bank`), and dev's exemplar cosines as the engine computes them (`expansion_matrix`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from engine.rerank import exemplar_expansion, pack_keys, unpack_keys
 
 logger = logging.getLogger(__name__)
 
@@ -147,3 +151,36 @@ def mine(img: torch.Tensor, txt: torch.Tensor, caption_image: np.ndarray, k: int
                               lambda r: np.arange(len(img))[None] == ci[r][:, None])
     neg_cap = topk_neighbours(lambda r: img[r] @ txt.T, len(img), k, lambda r: ci[None] == r[:, None])
     return neg_img, neg_cap
+
+
+# ------------------------------------------------------------------------------------------ banks
+
+HUB_BANK_TEXTS = 10_000  # train captions in the hubness bank (as good as all 30,000 on dev, a third the size)
+
+
+def hub_bank(lite, img: torch.Tensor, txt: torch.Tensor, seed: int, texts: int = HUB_BANK_TEXTS) -> dict:
+    """The hubness bank from the train split's dual embeddings: `texts` seeded random captions (the
+    queries images are normalised against), all images (for texts), float16, and the dual encoder's own
+    temperature 1 / exp(logit_scale)."""
+    pick = np.sort(np.random.default_rng(seed).permutation(len(txt))[:texts])
+    tau = float(1.0 / lite.logit_scale.detach().float().exp().mean())
+    return {"texts": txt[torch.from_numpy(pick)].half(), "images": img.half(), "tau": tau}
+
+
+def exemplar_bank(pooled_text: np.ndarray, caption_image: np.ndarray, m: int, tau: float) -> dict:
+    """The exemplar bank: every train caption's MiniLM sentence vector (unit, int8 with per-row scales) and
+    the index of its photo in the hubness bank's images (all train photos, in order)."""
+    keys = torch.nn.functional.normalize(torch.as_tensor(np.asarray(pooled_text, np.float32)), dim=1)
+    q, scale = pack_keys(keys)
+    return {"keys": q, "scale": scale, "images": torch.as_tensor(np.asarray(caption_image, np.int32)),
+            "m": int(m), "tau": float(tau)}
+
+
+def expansion_matrix(bank: dict, pooled_text: np.ndarray, img: torch.Tensor) -> np.ndarray:
+    """Captions' MiniLM sentence vectors (N_cap, 384) and images' dual vectors (N_img, D) -> (N_cap, N_img)
+    cosines of each caption's exemplar expansion with each image, as the engine computes them at query time."""
+    ex = bank["exemplars"]
+    q = torch.nn.functional.normalize(torch.as_tensor(np.asarray(pooled_text, np.float32)), dim=1).numpy()
+    e = exemplar_expansion(q, unpack_keys(ex["keys"], ex["scale"]), bank["images"].float().numpy(),
+                           ex["images"].long().numpy(), m=ex["m"], tau=ex["tau"])
+    return e @ np.asarray(img, np.float32).T
