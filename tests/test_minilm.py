@@ -79,6 +79,10 @@ def test_a_different_random_bert_matches_transformers_too(tmp_path):
         got = ours(ids, mask, types)
         want = reference(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
     torch.testing.assert_close(got[mask.bool()], want[mask.bool()], atol=1e-5, rtol=1e-4)
+    full = torch.ones_like(ids)  # no padding anywhere: the unmasked attention path
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, full, types), reference(input_ids=ids, attention_mask=full,
+                                   token_type_ids=types).last_hidden_state, atol=1e-5, rtol=1e-4)
 
 
 def test_unsupported_bert_variants_are_named():

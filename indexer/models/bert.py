@@ -6,7 +6,6 @@ process then never imports `transformers` (about 140 MB resident and seconds of 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -67,14 +66,13 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.p_drop = cfg.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        # x: (B, T, C); bias: (B, 1, 1, T) additive, 0 for real tokens and -inf-like for padding
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # x: (B, T, C); bias: (B, 1, 1, T) additive, 0 for real tokens and -inf-like for padding, or None
         B, T, C = x.shape
         q, k, v = (proj(x).view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, H, T, C/H)
                    for proj in (self.query, self.key, self.value))
         # softmax(q k^T / sqrt(C/H) + bias) v
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.p_drop if self.training else 0.0,
-                                             scale=1.0 / math.sqrt(C // self.heads))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.p_drop if self.training else 0.0)
         return out.transpose(1, 2).reshape(B, T, C)
 
 
@@ -97,7 +95,7 @@ class Attention(nn.Module):
         self.self = SelfAttention(cfg)
         self.output = AddNorm(cfg.hidden_size, cfg)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return self.output(self.self(x, bias), x)
 
 
@@ -117,7 +115,7 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(cfg)
         self.output = AddNorm(cfg.intermediate_size, cfg)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         x = self.attention(x, bias)
         return self.output(self.intermediate(x), x)
 
@@ -127,7 +125,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         for layer in self.layer:
             x = layer(x, bias)
         return x
@@ -147,6 +145,8 @@ class Bert(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
-        # padding keys get the most negative finite value (as transformers does), so no row is all -inf
-        bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min  # (B, 1, 1, T)
+        bias = None  # no padding (one query, say): no mask, SDPA's fastest path
+        if not bool(attention_mask.all()):
+            # padding keys get the most negative finite value (as transformers does), so no row is all -inf
+            bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min  # (B, 1, 1, T)
         return self.encoder(x, bias)
