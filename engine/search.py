@@ -161,14 +161,17 @@ class SearchEngine:
 
     def similar(self, image_id: int, k: int = 10, target: str = "images", rerank_k: int | None = None,
                 **filters) -> list[SearchHit]:
-        """'More like this' for an indexed image, from its stored vector (no file is opened when its patch
-        tokens are stored)."""
+        """'More like this' for an indexed image, from its exact vector in the store (a memory-mapped IVF index
+        cannot reconstruct one, and a PQ index only approximately; no file is opened when its patch tokens
+        are stored)."""
         from .reranking import LiteBackend, RerankQuery
 
         index = self._index("images")
-        if image_id not in set(index.ids().tolist()):
-            raise SearchError(f"no image with id {image_id} in {self.library.root}")
-        vector = index.reconstruct([image_id])[0]
+        vector = self.library.store.get_vectors("images", [int(image_id)], index.dim).get(int(image_id))
+        if vector is None:
+            if int(image_id) not in set(index.ids().tolist()):
+                raise SearchError(f"no image with id {image_id} in {self.library.root}")
+            vector = index.reconstruct([image_id])[0]  # a row from before vectors were stored
         rk = self._rerank_k(rerank_k) if target == "texts" else 0
         if not rk:
             return self.search_vector(vector, k, target, **filters)

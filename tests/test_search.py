@@ -108,3 +108,20 @@ def test_a_search_process_maps_a_large_index_and_still_sees_new_photos(photos, l
             m.setattr(Library, "save", lambda self, modality: None)
             assert add_and_find(eng, photos, library, fake_encoder, "cyan") == 6
         assert not eng._index("images").read_only  # patched in memory, not in the shared file
+
+
+def test_more_like_this_works_on_a_memory_mapped_ivf_index(photos, library, fake_encoder, monkeypatch):
+    """A large library's search process maps its IVF index read-only, where FAISS cannot reconstruct a
+    vector: 'similar' takes the photo's exact vector from the store instead."""
+    import indexer.library
+
+    monkeypatch.setattr(indexer.library, "MMAP_MIN_BYTES", 0)
+    with Library(library, create=True) as lib:
+        index_images(lib, [str(photos)], fake_encoder)
+        lib.rebuild_index("images", factory="IVF2,Flat")
+    with SearchEngine(library) as eng:
+        index = eng._index("images")
+        assert index.read_only and index.factory == "IVF2,Flat"
+        red = next(h for h in eng.search_text("red", k=4) if Path(h.path).name == "red.jpg")
+        hits = eng.similar(red.id, k=4)
+        assert Path(hits[0].path).name == "red.jpg" and hits[0].score == pytest.approx(1.0, abs=1e-5)
