@@ -19,7 +19,11 @@ removal, and not all do:
 * HNSW cannot remove at all: the index is rebuilt from the kept vectors. That costs a full build, so batch
   removals.
 
-An index loaded with ``mmap=True`` is read-only: search it, do not modify it.
+An index loaded with ``mmap=True`` is read-only: search it, do not modify it. It is a plain
+``faiss.IndexIDMap``: the file is saved with that type's tag (the layout of the two is the same), so FAISS does
+not build ``IndexIDMap2``'s id -> position hash map, which a search never uses and which costs about 40 bytes
+per vector (400 MB of a search process's memory at 10M photos). A writable load reads the same file as an
+``IndexIDMap2``; files saved with the ``IndexIDMap2`` tag (before 2026-11-29) load either way.
 """
 from __future__ import annotations
 
@@ -52,6 +56,28 @@ class VectorIndexError(Exception):
 
 class IndexMismatchError(VectorIndexError):
     """A vector index file and its ``.json`` sidecar disagree (typically a crash between the two writes)."""
+
+
+IDMAP_TAG, IDMAP2_TAG = b"IxMp", b"IxM2"  # FAISS's type tags (first 4 bytes) of IndexIDMap / IndexIDMap2 files
+
+
+def _retag(path: Path, old: bytes, new: bytes) -> None:
+    with open(path, "rb+") as f:
+        if f.read(len(old)) == old:
+            f.seek(0)
+            f.write(new)
+
+
+class _Retagged:
+    """A FAISS read callback over an open file that presents a leading tag `old` as `new`."""
+
+    def __init__(self, f, old: bytes, new: bytes) -> None:
+        head = f.read(len(old))
+        self.f, self.pending = f, new if head == old else head
+
+    def __call__(self, n: int) -> bytes:
+        served, self.pending = self.pending[:n], self.pending[n:]
+        return served + self.f.read(n - len(served)) if len(served) < n else served
 
 
 def _sidecar(path: Path) -> Path:
@@ -367,6 +393,10 @@ class VectorIndex:
                     "reconstruct() on an mmap-loaded IVF index is not supported; load with mmap=False"
                 )
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # IVF needs a position -> list map to reconstruct
+        if not isinstance(self._index, faiss.IndexIDMap2):  # mapped read-only: no id -> position map held
+            held = self.ids()
+            order = np.argsort(held, kind="stable")
+            return self._index.index.reconstruct_batch(order[np.searchsorted(held, ids, sorter=order)])
         return self._index.reconstruct_batch(ids)
 
     # -- persistence
@@ -383,6 +413,7 @@ class VectorIndex:
                 faiss.write_index(self._index, str(tmp))
             except RuntimeError as exc:  # FAISS reports a failed write (e.g. a full disk) as RuntimeError
                 raise VectorIndexError(f"cannot write {path}: {str(exc).splitlines()[-1]}") from exc
+            _retag(tmp, IDMAP2_TAG, IDMAP_TAG)  # read back as IndexIDMap2 only when loaded writable
             _replace_durably(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -417,7 +448,7 @@ class VectorIndex:
         except (ValueError, KeyError, TypeError) as exc:
             raise VectorIndexError(f"{side} is not a valid index sidecar ({exc}); rebuild the index") from exc
         index, mapped = cls._read(path, mmap)
-        if not isinstance(index, faiss.IndexIDMap2):
+        if not isinstance(index, faiss.IndexIDMap2 if not mapped else (faiss.IndexIDMap, faiss.IndexIDMap2)):
             raise VectorIndexError(
                 f"{path} holds a {type(index).__name__}, not an xmodal IndexIDMap2; rebuild the index"
             )
@@ -438,7 +469,8 @@ class VectorIndex:
             except RuntimeError as exc:
                 log.warning("cannot mmap %s (%s); reading it into memory", path, str(exc).splitlines()[0])
         try:
-            return faiss.read_index(str(path)), False
+            with open(path, "rb") as f:  # as an IndexIDMap2, whichever tag it was saved with
+                return faiss.read_index(faiss.PyCallbackIOReader(_Retagged(f, IDMAP_TAG, IDMAP2_TAG))), False
         except RuntimeError as exc:
             raise VectorIndexError(
                 f"cannot read vector index {path}: {str(exc).splitlines()[0]}; rebuild the index"

@@ -205,6 +205,37 @@ def test_an_mmap_loaded_flat_index_searches_but_refuses_writes(tmp_path):
         mapped.add(np.array([1]), unit_vectors(1))
 
 
+def test_a_mapped_index_holds_no_id_to_position_hash_map_but_still_reconstructs(tmp_path):
+    """Saved with IndexIDMap's tag, a read-only search process never builds IndexIDMap2's rev_map (40 bytes
+    a vector); a writable load still gets an IndexIDMap2, and can remove."""
+    import faiss
+
+    index, ids, vectors = filled("Flat", n=50)
+    index.save(tmp_path / "i.faiss")
+    assert (tmp_path / "i.faiss").read_bytes()[:4] == b"IxMp"
+    mapped = VectorIndex.load(tmp_path / "i.faiss", mmap=True)
+    assert mapped.read_only and type(mapped._index) is faiss.IndexIDMap
+    np.testing.assert_array_equal(mapped.search(vectors[:5], 1)[1][:, 0], ids[:5])
+    np.testing.assert_allclose(mapped.reconstruct(ids[[7, 3, 40]]), vectors[[7, 3, 40]], atol=1e-6)
+    writable = VectorIndex.load(tmp_path / "i.faiss")
+    assert type(writable._index) is faiss.IndexIDMap2
+    np.testing.assert_allclose(writable.reconstruct(ids[[7]]), vectors[[7]], atol=1e-6)
+    assert writable.remove(ids[:10]) == 10 and writable.ntotal == 40
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_an_index_saved_with_the_old_indexidmap2_tag_still_loads(tmp_path, mmap):
+    import faiss
+
+    index, ids, vectors = filled("IVF16,Flat", n=300)
+    index.save(tmp_path / "i.faiss")
+    faiss.write_index(index._index, str(tmp_path / "i.faiss"))  # as saved before 2026-11-29
+    assert (tmp_path / "i.faiss").read_bytes()[:4] == b"IxM2"
+    loaded = VectorIndex.load(tmp_path / "i.faiss", mmap=mmap)
+    assert loaded.read_only == mmap and loaded.ntotal == 300
+    np.testing.assert_array_equal(loaded.search(vectors[:10], 1)[1][:, 0], ids[:10])
+
+
 def test_loading_a_missing_index_names_the_path(tmp_path):
     with pytest.raises(VectorIndexError, match=r"no vector index at .*nope\.faiss"):
         VectorIndex.load(tmp_path / "nope.faiss")
