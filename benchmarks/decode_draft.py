@@ -12,6 +12,12 @@ the same speed-up for libjpeg alone (Pillow decoding bytes already in memory, no
 the whole way from file to the model's 224 x 224 input (decode plus the encoder's resize); then
 indexes the 12 MP photos end to end (`xmodal index`'s pipeline, patch tokens included; median of 3 runs
 into fresh libraries, encoder warmed up) for images/s.
+
+The speed-up is bounded by the entropy-coded size of the file: a draft decode still Huffman-decodes every
+coefficient, and only the inverse DCT, upsampling and colour conversion shrink with the scale. So it also
+reports, per JPEG quality (`--qualities`, default 75 85 92 95: libjpeg's default, and the range cameras
+use), the same photos saved at that quality: bits per pixel, draft and full decode times (`read_image`),
+and the speed-up.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
 FULL = 1 << 20  # a target size no photo reaches: draft mode never reduces
 
 
-def make_12mp(photos: Path, n: int, out: Path) -> list[Path]:
+def make_12mp(photos: Path, n: int, out: Path, quality: int = 92) -> list[Path]:
     sources = sorted(p for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[:n]
     if not sources:
         raise SystemExit(f"no JPEG photos in {photos}")
@@ -42,7 +48,7 @@ def make_12mp(photos: Path, n: int, out: Path) -> list[Path]:
         with Image.open(src) as im:
             big = im.convert("RGB").resize((4000, 3000) if im.width >= im.height else (3000, 4000), Image.BICUBIC)
         path = out / f"{src.stem}-12mp.jpg"
-        big.save(path, quality=92)
+        big.save(path, quality=quality)
         made.append(path)
     return made
 
@@ -95,20 +101,53 @@ def run(paths: list[Path], index_runs: int = 3) -> dict:
             "index_img_s": round(index_rate(enc, paths[0].parent, runs=index_runs)[0], 1)}
 
 
+def by_quality(photos: Path, n: int, qualities: list[int], workdir: Path) -> list[dict]:
+    """Draft against full decode (`read_image`, files on disk, alternating order) of the same `n` photos saved
+    as 12 MP JPEGs at each quality."""
+    from indexer.decode import read_image
+
+    rows = []
+    for quality in qualities:
+        folder = workdir / f"q{quality}"
+        folder.mkdir()
+        paths = make_12mp(photos, n, folder, quality)
+        times: dict = {"draft": [], "full": []}
+        for i, p in enumerate(paths):
+            for name in (("draft", "full") if i % 2 == 0 else ("full", "draft")):
+                t0 = time.perf_counter()
+                read_image(str(p), target_size=224 if name == "draft" else FULL)
+                times[name].append(time.perf_counter() - t0)
+        size = statistics.mean(p.stat().st_size for p in paths)
+        draft, full = statistics.median(times["draft"]), statistics.median(times["full"])
+        rows.append({"quality": quality, "file_mb_mean": round(size / 1e6, 2),
+                     "bits_per_pixel": round(8 * size / 12e6, 2), "draft_ms_p50": round(1000 * draft, 1),
+                     "full_ms_p50": round(1000 * full, 1), "speedup": round(full / draft, 1)})
+        for p in paths:
+            p.unlink()
+    return rows
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", type=Path, default=FLICKR8K / "originals")
     ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--qualities", type=int, nargs="*", default=[75, 85, 92, 95])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         result = run(make_12mp(args.photos, args.n, Path(tmp)))
+        for p in Path(tmp).glob("*.jpg"):
+            p.unlink()
+        result["by_quality"] = by_quality(args.photos, args.n, args.qualities, Path(tmp))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"{result['photos']} photos of 12 MP: draft decode {result['draft_ms_p50']} ms, full {result['full_ms_p50']} ms "
               f"(x{result['speedup']}; libjpeg alone x{result['libjpeg_speedup']}); embedding cosine min {result['cosine_min']}, median {result['cosine_median']}; "
               f"indexing end to end {result['index_img_s']} images/s")
+        for row in result["by_quality"]:
+            print(f"  quality {row['quality']}: {row['bits_per_pixel']} bits/pixel, draft {row['draft_ms_p50']} ms, "
+                  f"full {row['full_ms_p50']} ms, x{row['speedup']}")
     return result
 
 
