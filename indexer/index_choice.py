@@ -39,6 +39,8 @@ MIN_PQ_M = 8
 MAX_NLIST = 65_536
 HNSW_COARSE_MIN_NLIST = 1_024
 #: Per-vector cost of the ``IndexIDMap2`` wrapper: 8 bytes in ``id_map`` plus a hash-map node in ``rev_map``.
+#: A writer holds both; a read-only search process maps the file as an ``IndexIDMap`` without ``rev_map``
+#: (indexer.vector_index), so the estimate is the writer's, the larger.
 IDMAP_BYTES_PER_VECTOR = 48
 IVF_ID_BYTES = 8  # every inverted-list entry stores its int64 id next to the code
 
