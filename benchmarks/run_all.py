@@ -27,7 +27,7 @@ REPO = HERE.parent
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
 SAMPLES = REPO / "data" / "samples"
 PY = sys.executable
-XMODAL = [PY, "-m", "engine.cli"]
+XMODAL = [PY, "-m", "xmodal.engine.cli"]
 
 
 def sh(cmd: list[str], out_json: Path | None = None) -> dict:

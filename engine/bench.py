@@ -7,13 +7,13 @@ from typing import Callable
 
 import numpy as np
 
-from indexer.datasets import CaptionDataset
-from indexer.decode import iter_decoded
-from indexer.encoders import Encoder, decode_size
-from indexer.pipeline import batched
-from indexer.records import Skipped
+from xmodal.indexer.datasets import CaptionDataset
+from xmodal.indexer.decode import iter_decoded
+from xmodal.indexer.encoders import Encoder, decode_size
+from xmodal.indexer.pipeline import batched
+from xmodal.indexer.records import Skipped
 
-from .recall import recall_report
+from xmodal.engine.recall import recall_report
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +71,11 @@ def rerank_benchmark(ds: CaptionDataset, encoder, reranker, rerank_ks=(16,), bat
     (hubness and exemplar terms, no cross-attention), "rerank": {K: {t2i, i2t, alpha, beta}}}."""
     import torch
 
-    from indexer.encoders import tokenize
-    from indexer.models.text_tower import mean_pool
+    from xmodal.indexer.encoders import tokenize
+    from xmodal.indexer.models.text_tower import mean_pool
 
-    from .training.rerank import rerank_eval
-    from .training.rerank_data import TokenCache, token_states
+    from xmodal.engine.training.rerank import rerank_eval
+    from xmodal.engine.training.rerank_data import TokenCache, token_states
 
     if not ds.images or not ds.captions:
         raise BenchError(f"dataset {ds.name} has no images or no captions")

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.models.text_tower import mean_pool
-from indexer.patch_tokens import LITE_RERANK, PatchProjector
+from xmodal.indexer.models.text_tower import mean_pool
+from xmodal.indexer.patch_tokens import LITE_RERANK, PatchProjector
 
-from .fusion import CrossAttentionMatcher, FusionReranker
+from xmodal.engine.fusion import CrossAttentionMatcher, FusionReranker
 
 
 

@@ -11,8 +11,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from indexer.decode import DecodeError, read_image
-from indexer.records import ImageRecord
+from xmodal.indexer.decode import DecodeError, read_image
+from xmodal.indexer.records import ImageRecord
 
 THUMBNAIL_DIR = "thumbnails"
 DEFAULT_SIZE = 320

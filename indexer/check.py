@@ -19,11 +19,11 @@ from typing import Callable
 
 import numpy as np
 
-from .decode import DecodeError, read_image
-from .encoders import Encoder
-from .library import MODALITIES, Library, LibraryError
-from .records import Skipped
-from .vector_index import VectorIndex, VectorIndexError
+from xmodal.indexer.decode import DecodeError, read_image
+from xmodal.indexer.encoders import Encoder
+from xmodal.indexer.library import MODALITIES, Library, LibraryError
+from xmodal.indexer.records import Skipped
+from xmodal.indexer.vector_index import VectorIndex, VectorIndexError
 
 
 @dataclass

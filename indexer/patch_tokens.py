@@ -26,9 +26,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from xmodal.indexer.resources import data_file
+
 logger = logging.getLogger(__name__)
 
-LITE_RERANK = Path(__file__).resolve().parent.parent / "data" / "lite-rerank.pt"  # the bundled reranker
+LITE_RERANK = data_file("lite-rerank.pt")  # the bundled reranker (package data)
 FILENAME = "patches.f16"
 SPEC_FILENAME = "patches.json"
 TAG_BYTES = 8

@@ -22,18 +22,18 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from .decode import iter_decoded
-from .encoders import Encoder, decode_size
-from .index_tuning import TUNING_QUERIES, needs_rebuild
-from .library import Library, LibraryError, _under, write_failure
-from .patch_tokens import PatchProjector
-from .records import DecodedImage, Skipped
-from .stages import LaneIds, ordered_map
-from .store import StoreError
-from .text_tokens import TextTokenStore
-from .texts import read_texts
-from .vector_index import VectorIndexError
-from .walk import iter_image_files
+from xmodal.indexer.decode import iter_decoded
+from xmodal.indexer.encoders import Encoder, decode_size
+from xmodal.indexer.index_tuning import TUNING_QUERIES, needs_rebuild
+from xmodal.indexer.library import Library, LibraryError, _under, write_failure
+from xmodal.indexer.patch_tokens import PatchProjector
+from xmodal.indexer.records import DecodedImage, Skipped
+from xmodal.indexer.stages import LaneIds, ordered_map
+from xmodal.indexer.store import StoreError
+from xmodal.indexer.text_tokens import TextTokenStore
+from xmodal.indexer.texts import read_texts
+from xmodal.indexer.vector_index import VectorIndexError
+from xmodal.indexer.walk import iter_image_files
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -59,7 +59,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.types import TypeDecorator
 
-from indexer.records import DecodedImage, ImageRecord, TextRecord
+from xmodal.indexer.records import DecodedImage, ImageRecord, TextRecord
 
 log = logging.getLogger(__name__)
 

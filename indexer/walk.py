@@ -28,7 +28,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from indexer.records import Skipped
+from xmodal.indexer.records import Skipped
 
 logger = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fake_encoders import ColourEncoder  # noqa: E402
 
-from indexer.encoders import register_encoder  # noqa: E402
+from xmodal.indexer.encoders import register_encoder  # noqa: E402
 
 register_encoder("fake-colour", ColourEncoder)
 
 if __name__ == "__main__":
-    from engine.cli import main
+    from xmodal.engine.cli import main
 
     sys.exit(main())

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 import hf_tiny
-from engine.blip_rerank import BlipReranker
-from indexer.encoders import ModelUnavailable
+from xmodal.engine.blip_rerank import BlipReranker
+from xmodal.indexer.encoders import ModelUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +45,11 @@ def test_search_reranks_with_blip_through_the_same_interface(blip_folder, librar
 
     from click.testing import CliRunner
 
-    from engine.cli import cli
-    from engine.search import SearchEngine
-    from indexer.decode import read_image
-    from indexer.library import Library
-    from indexer.pipeline import index_images, index_texts
+    from xmodal.engine.cli import cli
+    from xmodal.engine.search import SearchEngine
+    from xmodal.indexer.decode import read_image
+    from xmodal.indexer.library import Library
+    from xmodal.indexer.pipeline import index_images, index_texts
 
     (photos / "captions.txt").write_text("a red square\na blue square\n")
     with Library(library, create=True) as lib:

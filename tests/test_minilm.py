@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from indexer.encoders import load_minilm, minilm_path, tokenize
-from indexer.models.bert import Bert, BertConfig
-from indexer.tokenizer import Tokenizer, TokenizerError
+from xmodal.indexer.encoders import load_minilm, minilm_path, tokenize
+from xmodal.indexer.models.bert import Bert, BertConfig
+from xmodal.indexer.tokenizer import Tokenizer, TokenizerError
 
 transformers = pytest.importorskip("transformers")
 

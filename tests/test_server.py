@@ -12,14 +12,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import COLOURS, draw
-from engine.search import SearchEngine, SearchError
-from indexer.library import Library
-from indexer.pipeline import index_images, index_texts
+from xmodal.engine.search import SearchEngine, SearchError
+from xmodal.indexer.library import Library
+from xmodal.indexer.pipeline import index_images, index_texts
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from engine.server import create_app, is_loopback  # noqa: E402
+from xmodal.engine.server import create_app, is_loopback  # noqa: E402
 
 
 def draw_dated(path: Path, colour: str, when: str) -> Path:
@@ -297,7 +297,7 @@ def test_is_loopback(host, loopback):
 def test_serve_command_binds_loopback_and_requires_a_token_elsewhere(built, monkeypatch):
     import uvicorn
 
-    from engine.cli import cli
+    from xmodal.engine.cli import cli
 
     runs = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append((app, kw)))

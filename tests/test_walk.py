@@ -1,4 +1,4 @@
-"""indexer.walk: which files a scan finds, in which order, and what it reports instead of crashing."""
+"""xmodal.indexer.walk: which files a scan finds, in which order, and what it reports instead of crashing."""
 from __future__ import annotations
 
 import os
@@ -6,8 +6,8 @@ import types
 
 import pytest
 
-from indexer.records import Skipped
-from indexer.walk import IMAGE_EXTENSIONS, iter_image_files
+from xmodal.indexer.records import Skipped
+from xmodal.indexer.walk import IMAGE_EXTENSIONS, iter_image_files
 
 
 def touch(path) -> str:

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.recall import recall_report
-from engine.training.checkpoint import write_checkpoint
-from engine.training.features import FeatureCache, build_cache
-from indexer.encoders import LITE_HEADS, Preprocess, load_efficientnet_lite0, load_minilm
-from indexer.models.lite import LiteDualEncoder
-from indexer.models.text_tower import TextTower
+from xmodal.engine.recall import recall_report
+from xmodal.engine.training.checkpoint import write_checkpoint
+from xmodal.engine.training.features import FeatureCache, build_cache
+from xmodal.indexer.encoders import LITE_HEADS, Preprocess, load_efficientnet_lite0, load_minilm
+from xmodal.indexer.models.lite import LiteDualEncoder
+from xmodal.indexer.models.text_tower import TextTower
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def default_cache_dir() -> Path:
 def run_align(data_dir: Path, out: Path | None = None, cache_dir: Path | None = None, epochs: int | None = None,
               seed: int = 0, **overrides) -> dict:
     """`xmodal train align`: cache features of the train and dev splits, train, keep the best dev epoch."""
-    from indexer.datasets import load_captions_csv
+    from xmodal.indexer.datasets import load_captions_csv
 
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()

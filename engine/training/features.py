@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.datasets import CaptionDataset
-from indexer.decode import iter_decoded
-from indexer.encoders import Preprocess, load_efficientnet_lite0, load_minilm, tokenize
-from indexer.models.text_tower import TextTower, mean_pool
-from indexer.pipeline import batched
-from indexer.records import Skipped
+from xmodal.indexer.datasets import CaptionDataset
+from xmodal.indexer.decode import iter_decoded
+from xmodal.indexer.encoders import Preprocess, load_efficientnet_lite0, load_minilm, tokenize
+from xmodal.indexer.models.text_tower import TextTower, mean_pool
+from xmodal.indexer.pipeline import batched
+from xmodal.indexer.records import Skipped
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = 2

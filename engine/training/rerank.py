@@ -35,18 +35,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.fusion import CrossAttentionMatcher, FusionReranker
-from engine.recall import i2t_ranks, recall_at_k, t2i_ranks
-from engine.rerank import fuse, hub_prior, reranked_matrix
-from engine.training.checkpoint import write_checkpoint
-from engine.training.rerank_data import (HUB_BANK_TEXTS, TokenCache, _sample_tokens, cache_tokens,  # noqa: F401
+from xmodal.engine.fusion import CrossAttentionMatcher, FusionReranker
+from xmodal.engine.recall import i2t_ranks, recall_at_k, t2i_ranks
+from xmodal.engine.rerank import fuse, hub_prior, reranked_matrix
+from xmodal.engine.training.checkpoint import write_checkpoint
+from xmodal.engine.training.rerank_data import (HUB_BANK_TEXTS, TokenCache, _sample_tokens, cache_tokens,  # noqa: F401
                                          dual_embeddings, exemplar_bank, expansion_matrix, fit_pca, hub_bank, mine,
                                          to_patch_tokens, token_states)  # (re-exported)
-from indexer.patch_tokens import LITE_RERANK
+from xmodal.indexer.patch_tokens import LITE_RERANK
+from xmodal.indexer.resources import data_dir
 
 logger = logging.getLogger(__name__)
 
-DATA_DIR = Path(__file__).resolve().parent.parent.parent / "data"
+DATA_DIR = data_dir()
 ALPHAS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 BETAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)  # weights of the exemplar term (text -> image)
 
@@ -329,10 +330,10 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tupl
     """Caches -> train and dev RerankData (patch tokens, token states, neighbours, dev similarities, hubness
     priors and exemplar expansions), the patch PCA (fitted on train unless given) and the hubness bank with
     its exemplars (None without cfg.hub)."""
-    from engine.training.align import default_cache_dir, patch_maps
-    from engine.training.features import build_cache
-    from indexer.datasets import load_captions_csv
-    from indexer.encoders import LiteEncoder
+    from xmodal.engine.training.align import default_cache_dir, patch_maps
+    from xmodal.engine.training.features import build_cache
+    from xmodal.indexer.datasets import load_captions_csv
+    from xmodal.indexer.encoders import LiteEncoder
 
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()

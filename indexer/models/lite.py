@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .efficientnet_lite import EfficientNetLite0
-from .text_tower import TextTower, mean_pool
+from xmodal.indexer.models.efficientnet_lite import EfficientNetLite0
+from xmodal.indexer.models.text_tower import TextTower, mean_pool
 
 
 class ImageHead(nn.Module):
