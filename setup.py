@@ -11,7 +11,7 @@ setup(
     packages=packages,
     package_dir={f"xmodal.{name}": folder for name, folder in ROOTS.items()},
     package_data={
-        "xmodal.engine": ["static/*", "web/static/*"],
+        "xmodal.engine": ["web/static/*"],
         "xmodal.data": ["*.pt", "MODEL_CARD.md", "samples/*"],
     },
 )

@@ -54,9 +54,9 @@ def make_12mp(photos: Path, n: int, out: Path, quality: int = 92) -> list[Path]:
 
 
 def run(paths: list[Path], index_runs: int = 3) -> dict:
-    from xmodal.engine.speed import index_rate
-    from xmodal.indexer.decode import read_image
-    from xmodal.indexer.encoders import get_encoder
+    from xmodal.engine.eval.speed import index_rate
+    from xmodal.indexer.ingest.decode import read_image
+    from xmodal.indexer.models.encoders import get_encoder
 
     enc = get_encoder("lite")
     draft_s, full_s, cosines, sizes, libjpeg_draft, libjpeg_full = [], [], [], [], [], []
@@ -104,7 +104,7 @@ def run(paths: list[Path], index_runs: int = 3) -> dict:
 def by_quality(photos: Path, n: int, qualities: list[int], workdir: Path) -> list[dict]:
     """Draft against full decode (`read_image`, files on disk, alternating order) of the same `n` photos saved
     as 12 MP JPEGs at each quality."""
-    from xmodal.indexer.decode import read_image
+    from xmodal.indexer.ingest.decode import read_image
 
     rows = []
     for quality in qualities:

@@ -39,7 +39,7 @@ QUERIES = ["a cat", "a rocket launching", "a cup of coffee", "a dog running on t
 def _register_toy() -> None:
     import numpy as np
 
-    from xmodal.indexer.encoders import Preprocess, register_encoder
+    from xmodal.indexer.models.encoders import Preprocess, register_encoder
 
     class Toy:
         """Deterministic stand-in: an image is its mean colour, a text is a hash of its words."""
@@ -65,16 +65,16 @@ def serve(library: str, photos: str, model: str, port: int) -> None:
     """Child process: index `photos` into `library` with `model`, then serve it on 127.0.0.1:`port`."""
     import uvicorn
 
-    from xmodal.engine.server import create_app
-    from xmodal.indexer.encoders import get_encoder
-    from xmodal.indexer.library import Library
-    from xmodal.indexer.pipeline import index_images
+    from xmodal.engine.web.server import create_app
+    from xmodal.indexer.models.encoders import get_encoder
+    from xmodal.indexer.storage.library import Library
+    from xmodal.indexer.ingest.pipeline import index_images
 
     if model == "toy":
         _register_toy()
     encoder = get_encoder(model)
     with Library(library, create=True) as lib:
-        from xmodal.indexer.patch_tokens import default_projector
+        from xmodal.indexer.storage.patch_tokens import default_projector
 
         index_images(lib, [photos], encoder, patches=default_projector(encoder.name))
     uvicorn.run(create_app(library, model=model), host="127.0.0.1", port=port, log_level="warning")

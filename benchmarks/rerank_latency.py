@@ -36,7 +36,7 @@ def queries(n: int, step: int = 5) -> list[str]:
     captions = FLICKR8K / "captions.txt"
     dev = FLICKR8K / "splits" / "dev.txt"
     if captions.exists() and dev.exists():
-        from xmodal.indexer.datasets import load_captions_csv
+        from xmodal.engine.eval.datasets import load_captions_csv
 
         ds = load_captions_csv(FLICKR8K, dev)
         return list(ds.captions[::step][:n])
@@ -50,8 +50,8 @@ def pct(values: list[float], q: float) -> float:
 def run(library: Path, n_queries: int, rerank_ks=(32,), k: int = 10) -> dict:
     """Per K: the query time with reranking, the time added over the same query without (paired), and the
     rerank stage alone; every K and the plain query run back to back for each query, order rotating."""
-    from xmodal.engine.reranking import RerankQuery
-    from xmodal.engine.search import SearchEngine
+    from xmodal.engine.rerank.backends import RerankQuery
+    from xmodal.engine.search.engine import SearchEngine
 
     qs = queries(n_queries)
     ks = [0, *rerank_ks]
@@ -133,15 +133,15 @@ def _threads() -> int:
 
 
 def build_library(photos: Path, root: Path, texts: Path | None = None) -> Path:
-    from xmodal.indexer.encoders import get_encoder
-    from xmodal.indexer.library import Library
-    from xmodal.indexer.patch_tokens import default_projector
-    from xmodal.indexer.pipeline import index_images
+    from xmodal.indexer.models.encoders import get_encoder
+    from xmodal.indexer.storage.library import Library
+    from xmodal.indexer.storage.patch_tokens import default_projector
+    from xmodal.indexer.ingest.pipeline import index_images
 
     with Library(root, create=True) as lib:
         report = index_images(lib, [str(photos)], get_encoder("lite"), patches=default_projector("lite"))
         if texts is not None:
-            from xmodal.indexer.pipeline import index_texts
+            from xmodal.indexer.ingest.pipeline import index_texts
 
             index_texts(lib, str(texts), get_encoder("lite"), tokens=True)
     if report.indexed == 0:

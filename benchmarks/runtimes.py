@@ -90,8 +90,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     import onnxruntime as ort
 
-    from xmodal.indexer.decode import read_image
-    from xmodal.indexer.encoders import get_encoder
+    from xmodal.indexer.ingest.decode import read_image
+    from xmodal.indexer.models.encoders import get_encoder
 
     enc = get_encoder("lite")
     photos = sorted(p for p in (REPO / "data" / "samples").iterdir() if p.suffix in (".jpg", ".png"))
@@ -110,15 +110,15 @@ def main(argv=None) -> dict:
         out["channels_last_max_abs_diff"] = float(np.abs(nhwc(x_nhwc).numpy() - ref).max())
     if enc.onnx is None:
         raise SystemExit("the lite encoder has no ONNX Runtime path (onnxruntime missing, or XMODAL_IMAGE_RUNTIME set)")
-    from xmodal.engine.speed import index_rate, onnx_forward_rates
-    from xmodal.indexer.onnx_image import OnnxImagePath
-    from xmodal.indexer.onnx_int8 import quantized
+    from xmodal.engine.eval.speed import index_rate, onnx_forward_rates
+    from xmodal.indexer.models.onnx_image import OnnxImagePath
+    from xmodal.indexer.models.onnx_int8 import quantized
 
     graphs = {"onnxruntime": enc.onnx, "int8": OnnxImagePath(quantized(enc.onnx.path, enc.preprocess), kind="int8")}
     out["lanes"] = enc.onnx.lanes
     dataset = None
     if args.dev:
-        from xmodal.indexer.datasets import load_dataset
+        from xmodal.engine.eval.datasets import load_dataset
 
         dataset = load_dataset(str(FLICKR8K), str(FLICKR8K / "splits" / "dev.txt"))
     tmp = tempfile.TemporaryDirectory()
@@ -135,7 +135,7 @@ def main(argv=None) -> dict:
         out[f"{name}_img_s"] = round(max(before["session"], after["session"]), 1)
         out[f"{name}_lanes_img_s"] = round(max(before["lanes"], after["lanes"]), 1)
         if dataset is not None:
-            from xmodal.engine.bench import recall_benchmark
+            from xmodal.engine.eval.bench import recall_benchmark
 
             rep = recall_benchmark(dataset, enc)
             out[f"{name}_dev_r1"] = {"t2i": rep["t2i"]["R@1"], "i2t": rep["i2t"]["R@1"]}

@@ -65,7 +65,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------- real data
 def real_embeddings(n_queries: int, splits=("dev",)) -> dict:
     """Lite embeddings of the photos of `splits` and of dev captions (cached: ~25 s per 1,000 photos)."""
-    from xmodal.indexer.datasets import load_captions_csv
+    from xmodal.engine.eval.datasets import load_captions_csv
 
     ds = load_captions_csv(FLICKR8K, FLICKR8K / "splits" / "dev.txt")
     if tuple(splits) != ("dev",):
@@ -74,8 +74,8 @@ def real_embeddings(n_queries: int, splits=("dev",)) -> dict:
     key = hashlib.sha256(json.dumps([sorted(ds.images), n_queries, 1]).encode()).hexdigest()[:12]
     f = CACHE / f"real-{key}.npz"
     if not f.exists():
-        from xmodal.indexer.decode import read_image
-        from xmodal.indexer.encoders import get_encoder
+        from xmodal.indexer.ingest.decode import read_image
+        from xmodal.indexer.models.encoders import get_encoder
 
         enc = get_encoder("lite")
         images = []
@@ -92,7 +92,7 @@ def real_embeddings(n_queries: int, splits=("dev",)) -> dict:
 def build_store(path: Path, vectors: np.ndarray, batch: int = 20_000) -> float:
     """A real xmodal store with one row per vector (fake paths); returns seconds."""
     from xmodal.indexer.records import DecodedImage
-    from xmodal.indexer.store import Store
+    from xmodal.indexer.storage.store import Store
 
     t0 = time.perf_counter()
     with Store(path, create=True) as store:
@@ -109,13 +109,13 @@ def run_scale(n: int, real: dict, budget: int, queries: np.ndarray, workdir: Pat
               rerank_ms: dict, encode_ms: dict) -> dict:
     import faiss
 
-    from xmodal.indexer.index_choice import choose_index, estimated_index_bytes
-    from xmodal.indexer.index_tuning import tune_search_params
-    from xmodal.indexer.vector_index import VectorIndex
+    from xmodal.indexer.storage.index_choice import choose_index, estimated_index_bytes
+    from xmodal.indexer.storage.index_tuning import tune_search_params
+    from xmodal.indexer.storage.vector_index import VectorIndex
 
     out: dict = {"n": n}
     t0 = time.perf_counter()
-    from xmodal.engine.speed import gaussian_like, mixture_like
+    from xmodal.engine.eval.speed import gaussian_like, mixture_like
 
     draw = mixture_like if real.get("distribution") == "mixture" else gaussian_like
     vectors = np.concatenate(list(draw(real["images"], n, seed=n)))
@@ -209,7 +209,7 @@ def finish(out: dict, workdir: Path, test_q: np.ndarray, encode_ms: dict, rerank
     """The last steps of one scale, shared with scale_10m.py: a fresh search process over the saved index and
     store in `workdir` (resident memory, metadata fetch), disk bytes per photo, and the query totals.
     `out` must hold n, index_file_bytes, store_file_bytes and ann_ms already."""
-    from xmodal.indexer.patch_tokens import LITE_RERANK, PatchProjector
+    from xmodal.indexer.storage.patch_tokens import LITE_RERANK, PatchProjector
 
     n = out["n"]
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(workdir), "--child-queries",
@@ -230,9 +230,9 @@ def finish(out: dict, workdir: Path, test_q: np.ndarray, encode_ms: dict, rerank
 def child(workdir: Path, n_queries: int) -> None:
     """A fresh search process: open the index (memory-mapped where the type allows) and the store, answer
     the queries (ANN + metadata fetch), report resident memory and fetch latency."""
-    from xmodal.indexer.library import store_rescorer  # imports torch, as every search process does
-    from xmodal.indexer.store import Store
-    from xmodal.indexer.vector_index import VectorIndex
+    from xmodal.indexer.storage.library import store_rescorer  # imports torch, as every search process does
+    from xmodal.indexer.storage.store import Store
+    from xmodal.indexer.storage.vector_index import VectorIndex
 
     def status() -> dict:
         return dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
@@ -254,8 +254,8 @@ def child(workdir: Path, n_queries: int) -> None:
         fetch.append(time.perf_counter() - t)
     index_store = mb(status(), "VmRSS")
     # and what `xmodal search` holds besides: the lite encoder (to encode the query) and the reranker
-    from xmodal.engine.rerank import LITE_RERANK, Reranker
-    from xmodal.indexer.encoders import get_encoder
+    from xmodal.engine.rerank.lite import LITE_RERANK, Reranker
+    from xmodal.indexer.models.encoders import get_encoder
 
     enc = get_encoder("lite")
     enc.encode_text_states(["a warm-up query"])
@@ -273,8 +273,8 @@ def stage_latencies(real: dict) -> tuple[dict, dict]:
     candidates' hubness priors and exemplar term from 32 real photo vectors (as engine.reranking does)."""
     import torch
 
-    from xmodal.engine.rerank import Reranker, TextTokens
-    from xmodal.indexer.encoders import get_encoder
+    from xmodal.engine.rerank.lite import Reranker, TextTokens
+    from xmodal.indexer.models.encoders import get_encoder
 
     enc = get_encoder("lite")
     captions = real["captions"]

@@ -45,7 +45,7 @@ PIECE = 1_000_000
 
 def simulate(real: np.ndarray, n: int) -> np.ndarray:
     """(n, d) float16 unit vectors from the mixture fitted to `real` (engine.speed.mixture_like)."""
-    from xmodal.engine.speed import mixture_like
+    from xmodal.engine.eval.speed import mixture_like
 
     out = np.empty((n, real.shape[1]), np.float16)
     s = 0
@@ -101,11 +101,11 @@ def run(n: int, real: dict, budget: int, queries: np.ndarray, workdir: Path, enc
         n_timed_exact: int = 20) -> dict:
     import faiss
 
-    from xmodal.indexer.index_choice import choose_index, estimated_index_bytes
-    from xmodal.indexer.index_tuning import tune_search_params
-    from xmodal.indexer.library import store_rescorer
-    from xmodal.indexer.store import Store
-    from xmodal.indexer.vector_index import VectorIndex
+    from xmodal.indexer.storage.index_choice import choose_index, estimated_index_bytes
+    from xmodal.indexer.storage.index_tuning import tune_search_params
+    from xmodal.indexer.storage.library import store_rescorer
+    from xmodal.indexer.storage.store import Store
+    from xmodal.indexer.storage.vector_index import VectorIndex
 
     out: dict = {"n": n, "vectors": "float16 in memory, float32 to every consumer"}
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fake_encoders import COLOURS, ColourEncoder  # noqa: F401 - importable by child processes too
-from xmodal.indexer.encoders import register_encoder
+from xmodal.indexer.models.encoders import register_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
@@ -64,7 +64,7 @@ def _no_network(monkeypatch):
 
 def vectors_by_path(library: Path) -> dict[str, np.ndarray]:
     """{path: vector} of every photo in a library, from its FAISS index (to compare two libraries)."""
-    from xmodal.indexer.library import Library
+    from xmodal.indexer.storage.library import Library
 
     with Library(library) as lib:
         ids = lib.store.all_image_ids()

@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fake_encoders import ColourEncoder  # noqa: E402
 
-from xmodal.indexer.encoders import register_encoder  # noqa: E402
+from xmodal.indexer.models.encoders import register_encoder  # noqa: E402
 
 register_encoder("fake-colour", ColourEncoder)
 

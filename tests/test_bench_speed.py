@@ -8,7 +8,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from xmodal.engine.cli import cli
-from xmodal.engine.speed import simulated_collection
+from xmodal.engine.eval.speed import simulated_collection
 
 
 def test_simulated_vectors_share_the_real_distribution_without_near_duplicates():
@@ -38,7 +38,7 @@ def test_bench_speed_reports_every_figure(photos, fake_encoder):
 def test_mixture_keeps_the_clusters_of_the_real_vectors():
     """Three tight groups of real vectors: the mixture draws around the groups, in their proportions,
     where a single Gaussian spreads everything between them."""
-    from xmodal.engine.speed import gaussian_like, mixture_like
+    from xmodal.engine.eval.speed import gaussian_like, mixture_like
 
     rng = np.random.default_rng(0)
     centres = np.eye(16)[:3] * 3

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 import hf_tiny
-from xmodal.engine.blip_rerank import BlipReranker
-from xmodal.indexer.encoders import ModelUnavailable
+from xmodal.engine.rerank.blip import BlipReranker
+from xmodal.indexer.models.encoders import ModelUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +46,10 @@ def test_search_reranks_with_blip_through_the_same_interface(blip_folder, librar
     from click.testing import CliRunner
 
     from xmodal.engine.cli import cli
-    from xmodal.engine.search import SearchEngine
-    from xmodal.indexer.decode import read_image
-    from xmodal.indexer.library import Library
-    from xmodal.indexer.pipeline import index_images, index_texts
+    from xmodal.engine.search.engine import SearchEngine
+    from xmodal.indexer.ingest.decode import read_image
+    from xmodal.indexer.storage.library import Library
+    from xmodal.indexer.ingest.pipeline import index_images, index_texts
 
     (photos / "captions.txt").write_text("a red square\na blue square\n")
     with Library(library, create=True) as lib:

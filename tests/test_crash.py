@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from conftest import vectors_by_path
-from xmodal.engine.search import SearchEngine
-from xmodal.indexer.check import check_library
-from xmodal.indexer.library import Library
-from xmodal.indexer.pipeline import index_images
+from xmodal.engine.search.engine import SearchEngine
+from xmodal.indexer.storage.check import check_library
+from xmodal.indexer.storage.library import Library
+from xmodal.indexer.ingest.pipeline import index_images
 
 TESTS = Path(__file__).resolve().parent
 

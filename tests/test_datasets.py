@@ -1,4 +1,4 @@
-"""xmodal.indexer.datasets: image-caption benchmarks in the captions.txt and Karpathy JSON layouts."""
+"""xmodal.engine.eval.datasets: image-caption benchmarks in the captions.txt and Karpathy JSON layouts."""
 from __future__ import annotations
 
 import csv
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xmodal.indexer.datasets import CaptionDataset, DatasetError, load_captions_csv, load_dataset, load_karpathy
+from xmodal.engine.eval.datasets import CaptionDataset, DatasetError, load_captions_csv, load_dataset, load_karpathy
 
 FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
 

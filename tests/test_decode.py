@@ -1,4 +1,4 @@
-"""xmodal.indexer.decode: every photo becomes a small upright RGB image, every bad file a clear reason."""
+"""xmodal.indexer.ingest.decode: every photo becomes a small upright RGB image, every bad file a clear reason."""
 from __future__ import annotations
 
 import hashlib
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xmodal.indexer import decode
-from xmodal.indexer.decode import DEFAULT_MAX_PIXELS, DecodeError, iter_decoded, read_image
+from xmodal.indexer.ingest import decode
+from xmodal.indexer.ingest.decode import DEFAULT_MAX_PIXELS, DecodeError, iter_decoded, read_image
 from xmodal.indexer.records import DecodedImage, Skipped
-from xmodal.indexer.walk import iter_image_files
+from xmodal.indexer.ingest.walk import iter_image_files
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from xmodal.engine.recall import recall_at_k, t2i_ranks
-from xmodal.engine.rerank import TextTokens, exemplar_expansion, pack_keys, sentence_vectors, unpack_keys
-from xmodal.engine.reranking import rerank_hits
+from xmodal.engine.eval.recall import recall_at_k, t2i_ranks
+from xmodal.engine.rerank.lite import TextTokens, exemplar_expansion, pack_keys, sentence_vectors, unpack_keys
+from xmodal.engine.rerank.backends import rerank_hits
 from xmodal.engine.training.rerank import RerankConfig, build_fusion, fit_pca, rerank_eval, save_checkpoint
 from xmodal.indexer.records import SearchHit
 
@@ -124,7 +124,7 @@ def _checkpoint(path, exemplars=True):
 
 
 def test_the_checkpoint_carries_the_exemplar_bank_and_beta(tmp_path):
-    from xmodal.engine.rerank import Reranker
+    from xmodal.engine.rerank.lite import Reranker
 
     bank, keys = _checkpoint(tmp_path / "r.pt")
     r = Reranker(tmp_path / "r.pt")
@@ -140,7 +140,7 @@ def test_the_checkpoint_carries_the_exemplar_bank_and_beta(tmp_path):
 
 
 def test_a_checkpoint_without_exemplars_has_beta_zero_and_no_term(tmp_path):
-    from xmodal.engine.rerank import Reranker
+    from xmodal.engine.rerank.lite import Reranker
 
     _checkpoint(tmp_path / "r.pt", exemplars=False)
     r = Reranker(tmp_path / "r.pt")

@@ -13,8 +13,8 @@ from PIL import Image
 
 import hf_tiny
 from xmodal.engine.cli import cli
-from xmodal.indexer.encoders import ModelUnavailable, get_encoder
-from xmodal.indexer.hf_encoders import HFClipEncoder
+from xmodal.indexer.models.encoders import ModelUnavailable, get_encoder
+from xmodal.indexer.models.clip import HFClipEncoder
 
 MAKERS = {"clip": hf_tiny.make_clip, "siglip": hf_tiny.make_siglip, "chinese_clip": hf_tiny.make_chinese_clip}
 TEXTS = {"clip": ["a dog in the snow", "a red car"], "siglip": ["a dog in the snow", "a red car"],
@@ -101,9 +101,9 @@ def test_reindex_switches_the_library_to_another_model(tmp_path, photos, fake_en
 
 
 def test_a_stale_reindex_folder_for_another_model_is_discarded(tmp_path, photos, fake_encoder):
-    from xmodal.indexer.library import Library
-    from xmodal.indexer.pipeline import index_images
-    from xmodal.indexer.reindex import reindex
+    from xmodal.indexer.storage.library import Library
+    from xmodal.indexer.ingest.pipeline import index_images
+    from xmodal.indexer.storage.reindex import reindex
 
     with Library(tmp_path / "lib", create=True) as lib:
         index_images(lib, [str(photos)], fake_encoder)

@@ -15,13 +15,13 @@ from PIL import Image
 
 from conftest import draw, vectors_by_path
 from xmodal.engine.cli import cli
-from xmodal.engine.search import SearchEngine
-from xmodal.indexer import store as store_module
-from xmodal.indexer.check import check_library, repair
-from xmodal.indexer.library import Library, LibraryError
-from xmodal.indexer.pipeline import index_images
-from xmodal.indexer.store import Store, StoreError
-from xmodal.indexer.vector_index import VectorIndex
+from xmodal.engine.search.engine import SearchEngine
+from xmodal.indexer.storage import store as store_module
+from xmodal.indexer.storage.check import check_library, repair
+from xmodal.indexer.storage.library import Library, LibraryError
+from xmodal.indexer.ingest.pipeline import index_images
+from xmodal.indexer.storage.store import Store, StoreError
+from xmodal.indexer.storage.vector_index import VectorIndex
 
 
 def _index(library: Path, roots, encoder, **kw):
@@ -164,7 +164,7 @@ def test_a_read_only_library_is_refused_with_its_name(photos, library, fake_enco
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real_open(path, *a, **kw)
 
-    monkeypatch.setattr("xmodal.indexer.library.os.open", read_only)
+    monkeypatch.setattr("xmodal.indexer.storage.library.os.open", read_only)
     with pytest.raises(LibraryError, match=rf"cannot write to library {library}: Read-only file system"):
         _index(library, [photos], fake_encoder)
     monkeypatch.undo()
@@ -271,8 +271,8 @@ def test_every_kind_of_bad_or_odd_input_at_the_pipeline_level(tmp_path, library,
     draw(root / "vanishes.jpg", "red")
     draw(root / "locked.jpg", "red")
 
-    import xmodal.indexer.decode as decode_module
-    import xmodal.indexer.pipeline as pipeline_module
+    import xmodal.indexer.ingest.decode as decode_module
+    import xmodal.indexer.ingest.pipeline as pipeline_module
     real_iter, real_open = pipeline_module.iter_decoded, decode_module.os.open
 
     def iter_decoded(paths, **kw):  # files deleted or truncated between the walk and the read

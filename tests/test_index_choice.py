@@ -1,11 +1,11 @@
-"""xmodal.indexer.index_choice: which FAISS index a collection gets."""
+"""xmodal.indexer.storage.index_choice: which FAISS index a collection gets."""
 from __future__ import annotations
 
 import faiss
 import numpy as np
 import pytest
 
-from xmodal.indexer.index_choice import (
+from xmodal.indexer.storage.index_choice import (
     FLAT_THRESHOLD,
     choose_index,
     estimated_index_bytes,
@@ -122,7 +122,7 @@ def test_a_million_photos_under_a_one_and_a_half_gigabyte_budget_get_8_bit_vecto
 
 
 def test_an_sq8_index_trains_adds_removes_and_finds_near_neighbours():
-    from xmodal.indexer.vector_index import VectorIndex
+    from xmodal.indexer.storage.vector_index import VectorIndex
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3000, 32)).astype(np.float32)

@@ -10,12 +10,12 @@ from click.testing import CliRunner
 
 from conftest import COLOURS
 from xmodal.engine.cli import cli
-from xmodal.engine.search import SearchEngine
-from xmodal.indexer import index_choice
-from xmodal.indexer.index_tuning import needs_rebuild, tier, tune_search_params
-from xmodal.indexer.library import Library
-from xmodal.indexer.pipeline import index_images
-from xmodal.indexer.vector_index import VectorIndex
+from xmodal.engine.search.engine import SearchEngine
+from xmodal.indexer.storage import index_choice
+from xmodal.indexer.storage.index_tuning import needs_rebuild, tier, tune_search_params
+from xmodal.indexer.storage.library import Library
+from xmodal.indexer.ingest.pipeline import index_images
+from xmodal.indexer.storage.vector_index import VectorIndex
 
 
 def clustered(n: int, centres: int, spread: float, dim: int = 32, seed: int = 0) -> np.ndarray:
@@ -72,7 +72,7 @@ def test_an_index_that_cannot_reach_the_target_stops_probing_where_recall_levels
     x = rng.normal(size=(6000, 32)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     index = built("IVF64,PQ4x4", x)
-    with caplog.at_level("WARNING", logger="xmodal.indexer.index_tuning"):
+    with caplog.at_level("WARNING", logger="xmodal.indexer.storage.index_tuning"):
         result = tune_search_params(index, x)
     assert not result["reached"] and result["recall_at_k"] < 0.95
     assert result["params"]["nprobe"] < 64 and "cannot reach recall@10 0.95" in caplog.text

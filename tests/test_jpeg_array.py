@@ -1,13 +1,13 @@
-"""xmodal.indexer.jpeg_array: the indexer's JPEG fast path gives exactly the pixels the Pillow path gives."""
+"""xmodal.indexer.ingest.jpeg_array: the indexer's JPEG fast path gives exactly the pixels the Pillow path gives."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from xmodal.indexer import jpeg_array
-from xmodal.indexer.decode import DecodeError, read_image
-from xmodal.indexer.encoders import Preprocess, resize_bicubic
+from xmodal.indexer.ingest import jpeg_array
+from xmodal.indexer.ingest.decode import DecodeError, read_image
+from xmodal.indexer.models.encoders import Preprocess, resize_bicubic
 
 pytestmark = pytest.mark.skipif(jpeg_array.simplejpeg is None, reason="simplejpeg is not installed")
 

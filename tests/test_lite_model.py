@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import SAMPLES
-from xmodal.indexer.encoders import Preprocess, get_encoder, load_efficientnet_lite0, load_minilm, tokenize
+from xmodal.indexer.models.encoders import Preprocess, get_encoder, load_efficientnet_lite0, load_minilm, tokenize
 from xmodal.indexer.models.text_tower import TextTower, mean_pool
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def test_efficientnet_finds_dogs_in_flickr_photos_of_dogs(effnet, flickr8k):
 
 def test_minilm_matches_the_sentence_transformers_recipe():
     st = pytest.importorskip("sentence_transformers")
-    from xmodal.indexer.encoders import minilm_path
+    from xmodal.indexer.models.encoders import minilm_path
 
     texts = ["A dog jumps into a lake.", "two children play in the snow", "a red car"]
     tokenizer, bert = load_minilm()
@@ -84,7 +84,7 @@ def test_lite_encoder_gives_unit_float32_vectors_in_one_space():
 def test_onnx_runtime_image_path_equals_torch(monkeypatch, tmp_path):
     """The lite encoder's image path runs on ONNX Runtime (exported once into the cache); embeddings and patch
     maps equal the torch modules' own, and XMODAL_IMAGE_RUNTIME=torch turns it off."""
-    from xmodal.indexer.encoders import LiteEncoder
+    from xmodal.indexer.models.encoders import LiteEncoder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     photos = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
@@ -101,8 +101,8 @@ def test_onnx_runtime_image_path_equals_torch(monkeypatch, tmp_path):
 
 def test_a_text_only_process_never_builds_the_onnx_image_path(monkeypatch):
     """Text searches load no ONNX Runtime session (about 90 MB resident); the first photo builds it, once."""
-    from xmodal.indexer import onnx_image as onnx_image_module
-    from xmodal.indexer.encoders import LiteEncoder
+    from xmodal.indexer.models import onnx_image as onnx_image_module
+    from xmodal.indexer.models.encoders import LiteEncoder
 
     built = []
     real = onnx_image_module.onnx_image_path
@@ -122,7 +122,7 @@ def test_image_path_lanes_give_the_same_embeddings_as_the_shared_session(monkeyp
     gives the same embeddings and patch maps as the latency session, and concurrent calls do not mix."""
     import threading
 
-    from xmodal.indexer.encoders import LiteEncoder
+    from xmodal.indexer.models.encoders import LiteEncoder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     enc = LiteEncoder()
@@ -151,8 +151,8 @@ def test_int8_image_path_is_quantised_once_and_stays_close_to_float(monkeypatch,
     and says why; an unknown runtime name is named in a warning."""
     import logging
 
-    import xmodal.indexer.onnx_int8 as onnx_int8
-    from xmodal.indexer.encoders import LiteEncoder
+    import xmodal.indexer.models.onnx_int8 as onnx_int8
+    from xmodal.indexer.models.encoders import LiteEncoder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     photos = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
@@ -165,14 +165,14 @@ def test_int8_image_path_is_quantised_once_and_stays_close_to_float(monkeypatch,
 
     monkeypatch.setattr(onnx_int8, "VERSION", 99)  # a fresh quantisation, on a CPU that "drifts"
     monkeypatch.setattr(onnx_int8, "MIN_MEDIAN_COSINE", 1.01)
-    with caplog.at_level(logging.WARNING, logger="xmodal.indexer.onnx_image"):
+    with caplog.at_level(logging.WARNING, logger="xmodal.indexer.models.onnx_image"):
         fallback = LiteEncoder()
     assert fallback.onnx.kind == "float32" and "int8 embeddings drift" in caplog.text
     assert not list((tmp_path / "xmodal" / "onnx").glob("*-int8-v99.onnx"))
 
     monkeypatch.setenv("XMODAL_IMAGE_RUNTIME", "tpu")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="xmodal.indexer.onnx_image"):
+    with caplog.at_level(logging.WARNING, logger="xmodal.indexer.models.onnx_image"):
         assert LiteEncoder().onnx.kind == "float32"
     assert "'tpu' is not one of onnx, int8, torch" in caplog.text
 
@@ -182,10 +182,10 @@ def test_indexing_on_inference_lanes_stores_what_the_encoder_gives_one_photo_at_
     vector and patch token is the one the encoder gives for that photo alone."""
     import shutil
 
-    from xmodal.indexer.decode import read_image
-    from xmodal.indexer.library import Library
-    from xmodal.indexer.patch_tokens import default_projector
-    from xmodal.indexer.pipeline import index_images
+    from xmodal.indexer.ingest.decode import read_image
+    from xmodal.indexer.storage.library import Library
+    from xmodal.indexer.storage.patch_tokens import default_projector
+    from xmodal.indexer.ingest.pipeline import index_images
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from xmodal.indexer.encoders import load_minilm, minilm_path, tokenize
+from xmodal.indexer.models.encoders import load_minilm, minilm_path, tokenize
 from xmodal.indexer.models.bert import Bert, BertConfig
-from xmodal.indexer.tokenizer import Tokenizer, TokenizerError
+from xmodal.indexer.models.tokenizer import Tokenizer, TokenizerError
 
 transformers = pytest.importorskip("transformers")
 
@@ -107,7 +107,7 @@ def test_tokenizer_names_a_bad_file_and_a_bad_text(tmp_path, minilm):
 
 
 def test_a_text_search_process_never_imports_transformers():
-    code = ("import sys\nfrom indexer.encoders import get_encoder\n"
+    code = ("import sys\nfrom xmodal.indexer.models.encoders import get_encoder\n"
             "v = get_encoder('lite').encode_texts(['a dog jumping into a lake'])\n"
             "assert v.shape[0] == 1\nprint('transformers' in sys.modules, 'onnxruntime' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from xmodal.indexer.patch_tokens import (LITE_RERANK, MAX_SLOT_BYTES, PatchProjector, PatchSpec, PatchStore,
+from xmodal.indexer.storage.patch_tokens import (LITE_RERANK, MAX_SLOT_BYTES, PatchProjector, PatchSpec, PatchStore,
                                   PatchTokenError, default_projector)
 
 
@@ -84,7 +84,7 @@ def test_the_bundled_projection_fits_the_budget():
 
 
 def test_text_token_states_round_trip_and_stale_slots_read_as_missing(tmp_path):
-    from xmodal.indexer.text_tokens import TextTokenStore
+    from xmodal.indexer.storage.text_tokens import TextTokenStore
 
     store = TextTokenStore(tmp_path, width=4)
     a, b = np.arange(12).reshape(3, 4), np.ones((2, 4))

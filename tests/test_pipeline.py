@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import draw
-from xmodal.indexer.library import Library, LibraryError
-from xmodal.indexer.pipeline import index_images, index_texts
+from xmodal.indexer.storage.library import Library, LibraryError
+from xmodal.indexer.ingest.pipeline import index_images, index_texts
 
 
 def _index(library: Path, root: Path, encoder):

@@ -1,4 +1,4 @@
-"""xmodal.engine.recall: Recall@K for image-caption retrieval."""
+"""xmodal.engine.eval.recall: Recall@K for image-caption retrieval."""
 from __future__ import annotations
 
 import tracemalloc
@@ -6,8 +6,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from xmodal.engine import recall
-from xmodal.engine.recall import i2t_ranks, recall_at_k, recall_report, t2i_ranks
+from xmodal.engine.eval import recall
+from xmodal.engine.eval.recall import i2t_ranks, recall_at_k, recall_report, t2i_ranks
 
 # 3 images, 2 captions each: captions 0,1 -> image 0; 2,3 -> image 1; 4,5 -> image 2
 CAPTION_IMAGE = np.array([0, 0, 1, 1, 2, 2])

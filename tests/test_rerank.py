@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from xmodal.engine.fusion import CrossAttentionMatcher, FusionReranker
-from xmodal.engine.recall import t2i_ranks
-from xmodal.engine.rerank import LITE_RERANK, fuse, hub_prior, reranked_matrix, rerank_topk
+from xmodal.engine.rerank.model import CrossAttentionMatcher, FusionReranker
+from xmodal.engine.eval.recall import t2i_ranks
+from xmodal.engine.rerank.lite import LITE_RERANK, fuse, hub_prior, reranked_matrix, rerank_topk
 from xmodal.engine.training.rerank import (RerankConfig, RerankData, TokenCache, build_fusion, mine, rerank_eval,
                                    train_rerank)
 
@@ -114,7 +114,7 @@ def test_rerank_eval_subtracts_hub_priors_from_the_dual_scores():
                        priors=(np.zeros(n_img), np.zeros(n_cap)))
     assert zero["hub"][4]["t2i"] == zero["dual"]["t2i"]
     # reranking every candidate (K = all images) by dual - prior ranks exactly as the corrected matrix does
-    from xmodal.engine.recall import i2t_ranks, recall_at_k
+    from xmodal.engine.eval.recall import i2t_ranks, recall_at_k
 
     rng = np.random.default_rng(5)
     prior_img, prior_cap = rng.uniform(0, 0.5, n_img), rng.uniform(0, 0.5, n_cap)
@@ -197,7 +197,7 @@ def test_rerank_eval_alpha_zero_is_dual():
 @pytest.mark.slow
 @pytest.mark.skipif(not LITE_RERANK.exists(), reason="no data/lite-rerank.pt")
 def test_real_reranker_loads_and_scores():
-    from xmodal.engine.rerank import Reranker
+    from xmodal.engine.rerank.lite import Reranker
 
     r = Reranker()
     maps = torch.randn(3, 1280, 7, 7)
@@ -222,7 +222,7 @@ def _tiny_checkpoint(path, arch="match", hub=True):
 
 @pytest.mark.parametrize("arch", ["match", "itm"])
 def test_reranker_checkpoint_round_trip(tmp_path, arch):
-    from xmodal.engine.rerank import Reranker
+    from xmodal.engine.rerank.lite import Reranker
 
     bank = _tiny_checkpoint(tmp_path / "r.pt", arch)
     r = Reranker(tmp_path / "r.pt")
@@ -245,7 +245,7 @@ def test_reranker_checkpoint_round_trip(tmp_path, arch):
 
 
 def test_a_checkpoint_without_a_hub_bank_gives_no_prior(tmp_path):
-    from xmodal.engine.rerank import Reranker
+    from xmodal.engine.rerank.lite import Reranker
 
     _tiny_checkpoint(tmp_path / "r.pt", hub=False)
     assert Reranker(tmp_path / "r.pt").hub_prior(np.ones((2, 16), np.float32), "t2i") is None
@@ -253,7 +253,7 @@ def test_a_checkpoint_without_a_hub_bank_gives_no_prior(tmp_path):
 
 def test_rerank_hits_subtracts_the_prior_before_adding_the_match():
     from xmodal.indexer.records import SearchHit
-    from xmodal.engine.reranking import rerank_hits
+    from xmodal.engine.rerank.backends import rerank_hits
 
     hits = [SearchHit(rank=n + 1, score=s, id=n) for n, s in enumerate([0.9, 0.8, 0.7])]
     out = rerank_hits(hits, np.zeros(3), 0.5, prior=np.array([0.25, 0.0, 0.0]))  # a hub loses its lead

@@ -12,11 +12,11 @@ from PIL import Image
 
 from conftest import SAMPLES
 from xmodal.engine.cli import cli
-from xmodal.engine.search import SearchEngine
-from xmodal.indexer.encoders import get_encoder
-from xmodal.indexer.library import Library
-from xmodal.indexer.patch_tokens import LITE_RERANK, MAX_SLOT_BYTES, default_projector
-from xmodal.indexer.pipeline import index_images, index_texts, missing_patches
+from xmodal.engine.search.engine import SearchEngine
+from xmodal.indexer.models.encoders import get_encoder
+from xmodal.indexer.storage.library import Library
+from xmodal.indexer.storage.patch_tokens import LITE_RERANK, MAX_SLOT_BYTES, default_projector
+from xmodal.indexer.ingest.pipeline import index_images, index_texts, missing_patches
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not LITE_RERANK.exists(), reason="no data/lite-rerank.pt")]
 PHOTOS = sorted(p for p in SAMPLES.iterdir() if p.suffix in (".jpg", ".png"))
@@ -67,7 +67,7 @@ def test_text_search_reranks_the_top_k_and_no_rerank_keeps_the_dual_order(lite_l
 
 
 def test_reranking_opens_no_image_file_when_tokens_are_stored(lite_library, monkeypatch):
-    from xmodal.engine import reranking as reranking_module
+    from xmodal.engine.rerank import backends as reranking_module
 
     def no_files(path, *a, **kw):
         raise AssertionError(f"opened {path}")
@@ -106,7 +106,7 @@ def test_no_exemplar_leaves_the_exemplar_term_out(lite_library):
     with_ex = json.loads(runner.invoke(cli, args).output)
     without = json.loads(runner.invoke(cli, args + ["--no-exemplar"]).output)
     assert all("exemplar" in h for h in with_ex) and not any("exemplar" in h for h in without)
-    from xmodal.engine.rerank import Reranker
+    from xmodal.engine.rerank.lite import Reranker
 
     alpha = Reranker().alpha["t2i"]
     for h in without:  # score = cosine - hubness + alpha * match
@@ -128,7 +128,7 @@ def test_search_cli_rerank_options(lite_library):
     header, first = text.splitlines()[:2]
     assert header.index("cosine") < header.index("hubness") < header.index("exemplar") < header.index("match")
     score, cosine, hubness, exemplar, match = (float(v) for v in first.split()[1:6])
-    from xmodal.engine.rerank import Reranker
+    from xmodal.engine.rerank.lite import Reranker
 
     r = Reranker()  # the columns add up (to their printed rounding)
     alpha, beta = r.alpha["t2i"], r.beta["t2i"]
@@ -168,7 +168,7 @@ def test_explain_errors_name_the_problem(lite_library, tmp_path):
 
 
 def test_the_lite_reranker_is_refused_for_a_library_of_another_model(library, photos, fake_encoder):
-    from xmodal.engine.search import SearchError
+    from xmodal.engine.search.engine import SearchError
 
     with Library(library, create=True) as lib:
         index_images(lib, [str(photos)], fake_encoder)
@@ -183,7 +183,7 @@ def test_web_api_reranks_and_explains(lite_library):
 
     from fastapi.testclient import TestClient
 
-    from xmodal.engine.server import create_app
+    from xmodal.engine.web.server import create_app
 
     with TestClient(create_app(lite_library)) as client:
         hits = client.get("/api/search", params={"q": "a cat", "k": 3}).json()["hits"]
@@ -203,8 +203,8 @@ def test_web_api_reranks_and_explains(lite_library):
 def test_image_to_text_reranking_reads_stored_text_tokens(lite_library, monkeypatch, tmp_path):
     """Texts indexed with their token states need no text-tower pass when an image query reranks them, and
     scores are the same as when the states are computed at query time."""
-    from xmodal.engine.reranking import LiteBackend
-    from xmodal.indexer.text_tokens import TextTokenStore
+    from xmodal.engine.rerank.backends import LiteBackend
+    from xmodal.indexer.storage.text_tokens import TextTokenStore
 
     with SearchEngine(lite_library) as eng:
         stored = eng.search_image(SAMPLES / "cat-chelsea.jpg", k=4, target="texts")
@@ -230,7 +230,7 @@ def test_image_to_text_reranking_reads_stored_text_tokens(lite_library, monkeypa
 def test_the_web_api_takes_exemplar_false(lite_library):
     from fastapi.testclient import TestClient
 
-    from xmodal.engine.server import create_app
+    from xmodal.engine.web.server import create_app
 
     with TestClient(create_app(lite_library)) as c:
         on = c.get("/api/search", params={"q": "a horse", "k": 3}).json()["hits"]

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from conftest import draw
-from xmodal.engine.search import SearchEngine, SearchError
-from xmodal.indexer.library import Library
-from xmodal.indexer.pipeline import index_images, index_texts
+from xmodal.engine.search.engine import SearchEngine, SearchError
+from xmodal.indexer.storage.library import Library
+from xmodal.indexer.ingest.pipeline import index_images, index_texts
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_a_long_lived_engine_sees_photos_indexed_after_it_opened(engine, photos,
 def test_a_search_process_maps_a_large_index_and_still_sees_new_photos(photos, library, fake_encoder, monkeypatch):
     """Readers memory-map index files above MMAP_MIN_BYTES (here: every file); when the store moves on they
     patch a private in-memory copy instead, so new photos still show up."""
-    from xmodal.indexer import library as library_module
+    from xmodal.indexer.storage import library as library_module
 
     monkeypatch.setattr(library_module, "MMAP_MIN_BYTES", 0)
     with Library(library, create=True) as lib:
@@ -113,7 +113,7 @@ def test_a_search_process_maps_a_large_index_and_still_sees_new_photos(photos, l
 def test_more_like_this_works_on_a_memory_mapped_ivf_index(photos, library, fake_encoder, monkeypatch):
     """A large library's search process maps its IVF index read-only, where FAISS cannot reconstruct a
     vector: 'similar' takes the photo's exact vector from the store instead."""
-    from xmodal.indexer import library as library_module
+    from xmodal.indexer.storage import library as library_module
 
     monkeypatch.setattr(library_module, "MMAP_MIN_BYTES", 0)
     with Library(library, create=True) as lib:

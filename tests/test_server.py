@@ -12,14 +12,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import COLOURS, draw
-from xmodal.engine.search import SearchEngine, SearchError
-from xmodal.indexer.library import Library
-from xmodal.indexer.pipeline import index_images, index_texts
+from xmodal.engine.search.engine import SearchEngine, SearchError
+from xmodal.indexer.storage.library import Library
+from xmodal.indexer.ingest.pipeline import index_images, index_texts
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from xmodal.engine.server import create_app, is_loopback  # noqa: E402
+from xmodal.engine.web.server import create_app, is_loopback  # noqa: E402
 
 
 def draw_dated(path: Path, colour: str, when: str) -> Path:

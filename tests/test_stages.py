@@ -1,10 +1,10 @@
-"""xmodal.indexer.stages: the thread-pool stage the write path runs decoding and inference on."""
+"""xmodal.indexer.ingest.stages: the thread-pool stage the write path runs decoding and inference on."""
 import threading
 import time
 
 import pytest
 
-from xmodal.indexer.stages import LaneIds, ordered_map
+from xmodal.indexer.ingest.stages import LaneIds, ordered_map
 
 
 def test_results_come_back_in_input_order_even_when_later_items_finish_first():

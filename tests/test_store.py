@@ -1,4 +1,4 @@
-"""xmodal.indexer.store: the SQLite metadata store of a library."""
+"""xmodal.indexer.storage.store: the SQLite metadata store of a library."""
 from __future__ import annotations
 
 import os
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xmodal.indexer import store as store_module
+from xmodal.indexer.storage import store as store_module
 from xmodal.indexer.records import DecodedImage, ImageRecord, TextRecord
-from xmodal.indexer.store import SCHEMA_VERSION, Store, StoreError
+from xmodal.indexer.storage.store import SCHEMA_VERSION, Store, StoreError
 
 
 def decoded(path: str, size: int = 100, mtime: float = 1_700_000_000.5,

@@ -5,10 +5,10 @@ import hashlib
 import faiss
 import numpy as np
 
-from xmodal.indexer.index_choice import MIN_TRAIN, TRAIN_PER_LIST, train_size
+from xmodal.indexer.storage.index_choice import MIN_TRAIN, TRAIN_PER_LIST, train_size
 from xmodal.indexer.records import DecodedImage
-from xmodal.indexer.store import Store
-from xmodal.indexer.stored_vectors import StoredVectors, merge_top_k
+from xmodal.indexer.storage.store import Store
+from xmodal.indexer.storage.stored_vectors import StoredVectors, merge_top_k
 
 
 def _store(path, n=230, dim=16, seed=0):
@@ -59,7 +59,7 @@ def test_training_sets_are_samples_sized_by_the_index_lists():
 def test_a_library_rebuilt_into_compressed_codes_reranks_its_shortlist_from_the_store(tmp_path):
     """Rebuilding into product-quantised codes that cap recall: the library's index shortlists and ranks by the
     exact vectors its store holds, reaching recall@10 >= 0.95; a reopened library does the same."""
-    from xmodal.indexer.library import Library
+    from xmodal.indexer.storage.library import Library
 
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(40, 32))

@@ -1,4 +1,4 @@
-"""xmodal.indexer.texts: reading a corpus of texts from .txt, .csv and .jsonl files."""
+"""xmodal.indexer.ingest.texts: reading a corpus of texts from .txt, .csv and .jsonl files."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from xmodal.indexer.texts import TextCorpusError, read_texts
+from xmodal.indexer.ingest.texts import TextCorpusError, read_texts
 
 
 def write(path, content: str, encoding: str = "utf-8") -> str:
@@ -74,7 +74,7 @@ def test_jsonl_bad_lines_are_logged_with_their_line_number_and_skipped(tmp_path,
     lines = ['{"text": "ok 1"}', "{not json", '{"caption": "no text field"}', '["a list"]', '{"text": "ok 2"}']
     path = write(tmp_path / "scraped.jsonl", "\n".join(lines))
 
-    with caplog.at_level(logging.WARNING, logger="xmodal.indexer.texts"):
+    with caplog.at_level(logging.WARNING, logger="xmodal.indexer.ingest.texts"):
         texts = list(read_texts(path))
 
     assert texts == ["ok 1", "ok 2"]

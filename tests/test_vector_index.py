@@ -1,4 +1,4 @@
-"""xmodal.indexer.vector_index: FAISS vectors keyed by store ids, saved atomically with a JSON sidecar."""
+"""xmodal.indexer.storage.vector_index: FAISS vectors keyed by store ids, saved atomically with a JSON sidecar."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from xmodal.indexer.vector_index import IndexMismatchError, VectorIndex, VectorIndexError
+from xmodal.indexer.storage.vector_index import IndexMismatchError, VectorIndex, VectorIndexError
 
 DIM = 32
 
@@ -269,7 +269,7 @@ def test_a_corrupt_index_file_is_reported(tmp_path):
 def test_a_failed_save_leaves_the_previous_index_and_no_temp_file(tmp_path, monkeypatch):
     index, _, _ = filled(n=5)
     index.save(tmp_path / "i.faiss")
-    import xmodal.indexer.vector_index as vi
+    import xmodal.indexer.storage.vector_index as vi
 
     def crash(tmp, final):
         raise OSError("disk full")

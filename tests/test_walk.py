@@ -1,4 +1,4 @@
-"""xmodal.indexer.walk: which files a scan finds, in which order, and what it reports instead of crashing."""
+"""xmodal.indexer.ingest.walk: which files a scan finds, in which order, and what it reports instead of crashing."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import types
 import pytest
 
 from xmodal.indexer.records import Skipped
-from xmodal.indexer.walk import IMAGE_EXTENSIONS, iter_image_files
+from xmodal.indexer.ingest.walk import IMAGE_EXTENSIONS, iter_image_files
 
 
 def touch(path) -> str:

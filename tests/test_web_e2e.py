@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from conftest import COLOURS, draw
-from xmodal.indexer.library import Library
-from xmodal.indexer.pipeline import index_images
+from xmodal.indexer.storage.library import Library
+from xmodal.indexer.ingest.pipeline import index_images
 
 CHROMIUM = os.environ.get("XMODAL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -60,7 +60,7 @@ def _free_port() -> int:
 def server(tmp_path, fake_encoder):
     import uvicorn
 
-    from xmodal.engine.server import create_app
+    from xmodal.engine.web.server import create_app
 
     photos = tmp_path / "photos"
     for colour in ("red", "green", "blue", "yellow", "purple", "cyan"):

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xmodal.engine.recall import recall_report
+from xmodal.engine.eval.recall import recall_report
 from xmodal.engine.training.checkpoint import write_checkpoint
 from xmodal.engine.training.features import FeatureCache, build_cache
-from xmodal.indexer.encoders import LITE_HEADS, Preprocess, load_efficientnet_lite0, load_minilm
+from xmodal.indexer.models.encoders import LITE_HEADS, Preprocess, load_efficientnet_lite0, load_minilm
 from xmodal.indexer.models.lite import LiteDualEncoder
 from xmodal.indexer.models.text_tower import TextTower
 
@@ -187,7 +187,7 @@ def default_cache_dir() -> Path:
 def run_align(data_dir: Path, out: Path | None = None, cache_dir: Path | None = None, epochs: int | None = None,
               seed: int = 0, **overrides) -> dict:
     """`xmodal train align`: cache features of the train and dev splits, train, keep the best dev epoch."""
-    from xmodal.indexer.datasets import load_captions_csv
+    from xmodal.engine.eval.datasets import load_captions_csv
 
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()

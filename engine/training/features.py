@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xmodal.indexer.datasets import CaptionDataset
-from xmodal.indexer.decode import iter_decoded
-from xmodal.indexer.encoders import Preprocess, load_efficientnet_lite0, load_minilm, tokenize
+from xmodal.engine.eval.datasets import CaptionDataset
+from xmodal.indexer.ingest.decode import iter_decoded
+from xmodal.indexer.models.encoders import Preprocess, load_efficientnet_lite0, load_minilm, tokenize
 from xmodal.indexer.models.text_tower import TextTower, mean_pool
-from xmodal.indexer.pipeline import batched
+from xmodal.indexer.ingest.pipeline import batched
 from xmodal.indexer.records import Skipped
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Training of the cross-attention fusion reranker (engine.fusion) on cached features.
 
-Inputs (token-state cache, patch tokens, hard negatives) come from engine.training.rerank_data.
+Inputs (token-state cache, patch tokens, hard negatives) come from rerank_data.py.
 
 Two architectures (engine.fusion), chosen by `arch`:
 
@@ -35,14 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xmodal.engine.fusion import CrossAttentionMatcher, FusionReranker
-from xmodal.engine.recall import i2t_ranks, recall_at_k, t2i_ranks
-from xmodal.engine.rerank import fuse, hub_prior, reranked_matrix
+from xmodal.engine.rerank.model import CrossAttentionMatcher, FusionReranker
+from xmodal.engine.eval.recall import i2t_ranks, recall_at_k, t2i_ranks
+from xmodal.engine.rerank.lite import fuse, hub_prior, reranked_matrix
 from xmodal.engine.training.checkpoint import write_checkpoint
 from xmodal.engine.training.rerank_data import (HUB_BANK_TEXTS, TokenCache, _sample_tokens, cache_tokens,  # noqa: F401
                                          dual_embeddings, exemplar_bank, expansion_matrix, fit_pca, hub_bank, mine,
                                          to_patch_tokens, token_states)  # (re-exported)
-from xmodal.indexer.patch_tokens import LITE_RERANK
+from xmodal.indexer.storage.patch_tokens import LITE_RERANK
 from xmodal.indexer.resources import data_dir
 
 logger = logging.getLogger(__name__)
@@ -332,8 +332,8 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tupl
     its exemplars (None without cfg.hub)."""
     from xmodal.engine.training.align import default_cache_dir, patch_maps
     from xmodal.engine.training.features import build_cache
-    from xmodal.indexer.datasets import load_captions_csv
-    from xmodal.indexer.encoders import LiteEncoder
+    from xmodal.engine.eval.datasets import load_captions_csv
+    from xmodal.indexer.models.encoders import LiteEncoder
 
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()

@@ -18,12 +18,12 @@ import faiss
 import numpy as np
 import torch
 
-from xmodal.indexer.encoders import Encoder
-from xmodal.indexer.index_choice import choose_index
-from xmodal.indexer.index_tuning import TUNING_QUERIES, recall_at_k, tune_search_params
-from xmodal.indexer.library import Library
-from xmodal.indexer.pipeline import index_images
-from xmodal.indexer.vector_index import VectorIndex
+from xmodal.indexer.models.encoders import Encoder
+from xmodal.indexer.storage.index_choice import choose_index
+from xmodal.indexer.storage.index_tuning import TUNING_QUERIES, recall_at_k, tune_search_params
+from xmodal.indexer.storage.library import Library
+from xmodal.indexer.ingest.pipeline import index_images
+from xmodal.indexer.storage.vector_index import VectorIndex
 
 QUERIES = ["a dog running on the grass", "two children playing in the water", "a man riding a bike",
            "a group of people standing in the snow", "a black and white dog", "a woman in a red shirt",
@@ -115,7 +115,7 @@ def index_rate(encoder: Encoder, photos: Path, runs: int = 3) -> tuple[float, Li
     with the last run's (image vectors, patch tokens)."""
     from PIL import Image
 
-    from xmodal.indexer.patch_tokens import default_projector
+    from xmodal.indexer.storage.patch_tokens import default_projector
 
     projector = default_projector(encoder.name)
     warm_up(encoder, [Image.new("RGB", (640, 480), (120, 90, 60))] * 16)
@@ -186,11 +186,11 @@ def simulated_collection(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 def rerank_latency(encoder: Encoder, tokens: np.ndarray, queries: list[str], k: int = 32) -> float | None:
     """Median ms of the bundled reranker scoring `k` candidates' stored-format tokens for a text query."""
-    from xmodal.indexer.patch_tokens import LITE_RERANK
+    from xmodal.indexer.storage.patch_tokens import LITE_RERANK
 
     if not hasattr(encoder, "encode_text_states") or not LITE_RERANK.exists() or not len(tokens):
         return None
-    from xmodal.engine.rerank import Reranker, TextTokens
+    from xmodal.engine.rerank.lite import Reranker, TextTokens
 
     rr = Reranker()
     cand = torch.from_numpy(np.resize(tokens, (k, *tokens.shape[1:]))).float()

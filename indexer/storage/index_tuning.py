@@ -13,7 +13,7 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from xmodal.indexer.index_choice import choose_index
+from xmodal.indexer.storage.index_choice import choose_index
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ def calibration_pixels(preprocess, crops: int = 5, seed: int = 0) -> np.ndarray:
     (half to all of each side, half of them mirrored), preprocessed as the encoder does."""
     from PIL import ImageOps
 
-    from xmodal.indexer.decode import read_image
+    from xmodal.indexer.ingest.decode import read_image
 
     photos = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not photos:

@@ -68,7 +68,7 @@ def onnx_image_path(lite, fingerprint: str, preprocess):
         logger.warning("ONNX Runtime image path unavailable (%s); using torch", str(e).splitlines()[0])
         return None
     if runtime == "int8":
-        from xmodal.indexer.onnx_int8 import quantized
+        from xmodal.indexer.models.onnx_int8 import quantized
 
         try:
             return OnnxImagePath(quantized(path, preprocess), kind="int8")

@@ -11,7 +11,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from xmodal.indexer.decode import DecodeError, read_image
+from xmodal.indexer.ingest.decode import DecodeError, read_image
 from xmodal.indexer.records import ImageRecord
 
 THUMBNAIL_DIR = "thumbnails"

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xmodal.indexer.decode import DecodeError, read_image
-from xmodal.indexer.library import Library
+from xmodal.indexer.ingest.decode import DecodeError, read_image
+from xmodal.indexer.storage.library import Library
 from xmodal.indexer.records import SearchHit
-from xmodal.indexer.text_tokens import TextTokenStore
+from xmodal.indexer.storage.text_tokens import TextTokenStore
 
-from xmodal.engine.rerank import Reranker, TextTokens, fuse
+from xmodal.engine.rerank.lite import Reranker, TextTokens, fuse
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class BlipBackend:
     alpha = {"t2i": 1.0, "i2t": 1.0}
 
     def __init__(self, name: str):
-        from xmodal.engine.blip_rerank import BlipReranker
+        from xmodal.engine.rerank.blip import BlipReranker
 
         self.model = BlipReranker(name)
         self.name = name

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from xmodal.indexer.models.text_tower import mean_pool
-from xmodal.indexer.patch_tokens import LITE_RERANK, PatchProjector
+from xmodal.indexer.storage.patch_tokens import LITE_RERANK, PatchProjector
 
-from xmodal.engine.fusion import CrossAttentionMatcher, FusionReranker
+from xmodal.engine.rerank.model import CrossAttentionMatcher, FusionReranker
 
 
 

@@ -11,22 +11,22 @@ from pathlib import Path
 
 import click
 
-from xmodal.indexer.library import default_library_dir
+from xmodal.indexer.storage.library import default_library_dir
 from xmodal.indexer.resources import samples_dir
 
 logger = logging.getLogger("xmodal")
 
 
 def _domain_errors() -> tuple[type[Exception], ...]:
-    from xmodal.indexer.datasets import DatasetError
-    from xmodal.indexer.encoders import ModelUnavailable
-    from xmodal.indexer.library import LibraryError
-    from xmodal.indexer.store import StoreError
-    from xmodal.indexer.texts import TextCorpusError
-    from xmodal.indexer.vector_index import VectorIndexError
+    from xmodal.engine.eval.datasets import DatasetError
+    from xmodal.indexer.models.encoders import ModelUnavailable
+    from xmodal.indexer.storage.library import LibraryError
+    from xmodal.indexer.storage.store import StoreError
+    from xmodal.indexer.ingest.texts import TextCorpusError
+    from xmodal.indexer.storage.vector_index import VectorIndexError
 
-    from xmodal.engine.bench import BenchError
-    from xmodal.engine.search import SearchError
+    from xmodal.engine.eval.bench import BenchError
+    from xmodal.engine.search.engine import SearchError
 
     return (DatasetError, ModelUnavailable, LibraryError, StoreError, TextCorpusError, VectorIndexError,
             BenchError, SearchError, FileNotFoundError)
@@ -53,7 +53,7 @@ def _library(path: Path | None) -> Path:
 
 def _library_model(path: Path) -> str | None:
     """The model a library was built with, or None for a new library."""
-    from xmodal.indexer.library import Library
+    from xmodal.indexer.storage.library import Library
 
     if not (path / "library.db").exists():
         return None
@@ -121,10 +121,10 @@ def index(paths, library, model, batch_size, patches, as_json):
     import signal
     import threading
 
-    from xmodal.indexer.encoders import get_encoder
-    from xmodal.indexer.library import Library
-    from xmodal.indexer.patch_tokens import default_projector
-    from xmodal.indexer.pipeline import index_images
+    from xmodal.indexer.models.encoders import get_encoder
+    from xmodal.indexer.storage.library import Library
+    from xmodal.indexer.storage.patch_tokens import default_projector
+    from xmodal.indexer.ingest.pipeline import index_images
 
     stop = threading.Event()
 
@@ -169,11 +169,11 @@ def index(paths, library, model, batch_size, patches, as_json):
 @json_option
 def index_texts_cmd(path, library, model, as_json):
     """Index a text corpus: .txt (one per line), .csv (`caption` or `text` column), .jsonl (`text`)."""
-    from xmodal.indexer.encoders import get_encoder
-    from xmodal.indexer.library import Library
-    from xmodal.indexer.pipeline import index_texts
+    from xmodal.indexer.models.encoders import get_encoder
+    from xmodal.indexer.storage.library import Library
+    from xmodal.indexer.ingest.pipeline import index_texts
 
-    from xmodal.indexer.patch_tokens import default_projector
+    from xmodal.indexer.storage.patch_tokens import default_projector
 
     with edge():
         encoder = get_encoder(model or _library_model(_library(library)) or "lite")
@@ -194,7 +194,7 @@ def index_texts_cmd(path, library, model, as_json):
 @json_option
 def remove(path, library, as_json):
     """Drop the indexed folder PATH (one of the roots `xmodal index` was given) and its photos."""
-    from xmodal.indexer.library import Library
+    from xmodal.indexer.storage.library import Library
 
     with edge():
         with Library(_library(library)) as lib:
@@ -226,7 +226,7 @@ def remove(path, library, as_json):
 def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, reranker, library, as_json):
     """Search the library by text QUERY or by --image, for images or --target texts. Text -> image and
     image -> text searches rerank the top --rerank-k with the cross-attention reranker."""
-    from xmodal.engine.search import SearchEngine
+    from xmodal.engine.search.engine import SearchEngine
 
     if bool(query) == bool(image):
         raise click.UsageError("give either a text QUERY or --image FILE (not both)")
@@ -272,8 +272,8 @@ def explain(query, image, output, per_word, library, as_json):
     its cross-attention from the query's words to the photo's patches, as a heatmap over the photo."""
     import re
 
-    from xmodal.engine.explain import overlay
-    from xmodal.engine.search import SearchEngine
+    from xmodal.engine.rerank.explain import overlay
+    from xmodal.engine.search.engine import SearchEngine
 
     target = int(image) if image.isdigit() and not os.path.exists(image) else image
     with edge():
@@ -303,9 +303,9 @@ def explain(query, image, output, per_word, library, as_json):
 @json_option
 def info(library, as_json):
     """What the library holds: counts, model, index type, sizes."""
-    from xmodal.indexer.library import Library
+    from xmodal.indexer.storage.library import Library
 
-    from xmodal.engine.search import library_info
+    from xmodal.engine.search.engine import library_info
 
     with edge():
         with Library(_library(library)) as lib:
@@ -331,10 +331,10 @@ def info(library, as_json):
 def check(library, repair, model, as_json):
     """Verify the library: one vector per row and one row per vector, counts, model, vanished files.
     Exits 1 with a report when something is wrong (after --repair: when something is still wrong)."""
-    from xmodal.indexer.check import check_library
-    from xmodal.indexer.check import repair as repair_library
-    from xmodal.indexer.encoders import get_encoder
-    from xmodal.indexer.library import Library
+    from xmodal.indexer.storage.check import check_library
+    from xmodal.indexer.storage.check import repair as repair_library
+    from xmodal.indexer.models.encoders import get_encoder
+    from xmodal.indexer.storage.library import Library
 
     fixed = None
     with edge():
@@ -373,9 +373,9 @@ def check(library, repair, model, as_json):
 @json_option
 def reindex(library, model, index_type, as_json):
     """Re-embed the library with --model (built beside, then swapped), and/or rebuild its index as --index-type."""
-    from xmodal.indexer.encoders import get_encoder
-    from xmodal.indexer.library import Library
-    from xmodal.indexer.reindex import reindex as run_reindex
+    from xmodal.indexer.models.encoders import get_encoder
+    from xmodal.indexer.storage.library import Library
+    from xmodal.indexer.storage.reindex import reindex as run_reindex
 
     if not model and not index_type:
         raise click.UsageError("give --model NAME, --index-type KEY, or both")
@@ -387,7 +387,7 @@ def reindex(library, model, index_type, as_json):
                 out["model"] = run_reindex(_library(library), encoder, progress=progress).to_json()
         if index_type:
             with Library(_library(library)) as lib, lib.writing():
-                from xmodal.indexer.index_tuning import TUNING_QUERIES
+                from xmodal.indexer.storage.index_tuning import TUNING_QUERIES
 
                 queries = get_encoder(lib.model).encode_texts(TUNING_QUERIES)
                 out["index"] = [lib.rebuild_index(m, None if index_type == "auto" else index_type, queries=queries)
@@ -413,8 +413,8 @@ def reindex(library, model, index_type, as_json):
 @json_option
 def models(as_json):
     """Models xmodal can use: whether their weights are here, embedding size, licence."""
-    from xmodal.indexer.encoders import ModelUnavailable, available_encoders, get_encoder
-    from xmodal.indexer.hf_encoders import KNOWN, local_status
+    from xmodal.indexer.models.encoders import ModelUnavailable, available_encoders, get_encoder
+    from xmodal.indexer.models.clip import KNOWN, local_status
 
     rows = []
     for name in available_encoders():
@@ -459,18 +459,18 @@ def bench():
 @json_option
 def bench_recall(dataset, split_file, karpathy_split, model, rerank, rerank_ks, reranker_path, as_json):
     """Recall@1/5/10 for text->image and image->text on DATASET (images/ + captions.txt, or Karpathy JSON)."""
-    from xmodal.indexer.datasets import load_dataset
-    from xmodal.indexer.encoders import get_encoder
+    from xmodal.engine.eval.datasets import load_dataset
+    from xmodal.indexer.models.encoders import get_encoder
 
-    from xmodal.engine.bench import recall_benchmark, rerank_benchmark
+    from xmodal.engine.eval.bench import recall_benchmark, rerank_benchmark
 
     with edge():
         ds = load_dataset(dataset, split_file=split_file, karpathy_split=karpathy_split)
         encoder = get_encoder(model)
         if rerank:
-            from xmodal.indexer.encoders import ModelUnavailable
+            from xmodal.indexer.models.encoders import ModelUnavailable
 
-            from xmodal.engine.rerank import LITE_RERANK, Reranker
+            from xmodal.engine.rerank.lite import LITE_RERANK, Reranker
 
             path = reranker_path or LITE_RERANK
             if not Path(path).exists():
@@ -501,9 +501,9 @@ def bench_recall(dataset, split_file, karpathy_split, model, rerank, rerank_ks, 
 @json_option
 def bench_speed_cmd(photos, scale, model, as_json):
     """Indexing and query speed at a small scale: images/s, forward-pass rate, latency, ANN recall, memory."""
-    from xmodal.indexer.encoders import get_encoder
+    from xmodal.indexer.models.encoders import get_encoder
 
-    from xmodal.engine.speed import bench_speed
+    from xmodal.engine.eval.speed import bench_speed
 
     with edge():
         result = bench_speed(get_encoder(model), photos or samples_dir(),
@@ -604,7 +604,7 @@ def train_rerank_cmd(data_dir, out, cache_dir, epochs, seed, as_json, refit):
 @click.option("--model", default=None, help="Refuse to run unless the library was built with this model.")
 def serve(library, host, port, token, model):
     """Web UI and JSON API (docs at /docs) for searching the library in a browser."""
-    from xmodal.engine.server import create_app, is_loopback
+    from xmodal.engine.web.server import create_app, is_loopback
 
     if not is_loopback(host) and not token:
         raise click.UsageError(f"binding to {host} exposes your photos to the network: give --token "

@@ -6,7 +6,7 @@ Text token states (MiniLM's final layer) are the queries; image patch tokens are
 
 Each layer (pre-LayerNorm, residual) is: text self-attention -> cross-attention to the patches ->
 feed-forward. A matching head on the masked mean of the final text tokens gives one logit per pair:
-sigmoid(logit) = P(the text describes the image). No I/O here; weights come from engine.rerank.
+sigmoid(logit) = P(the text describes the image). No I/O here; weights come from engine/rerank/lite.py.
 """
 from __future__ import annotations
 

@@ -22,18 +22,18 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from xmodal.indexer.decode import iter_decoded
-from xmodal.indexer.encoders import Encoder, decode_size
-from xmodal.indexer.index_tuning import TUNING_QUERIES, needs_rebuild
-from xmodal.indexer.library import Library, LibraryError, _under, write_failure
-from xmodal.indexer.patch_tokens import PatchProjector
+from xmodal.indexer.ingest.decode import iter_decoded
+from xmodal.indexer.models.encoders import Encoder, decode_size
+from xmodal.indexer.storage.index_tuning import TUNING_QUERIES, needs_rebuild
+from xmodal.indexer.storage.library import Library, LibraryError, _under, write_failure
+from xmodal.indexer.storage.patch_tokens import PatchProjector
 from xmodal.indexer.records import DecodedImage, Skipped
-from xmodal.indexer.stages import LaneIds, ordered_map
-from xmodal.indexer.store import StoreError
-from xmodal.indexer.text_tokens import TextTokenStore
-from xmodal.indexer.texts import read_texts
-from xmodal.indexer.vector_index import VectorIndexError
-from xmodal.indexer.walk import iter_image_files
+from xmodal.indexer.ingest.stages import LaneIds, ordered_map
+from xmodal.indexer.storage.store import StoreError
+from xmodal.indexer.storage.text_tokens import TextTokenStore
+from xmodal.indexer.ingest.texts import read_texts
+from xmodal.indexer.storage.vector_index import VectorIndexError
+from xmodal.indexer.ingest.walk import iter_image_files
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

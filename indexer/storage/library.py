@@ -32,11 +32,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from xmodal.indexer.index_choice import choose_index
-from xmodal.indexer.patch_tokens import PatchSpec, PatchStore
+from xmodal.indexer.storage.index_choice import choose_index
+from xmodal.indexer.storage.patch_tokens import PatchSpec, PatchStore
 from xmodal.indexer.records import DecodedImage
-from xmodal.indexer.store import Store, StoreError
-from xmodal.indexer.vector_index import VectorIndex, VectorIndexError
+from xmodal.indexer.storage.store import Store, StoreError
+from xmodal.indexer.storage.vector_index import VectorIndex, VectorIndexError
 
 logger = logging.getLogger(__name__)
 
@@ -339,9 +339,9 @@ class Library:
         by page: the collection is never in memory at once), tune nprobe /
         efSearch to recall@10 >= 0.95 against exact search (for self-queries and for `queries`, typically text
         embeddings of index_tuning.TUNING_QUERIES), and save it. The caller holds the writer lock."""
-        from xmodal.indexer.index_choice import train_size
-        from xmodal.indexer.index_tuning import tune_search_params
-        from xmodal.indexer.stored_vectors import StoredVectors
+        from xmodal.indexer.storage.index_choice import train_size
+        from xmodal.indexer.storage.index_tuning import tune_search_params
+        from xmodal.indexer.storage.stored_vectors import StoredVectors
 
         dim = self.dim
         if dim is None:

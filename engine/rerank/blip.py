@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xmodal.indexer.encoders import ModelUnavailable
-from xmodal.indexer.hf_encoders import resolve_checkpoint
+from xmodal.indexer.models.encoders import ModelUnavailable
+from xmodal.indexer.models.clip import resolve_checkpoint
 
 
 class BlipReranker:

@@ -19,11 +19,11 @@ from typing import Callable
 
 import numpy as np
 
-from xmodal.indexer.decode import DecodeError, read_image
-from xmodal.indexer.encoders import Encoder
-from xmodal.indexer.library import MODALITIES, Library, LibraryError
+from xmodal.indexer.ingest.decode import DecodeError, read_image
+from xmodal.indexer.models.encoders import Encoder
+from xmodal.indexer.storage.library import MODALITIES, Library, LibraryError
 from xmodal.indexer.records import Skipped
-from xmodal.indexer.vector_index import VectorIndex, VectorIndexError
+from xmodal.indexer.storage.vector_index import VectorIndex, VectorIndexError
 
 
 @dataclass

@@ -13,10 +13,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xmodal.indexer.encoders import Encoder
-from xmodal.indexer.library import Library
-from xmodal.indexer.patch_tokens import default_projector
-from xmodal.indexer.pipeline import IndexReport, Progress, index_images, index_texts
+from xmodal.indexer.models.encoders import Encoder
+from xmodal.indexer.storage.library import Library
+from xmodal.indexer.storage.patch_tokens import default_projector
+from xmodal.indexer.ingest.pipeline import IndexReport, Progress, index_images, index_texts
 
 logger = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from datetime import datetime
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from xmodal.indexer import jpeg_array
+from xmodal.indexer.ingest import jpeg_array
 from xmodal.indexer.records import DecodedImage, Skipped
-from xmodal.indexer.stages import ordered_map
+from xmodal.indexer.ingest.stages import ordered_map
 
 logger = logging.getLogger(__name__)
 

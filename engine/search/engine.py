@@ -16,11 +16,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from xmodal.indexer.decode import DecodeError, read_image
-from xmodal.indexer.encoders import Encoder, ModelUnavailable, get_encoder
-from xmodal.indexer.library import Library, LibraryError
+from xmodal.indexer.ingest.decode import DecodeError, read_image
+from xmodal.indexer.models.encoders import Encoder, ModelUnavailable, get_encoder
+from xmodal.indexer.storage.library import Library, LibraryError
 from xmodal.indexer.records import ImageRecord, SearchHit
-from xmodal.indexer.store import StoreError
+from xmodal.indexer.storage.store import StoreError
 
 logger = logging.getLogger(__name__)
 TARGETS = ("images", "texts")
@@ -65,11 +65,11 @@ class SearchEngine:
     def reranker(self):
         """The rerank backend (engine.reranking), or None when reranking is off or unavailable."""
         if self._backend is None and self.reranker_name:
-            from xmodal.engine.reranking import BlipBackend, LiteBackend
+            from xmodal.engine.rerank.backends import BlipBackend, LiteBackend
 
             try:
                 if self.reranker_name in ("auto", "lite"):
-                    from xmodal.indexer.patch_tokens import LITE_RERANK
+                    from xmodal.indexer.storage.patch_tokens import LITE_RERANK
 
                     if self.model_name == "lite" and (self.reranker_name == "lite" or LITE_RERANK.exists()):
                         self._backend = LiteBackend(self.library, self.encoder)
@@ -87,13 +87,13 @@ class SearchEngine:
             raise SearchError(f"rerank_k must be 0 (off) or more, got {rerank_k}")
         if rerank_k == 0 or self.reranker is None:
             return 0
-        from xmodal.engine.reranking import DEFAULT_RERANK_K
+        from xmodal.engine.rerank.backends import DEFAULT_RERANK_K
 
         return DEFAULT_RERANK_K if rerank_k is None else int(rerank_k)
 
     def _reranked(self, hits: list[SearchHit], k: int, rk: int, score, direction: str, query=None) -> list[SearchHit]:
         """Rerank the first rk hits with score(hits) -> match scores; the rest follow in dual order."""
-        from xmodal.engine.reranking import rerank_hits
+        from xmodal.engine.rerank.backends import rerank_hits
 
         backend = self.reranker
         match = score(hits[:rk])
@@ -121,7 +121,7 @@ class SearchEngine:
                     exemplar: bool = True, **filters) -> list[SearchHit]:
         """exemplar=False leaves the reranker's exemplar term out (it draws on the Flickr8k train captions,
         whose photos may not resemble what a query about other things asks for)."""
-        from xmodal.engine.reranking import LiteBackend, RerankQuery
+        from xmodal.engine.rerank.backends import LiteBackend, RerankQuery
 
         if not query or not query.strip():
             raise SearchError("empty query: give some words to search for")
@@ -139,7 +139,7 @@ class SearchEngine:
 
     def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10,
                      target: str = "images", rerank_k: int | None = None, **filters) -> list[SearchHit]:
-        from xmodal.engine.reranking import LiteBackend, RerankQuery
+        from xmodal.engine.rerank.backends import LiteBackend, RerankQuery
 
         if not isinstance(image, Image.Image):
             try:
@@ -164,7 +164,7 @@ class SearchEngine:
         """'More like this' for an indexed image, from its exact vector in the store (a memory-mapped IVF index
         cannot reconstruct one, and a PQ index only approximately; no file is opened when its patch tokens
         are stored)."""
-        from xmodal.engine.reranking import LiteBackend, RerankQuery
+        from xmodal.engine.rerank.backends import LiteBackend, RerankQuery
 
         index = self._index("images")
         vector = self.library.store.get_vectors("images", [int(image_id)], index.dim).get(int(image_id))
@@ -217,8 +217,8 @@ class SearchEngine:
     def explain(self, query: str, image: int | str | os.PathLike | Image.Image):
         """Which regions of a photo (an indexed id, a file or a PIL image) the reranker matched with which
         words of `query` -> (engine.explain.Explanation, the photo)."""
-        from xmodal.engine.explain import explanation
-        from xmodal.engine.reranking import LiteBackend
+        from xmodal.engine.rerank.explain import explanation
+        from xmodal.engine.rerank.backends import LiteBackend
 
         if not query or not query.strip():
             raise SearchError("empty query: give some words to explain")

@@ -133,7 +133,7 @@ def get_encoder(name: str = "lite") -> Encoder:
         if name in _REGISTRY:
             _CACHE[name] = _REGISTRY[name]()
         else:
-            from xmodal.indexer.hf_encoders import HFClipEncoder
+            from xmodal.indexer.models.clip import HFClipEncoder
 
             _CACHE[name] = HFClipEncoder(name)
     return _CACHE[name]
@@ -173,7 +173,7 @@ def load_minilm():
     from safetensors.torch import load_file
 
     from xmodal.indexer.models.bert import Bert, BertConfig
-    from xmodal.indexer.tokenizer import Tokenizer
+    from xmodal.indexer.models.tokenizer import Tokenizer
 
     path = minilm_path()
     try:
@@ -243,7 +243,7 @@ class LiteEncoder:
         300 MB resident)."""
         with self._onnx_lock:
             if self._onnx is _NOT_YET:
-                from xmodal.indexer.onnx_image import onnx_image_path
+                from xmodal.indexer.models.onnx_image import onnx_image_path
 
                 self._onnx = onnx_image_path(self.model, self._fingerprint, self.preprocess)
             return self._onnx

@@ -38,10 +38,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from xmodal.indexer.decode import DecodeError, read_image
+from xmodal.indexer.ingest.decode import DecodeError, read_image
 
-from xmodal.engine.search import SearchEngine, SearchError
-from xmodal.engine.thumbnails import ThumbnailCache
+from xmodal.engine.search.engine import SearchEngine, SearchError
+from xmodal.engine.web.thumbnails import ThumbnailCache
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
              response_class=Response)
     def explain_png(image_id: int, q: str = Query(..., description="The query to explain."),
                     word: int | None = Query(None, ge=0, description="Only this word of the query (0-based).")):
-        from xmodal.engine.explain import overlay
+        from xmodal.engine.rerank.explain import overlay
 
         record_or_404(image_id)
         exp, photo = call(engine.explain, q, image_id)

@@ -7,13 +7,13 @@ from typing import Callable
 
 import numpy as np
 
-from xmodal.indexer.datasets import CaptionDataset
-from xmodal.indexer.decode import iter_decoded
-from xmodal.indexer.encoders import Encoder, decode_size
-from xmodal.indexer.pipeline import batched
+from xmodal.engine.eval.datasets import CaptionDataset
+from xmodal.indexer.ingest.decode import iter_decoded
+from xmodal.indexer.models.encoders import Encoder, decode_size
+from xmodal.indexer.ingest.pipeline import batched
 from xmodal.indexer.records import Skipped
 
-from xmodal.engine.recall import recall_report
+from xmodal.engine.eval.recall import recall_report
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def rerank_benchmark(ds: CaptionDataset, encoder, reranker, rerank_ks=(16,), bat
     (hubness and exemplar terms, no cross-attention), "rerank": {K: {t2i, i2t, alpha, beta}}}."""
     import torch
 
-    from xmodal.indexer.encoders import tokenize
+    from xmodal.indexer.models.encoders import tokenize
     from xmodal.indexer.models.text_tower import mean_pool
 
     from xmodal.engine.training.rerank import rerank_eval

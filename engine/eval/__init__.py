@@ -1,0 +1,1 @@
+"""Evaluation: Recall@K, caption datasets, the recall and speed benchmarks."""

@@ -1,0 +1,1 @@
+"""Search: the engine behind the CLI, the Python API and the web server."""

@@ -1,0 +1,1 @@
+"""The web server, its thumbnails and its static page."""
