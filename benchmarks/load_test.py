@@ -39,7 +39,8 @@ QUERIES = ["a cat", "a rocket launching", "a cup of coffee", "a dog running on t
 def _register_toy() -> None:
     import numpy as np
 
-    from xmodal.indexer.models.encoders import Preprocess, register_encoder
+    from xmodal.indexer.models.base import Preprocess
+    from xmodal.indexer.models.encoders import register_encoder
 
     class Toy:
         """Deterministic stand-in: an image is its mean colour, a text is a hash of its words."""
@@ -74,7 +75,7 @@ def serve(library: str, photos: str, model: str, port: int) -> None:
         _register_toy()
     encoder = get_encoder(model)
     with Library(library, create=True) as lib:
-        from xmodal.indexer.storage.patch_tokens import default_projector
+        from xmodal.indexer.models.patch_projector import default_projector
 
         index_images(lib, [photos], encoder, patches=default_projector(encoder.name))
     uvicorn.run(create_app(library, model=model), host="127.0.0.1", port=port, log_level="warning")

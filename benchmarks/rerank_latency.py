@@ -135,7 +135,7 @@ def _threads() -> int:
 def build_library(photos: Path, root: Path, texts: Path | None = None) -> Path:
     from xmodal.indexer.models.encoders import get_encoder
     from xmodal.indexer.storage.library import Library
-    from xmodal.indexer.storage.patch_tokens import default_projector
+    from xmodal.indexer.models.patch_projector import default_projector
     from xmodal.indexer.ingest.pipeline import index_images
 
     with Library(root, create=True) as lib:

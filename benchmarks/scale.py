@@ -209,7 +209,7 @@ def finish(out: dict, workdir: Path, test_q: np.ndarray, encode_ms: dict, rerank
     """The last steps of one scale, shared with scale_10m.py: a fresh search process over the saved index and
     store in `workdir` (resident memory, metadata fetch), disk bytes per photo, and the query totals.
     `out` must hold n, index_file_bytes, store_file_bytes and ann_ms already."""
-    from xmodal.indexer.storage.patch_tokens import LITE_RERANK, PatchProjector
+    from xmodal.indexer.models.patch_projector import LITE_RERANK, PatchProjector
 
     n = out["n"]
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(workdir), "--child-queries",

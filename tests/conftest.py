@@ -2,7 +2,6 @@
 drawn with Pillow at test time, and paths to the optional real dataset."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from xmodal.indexer.models.encoders import Preprocess
+from xmodal.indexer.models.base import Preprocess
 
 COLOURS = {
     "red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 230, 20),

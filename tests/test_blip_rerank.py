@@ -8,7 +8,7 @@ from PIL import Image
 
 import hf_tiny
 from xmodal.engine.rerank.blip import BlipReranker
-from xmodal.indexer.models.encoders import ModelUnavailable
+from xmodal.indexer.models.base import ModelUnavailable
 
 
 @pytest.fixture(scope="module")

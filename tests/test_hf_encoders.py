@@ -13,7 +13,8 @@ from PIL import Image
 
 import hf_tiny
 from xmodal.engine.cli import cli
-from xmodal.indexer.models.encoders import ModelUnavailable, get_encoder
+from xmodal.indexer.models.base import ModelUnavailable
+from xmodal.indexer.models.encoders import get_encoder
 from xmodal.indexer.models.clip import HFClipEncoder
 
 MAKERS = {"clip": hf_tiny.make_clip, "siglip": hf_tiny.make_siglip, "chinese_clip": hf_tiny.make_chinese_clip}

@@ -7,7 +7,7 @@ from PIL import Image, ImageOps
 
 from xmodal.indexer.ingest import jpeg_array
 from xmodal.indexer.ingest.decode import DecodeError, read_image
-from xmodal.indexer.models.encoders import Preprocess, resize_bicubic
+from xmodal.indexer.models.base import Preprocess, resize_bicubic
 
 pytestmark = pytest.mark.skipif(jpeg_array.simplejpeg is None, reason="simplejpeg is not installed")
 

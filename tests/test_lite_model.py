@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 
 from conftest import SAMPLES
-from xmodal.indexer.models.encoders import Preprocess, get_encoder, load_efficientnet_lite0, load_minilm, tokenize
+from xmodal.indexer.models.base import Preprocess
+from xmodal.indexer.models.encoders import get_encoder
+from xmodal.indexer.models.lite_encoder import load_efficientnet_lite0, load_minilm, tokenize
 from xmodal.indexer.models.text_tower import TextTower, mean_pool
 
 pytestmark = pytest.mark.slow
@@ -57,7 +59,7 @@ def test_efficientnet_finds_dogs_in_flickr_photos_of_dogs(effnet, flickr8k):
 
 def test_minilm_matches_the_sentence_transformers_recipe():
     st = pytest.importorskip("sentence_transformers")
-    from xmodal.indexer.models.encoders import minilm_path
+    from xmodal.indexer.models.lite_encoder import minilm_path
 
     texts = ["A dog jumps into a lake.", "two children play in the snow", "a red car"]
     tokenizer, bert = load_minilm()
@@ -84,7 +86,7 @@ def test_lite_encoder_gives_unit_float32_vectors_in_one_space():
 def test_onnx_runtime_image_path_equals_torch(monkeypatch, tmp_path):
     """The lite encoder's image path runs on ONNX Runtime (exported once into the cache); embeddings and patch
     maps equal the torch modules' own, and XMODAL_IMAGE_RUNTIME=torch turns it off."""
-    from xmodal.indexer.models.encoders import LiteEncoder
+    from xmodal.indexer.models.lite_encoder import LiteEncoder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     photos = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
@@ -102,7 +104,7 @@ def test_onnx_runtime_image_path_equals_torch(monkeypatch, tmp_path):
 def test_a_text_only_process_never_builds_the_onnx_image_path(monkeypatch):
     """Text searches load no ONNX Runtime session (about 90 MB resident); the first photo builds it, once."""
     from xmodal.indexer.models import onnx_image as onnx_image_module
-    from xmodal.indexer.models.encoders import LiteEncoder
+    from xmodal.indexer.models.lite_encoder import LiteEncoder
 
     built = []
     real = onnx_image_module.onnx_image_path
@@ -122,7 +124,7 @@ def test_image_path_lanes_give_the_same_embeddings_as_the_shared_session(monkeyp
     gives the same embeddings and patch maps as the latency session, and concurrent calls do not mix."""
     import threading
 
-    from xmodal.indexer.models.encoders import LiteEncoder
+    from xmodal.indexer.models.lite_encoder import LiteEncoder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     enc = LiteEncoder()
@@ -152,7 +154,7 @@ def test_int8_image_path_is_quantised_once_and_stays_close_to_float(monkeypatch,
     import logging
 
     import xmodal.indexer.models.onnx_int8 as onnx_int8
-    from xmodal.indexer.models.encoders import LiteEncoder
+    from xmodal.indexer.models.lite_encoder import LiteEncoder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     photos = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
@@ -184,7 +186,7 @@ def test_indexing_on_inference_lanes_stores_what_the_encoder_gives_one_photo_at_
 
     from xmodal.indexer.ingest.decode import read_image
     from xmodal.indexer.storage.library import Library
-    from xmodal.indexer.storage.patch_tokens import default_projector
+    from xmodal.indexer.models.patch_projector import default_projector
     from xmodal.indexer.ingest.pipeline import index_images
 
     photos = tmp_path / "photos"

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from xmodal.indexer.models.encoders import load_minilm, minilm_path, tokenize
+from xmodal.indexer.models.lite_encoder import load_minilm, minilm_path, tokenize
 from xmodal.indexer.models.bert import Bert, BertConfig
 from xmodal.indexer.models.tokenizer import Tokenizer, TokenizerError
 

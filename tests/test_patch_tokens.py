@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from xmodal.indexer.storage.patch_tokens import (LITE_RERANK, MAX_SLOT_BYTES, PatchProjector, PatchSpec, PatchStore,
-                                  PatchTokenError, default_projector)
+from xmodal.indexer.storage.patch_tokens import MAX_SLOT_BYTES, PatchSpec, PatchStore, PatchTokenError
+from xmodal.indexer.models.patch_projector import LITE_RERANK, PatchProjector, default_projector
 
 
 def sha(n: int) -> str:

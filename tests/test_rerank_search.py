@@ -15,7 +15,8 @@ from xmodal.engine.cli import cli
 from xmodal.engine.search.engine import SearchEngine
 from xmodal.indexer.models.encoders import get_encoder
 from xmodal.indexer.storage.library import Library
-from xmodal.indexer.storage.patch_tokens import LITE_RERANK, MAX_SLOT_BYTES, default_projector
+from xmodal.indexer.storage.patch_tokens import MAX_SLOT_BYTES
+from xmodal.indexer.models.patch_projector import LITE_RERANK, default_projector
 from xmodal.indexer.ingest.pipeline import index_images, index_texts, missing_patches
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not LITE_RERANK.exists(), reason="no data/lite-rerank.pt")]

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import COLOURS, draw
+from conftest import COLOURS
 from xmodal.engine.search.engine import SearchEngine, SearchError
 from xmodal.indexer.storage.library import Library
 from xmodal.indexer.ingest.pipeline import index_images, index_texts

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from conftest import COLOURS, draw
 from xmodal.engine.cli import cli
-from xmodal.indexer.models.encoders import LiteEncoder
+from xmodal.indexer.models.lite_encoder import LiteEncoder
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def test_training_writes_a_loadable_checkpoint_and_is_reproducible(tiny_dataset,
 
 
 def test_a_missing_checkpoint_names_what_to_do(tmp_path):
-    from xmodal.indexer.models.encoders import ModelUnavailable
+    from xmodal.indexer.models.base import ModelUnavailable
 
     with pytest.raises(ModelUnavailable, match="xmodal train align"):
         LiteEncoder(tmp_path / "nope.pt")

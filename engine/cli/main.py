@@ -19,7 +19,7 @@ logger = logging.getLogger("xmodal")
 
 def _domain_errors() -> tuple[type[Exception], ...]:
     from xmodal.engine.eval.datasets import DatasetError
-    from xmodal.indexer.models.encoders import ModelUnavailable
+    from xmodal.indexer.models.base import ModelUnavailable
     from xmodal.indexer.storage.library import LibraryError
     from xmodal.indexer.storage.store import StoreError
     from xmodal.indexer.ingest.texts import TextCorpusError
@@ -123,7 +123,7 @@ def index(paths, library, model, batch_size, patches, as_json):
 
     from xmodal.indexer.models.encoders import get_encoder
     from xmodal.indexer.storage.library import Library
-    from xmodal.indexer.storage.patch_tokens import default_projector
+    from xmodal.indexer.models.patch_projector import default_projector
     from xmodal.indexer.ingest.pipeline import index_images
 
     stop = threading.Event()
@@ -173,7 +173,7 @@ def index_texts_cmd(path, library, model, as_json):
     from xmodal.indexer.storage.library import Library
     from xmodal.indexer.ingest.pipeline import index_texts
 
-    from xmodal.indexer.storage.patch_tokens import default_projector
+    from xmodal.indexer.models.patch_projector import default_projector
 
     with edge():
         encoder = get_encoder(model or _library_model(_library(library)) or "lite")
@@ -413,7 +413,8 @@ def reindex(library, model, index_type, as_json):
 @json_option
 def models(as_json):
     """Models xmodal can use: whether their weights are here, embedding size, licence."""
-    from xmodal.indexer.models.encoders import ModelUnavailable, available_encoders, get_encoder
+    from xmodal.indexer.models.base import ModelUnavailable
+    from xmodal.indexer.models.encoders import available_encoders, get_encoder
     from xmodal.indexer.models.clip import KNOWN, local_status
 
     rows = []
@@ -468,7 +469,7 @@ def bench_recall(dataset, split_file, karpathy_split, model, rerank, rerank_ks, 
         ds = load_dataset(dataset, split_file=split_file, karpathy_split=karpathy_split)
         encoder = get_encoder(model)
         if rerank:
-            from xmodal.indexer.models.encoders import ModelUnavailable
+            from xmodal.indexer.models.base import ModelUnavailable
 
             from xmodal.engine.rerank.lite import LITE_RERANK, Reranker
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from xmodal.engine.eval.datasets import CaptionDataset
 from xmodal.indexer.ingest.decode import iter_decoded
-from xmodal.indexer.models.encoders import Encoder, decode_size
+from xmodal.indexer.models.base import Encoder, decode_size
 from xmodal.indexer.ingest.pipeline import batched
 from xmodal.indexer.records import Skipped
 
@@ -71,7 +71,7 @@ def rerank_benchmark(ds: CaptionDataset, encoder, reranker, rerank_ks=(16,), bat
     (hubness and exemplar terms, no cross-attention), "rerank": {K: {t2i, i2t, alpha, beta}}}."""
     import torch
 
-    from xmodal.indexer.models.encoders import tokenize
+    from xmodal.indexer.models.lite_encoder import tokenize
     from xmodal.indexer.models.text_tower import mean_pool
 
     from xmodal.engine.training.rerank import rerank_eval

@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 import torch
 
-from xmodal.indexer.models.encoders import Encoder
+from xmodal.indexer.models.base import Encoder
 from xmodal.indexer.storage.index_choice import choose_index
 from xmodal.indexer.storage.index_tuning import TUNING_QUERIES, recall_at_k, tune_search_params
 from xmodal.indexer.storage.library import Library
@@ -115,7 +115,7 @@ def index_rate(encoder: Encoder, photos: Path, runs: int = 3) -> tuple[float, Li
     with the last run's (image vectors, patch tokens)."""
     from PIL import Image
 
-    from xmodal.indexer.storage.patch_tokens import default_projector
+    from xmodal.indexer.models.patch_projector import default_projector
 
     projector = default_projector(encoder.name)
     warm_up(encoder, [Image.new("RGB", (640, 480), (120, 90, 60))] * 16)
@@ -186,7 +186,7 @@ def simulated_collection(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 def rerank_latency(encoder: Encoder, tokens: np.ndarray, queries: list[str], k: int = 32) -> float | None:
     """Median ms of the bundled reranker scoring `k` candidates' stored-format tokens for a text query."""
-    from xmodal.indexer.storage.patch_tokens import LITE_RERANK
+    from xmodal.indexer.models.patch_projector import LITE_RERANK
 
     if not hasattr(encoder, "encode_text_states") or not LITE_RERANK.exists() or not len(tokens):
         return None

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xmodal.indexer.models.encoders import ModelUnavailable
+from xmodal.indexer.models.base import ModelUnavailable
 from xmodal.indexer.models.clip import resolve_checkpoint
 
 

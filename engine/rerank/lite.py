@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from xmodal.indexer.models.text_tower import mean_pool
-from xmodal.indexer.storage.patch_tokens import LITE_RERANK, PatchProjector
+from xmodal.indexer.models.patch_projector import LITE_RERANK, PatchProjector
 
 from xmodal.engine.rerank.model import CrossAttentionMatcher, FusionReranker
 

@@ -10,14 +10,14 @@ import logging
 import os
 from dataclasses import replace
 from datetime import date
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
-from xmodal.indexer.models.encoders import Encoder, ModelUnavailable, get_encoder
+from xmodal.indexer.models.base import Encoder, ModelUnavailable
+from xmodal.indexer.models.encoders import get_encoder
 from xmodal.indexer.storage.library import Library, LibraryError
 from xmodal.indexer.records import ImageRecord, SearchHit
 from xmodal.indexer.storage.store import StoreError
@@ -69,7 +69,7 @@ class SearchEngine:
 
             try:
                 if self.reranker_name in ("auto", "lite"):
-                    from xmodal.indexer.storage.patch_tokens import LITE_RERANK
+                    from xmodal.indexer.models.patch_projector import LITE_RERANK
 
                     if self.model_name == "lite" and (self.reranker_name == "lite" or LITE_RERANK.exists()):
                         self._backend = LiteBackend(self.library, self.encoder)

@@ -10,7 +10,6 @@ CPU kernels. Model selection uses the dev split only (the epoch with the best t2
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -25,7 +24,8 @@ import torch.nn.functional as F
 from xmodal.engine.eval.recall import recall_report
 from xmodal.engine.training.checkpoint import write_checkpoint
 from xmodal.engine.training.features import FeatureCache, build_cache
-from xmodal.indexer.models.encoders import LITE_HEADS, Preprocess, load_efficientnet_lite0, load_minilm
+from xmodal.indexer.models.base import Preprocess
+from xmodal.indexer.models.lite_encoder import LITE_HEADS, load_efficientnet_lite0, load_minilm
 from xmodal.indexer.models.lite import LiteDualEncoder
 from xmodal.indexer.models.text_tower import TextTower
 

@@ -17,7 +17,8 @@ import torch
 
 from xmodal.engine.eval.datasets import CaptionDataset
 from xmodal.indexer.ingest.decode import iter_decoded
-from xmodal.indexer.models.encoders import Preprocess, load_efficientnet_lite0, load_minilm, tokenize
+from xmodal.indexer.models.base import Preprocess
+from xmodal.indexer.models.lite_encoder import load_efficientnet_lite0, load_minilm, tokenize
 from xmodal.indexer.models.text_tower import TextTower, mean_pool
 from xmodal.indexer.ingest.pipeline import batched
 from xmodal.indexer.records import Skipped

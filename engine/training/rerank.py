@@ -42,7 +42,7 @@ from xmodal.engine.training.checkpoint import write_checkpoint
 from xmodal.engine.training.rerank_data import (HUB_BANK_TEXTS, TokenCache, _sample_tokens, cache_tokens,  # noqa: F401
                                          dual_embeddings, exemplar_bank, expansion_matrix, fit_pca, hub_bank, mine,
                                          to_patch_tokens, token_states)  # (re-exported)
-from xmodal.indexer.storage.patch_tokens import LITE_RERANK
+from xmodal.indexer.models.patch_projector import LITE_RERANK
 from xmodal.indexer.resources import data_dir
 
 logger = logging.getLogger(__name__)
@@ -333,7 +333,7 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tupl
     from xmodal.engine.training.align import default_cache_dir, patch_maps
     from xmodal.engine.training.features import build_cache
     from xmodal.engine.eval.datasets import load_captions_csv
-    from xmodal.indexer.models.encoders import LiteEncoder
+    from xmodal.indexer.models.lite_encoder import LiteEncoder
 
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()

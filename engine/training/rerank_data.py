@@ -54,7 +54,7 @@ class TokenCache:
 @torch.inference_mode()
 def token_states(tokenizer, tower, texts, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Texts -> flat (sum T, 384) float16 final token states of real tokens, offsets (N + 1,)."""
-    from xmodal.indexer.models.encoders import tokenize
+    from xmodal.indexer.models.lite_encoder import tokenize
 
     chunks, lens = [], []
     for s in range(0, len(texts), batch_size):
@@ -70,7 +70,7 @@ def token_states(tokenizer, tower, texts, batch_size: int = 256) -> tuple[np.nda
 
 def cache_tokens(captions: list[str], name: str, cache_dir: Path) -> TokenCache:
     """MiniLM token states of `captions`, cached under cache_dir (keyed by the captions)."""
-    from xmodal.indexer.models.encoders import load_minilm
+    from xmodal.indexer.models.lite_encoder import load_minilm
     from xmodal.indexer.models.text_tower import TextTower
 
     key = hashlib.sha256(json.dumps(["tokens", 1, captions]).encode()).hexdigest()[:16]

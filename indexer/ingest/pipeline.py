@@ -23,10 +23,10 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from xmodal.indexer.ingest.decode import iter_decoded
-from xmodal.indexer.models.encoders import Encoder, decode_size
+from xmodal.indexer.models.base import Encoder, decode_size
 from xmodal.indexer.storage.index_tuning import TUNING_QUERIES, needs_rebuild
 from xmodal.indexer.storage.library import Library, LibraryError, _under, write_failure
-from xmodal.indexer.storage.patch_tokens import PatchProjector
+from xmodal.indexer.models.patch_projector import PatchProjector
 from xmodal.indexer.records import DecodedImage, Skipped
 from xmodal.indexer.ingest.stages import LaneIds, ordered_map
 from xmodal.indexer.storage.store import StoreError

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xmodal.indexer.models.encoders import ModelUnavailable
+from xmodal.indexer.models.base import ModelUnavailable
 
 logger = logging.getLogger(__name__)
 

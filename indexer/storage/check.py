@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
-from xmodal.indexer.models.encoders import Encoder
+from xmodal.indexer.models.base import Encoder
 from xmodal.indexer.storage.library import MODALITIES, Library, LibraryError
 from xmodal.indexer.records import Skipped
 from xmodal.indexer.storage.vector_index import VectorIndex, VectorIndexError

@@ -1,7 +1,7 @@
 """Compact per-image patch tokens for the cross-attention reranker, stored at index time so reranking
 opens no image file at query time.
 
-    projector = PatchProjector.from_checkpoint(path)   # the reranker's own projection (PCA), as shipped
+    projector = PatchProjector.from_checkpoint(path)   # models/patch_projector.py: the reranker's PCA
     store = PatchStore(library_dir, projector.spec)    # one memory-mapped file per library
     store.write(ids, sha256s, projector(raw_tokens))   # (n, 49, 1280) -> (n, 49, 128) float16
     tokens, found = store.read(ids, sha256s)           # (n, 49, 128) float16, (n,) bool
@@ -15,7 +15,6 @@ in `patches.json`; a library whose file was made with another projection starts 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,13 +23,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from xmodal.indexer.resources import data_file
 
 logger = logging.getLogger(__name__)
 
-LITE_RERANK = data_file("lite-rerank.pt")  # the bundled reranker (package data)
 FILENAME = "patches.f16"
 SPEC_FILENAME = "patches.json"
 TAG_BYTES = 8
@@ -52,75 +48,6 @@ class PatchSpec:
     @property
     def slot_bytes(self) -> int:
         return TAG_BYTES + self.tokens * self.dim * 2
-
-
-class PatchProjector:
-    """Raw tower tokens (n, P, C) -> stored tokens (n, P, dim) float16: (x - mean) @ proj, a whitened PCA
-    fitted when the reranker was trained, read from its checkpoint (key "pca": {"mean", "proj"})."""
-
-    def __init__(self, mean: torch.Tensor, proj: torch.Tensor, tokens: int = 49):
-        self.mean, self.proj = mean.float(), proj.float()
-        self._session = None  # ONNX Runtime, single-threaded, for numpy input (see _onnx_projection)
-        digest = hashlib.sha256()
-        for t in (self.mean, self.proj):
-            digest.update(t.numpy().tobytes())
-        self.spec = PatchSpec(tokens=tokens, dim=int(self.proj.shape[1]), source=digest.hexdigest()[:16])
-        if self.spec.slot_bytes > MAX_SLOT_BYTES:
-            raise PatchTokenError(f"patch tokens of {self.spec.slot_bytes} bytes per image exceed the "
-                                  f"{MAX_SLOT_BYTES}-byte budget; project to fewer channels")
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> "PatchProjector":
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        pca = ck.get("pca")
-        if pca is None:
-            raise PatchTokenError(f"{path}: the reranker checkpoint has no patch projection (pca)")
-        return cls(pca["mean"], pca["proj"], tokens=int(ck.get("config", {}).get("patches", 49)))
-
-    def __call__(self, raw: torch.Tensor | np.ndarray) -> np.ndarray:
-        """(n, P, C) raw tokens -> (n, P, dim) float16."""
-        if tuple(raw.shape[1:]) != (self.spec.tokens, self.mean.shape[0]):
-            raise PatchTokenError(f"raw patch tokens of shape {tuple(raw.shape)} do not fit the projection "
-                                  f"({self.spec.tokens} x {self.mean.shape[0]})")
-        if self._session is None and not isinstance(raw, torch.Tensor):
-            self._session = _onnx_projection(self.mean.numpy(), self.proj.numpy())
-        if self._session is not None and not isinstance(raw, torch.Tensor):
-            return self._session.run(None, {"x": np.ascontiguousarray(raw, np.float32)})[0]
-        x = torch.as_tensor(raw).float()
-        return ((x - self.mean) @ self.proj).half().numpy()
-
-
-def _onnx_projection(mean: np.ndarray, proj: np.ndarray):
-    """A single-threaded ONNX Runtime session computing ((x - mean) @ proj) as float16, or False without
-    onnxruntime. Indexing projects every batch beside the ONNX Runtime lanes and the decoders: a torch op
-    there wakes torch's OpenMP pool, whose threads then spin on the busy cores (measured: 7% fewer images/s
-    end to end), and numpy's BLAS threads spin likewise; this session runs on the calling thread only."""
-    try:
-        import onnxruntime as ort
-        from onnx import TensorProto, helper, numpy_helper
-    except ImportError:
-        return False
-    graph = helper.make_graph(
-        [helper.make_node("Sub", ["x", "mean"], ["centred"]), helper.make_node("MatMul", ["centred", "proj"], ["y32"]),
-         helper.make_node("Cast", ["y32"], ["y"], to=TensorProto.FLOAT16)],
-        "patch_projection",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "p", mean.shape[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["n", "p", proj.shape[1]])],
-        [numpy_helper.from_array(np.ascontiguousarray(mean, np.float32), "mean"),
-         numpy_helper.from_array(np.ascontiguousarray(proj, np.float32), "proj")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def default_projector(model: str) -> PatchProjector | None:
-    """The projection `xmodal index` stores tokens with: the bundled reranker's, for lite libraries."""
-    if model != "lite" or not LITE_RERANK.exists():
-        return None
-    return PatchProjector.from_checkpoint(LITE_RERANK)
 
 
 class PatchStore:

@@ -11,11 +11,10 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from xmodal.indexer.models.encoders import Encoder
+from xmodal.indexer.models.base import Encoder
 from xmodal.indexer.storage.library import Library
-from xmodal.indexer.storage.patch_tokens import default_projector
+from xmodal.indexer.models.patch_projector import default_projector
 from xmodal.indexer.ingest.pipeline import IndexReport, Progress, index_images, index_texts
 
 logger = logging.getLogger(__name__)

