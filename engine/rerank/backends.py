@@ -1,8 +1,9 @@
 """Reranking at query time: the dual encoder's top-k hits in, reordered hits out.
 
-Two backends share one shape, `score_images(query, hits)` and `score_texts(query, hits)` -> one match
-score per hit, and `priors(query, hits, direction)` -> a hubness prior and an exemplar cosine per hit (or
-None for either), fused with the dual-encoder similarity as `similarity - prior + beta * exemplar +
+Every backend implements one protocol, `RerankBackend`: `text_query` / `image_query` / `indexed_image_query`
+turn a query into its embedding and a `RerankQuery` (in one forward pass where the backend can),
+`score_images(query, hits)` and `score_texts(query, hits)` -> one match score per hit, and
+`priors(query, hits, direction)` -> a hubness prior and an exemplar cosine per hit (or None for either), fused with the dual-encoder similarity as `similarity - prior + beta * exemplar +
 alpha * match` (engine.rerank), with `alpha[direction]` and `beta[direction]` for "t2i" (text -> images)
 and "i2t" (image -> texts):
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from PIL import Image
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
 from xmodal.indexer.storage.library import Library
-from xmodal.indexer.records import SearchHit
+from xmodal.indexer.records import ImageRecord, SearchHit
 from xmodal.indexer.storage.text_tokens import TextTokenStore
 
 from xmodal.engine.rerank.lite import Reranker, TextTokens, fuse
@@ -46,6 +47,34 @@ class RerankQuery:
     image: Image.Image | None = None
     patches: np.ndarray | None = None  # (P, Cp) float16, as stored
     exemplar: bool = True  # text -> image: add the exemplar term when the reranker has one
+
+
+class RerankBackend(Protocol):
+    """What the search engine needs of a reranker; it never asks which one it has."""
+
+    name: str
+    alpha: dict[str, float]  # match weight per direction, "t2i" and "i2t"
+    beta: dict[str, float]  # exemplar weight per direction
+    explains: bool  # can show which photo regions matched which words (xmodal explain)
+
+    def text_query(self, text: str, exemplar: bool = True) -> tuple[np.ndarray, RerankQuery]:
+        """A text query -> its (dim,) embedding and its rerank query."""
+
+    def image_query(self, image: Image.Image) -> tuple[np.ndarray, RerankQuery]:
+        """A query photo -> its (dim,) embedding and its rerank query."""
+
+    def indexed_image_query(self, record: ImageRecord) -> RerankQuery:
+        """The rerank query of a photo already in the library ('more like this')."""
+
+    def score_images(self, query: RerankQuery, hits: Sequence[SearchHit]) -> np.ndarray:
+        """(len(hits),) match scores of candidate photos."""
+
+    def score_texts(self, query: RerankQuery, hits: Sequence[SearchHit]) -> np.ndarray:
+        """(len(hits),) match scores of candidate texts."""
+
+    def priors(self, query: RerankQuery | None, hits: Sequence[SearchHit], direction: str
+               ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(hubness priors, exemplar cosines) per hit, None for either where the backend has none."""
 
 
 def rerank_hits(hits: Sequence[SearchHit], match: np.ndarray, alpha: float,
@@ -73,6 +102,7 @@ class LiteBackend:
         self.reranker = reranker or Reranker()
         self.library, self.encoder = library, encoder
         self.name, self.alpha, self.beta = "lite", self.reranker.alpha, self.reranker.beta
+        self.explains = True
         self.projector = self.reranker.projector
         self._warned = False
 
@@ -103,6 +133,20 @@ class LiteBackend:
                         and rr.exemplars is not None and self.beta.get(direction))
         exemplar = per_hit(rr.exemplar_scores(query.tokens, vectors)) if use_exemplar else None
         return prior, exemplar
+
+    def text_query(self, text: str, exemplar: bool = True) -> tuple[np.ndarray, RerankQuery]:
+        """One MiniLM pass gives both the embedding and the token states the reranker reads."""
+        vectors, tokens = self.query_tokens([text])
+        return vectors[0], RerankQuery(text=text, tokens=tokens, exemplar=exemplar)
+
+    def image_query(self, image: Image.Image) -> tuple[np.ndarray, RerankQuery]:
+        vector, patches = self.query_patches(image)
+        return vector, RerankQuery(image=image, patches=patches)
+
+    def indexed_image_query(self, record: ImageRecord) -> RerankQuery:
+        """From the photo's stored patch tokens (its file is read only when they are missing)."""
+        tokens, _ = self.image_patches([record.id], [record.path])
+        return RerankQuery(patches=tokens[0])
 
     def query_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, TextTokens]:
         vectors, states, mask, ids = self.encoder.encode_text_states(list(texts))
@@ -171,12 +215,24 @@ class BlipBackend:
 
     # BLIP's probability dominates; the similarity breaks ties (BLIP itself adds its ITM and ITC scores)
     alpha = {"t2i": 1.0, "i2t": 1.0}
+    beta = {"t2i": 0.0, "i2t": 0.0}
+    explains = False
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, encoder):
         from xmodal.engine.rerank.blip import BlipReranker
 
         self.model = BlipReranker(name)
-        self.name = name
+        self.name, self.encoder = name, encoder
+
+    def text_query(self, text: str, exemplar: bool = True) -> tuple[np.ndarray, RerankQuery]:
+        return self.encoder.encode_texts([text])[0], RerankQuery(text=text, exemplar=exemplar)
+
+    def image_query(self, image: Image.Image) -> tuple[np.ndarray, RerankQuery]:
+        return self.encoder.encode_images([image])[0], RerankQuery(image=image)
+
+    def indexed_image_query(self, record: ImageRecord) -> RerankQuery:
+        """BLIP reads the photo itself."""
+        return RerankQuery(image=read_image(record.path).image)
 
     def score_images(self, query: RerankQuery, hits: Sequence[SearchHit]) -> np.ndarray:
         images, found = [], np.ones(len(hits), bool)
@@ -191,8 +247,6 @@ class BlipBackend:
 
     def score_texts(self, query: RerankQuery, hits: Sequence[SearchHit]) -> np.ndarray:
         return self.model.score(query.image, [h.text for h in hits])
-
-    beta = {"t2i": 0.0, "i2t": 0.0}
 
     def priors(self, query: RerankQuery | None, hits: Sequence[SearchHit], direction: str) -> tuple[None, None]:
         return None, None  # BLIP's own scores need no hubness correction or exemplars

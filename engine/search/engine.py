@@ -10,7 +10,7 @@ import logging
 import os
 from dataclasses import replace
 from datetime import date
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image
@@ -22,13 +22,15 @@ from xmodal.indexer.storage.library import Library, LibraryError
 from xmodal.indexer.records import ImageRecord, SearchHit
 from xmodal.indexer.storage.store import StoreError
 
+from xmodal.engine.search.errors import SearchError
+from xmodal.engine.search.filters import image_filter
+
+if TYPE_CHECKING:
+    from xmodal.engine.rerank.backends import RerankBackend
+
 logger = logging.getLogger(__name__)
 TARGETS = ("images", "texts")
 FULL_SIZE = 1 << 20  # decode without JPEG draft reduction (explain draws on the photo at its own size)
-
-
-class SearchError(Exception):
-    """A query that cannot be answered; the message says why and what to do."""
 
 
 class SearchEngine:
@@ -62,8 +64,8 @@ class SearchEngine:
         return self._encoder
 
     @property
-    def reranker(self):
-        """The rerank backend (engine.reranking), or None when reranking is off or unavailable."""
+    def reranker(self) -> "RerankBackend | None":
+        """The rerank backend (engine/rerank/backends.py), or None when reranking is off or unavailable."""
         if self._backend is None and self.reranker_name:
             from xmodal.engine.rerank.backends import BlipBackend, LiteBackend
 
@@ -74,7 +76,7 @@ class SearchEngine:
                     if self.model_name == "lite" and (self.reranker_name == "lite" or LITE_RERANK.exists()):
                         self._backend = LiteBackend(self.library, self.encoder)
                 else:
-                    self._backend = BlipBackend(self.reranker_name)
+                    self._backend = BlipBackend(self.reranker_name, self.encoder)
             except (OSError, ModelUnavailable) as e:
                 raise SearchError(f"cannot load reranker {self.reranker_name!r}: {e}") from e
             if self._backend is None:
@@ -91,7 +93,7 @@ class SearchEngine:
 
         return DEFAULT_RERANK_K if rerank_k is None else int(rerank_k)
 
-    def _reranked(self, hits: list[SearchHit], k: int, rk: int, score, direction: str, query=None) -> list[SearchHit]:
+    def _reranked(self, hits: list[SearchHit], k: int, rk: int, score, direction: str, query) -> list[SearchHit]:
         """Rerank the first rk hits with score(hits) -> match scores; the rest follow in dual order."""
         from xmodal.engine.rerank.backends import rerank_hits
 
@@ -121,71 +123,57 @@ class SearchEngine:
                     exemplar: bool = True, **filters) -> list[SearchHit]:
         """exemplar=False leaves the reranker's exemplar term out (it draws on the Flickr8k train captions,
         whose photos may not resemble what a query about other things asks for)."""
-        from xmodal.engine.rerank.backends import LiteBackend, RerankQuery
-
         if not query or not query.strip():
             raise SearchError("empty query: give some words to search for")
-        rk = self._rerank_k(rerank_k) if target == "images" else 0
-        if not rk:
-            return self.search_vector(self.encoder.encode_texts([query])[0], k, target, **filters)
-        backend = self.reranker
-        if isinstance(backend, LiteBackend):  # one MiniLM pass gives both the embedding and the token states
-            vectors, tokens = backend.query_tokens([query])
-        else:
-            vectors, tokens = self.encoder.encode_texts([query]), None
-        hits = self.search_vector(vectors[0], max(k, rk), target, **filters)
-        q = RerankQuery(text=query, tokens=tokens, exemplar=exemplar)
-        return self._reranked(hits, k, rk, lambda h: backend.score_images(q, h), "t2i", q)
+        return self._search(lambda: self.encoder.encode_texts([query])[0],
+                            lambda backend: backend.text_query(query, exemplar),
+                            "t2i", k, target, rerank_k, filters)
 
     def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10,
                      target: str = "images", rerank_k: int | None = None, **filters) -> list[SearchHit]:
-        from xmodal.engine.rerank.backends import LiteBackend, RerankQuery
-
         if not isinstance(image, Image.Image):
             try:
                 image = read_image(os.fspath(image)).image
             except DecodeError as e:
                 raise SearchError(f"cannot use {e.path} as a query image: {e.reason}") from e
-        rk = self._rerank_k(rerank_k) if target == "texts" else 0
-        if not rk:
-            return self.search_vector(self.encoder.encode_images([image])[0], k, target, **filters)
-        backend = self.reranker
-        patches = None
-        if isinstance(backend, LiteBackend):
-            vector, patches = backend.query_patches(image)
-        else:
-            vector = self.encoder.encode_images([image])[0]
-        hits = self.search_vector(vector, max(k, rk), target, **filters)
-        q = RerankQuery(image=image, patches=patches)
-        return self._reranked(hits, k, rk, lambda h: backend.score_texts(q, h), "i2t")
+        return self._search(lambda: self.encoder.encode_images([image])[0],
+                            lambda backend: backend.image_query(image),
+                            "i2t", k, target, rerank_k, filters)
 
     def similar(self, image_id: int, k: int = 10, target: str = "images", rerank_k: int | None = None,
                 **filters) -> list[SearchHit]:
         """'More like this' for an indexed image, from its exact vector in the store (a memory-mapped IVF index
         cannot reconstruct one, and a PQ index only approximately; no file is opened when its patch tokens
         are stored)."""
-        from xmodal.engine.rerank.backends import LiteBackend, RerankQuery
-
         index = self._index("images")
         vector = self.library.store.get_vectors("images", [int(image_id)], index.dim).get(int(image_id))
         if vector is None:
             if int(image_id) not in set(index.ids().tolist()):
                 raise SearchError(f"no image with id {image_id} in {self.library.root}")
             vector = index.reconstruct([image_id])[0]  # a row from before vectors were stored
-        rk = self._rerank_k(rerank_k) if target == "texts" else 0
-        if not rk:
-            return self.search_vector(vector, k, target, **filters)
-        backend, record = self.reranker, self.image_record(image_id)
-        if isinstance(backend, LiteBackend):
-            tokens, _ = backend.image_patches([image_id], [record.path])
-            q = RerankQuery(patches=tokens[0])
-        else:
+
+        def rerank_query(backend):
             try:
-                q = RerankQuery(image=read_image(record.path).image)
+                return vector, backend.indexed_image_query(self.image_record(image_id))
             except DecodeError as e:
                 raise SearchError(f"cannot rerank for {e.path}: {e.reason}") from e
+
+        return self._search(lambda: vector, rerank_query, "i2t", k, target, rerank_k, filters)
+
+    def _search(self, embed, rerank_query, direction: str, k: int, target: str, rerank_k: int | None,
+                filters: dict) -> list[SearchHit]:
+        """The skeleton every query shares. embed() -> the query's (dim,) vector; rerank_query(backend) ->
+        (vector, RerankQuery), one pass for both where the backend can. Text -> image ("t2i") and
+        image -> text ("i2t") rerank the top rerank_k; image -> image and text -> text never do."""
+        reranks = target == ("images" if direction == "t2i" else "texts")
+        rk = self._rerank_k(rerank_k) if reranks else 0
+        if not rk:
+            return self.search_vector(embed(), k, target, **filters)
+        backend = self.reranker
+        vector, query = rerank_query(backend)
         hits = self.search_vector(vector, max(k, rk), target, **filters)
-        return self._reranked(hits, k, rk, lambda h: backend.score_texts(q, h), "i2t")
+        score = backend.score_images if direction == "t2i" else backend.score_texts
+        return self._reranked(hits, k, rk, lambda h: score(query, h), direction, query)
 
     def search_vector(self, vector: np.ndarray, k: int, target: str = "images", *, folder: str | None = None,
                       taken_after: date | None = None, taken_before: date | None = None) -> list[SearchHit]:
@@ -194,7 +182,7 @@ class SearchEngine:
         if k < 1:
             raise SearchError(f"k must be at least 1, got {k}")
         query = np.asarray(vector, np.float32)[None, :]
-        keep = _image_filter(folder, taken_after, taken_before)
+        keep = image_filter(folder, taken_after, taken_before)
         if keep is None:
             scores, ids = self._index(target).search(query, k)
             return self._hits(target, scores[0], ids[0])
@@ -218,12 +206,11 @@ class SearchEngine:
         """Which regions of a photo (an indexed id, a file or a PIL image) the reranker matched with which
         words of `query` -> (engine.explain.Explanation, the photo)."""
         from xmodal.engine.rerank.explain import explanation
-        from xmodal.engine.rerank.backends import LiteBackend
 
         if not query or not query.strip():
             raise SearchError("empty query: give some words to explain")
-        backend = self.reranker if self.reranker_name in ("auto", "lite") else None
-        if not isinstance(backend, LiteBackend):
+        backend = self.reranker
+        if backend is None or not backend.explains:
             raise SearchError("explain needs the bundled cross-attention reranker (a library built with the lite "
                               "model, and data/lite-rerank.pt)")
         if isinstance(image, int):
@@ -283,33 +270,6 @@ class SearchEngine:
     # ------------------------------------------------------------------ info
     def info(self) -> dict:
         return library_info(self.library)
-
-
-def _image_filter(folder: str | None, taken_after: date | None, taken_before: date | None):
-    """A predicate on ImageRecord for the given filters, or None when there are none."""
-    if folder is None and taken_after is None and taken_before is None:
-        return None
-    prefix = None
-    if folder is not None:
-        if not str(folder).strip():
-            raise SearchError("empty folder filter: give a folder path or leave it out")
-        prefix = os.path.normpath(os.path.abspath(os.fspath(folder)))
-        prefix = prefix if prefix.endswith(os.sep) else prefix + os.sep
-    if taken_after is not None and taken_before is not None and taken_after > taken_before:
-        raise SearchError(f"taken_after {taken_after} is later than taken_before {taken_before}; nothing can match")
-
-    def keep(record: ImageRecord) -> bool:
-        if prefix is not None and not record.path.startswith(prefix):
-            return False
-        if taken_after is not None or taken_before is not None:
-            if record.taken_at is None:
-                return False
-            day = record.taken_at.date()
-            if (taken_after is not None and day < taken_after) or (taken_before is not None and day > taken_before):
-                return False
-        return True
-
-    return keep
 
 
 def library_info(library: Library) -> dict:
