@@ -1,0 +1,156 @@
+"""`xmodal index`, `index-texts`, `remove` and `reindex`: the write path (xmodal.indexer.ingest)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+
+from xmodal.engine.cli.common import (library_dir, library_model, emit, console, progress_bar, edge,
+                                      library_option, json_option)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=False, type=click.Path(exists=True, path_type=str))
+@library_option
+@click.option("--model", default=None, help="Dual encoder to embed with [default: the library's, else lite].")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--patches/--no-patches", default=True, show_default=True,
+              help="Store each photo's patch tokens for the reranker (lite model; 12.5 KB per photo).")
+@json_option
+def index(paths, library, model, batch_size, patches, as_json):
+    """Index the photos under PATHS (recursive); with no PATHS, refresh every folder the library knows.
+    Re-runs embed only new or edited files, keep the vectors of moved ones and drop deleted ones.
+    Ctrl-C stops after the current batch; running the same command again resumes."""
+    import signal
+    import threading
+
+    from xmodal.indexer.models.encoders import get_encoder
+    from xmodal.indexer.storage.library import Library
+    from xmodal.indexer.models.patch_projector import default_projector
+    from xmodal.indexer.ingest.pipeline import index_images
+
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():  # a second Ctrl-C: stop now (still safe: every batch is committed)
+            raise KeyboardInterrupt
+        stop.set()
+        console().print("[yellow]stopping after the current batch... (Ctrl-C again to stop now)[/]")
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    try:
+        with edge():
+            encoder = get_encoder(model or library_model(library_dir(library)) or "lite")
+            projector = default_projector(encoder.name) if patches else None
+            with Library(library_dir(library), create=True) as lib:
+                with progress_bar("indexing") as progress:
+                    report = index_images(lib, list(paths), encoder, batch_size=batch_size, progress=progress,
+                                          should_stop=stop.is_set, patches=projector)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if as_json:
+        emit(report.to_json())
+    else:
+        rate = report.indexed / report.seconds if report.seconds else 0.0
+        click.echo(f"added {report.added}, re-embedded {report.reembedded}, moved {report.moved}, "
+                   f"removed {report.removed}, unchanged {report.unchanged}, skipped {len(report.skipped)} "
+                   f"in {report.seconds:.1f}s ({rate:.1f} files/s)")
+        if report.patched:
+            click.echo(f"stored reranker patch tokens for {report.patched} photos indexed before")
+        for s in report.skipped:
+            click.echo(f"  skipped {s.path}: {s.reason}")
+    if report.interrupted:
+        click.echo(f"interrupted after {report.processed} files; run the same command again to resume", err=True)
+        sys.exit(130)
+
+
+@click.command("index-texts")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@library_option
+@click.option("--model", default=None, help="Dual encoder [default: the library's, else lite].")
+@json_option
+def index_texts_cmd(path, library, model, as_json):
+    """Index a text corpus: .txt (one per line), .csv (`caption` or `text` column), .jsonl (`text`)."""
+    from xmodal.indexer.models.encoders import get_encoder
+    from xmodal.indexer.storage.library import Library
+    from xmodal.indexer.ingest.pipeline import index_texts
+
+    from xmodal.indexer.models.patch_projector import default_projector
+
+    with edge():
+        encoder = get_encoder(model or library_model(library_dir(library)) or "lite")
+        tokens = default_projector(encoder.name) is not None  # the bundled reranker will read them
+        with Library(library_dir(library), create=True) as lib:
+            with progress_bar("texts", unit="texts") as progress:
+                report = index_texts(lib, path, encoder, progress=progress, tokens=tokens)
+    if as_json:
+        emit(report.to_json())
+    else:
+        click.echo(f"indexed {report.indexed} texts from {report.source}"
+                   + (f" (replacing {report.replaced})" if report.replaced else "") + f" in {report.seconds:.1f}s")
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=str))
+@library_option
+@json_option
+def remove(path, library, as_json):
+    """Drop the indexed folder PATH (one of the roots `xmodal index` was given) and its photos."""
+    from xmodal.indexer.storage.library import Library
+
+    with edge():
+        with Library(library_dir(library)) as lib:
+            removed = lib.remove_root(path)
+            roots = lib.roots
+    if as_json:
+        emit({"removed": removed, "root": os.path.abspath(path), "roots": roots})
+    else:
+        click.echo(f"removed {os.path.abspath(path)} ({removed} photos); {len(roots)} folder(s) left")
+
+
+
+@click.command()
+@library_option
+@click.option("--model", default=None, help="Re-embed everything with this model.")
+@click.option("--index-type", "index_type", default=None,
+              help="Rebuild the FAISS index as this factory string (e.g. Flat, HNSW32, IVF1024,Flat) or 'auto', "
+                   "from the stored vectors: nothing is re-embedded.")
+@json_option
+def reindex(library, model, index_type, as_json):
+    """Re-embed the library with --model (built beside, then swapped), and/or rebuild its index as --index-type."""
+    from xmodal.indexer.models.encoders import get_encoder
+    from xmodal.indexer.storage.library import Library
+    from xmodal.indexer.storage.reindex import reindex as run_reindex
+
+    if not model and not index_type:
+        raise click.UsageError("give --model NAME, --index-type KEY, or both")
+    out = {}
+    with edge():
+        if model:
+            encoder = get_encoder(model)
+            with progress_bar("re-embedding") as progress:
+                out["model"] = run_reindex(library_dir(library), encoder, progress=progress).to_json()
+        if index_type:
+            with Library(library_dir(library)) as lib, lib.writing():
+                from xmodal.indexer.storage.index_tuning import TUNING_QUERIES
+
+                queries = get_encoder(lib.model).encode_texts(TUNING_QUERIES)
+                out["index"] = [lib.rebuild_index(m, None if index_type == "auto" else index_type, queries=queries)
+                                for m in ("images", "texts") if lib.store.get_meta(f"generation.{m}", 0)
+                                or (m == "images" and lib.store.count_images())
+                                or (m == "texts" and lib.store.count_texts())]
+    if as_json:
+        emit(out)
+        return
+    if "model" in out:
+        r = out["model"]
+        click.echo(f"re-embedded {r['images']['indexed']} photos and {r['texts']} texts with {r['model_after']} "
+                   f"(was {r['model_before']}); skipped {len(r['images']['skipped'])}")
+        for source in r["missing_text_sources"]:
+            click.echo(f"  text file {source} no longer exists: its texts were dropped")
+    for r in out.get("index", []):
+        click.echo(f"{r['modality']}: rebuilt as {r['factory']} over {r['vectors']} vectors, search params "
+                   f"{r['params'] or 'none'} (recall@10 {r['recall_at_k']:.3f} against exact search)")

@@ -1,0 +1,100 @@
+"""`xmodal search` and `xmodal explain`: queries over the Python API (xmodal.engine.search)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+
+from xmodal.engine.cli.common import library_dir, emit, edge, library_option, json_option
+
+
+@click.command()
+@click.argument("query", required=False)
+@click.option("--image", "image", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Search by this photo instead of text.")
+@click.option("--target", type=click.Choice(["images", "texts"]), default="images", show_default=True)
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--model", default=None, help="Refuse to run unless the library was built with this model.")
+@click.option("--rerank-k", "rerank_k", default=None, type=click.IntRange(1, 10_000),
+              help="Rerank this many dual-encoder candidates (text -> images, image -> texts) [default: 16].")
+@click.option("--no-rerank", is_flag=True, help="Rank by dual-encoder similarity only.")
+@click.option("--no-exemplar", is_flag=True, help="Text -> image: leave out the reranker's exemplar term (the photo "
+              "of the Flickr8k train caption nearest to the query), e.g. for things those photos do not show.")
+@click.option("--reranker", default="auto", show_default=True,
+              help="'auto' (the bundled reranker for lite libraries), 'lite', or a BLIP ITM checkpoint (name or folder).")
+@library_option
+@json_option
+def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, reranker, library, as_json):
+    """Search the library by text QUERY or by --image, for images or --target texts. Text -> image and
+    image -> text searches rerank the top --rerank-k with the cross-attention reranker."""
+    from xmodal.engine.search.engine import SearchEngine
+
+    if bool(query) == bool(image):
+        raise click.UsageError("give either a text QUERY or --image FILE (not both)")
+    rk = 0 if no_rerank else rerank_k
+    with edge():
+        with SearchEngine(library_dir(library), model=model, reranker=None if no_rerank else reranker) as engine:
+            if query:
+                hits = engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar)
+            else:
+                hits = engine.search_image(image, k, target, rerank_k=rk)
+    if as_json:
+        emit([h.to_json() for h in hits])
+        return
+    if not hits:
+        click.echo("no results")
+        return
+    reranked = any(h.match is not None for h in hits)
+    expanded = any(h.exemplar is not None for h in hits)
+    # reranked: score = cosine - hubness (+ beta * exemplar, text -> image) + alpha * match
+    extra = (f"  {'cosine':>6}  {'hubness':>7}" + (f"  {'exemplar':>8}" if expanded else "") + f"  {'match':>6}"
+             if reranked else "")
+    click.echo(f"{'rank':>4}  {'score':>6}{extra}  {'id':>6}  {'path' if target == 'images' else 'text'}")
+    for h in hits:  # full paths, never shortened: people copy them
+        if h.match is not None:
+            ex = f"  {h.exemplar or 0.0:>8.3f}" if expanded else ""
+            cols = f"  {h.similarity:>6.3f}  {h.hubness or 0.0:>7.3f}{ex}  {h.match:>6.2f}"
+        else:
+            cols = " " * len(extra)
+        click.echo(f"{h.rank:>4}  {h.score:>6.3f}{cols}  {h.id:>6}  {h.path if target == 'images' else h.text}")
+
+
+
+@click.command()
+@click.argument("query")
+@click.argument("image")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG to write: the photo with the heatmap of where the query matched.")
+@click.option("--per-word", is_flag=True, help="Also write one heatmap per word (OUTPUT-01-word.png, ...).")
+@library_option
+@json_option
+def explain(query, image, output, per_word, library, as_json):
+    """Show which regions of IMAGE (a file, or the id of an indexed photo) the reranker matched with QUERY:
+    its cross-attention from the query's words to the photo's patches, as a heatmap over the photo."""
+    import re
+
+    from xmodal.engine.rerank.explain import overlay
+    from xmodal.engine.search.engine import SearchEngine
+
+    target = int(image) if image.isdigit() and not os.path.exists(image) else image
+    with edge():
+        with SearchEngine(library_dir(library), reranker="lite") as engine:
+            exp, photo = engine.explain(query, target)
+        written = [output]
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            overlay(photo, exp.overall).save(output, format="PNG")
+            if per_word:
+                for n, (word, grid) in enumerate(zip(exp.words, exp.word_maps), 1):
+                    safe = re.sub(r"[^\w-]+", "_", word).strip("_") or "word"
+                    path = output.with_name(f"{output.stem}-{n:02d}-{safe}.png")
+                    overlay(photo, grid).save(path, format="PNG")
+                    written.append(path)
+        except OSError as e:
+            raise click.ClickException(f"cannot write {e.filename or output}: {e.strerror or e}") from e
+    if as_json:
+        emit({**exp.to_json(), "written": [str(p) for p in written]})
+    else:
+        click.echo(f"match {exp.match:.2f} for {query!r}; wrote " + ", ".join(str(p) for p in written))
