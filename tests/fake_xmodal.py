@@ -14,6 +14,6 @@ from xmodal.indexer.models.encoders import register_encoder  # noqa: E402
 register_encoder("fake-colour", ColourEncoder)
 
 if __name__ == "__main__":
-    from xmodal.engine.cli import main
+    from xmodal.engine.cli.main import main
 
     sys.exit(main())

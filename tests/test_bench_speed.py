@@ -7,7 +7,7 @@ import json
 import numpy as np
 from click.testing import CliRunner
 
-from xmodal.engine.cli import cli
+from xmodal.engine.cli.main import cli
 from xmodal.engine.eval.speed import simulated_collection
 
 

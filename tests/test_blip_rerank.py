@@ -45,7 +45,7 @@ def test_search_reranks_with_blip_through_the_same_interface(blip_folder, librar
 
     from click.testing import CliRunner
 
-    from xmodal.engine.cli import cli
+    from xmodal.engine.cli.main import cli
     from xmodal.engine.search.engine import SearchEngine
     from xmodal.indexer.ingest.decode import read_image
     from xmodal.indexer.storage.library import Library

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import COLOURS, draw
-from xmodal.engine.cli import cli
+from xmodal.engine.cli.main import cli
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import hf_tiny
-from xmodal.engine.cli import cli
+from xmodal.engine.cli.main import cli
 from xmodal.indexer.models.base import ModelUnavailable
 from xmodal.indexer.models.encoders import get_encoder
 from xmodal.indexer.models.clip import HFClipEncoder

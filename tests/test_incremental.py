@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import draw, vectors_by_path
-from xmodal.engine.cli import cli
+from xmodal.engine.cli.main import cli
 from xmodal.engine.search.engine import SearchEngine
 from xmodal.indexer.storage import store as store_module
 from xmodal.indexer.storage.check import check_library, repair

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import COLOURS
-from xmodal.engine.cli import cli
+from xmodal.engine.cli.main import cli
 from xmodal.engine.search.engine import SearchEngine
 from xmodal.indexer.storage import index_choice
 from xmodal.indexer.storage.index_tuning import needs_rebuild, tier, tune_search_params

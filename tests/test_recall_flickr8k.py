@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from xmodal.engine.cli import cli
+from xmodal.engine.cli.main import cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
 

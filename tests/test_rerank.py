@@ -268,7 +268,7 @@ def test_bench_rerank_needs_patch_features(tmp_path):
     from click.testing import CliRunner
 
     from conftest import COLOURS, draw
-    from xmodal.engine.cli import cli
+    from xmodal.engine.cli.main import cli
 
     root = tmp_path / "ds"
     rows = ["image,caption"]

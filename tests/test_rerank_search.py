@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import SAMPLES
-from xmodal.engine.cli import cli
+from xmodal.engine.cli.main import cli
 from xmodal.engine.search.engine import SearchEngine
 from xmodal.indexer.models.encoders import get_encoder
 from xmodal.indexer.storage.library import Library

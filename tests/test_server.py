@@ -297,7 +297,7 @@ def test_is_loopback(host, loopback):
 def test_serve_command_binds_loopback_and_requires_a_token_elsewhere(built, monkeypatch):
     import uvicorn
 
-    from xmodal.engine.cli import cli
+    from xmodal.engine.cli.main import cli
 
     runs = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append((app, kw)))

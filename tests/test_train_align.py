@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import COLOURS, draw
-from xmodal.engine.cli import cli
+from xmodal.engine.cli.main import cli
 from xmodal.indexer.models.lite_encoder import LiteEncoder
 
 pytestmark = pytest.mark.slow

@@ -1,2 +1,2 @@
-"""The `xmodal` command: thin click commands over the Python API; `main` is the console script."""
-from xmodal.engine.cli.main import cli, main  # noqa: F401
+"""The `xmodal` command: thin click commands over the Python API, one module per command group;
+`main.main` is the console script."""

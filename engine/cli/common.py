@@ -51,12 +51,9 @@ def library_dir(path: Path | None) -> Path:
 
 def library_model(path: Path) -> str | None:
     """The model a library was built with, or None for a new library."""
-    from xmodal.indexer.storage.library import Library
+    from xmodal.indexer.api import library_model as model_of
 
-    if not (path / "library.db").exists():
-        return None
-    with Library(path) as lib:
-        return lib.model
+    return model_of(path)
 
 
 def emit(obj) -> None:

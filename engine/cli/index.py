@@ -7,7 +7,7 @@ import sys
 import click
 
 
-from xmodal.engine.cli.common import (library_dir, library_model, emit, console, progress_bar, edge,
+from xmodal.engine.cli.common import (library_dir, emit, console, progress_bar, edge,
                                       library_option, json_option)
 
 
@@ -26,10 +26,7 @@ def index(paths, library, model, batch_size, patches, as_json):
     import signal
     import threading
 
-    from xmodal.indexer.models.encoders import get_encoder
-    from xmodal.indexer.storage.library import Library
-    from xmodal.indexer.models.patch_projector import default_projector
-    from xmodal.indexer.ingest.pipeline import index_images
+    from xmodal.indexer.api import index_folders, library_encoder
 
     stop = threading.Event()
 
@@ -42,12 +39,10 @@ def index(paths, library, model, batch_size, patches, as_json):
     previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
     try:
         with edge():
-            encoder = get_encoder(model or library_model(library_dir(library)) or "lite")
-            projector = default_projector(encoder.name) if patches else None
-            with Library(library_dir(library), create=True) as lib:
-                with progress_bar("indexing") as progress:
-                    report = index_images(lib, list(paths), encoder, batch_size=batch_size, progress=progress,
-                                          should_stop=stop.is_set, patches=projector)
+            encoder = library_encoder(library_dir(library), model)
+            with progress_bar("indexing") as progress:
+                report = index_folders(library_dir(library), paths, encoder, batch_size=batch_size,
+                                       patches=patches, progress=progress, should_stop=stop.is_set)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -74,18 +69,12 @@ def index(paths, library, model, batch_size, patches, as_json):
 @json_option
 def index_texts_cmd(path, library, model, as_json):
     """Index a text corpus: .txt (one per line), .csv (`caption` or `text` column), .jsonl (`text`)."""
-    from xmodal.indexer.models.encoders import get_encoder
-    from xmodal.indexer.storage.library import Library
-    from xmodal.indexer.ingest.pipeline import index_texts
-
-    from xmodal.indexer.models.patch_projector import default_projector
+    from xmodal.indexer.api import index_text_corpus, library_encoder
 
     with edge():
-        encoder = get_encoder(model or library_model(library_dir(library)) or "lite")
-        tokens = default_projector(encoder.name) is not None  # the bundled reranker will read them
-        with Library(library_dir(library), create=True) as lib:
-            with progress_bar("texts", unit="texts") as progress:
-                report = index_texts(lib, path, encoder, progress=progress, tokens=tokens)
+        encoder = library_encoder(library_dir(library), model)
+        with progress_bar("texts", unit="texts") as progress:
+            report = index_text_corpus(library_dir(library), path, encoder, progress=progress)
     if as_json:
         emit(report.to_json())
     else:

@@ -1,0 +1,59 @@
+"""The write path as a library (what `xmodal index` and `xmodal index-texts` call):
+
+    from xmodal.indexer import index_folders, index_text_corpus
+
+    report = index_folders("my-library", ["~/Pictures"])         # new or edited photos only, resumable
+    index_text_corpus("my-library", "captions.txt")              # .txt / .csv / .jsonl
+
+The library's own model is used when it has one (else `model`, default "lite"), and for the lite model each
+photo's patch tokens are stored for the reranker."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+from xmodal.indexer.ingest.pipeline import IndexReport, TextReport, index_images, index_texts
+from xmodal.indexer.models.base import Encoder
+from xmodal.indexer.models.encoders import get_encoder
+from xmodal.indexer.models.patch_projector import default_projector
+from xmodal.indexer.storage.library import Library
+
+
+def library_model(library_dir: str | os.PathLike) -> str | None:
+    """The model a library was built with, or None for a new (or empty) library."""
+    if not os.path.exists(os.path.join(library_dir, "library.db")):
+        return None
+    with Library(library_dir) as lib:
+        return lib.model
+
+
+def library_encoder(library_dir: str | os.PathLike, model: str | Encoder | None = None) -> Encoder:
+    """The encoder to index with: `model` (a name or an encoder), else the library's own, else "lite"."""
+    if model is not None and not isinstance(model, str):
+        return model
+    return get_encoder(model or library_model(library_dir) or "lite")
+
+
+def index_folders(library_dir: str | os.PathLike, paths: Sequence[str | os.PathLike] = (),
+                  model: str | Encoder | None = None,
+                  batch_size: int = 16, patches: bool = True, progress: Callable[[int, int], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> IndexReport:
+    """Index the photos under `paths` (recursively) into the library at `library_dir` (made if new); with no
+    paths, refresh every folder it knows. Only new or edited files are embedded; moved files keep their
+    vectors, deleted ones are dropped; every batch is committed, so a stopped run resumes where it ended."""
+    encoder = library_encoder(library_dir, model)
+    projector = default_projector(encoder.name) if patches else None
+    with Library(library_dir, create=True) as lib:
+        return index_images(lib, [os.fspath(p) for p in paths], encoder, batch_size=batch_size, progress=progress,
+                            should_stop=should_stop, patches=projector)
+
+
+def index_text_corpus(library_dir: str | os.PathLike, path: str | os.PathLike, model: str | Encoder | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> TextReport:
+    """Index a text corpus (.txt one per line, .csv `caption` or `text` column, .jsonl `text`) into the
+    library, replacing an earlier import of the same file; for the lite model the texts' token states are
+    stored for the reranker."""
+    encoder = library_encoder(library_dir, model)
+    tokens = default_projector(encoder.name) is not None  # the bundled reranker will read them
+    with Library(library_dir, create=True) as lib:
+        return index_texts(lib, os.fspath(path), encoder, progress=progress, tokens=tokens)
