@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from xmodal.engine.eval.recall import recall_at_k, t2i_ranks
-from xmodal.engine.rerank.lite import TextTokens, exemplar_expansion, pack_keys, sentence_vectors, unpack_keys
+from xmodal.engine.rerank.lite import TextTokens, sentence_vectors
+from xmodal.engine.rerank.scoring import exemplar_expansion, pack_keys, unpack_keys
 from xmodal.engine.rerank.backends import rerank_hits
 from xmodal.engine.training.rerank import RerankConfig, build_fusion, fit_pca, rerank_eval, save_checkpoint
 from xmodal.indexer.records import SearchHit

@@ -7,7 +7,8 @@ import torch
 
 from xmodal.engine.rerank.model import CrossAttentionMatcher, FusionReranker
 from xmodal.engine.eval.recall import t2i_ranks
-from xmodal.engine.rerank.lite import LITE_RERANK, fuse, hub_prior, reranked_matrix, rerank_topk
+from xmodal.engine.rerank.lite import LITE_RERANK
+from xmodal.engine.rerank.scoring import fuse, hub_prior, reranked_matrix, rerank_topk
 from xmodal.engine.training.rerank import (RerankConfig, RerankData, TokenCache, build_fusion, mine, rerank_eval,
                                    train_rerank)
 

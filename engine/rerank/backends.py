@@ -31,7 +31,8 @@ from xmodal.indexer.storage.library import Library
 from xmodal.indexer.records import ImageRecord, SearchHit
 from xmodal.indexer.storage.text_tokens import TextTokenStore
 
-from xmodal.engine.rerank.lite import Reranker, TextTokens, fuse
+from xmodal.engine.rerank.lite import Reranker, TextTokens
+from xmodal.engine.rerank.scoring import fuse
 
 logger = logging.getLogger(__name__)
 

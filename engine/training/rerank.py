@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from xmodal.engine.rerank.model import CrossAttentionMatcher, FusionReranker
 from xmodal.engine.eval.recall import i2t_ranks, recall_at_k, t2i_ranks
-from xmodal.engine.rerank.lite import fuse, hub_prior, reranked_matrix
+from xmodal.engine.rerank.scoring import fuse, hub_prior, reranked_matrix
 from xmodal.engine.training.checkpoint import write_checkpoint
 from xmodal.engine.training.rerank_data import (HUB_BANK_TEXTS, TokenCache, _sample_tokens, cache_tokens,  # noqa: F401
                                          dual_embeddings, exemplar_bank, expansion_matrix, fit_pca, hub_bank, mine,

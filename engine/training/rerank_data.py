@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xmodal.engine.rerank.lite import exemplar_expansion, pack_keys, unpack_keys
+from xmodal.engine.rerank.scoring import exemplar_expansion, pack_keys, unpack_keys
 
 logger = logging.getLogger(__name__)
 
