@@ -39,12 +39,12 @@ def index_folders(library_dir: str | os.PathLike, paths: Sequence[str | os.PathL
                   batch_size: int = 16, patches: bool = True, progress: Callable[[int, int], None] | None = None,
                   should_stop: Callable[[], bool] | None = None) -> IndexReport:
     """Index the photos under `paths` (recursively) into the library at `library_dir` (made if new); with no
-    paths, refresh every folder it knows. Only new or edited files are embedded; moved files keep their
+    paths, refresh every folder it knows. A leading "~" means the home folder, as in a shell. Only new or edited files are embedded; moved files keep their
     vectors, deleted ones are dropped; every batch is committed, so a stopped run resumes where it ended."""
     encoder = library_encoder(library_dir, model)
     projector = default_projector(encoder.name) if patches else None
     with Library(library_dir, create=True) as lib:
-        return index_images(lib, [os.fspath(p) for p in paths], encoder, batch_size=batch_size, progress=progress,
+        return index_images(lib, [os.path.expanduser(os.fspath(p)) for p in paths], encoder, batch_size=batch_size, progress=progress,
                             should_stop=should_stop, patches=projector)
 
 
