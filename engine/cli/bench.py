@@ -23,11 +23,11 @@ def bench():
               help="With a Karpathy dataset_*.json: which split to evaluate.")
 @click.option("--model", default="lite", show_default=True)
 @click.option("--rerank/--no-rerank", default=False, show_default=True,
-              help="Also rerank the dual encoder's top-K with the cross-attention reranker (data/lite-rerank.pt).")
+              help="Also rerank the dual encoder's top-K with the cross-attention reranker (the bundled lite-rerank.pt).")
 @click.option("--rerank-k", "rerank_ks", type=click.IntRange(1, 10_000), multiple=True,
               help="How many dual-encoder candidates to rerank (repeatable) [default: 16].")
 @click.option("--reranker", "reranker_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Reranker checkpoint [default: data/lite-rerank.pt].")
+              default=None, help="Reranker checkpoint [default: the bundled lite-rerank.pt].")
 @json_option
 def bench_recall(dataset, split_file, karpathy_split, model, rerank, rerank_ks, reranker_path, as_json):
     """Recall@1/5/10 for text->image and image->text on DATASET (images/ + captions.txt, or Karpathy JSON)."""

@@ -49,7 +49,7 @@ def _train(run, summary, data_dir, out, cache_dir, epochs, seed, as_json, **extr
 
 
 @train.command("align")
-@training_options("the bundled data/lite-align.pt")
+@training_options("the bundled lite-align.pt")
 def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
     """Train the alignment heads on the train split, select on dev (LiT-style, towers locked)."""
     from xmodal.engine.training.align import run_align
@@ -63,7 +63,7 @@ def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
 
 
 @train.command("rerank")
-@training_options("data/lite-rerank.pt")
+@training_options("the bundled lite-rerank.pt")
 @click.option("--refit", is_flag=True, help="Keep the weights of --out; rebuild its hubness and exemplar banks and "
               "choose the fusion weights again on dev (no training, minutes).")
 def train_rerank_cmd(data_dir, out, cache_dir, epochs, seed, as_json, refit):

@@ -212,7 +212,7 @@ class SearchEngine:
         backend = self.reranker
         if backend is None or not backend.explains:
             raise SearchError("explain needs the bundled cross-attention reranker (a library built with the lite "
-                              "model, and data/lite-rerank.pt)")
+                              "model, and the bundled lite-rerank.pt)")
         if isinstance(image, int):
             record = self.image_record(image)
             if record is None:

@@ -84,7 +84,7 @@ _NOT_YET = object()  # LiteEncoder.onnx before its first use
 
 
 class LiteEncoder:
-    """EfficientNet-Lite0 + all-MiniLM-L6-v2 with the trained alignment heads in data/lite-align.pt."""
+    """EfficientNet-Lite0 + all-MiniLM-L6-v2 with the trained alignment heads in lite-align.pt (package data)."""
 
     name = "lite"
 
