@@ -121,7 +121,8 @@ def calibration_pixels(preprocess, crops: int = 5, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(preprocess.array(images).transpose(0, 3, 1, 2))
 
 
-def _embed(path: Path, pixels: np.ndarray) -> np.ndarray:
+def embed(path: Path, pixels: np.ndarray) -> np.ndarray:
+    """The embeddings the graph at `path` gives (N, 3, size, size) uint8 `pixels`, in one batch."""
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixels": pixels})[0]
@@ -137,7 +138,7 @@ class Quantiser:
         self.workdir = Path(workdir)
         self.pixels = calibration_pixels(preprocess)
         self.batch = batch
-        self.ref = _embed(float_path, self.pixels)
+        self.ref = embed(float_path, self.pixels)
         self.pre, self.ranges = self.workdir / "pre.onnx", self.workdir / "ranges.json"
         quant_pre_process(str(float_path), str(self.pre), skip_symbolic_shape=True)
 
@@ -168,7 +169,7 @@ class Quantiser:
 
     def measure(self, variant: Variant) -> tuple[float, float]:
         """Makes `variant` and gives the (median, worst) cosine of its embeddings to float's on this CPU."""
-        cosine = (self.ref * _embed(self.make(variant), self.pixels)).sum(1)
+        cosine = (self.ref * embed(self.make(variant), self.pixels)).sum(1)
         return float(np.median(cosine)), float(cosine.min())
 
 
