@@ -58,7 +58,8 @@ def run(out: Path, quick: bool) -> None:
     sh([PY, HERE / "decode_draft.py", "--n", "3" if quick else "48", *(["--qualities", "75"] if quick else []), "--json"],
        out / "decode_draft.json")
     sh([PY, HERE / "runtimes.py", "--repeats", "2" if quick else "7", "--json",
-        *(["--photos", SAMPLES, "--copies", "2"] if quick else ["--dev"])], out / "runtimes.json")
+        *(["--photos", SAMPLES, "--copies", "2"] if quick else ["--dev", "--variants", "u8u8,s8-reduce-range"])],
+       out / "runtimes.json")
     scales = ["2000", "20000"] if quick else ["10000", "100000", "1000000"]
     base = ["--base", "dev"] if quick else []  # quick: fit to the 1,000 dev photos (train's 6,000 take minutes)
     subprocess.run([PY, HERE / "scale.py", "--scales", *scales, "--queries", "40" if quick else "200", *base,
