@@ -58,7 +58,8 @@ def run(out: Path, quick: bool) -> None:
     sh([PY, HERE / "decode_draft.py", "--n", "3" if quick else "48", *(["--qualities", "75"] if quick else []), "--json"],
        out / "decode_draft.json")
     sh([PY, HERE / "runtimes.py", "--repeats", "2" if quick else "7", "--json",
-        *(["--photos", SAMPLES, "--copies", "2"] if quick else ["--dev"])], out / "runtimes.json")
+        *(["--photos", SAMPLES, "--copies", "2"] if quick else ["--dev", "--variants", "u8u8,s8-reduce-range"])],
+       out / "runtimes.json")
     scales = ["2000", "20000"] if quick else ["10000", "100000", "1000000"]
     base = ["--base", "dev"] if quick else []  # quick: fit to the 1,000 dev photos (train's 6,000 take minutes)
     subprocess.run([PY, HERE / "scale.py", "--scales", *scales, "--queries", "40" if quick else "200", *base,
@@ -233,7 +234,7 @@ def render(out: Path) -> str:
 
         r += ["## The image tower on each runtime, and indexing end to end on each (`benchmarks/runtimes.py`)", "",
               f"Forward pass alone: pixels -> embedding, batch {rt['batch']} of real photos, images/s (median), side "
-              f"by side in one run on {rt['machine']}. ONNX Runtime {rt['onnxruntime']} runs the indexing graph "
+              f"by side in one run on {rt['machine']}{', ' + rt['cpu'] if 'cpu' in rt else ''}. ONNX Runtime {rt['onnxruntime']} runs the indexing graph "
               f"two ways: one session on {rt['torch_threads']} threads, and {rt['lanes']} single-threaded sessions "
               "(\"lanes\") running batches concurrently, measured before and after the indexing runs (the higher "
               f"counts). End to end: {rt.get('indexed_photos', 100)} photos, the Flickr8k full-size originals "
@@ -247,16 +248,34 @@ def render(out: Path) -> str:
               f"| ONNX Runtime float32 (the default) | {rt['onnxruntime_img_s']} | {rt['onnxruntime_lanes_img_s']} | "
               f"{rt['onnxruntime_index_img_s']} | {rt['onnxruntime_index_vs_fastest']:.0%} | "
               f"{rt['onnxruntime_index_img_s'] / rt['onnxruntime_lanes_img_s']:.0%} | {r1('onnxruntime')} |",
-              f"| ONNX Runtime int8 (`XMODAL_IMAGE_RUNTIME=int8`) | {rt['int8_img_s']} | {rt['int8_lanes_img_s']} | "
-              f"{rt['int8_index_img_s']} | {rt['int8_index_vs_fastest']:.0%} | "
-              f"{rt['int8_index_img_s'] / rt['int8_lanes_img_s']:.0%} | {r1('int8')} |", "",
+              (f"| ONNX Runtime int8 (`XMODAL_IMAGE_RUNTIME=int8`; variant {rt.get('int8_variant', 's8')}) | "
+               f"{rt['int8_img_s']} | {rt['int8_lanes_img_s']} | {rt['int8_index_img_s']} | "
+               f"{rt['int8_index_vs_fastest']:.0%} | {rt['int8_index_img_s'] / rt['int8_lanes_img_s']:.0%} | "
+               f"{r1('int8')} |" if "int8_img_s" in rt else
+               "| ONNX Runtime int8 (`XMODAL_IMAGE_RUNTIME=int8`) | unavailable on this CPU: every variant drifts "
+               "from float | | | | | |"), "",
               f"Fastest forward pass: **{RUNTIME_NAMES.get(rt['fastest'], rt['fastest'])}, {rt['fastest_img_s']} "
               "images/s**"
               + (f" (int8 costs {rt['int8_dev_r1_cost']} points of dev R@1 at most, inside the 0.5 allowed, so it "
                  "counts)" if dev and rt.get("int8_qualifies") else "") + ". Target: indexing end to end at 80% "
               "of it. Largest difference from eager's embeddings: channels-last "
-              f"{rt['channels_last_max_abs_diff']:.1e}, ONNX Runtime float32 {rt['onnxruntime_max_abs_diff']:.1e}; "
-              f"int8 cosine to eager at least {rt['int8_min_cosine']:.3f}.", ""]
+              f"{rt['channels_last_max_abs_diff']:.1e}, ONNX Runtime float32 {rt['onnxruntime_max_abs_diff']:.1e}"
+              + (f"; int8 cosine to eager at least {rt['int8_min_cosine']:.3f}." if "int8_min_cosine" in rt else
+                 f". int8: {rt.get('int8_unavailable', 'not measured')}."), ""]
+        variants = [k[:-len("_calibration_cosine")] for k in rt if k.endswith("_calibration_cosine")
+                    and k.startswith("int8_")]
+        if variants:
+            r += [f"Each int8 variant made as it is, on {rt.get('cpu', rt['machine'])} (VNNI: "
+                  f"{', '.join(rt.get('vnni', [])) or 'none'}); the CPU keeps the first in `VARIANTS` whose "
+                  "embeddings of the 56 calibration inputs stay within cosine 0.98 (median) and 0.85 (worst) of "
+                  "float's. Here it keeps " + (f"**{rt['int8_variant']}**." if "int8_variant" in rt else "none."), "",
+                  "| int8 variant | cosine to float, median / worst | forward, one session | forward, lanes | "
+                  "dev R@1 t2i / i2t | dev R@1 cost (points) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+            for v in variants:
+                c = rt[f"{v}_calibration_cosine"]
+                r.append(f"| {v[len('int8_'):]} | {c['median']:.3f} / {c['worst']:.3f} | {rt[f'{v}_img_s']} | "
+                         f"{rt[f'{v}_lanes_img_s']} | {r1(v)} | {rt.get(f'{v}_dev_r1_cost', '')} |")
+            r.append("")
     dd = _load(out / "decode_draft.json")
     if dd:
         r += ["## JPEG draft decoding of 12-megapixel photos (`benchmarks/decode_draft.py`)", "",

@@ -5,7 +5,8 @@ benchmarks/runtimes.py, tests/test_lite_model.py).
 The torch modules are exported once per checkpoint (and torch / onnxruntime version) into the cache folder
 ($XDG_CACHE_HOME/xmodal/onnx) and loaded from there afterwards. `XMODAL_IMAGE_RUNTIME=torch` turns it off;
 without onnxruntime installed the encoder stays on torch. `XMODAL_IMAGE_RUNTIME=int8` runs a statically
-quantised copy instead (indexer.onnx_int8): 1.4x the images/s, embeddings within cosine ~0.99.
+quantised copy instead (indexer.onnx_int8: the first variant, int8 or uint8 weights, that stays close to
+float on this CPU): 1.4x the images/s, embeddings within cosine ~0.99.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def onnx_image_path(lite, fingerprint: str, preprocess):
 
         try:
             return OnnxImagePath(quantized(path, preprocess), kind="int8")
-        except Exception as e:  # e.g. a CPU whose int8 kernels saturate: the float graph still works
+        except Exception as e:  # e.g. a CPU where every int8 variant drifts: float still works
             logger.warning("int8 image path unavailable (%s); using float32 ONNX Runtime", str(e).splitlines()[0])
     try:
         return OnnxImagePath(path)
