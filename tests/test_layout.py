@@ -77,3 +77,9 @@ def test_the_readme_module_table_names_every_module():
                if p.name != "__init__.py" and p.name != "__main__.py"}
     assert sorted(present - listed) == [], "modules missing from docs/architecture.md"
     assert sorted(listed - present) == [], "docs/architecture.md names modules that do not exist"
+
+
+def test_sqlalchemy_stays_inside_the_store():
+    users = sorted(str(p.relative_to(REPO)) for root in ROOTS for p in (REPO / root).rglob("*.py")
+                   if re.search(r"^\s*(from|import) sqlalchemy", p.read_text(encoding="utf-8"), flags=re.M))
+    assert users == ["indexer/storage/schema.py", "indexer/storage/store.py"]

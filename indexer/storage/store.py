@@ -16,14 +16,12 @@ write that changes a modality's rows bumps ``meta["generation.<modality>"]`` in 
 files are a cache of these vectors, saved with the generation they reflect (see ``indexer.library``). Rows
 from schema 1 have ``vector`` NULL until the library back-fills them from its FAISS file.
 
-Schema changes are migrations: plain functions taking a Connection, listed in order in ``MIGRATIONS``.
-Opening a library applies ``MIGRATIONS[stored_version:SCHEMA_VERSION]`` in one write transaction (SQLite has
-transactional DDL, so a failing migration leaves the file untouched). To change the schema later, write
-``_migration_N(conn)``, append it to ``MIGRATIONS`` and bump ``SCHEMA_VERSION``. Migrations are frozen
-SQL on purpose: they must keep creating exactly what they created when they were released, whatever the
-Core ``Table`` objects below (used only for queries) look like today.
+Schema changes are migrations (``schema.py``: plain functions taking a Connection, listed in order in
+``MIGRATIONS``, with the Core tables and the row <-> record conversions). Opening a library applies
+``MIGRATIONS[stored_version:SCHEMA_VERSION]`` in one write transaction (SQLite has transactional DDL, so a
+failing migration leaves the file untouched).
 
-SQLAlchemy objects never leave this module: callers get ``ImageRecord``/``TextRecord``, ints and numpy arrays.
+SQLAlchemy objects never leave this module and schema.py: callers get ``ImageRecord``/``TextRecord``, ints and numpy arrays.
 """
 from __future__ import annotations
 
@@ -31,7 +29,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,16 +37,9 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (
-    Column,
     Connection,
-    Float,
-    Integer,
-    LargeBinary,
-    MetaData,
     Row,
-    String,
     Table,
-    Text,
     create_engine,
     delete,
     event,
@@ -57,9 +48,11 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
-from sqlalchemy.types import TypeDecorator
 
 from xmodal.indexer.records import DecodedImage, ImageRecord, TextRecord
+from xmodal.indexer.storage.schema import (IMAGE_COLUMNS, IMAGES, META, META_DDL, MIGRATIONS, SCHEMA_VERSION, TABLES,
+                                          TEXTS, display_path, from_blob, image_record, image_row, raw_path_of,
+                                          to_blob)
 
 log = logging.getLogger(__name__)
 
@@ -73,114 +66,7 @@ class StoreError(Exception):
     """The library database is missing, unreadable, too new, or a write would break an invariant."""
 
 
-# --------------------------------------------------------------------------------------------- migrations
-
-
-def _migration_1_initial(conn: Connection) -> None:
-    """Version 1: images, texts and meta."""
-    conn.exec_driver_sql(
-        """
-        CREATE TABLE images (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            raw_path BLOB UNIQUE NOT NULL,
-            path TEXT NOT NULL,
-            size INTEGER NOT NULL,
-            mtime REAL NOT NULL,
-            sha256 TEXT NOT NULL,
-            width INTEGER NOT NULL,
-            height INTEGER NOT NULL,
-            taken_at DATETIME,
-            model TEXT NOT NULL,
-            indexed_at DATETIME NOT NULL
-        )
-        """
-    )
-    conn.exec_driver_sql("CREATE INDEX ix_images_sha256 ON images (sha256)")
-    conn.exec_driver_sql(
-        """
-        CREATE TABLE texts (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            text TEXT NOT NULL,
-            source TEXT,
-            model TEXT NOT NULL,
-            indexed_at DATETIME NOT NULL
-        )
-        """
-    )
-    conn.exec_driver_sql("CREATE INDEX ix_texts_source ON texts (source)")
-
-
-def _migration_2_vectors(conn: Connection) -> None:
-    """Version 2: each row carries its vector (float32 bytes), making the store the source of truth."""
-    conn.exec_driver_sql("ALTER TABLE images ADD COLUMN vector BLOB")
-    conn.exec_driver_sql("ALTER TABLE texts ADD COLUMN vector BLOB")
-
-
-#: Ordered schema migrations; ``MIGRATIONS[i]`` takes a library from version ``i`` to ``i + 1``.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1_initial, _migration_2_vectors]
-SCHEMA_VERSION = 2
-
-_META_DDL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-
-
-# ------------------------------------------------------------------------------------ query-side tables
-
-
-class _IsoDateTime(TypeDecorator):
-    """A datetime stored as ISO-8601 text; keeps a timezone offset when there is one (EXIF times have none)."""
-
-    impl = String
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> str | None:
-        return None if value is None else value.isoformat()
-
-    def process_result_value(self, value: str | None, dialect: Any) -> datetime | None:
-        return None if value is None else datetime.fromisoformat(value)
-
-
-_md = MetaData()
-_meta = Table("meta", _md, Column("key", Text, primary_key=True), Column("value", Text, nullable=False))
-_images = Table(
-    "images",
-    _md,
-    Column("id", Integer, primary_key=True),
-    Column("raw_path", LargeBinary, nullable=False, unique=True),
-    Column("path", Text, nullable=False),
-    Column("size", Integer, nullable=False),
-    Column("mtime", Float, nullable=False),
-    Column("sha256", Text, nullable=False),
-    Column("width", Integer, nullable=False),
-    Column("height", Integer, nullable=False),
-    Column("taken_at", _IsoDateTime),
-    Column("model", Text, nullable=False),
-    Column("indexed_at", _IsoDateTime, nullable=False),
-    Column("vector", LargeBinary),
-)
-#: every image column but the vector (records never carry it)
-_IMAGE_COLUMNS = [c for c in _images.c if c.name != "vector"]
-_texts = Table(
-    "texts",
-    _md,
-    Column("id", Integer, primary_key=True),
-    Column("text", Text, nullable=False),
-    Column("source", Text),
-    Column("model", Text, nullable=False),
-    Column("indexed_at", _IsoDateTime, nullable=False),
-    Column("vector", LargeBinary),
-)
-_TABLES = {"images": _images, "texts": _texts}
-
-
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def _raw(path: str) -> bytes:
-    return os.fsencode(path)
-
-
-def _display(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="backslashreplace")
 
 
 def _chunks(ids: Sequence[int]) -> Iterator[list[int]]:
@@ -191,46 +77,6 @@ def _chunks(ids: Sequence[int]) -> Iterator[list[int]]:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _image_record(row: Any) -> ImageRecord:
-    return ImageRecord(
-        id=row.id,
-        path=os.fsdecode(row.raw_path),
-        size=row.size,
-        mtime=row.mtime,
-        sha256=row.sha256,
-        width=row.width,
-        height=row.height,
-        taken_at=row.taken_at,
-        model=row.model,
-    )
-
-
-def _blob(vector: np.ndarray | None) -> bytes | None:
-    return None if vector is None else np.ascontiguousarray(vector, dtype="<f4").tobytes()
-
-
-def _unblob(blob: bytes | None, dim: int) -> np.ndarray | None:
-    if blob is None or len(blob) != 4 * dim:
-        return None
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
-
-
-def _image_row(image: DecodedImage, model: str, indexed_at: datetime) -> dict[str, Any]:
-    raw = _raw(image.path)
-    return {
-        "raw_path": raw,
-        "path": _display(raw),
-        "size": int(image.size),
-        "mtime": float(image.mtime),
-        "sha256": image.sha256,
-        "width": int(image.width),
-        "height": int(image.height),
-        "taken_at": image.taken_at,
-        "model": model,
-        "indexed_at": indexed_at,
-    }
 
 
 # -------------------------------------------------------------------------------------------------- store
@@ -331,7 +177,7 @@ class Store:
     # -- schema
 
     def _stored_version(self, conn: Connection) -> int:
-        value = conn.execute(select(_meta.c.value).where(_meta.c.key == "schema_version")).scalar()
+        value = conn.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
         return 0 if value is None else int(json.loads(value))
 
     def _migrate(self) -> None:
@@ -347,7 +193,7 @@ class Store:
         if version == target:
             return
         with self._write() as conn:
-            conn.exec_driver_sql(_META_DDL)
+            conn.exec_driver_sql(META_DDL)
             version = self._stored_version(conn)  # re-read under the write lock: another process may have won
             self._check_not_newer(version, target)
             for step in range(version, target):
@@ -372,7 +218,7 @@ class Store:
     def get_meta(self, key: str, default: Any = None) -> Any:
         """The JSON-decoded value stored under ``key``, or ``default``."""
         with self._read() as conn:
-            value = conn.execute(select(_meta.c.value).where(_meta.c.key == key)).scalar()
+            value = conn.execute(select(META.c.value).where(META.c.key == key)).scalar()
         return default if value is None else json.loads(value)
 
     def set_meta(self, key: str, value: Any) -> None:
@@ -396,7 +242,7 @@ class Store:
 
     def _bump(self, conn: Connection, modality: str) -> None:
         key = f"generation.{modality}"
-        value = conn.execute(select(_meta.c.value).where(_meta.c.key == key)).scalar()
+        value = conn.execute(select(META.c.value).where(META.c.key == key)).scalar()
         self._set_meta(conn, key, (0 if value is None else int(json.loads(value))) + 1)
 
     # -- images
@@ -409,11 +255,11 @@ class Store:
         """
         with self._write() as conn:
             self._check_batch_paths(images)
-            existing = self._ids_by_raw_path(conn, [_raw(im.path) for im in images])
+            existing = self._ids_by_raw_path(conn, [raw_path_of(im.path) for im in images])
             if existing:
                 raw, old_id = next(iter(existing.items()))
                 raise StoreError(
-                    f"{_display(raw)} is already indexed (id {old_id}, {len(existing)} such path(s) in this batch); "
+                    f"{display_path(raw)} is already indexed (id {old_id}, {len(existing)} such path(s) in this batch); "
                     "use replace_images() or delete_images() first"
                 )
             self._bump(conn, "images")
@@ -429,9 +275,9 @@ class Store:
         """
         with self._write() as conn:
             self._check_batch_paths(images)
-            existing = self._ids_by_raw_path(conn, [_raw(im.path) for im in images])
+            existing = self._ids_by_raw_path(conn, [raw_path_of(im.path) for im in images])
             replaced = sorted(existing.values())
-            self._delete(conn, _images, replaced)
+            self._delete(conn, IMAGES, replaced)
             self._bump(conn, "images")
             return self._insert_images(conn, images, model, vectors), replaced
 
@@ -439,7 +285,7 @@ class Store:
     def _check_batch_paths(images: Sequence[DecodedImage]) -> None:
         seen: set[bytes] = set()
         for im in images:
-            raw = _raw(im.path)
+            raw = raw_path_of(im.path)
             if raw in seen:
                 raise StoreError(f"{im.path!r} appears twice in one batch of images; pass each file once")
             seen.add(raw)
@@ -449,7 +295,7 @@ class Store:
         found: dict[bytes, int] = {}
         for start in range(0, len(raws), _CHUNK):
             part = list(raws[start : start + _CHUNK])
-            for row in conn.execute(select(_images.c.raw_path, _images.c.id).where(_images.c.raw_path.in_(part))):
+            for row in conn.execute(select(IMAGES.c.raw_path, IMAGES.c.id).where(IMAGES.c.raw_path.in_(part))):
                 found[row.raw_path] = row.id
         return found
 
@@ -461,11 +307,11 @@ class Store:
         if vectors is not None and len(vectors) != len(images):
             raise StoreError(f"got {len(vectors)} vectors for {len(images)} images; pass one vector per image")
         now = _now()
-        rows = [_image_row(im, model, now) for im in images]
+        rows = [image_row(im, model, now) for im in images]
         for i, row in enumerate(rows):
-            row["vector"] = None if vectors is None else _blob(vectors[i])
+            row["vector"] = None if vectors is None else to_blob(vectors[i])
         try:
-            result = conn.execute(insert(_images).returning(_images.c.id, sort_by_parameter_order=True), rows)
+            result = conn.execute(insert(IMAGES).returning(IMAGES.c.id, sort_by_parameter_order=True), rows)
         except IntegrityError as exc:
             raise StoreError(f"could not insert {len(rows)} image rows ({exc.orig}); this is a bug") from exc
         return [int(i) for i in result.scalars()]
@@ -475,8 +321,8 @@ class Store:
         by_id: dict[int, ImageRecord] = {}
         with self._read() as conn:
             for part in _chunks(ids):
-                for row in conn.execute(select(*_IMAGE_COLUMNS).where(_images.c.id.in_(part))):
-                    by_id[row.id] = _image_record(row)
+                for row in conn.execute(select(*IMAGE_COLUMNS).where(IMAGES.c.id.in_(part))):
+                    by_id[row.id] = image_record(row)
         return [by_id[int(i)] for i in ids if int(i) in by_id]
 
     def _image_pages(self, *columns) -> Iterator[Row]:
@@ -486,8 +332,8 @@ class Store:
         last = 0
         while True:
             with self._read() as conn:
-                query = (select(_images.c.id, *columns).where(_images.c.id > last)
-                         .order_by(_images.c.id).limit(_STREAM_BATCH))
+                query = (select(IMAGES.c.id, *columns).where(IMAGES.c.id > last)
+                         .order_by(IMAGES.c.id).limit(_STREAM_BATCH))
                 page = list(conn.execute(query))
             yield from page
             if len(page) < _STREAM_BATCH:
@@ -496,14 +342,14 @@ class Store:
 
     def image_states(self) -> Iterator[tuple[str, int, int, float]]:
         """Yield ``(path, id, size, mtime)`` for every image in id order, for the incremental re-index check."""
-        for r in self._image_pages(_images.c.raw_path, _images.c.size, _images.c.mtime):
+        for r in self._image_pages(IMAGES.c.raw_path, IMAGES.c.size, IMAGES.c.mtime):
             yield os.fsdecode(r.raw_path), r.id, r.size, r.mtime
 
     def delete_images(self, ids: Sequence[int]) -> int:
         """Delete the images with these ids (unknown ids are ignored); returns how many rows went."""
         with self._write() as conn:
             self._bump(conn, "images")
-            return self._delete(conn, _images, ids)
+            return self._delete(conn, IMAGES, ids)
 
     def move_images(self, moves: Sequence[tuple[int, DecodedImage]]) -> None:
         """Give existing rows a new file (path, size, mtime...), keeping their ids and vectors: a photo that
@@ -512,9 +358,9 @@ class Store:
             return
         with self._write() as conn:
             for image_id, image in moves:
-                row = _image_row(image, "", _now())
+                row = image_row(image, "", _now())
                 del row["model"], row["indexed_at"]
-                conn.execute(_images.update().where(_images.c.id == int(image_id)).values(**row))
+                conn.execute(IMAGES.update().where(IMAGES.c.id == int(image_id)).values(**row))
             self._bump(conn, "images")
 
     def images_by_sha256(self, digests: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
@@ -523,20 +369,20 @@ class Store:
         digests = list(dict.fromkeys(digests))
         with self._read() as conn:
             for start in range(0, len(digests), _CHUNK):
-                query = (select(_images.c.sha256, _images.c.id, _images.c.raw_path)
-                         .where(_images.c.sha256.in_(digests[start : start + _CHUNK])).order_by(_images.c.id))
+                query = (select(IMAGES.c.sha256, IMAGES.c.id, IMAGES.c.raw_path)
+                         .where(IMAGES.c.sha256.in_(digests[start : start + _CHUNK])).order_by(IMAGES.c.id))
                 for row in conn.execute(query):
                     found.setdefault(row.sha256, []).append((int(row.id), os.fsdecode(row.raw_path)))
         return found
 
     def image_paths(self) -> Iterator[tuple[int, str, str]]:
         """Yield ``(id, path, model)`` for every image in id order (paged like ``image_states``)."""
-        for r in self._image_pages(_images.c.raw_path, _images.c.model):
+        for r in self._image_pages(IMAGES.c.raw_path, IMAGES.c.model):
             yield int(r.id), os.fsdecode(r.raw_path), r.model
 
     def image_digests(self) -> Iterator[tuple[int, str, str]]:
         """Yield ``(id, path, sha256)`` for every image in id order (paged like ``image_states``)."""
-        for r in self._image_pages(_images.c.raw_path, _images.c.sha256):
+        for r in self._image_pages(IMAGES.c.raw_path, IMAGES.c.sha256):
             yield int(r.id), os.fsdecode(r.raw_path), r.sha256
 
     # -- vectors (both modalities)
@@ -544,9 +390,9 @@ class Store:
     def vector_state(self, modality: str) -> tuple[int, np.ndarray, np.ndarray]:
         """``(generation, ids, has_vector)`` of ``modality`` read in one snapshot: every row id ascending
         (int64) and whether that row holds a vector."""
-        table = _TABLES[modality]
+        table = TABLES[modality]
         with self._snapshot() as conn:
-            value = conn.execute(select(_meta.c.value).where(_meta.c.key == f"generation.{modality}")).scalar()
+            value = conn.execute(select(META.c.value).where(META.c.key == f"generation.{modality}")).scalar()
             rows = conn.execute(select(table.c.id, table.c.vector.is_not(None)).order_by(table.c.id)).all()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         has = np.fromiter((bool(r[1]) for r in rows), dtype=bool, count=len(rows))
@@ -554,12 +400,12 @@ class Store:
 
     def get_vectors(self, modality: str, ids: Sequence[int], dim: int) -> dict[int, np.ndarray]:
         """``{id: vector}`` for the rows among ``ids`` that hold a vector of ``dim`` floats."""
-        table = _TABLES[modality]
+        table = TABLES[modality]
         out: dict[int, np.ndarray] = {}
         with self._read() as conn:
             for part in _chunks(ids):
                 for row in conn.execute(select(table.c.id, table.c.vector).where(table.c.id.in_(part))):
-                    vector = _unblob(row.vector, dim)
+                    vector = from_blob(row.vector, dim)
                     if vector is not None:
                         out[int(row.id)] = vector
         return out
@@ -568,15 +414,15 @@ class Store:
         """Store vectors for existing rows (back-filling rows from schema 1); one transaction."""
         if not vectors:
             return
-        table = _TABLES[modality]
+        table = TABLES[modality]
         with self._write() as conn:
             for i, v in vectors.items():
-                conn.execute(table.update().where(table.c.id == int(i)).values(vector=_blob(v)))
+                conn.execute(table.update().where(table.c.id == int(i)).values(vector=to_blob(v)))
             self._bump(conn, modality)
 
     def ids_with_other_model(self, modality: str, model: str) -> list[int]:
         """Ids of ``modality`` rows embedded with a model other than ``model``."""
-        table = _TABLES[modality]
+        table = TABLES[modality]
         with self._read() as conn:
             return [int(i) for i in conn.execute(select(table.c.id).where(table.c.model != model)
                                                  .order_by(table.c.id)).scalars()]
@@ -597,11 +443,11 @@ class Store:
 
     def count_images(self) -> int:
         """Number of indexed images."""
-        return self._count(_images)
+        return self._count(IMAGES)
 
     def all_image_ids(self) -> np.ndarray:
         """All image ids, ascending, as an int64 array."""
-        return self._all_ids(_images)
+        return self._all_ids(IMAGES)
 
     # -- texts
 
@@ -613,10 +459,10 @@ class Store:
             return []
         now = _now()
         rows = [{"text": t, "source": source, "model": model, "indexed_at": now,
-                 "vector": None if vectors is None else _blob(vectors[i])} for i, t in enumerate(texts)]
+                 "vector": None if vectors is None else to_blob(vectors[i])} for i, t in enumerate(texts)]
         with self._write() as conn:
             self._bump(conn, "texts")
-            result = conn.execute(insert(_texts).returning(_texts.c.id, sort_by_parameter_order=True), rows)
+            result = conn.execute(insert(TEXTS).returning(TEXTS.c.id, sort_by_parameter_order=True), rows)
             return [int(i) for i in result.scalars()]
 
     def get_texts(self, ids: Sequence[int]) -> list[TextRecord]:
@@ -624,8 +470,8 @@ class Store:
         by_id: dict[int, TextRecord] = {}
         with self._read() as conn:
             for part in _chunks(ids):
-                for row in conn.execute(select(_texts.c.id, _texts.c.text, _texts.c.source, _texts.c.model)
-                                        .where(_texts.c.id.in_(part))):
+                for row in conn.execute(select(TEXTS.c.id, TEXTS.c.text, TEXTS.c.source, TEXTS.c.model)
+                                        .where(TEXTS.c.id.in_(part))):
                     by_id[row.id] = TextRecord(id=row.id, text=row.text, source=row.source, model=row.model)
         return [by_id[int(i)] for i in ids if int(i) in by_id]
 
@@ -633,12 +479,12 @@ class Store:
         """Delete the texts with these ids (unknown ids are ignored); returns how many rows went."""
         with self._write() as conn:
             self._bump(conn, "texts")
-            return self._delete(conn, _texts, ids)
+            return self._delete(conn, TEXTS, ids)
 
     def text_sources(self) -> dict[str, int]:
         """How many texts each source file contributed."""
         with self._read() as conn:
-            query = select(_texts.c.source, func.count()).group_by(_texts.c.source).order_by(_texts.c.source)
+            query = select(TEXTS.c.source, func.count()).group_by(TEXTS.c.source).order_by(TEXTS.c.source)
             rows = conn.execute(query)
             return {source: int(n) for source, n in rows}
 
@@ -646,19 +492,19 @@ class Store:
         """Delete every text that came from ``source``; returns the deleted ids (ascending) so the caller can
         remove their vectors."""
         with self._write() as conn:
-            query = select(_texts.c.id).where(_texts.c.source == source).order_by(_texts.c.id)
+            query = select(TEXTS.c.id).where(TEXTS.c.source == source).order_by(TEXTS.c.id)
             ids = list(conn.execute(query).scalars())
-            conn.execute(delete(_texts).where(_texts.c.source == source))
+            conn.execute(delete(TEXTS).where(TEXTS.c.source == source))
             self._bump(conn, "texts")
             return [int(i) for i in ids]
 
     def count_texts(self) -> int:
         """Number of indexed texts."""
-        return self._count(_texts)
+        return self._count(TEXTS)
 
     def all_text_ids(self) -> np.ndarray:
         """All text ids, ascending, as an int64 array."""
-        return self._all_ids(_texts)
+        return self._all_ids(TEXTS)
 
     # -- shared
 

@@ -1,0 +1,171 @@
+"""The store's schema: versioned migrations (frozen SQL), the SQLAlchemy Core tables the queries use, and
+the conversions between rows and records. Only `store.py` imports this module: SQLAlchemy objects never
+leave the two of them.
+
+Schema changes are migrations: plain functions taking a Connection, listed in order in ``MIGRATIONS``.
+To change the schema, write ``_migration_N(conn)``, append it to ``MIGRATIONS`` and bump ``SCHEMA_VERSION``.
+Migrations are frozen SQL on purpose: they must keep creating exactly what they created when they were
+released, whatever the Core ``Table`` objects below (used only for queries) look like today.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Column, Connection, Float, Integer, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy.types import TypeDecorator
+
+from xmodal.indexer.records import DecodedImage, ImageRecord
+
+
+# --------------------------------------------------------------------------------------------- migrations
+
+
+def _migration_1_initial(conn: Connection) -> None:
+    """Version 1: images, texts and meta."""
+    conn.exec_driver_sql(
+        """
+        CREATE TABLE images (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            raw_path BLOB UNIQUE NOT NULL,
+            path TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime REAL NOT NULL,
+            sha256 TEXT NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            taken_at DATETIME,
+            model TEXT NOT NULL,
+            indexed_at DATETIME NOT NULL
+        )
+        """
+    )
+    conn.exec_driver_sql("CREATE INDEX ix_images_sha256 ON images (sha256)")
+    conn.exec_driver_sql(
+        """
+        CREATE TABLE texts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            text TEXT NOT NULL,
+            source TEXT,
+            model TEXT NOT NULL,
+            indexed_at DATETIME NOT NULL
+        )
+        """
+    )
+    conn.exec_driver_sql("CREATE INDEX ix_texts_source ON texts (source)")
+
+
+def _migration_2_vectors(conn: Connection) -> None:
+    """Version 2: each row carries its vector (float32 bytes), making the store the source of truth."""
+    conn.exec_driver_sql("ALTER TABLE images ADD COLUMN vector BLOB")
+    conn.exec_driver_sql("ALTER TABLE texts ADD COLUMN vector BLOB")
+
+
+#: Ordered schema migrations; ``MIGRATIONS[i]`` takes a library from version ``i`` to ``i + 1``.
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1_initial, _migration_2_vectors]
+SCHEMA_VERSION = 2
+
+META_DDL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+# ------------------------------------------------------------------------------------ query-side tables
+
+
+class IsoDateTime(TypeDecorator):
+    """A datetime stored as ISO-8601 text; keeps a timezone offset when there is one (EXIF times have none)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> str | None:
+        return None if value is None else value.isoformat()
+
+    def process_result_value(self, value: str | None, dialect: Any) -> datetime | None:
+        return None if value is None else datetime.fromisoformat(value)
+
+
+METADATA = MetaData()
+META = Table("meta", METADATA, Column("key", Text, primary_key=True), Column("value", Text, nullable=False))
+IMAGES = Table(
+    "images",
+    METADATA,
+    Column("id", Integer, primary_key=True),
+    Column("raw_path", LargeBinary, nullable=False, unique=True),
+    Column("path", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("mtime", Float, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("taken_at", IsoDateTime),
+    Column("model", Text, nullable=False),
+    Column("indexed_at", IsoDateTime, nullable=False),
+    Column("vector", LargeBinary),
+)
+#: every image column but the vector (records never carry it)
+IMAGE_COLUMNS = [c for c in IMAGES.c if c.name != "vector"]
+TEXTS = Table(
+    "texts",
+    METADATA,
+    Column("id", Integer, primary_key=True),
+    Column("text", Text, nullable=False),
+    Column("source", Text),
+    Column("model", Text, nullable=False),
+    Column("indexed_at", IsoDateTime, nullable=False),
+    Column("vector", LargeBinary),
+)
+TABLES = {"images": IMAGES, "texts": TEXTS}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def raw_path_of(path: str) -> bytes:
+    return os.fsencode(path)
+
+
+def display_path(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def image_record(row: Any) -> ImageRecord:
+    return ImageRecord(
+        id=row.id,
+        path=os.fsdecode(row.raw_path),
+        size=row.size,
+        mtime=row.mtime,
+        sha256=row.sha256,
+        width=row.width,
+        height=row.height,
+        taken_at=row.taken_at,
+        model=row.model,
+    )
+
+
+def to_blob(vector: np.ndarray | None) -> bytes | None:
+    return None if vector is None else np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def from_blob(blob: bytes | None, dim: int) -> np.ndarray | None:
+    if blob is None or len(blob) != 4 * dim:
+        return None
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+def image_row(image: DecodedImage, model: str, indexed_at: datetime) -> dict[str, Any]:
+    raw = raw_path_of(image.path)
+    return {
+        "raw_path": raw,
+        "path": display_path(raw),
+        "size": int(image.size),
+        "mtime": float(image.mtime),
+        "sha256": image.sha256,
+        "width": int(image.width),
+        "height": int(image.height),
+        "taken_at": image.taken_at,
+        "model": model,
+        "indexed_at": indexed_at,
+    }
