@@ -17,7 +17,7 @@ from conftest import draw, vectors_by_path
 from xmodal.engine.cli.main import cli
 from xmodal.engine.search.engine import SearchEngine
 from xmodal.indexer.storage import store as store_module
-from xmodal.indexer.storage.check import check_library, repair
+from xmodal.indexer.storage.check import check_library, missing_files, repair
 from xmodal.indexer.storage.library import Library, LibraryError
 from xmodal.indexer.ingest.pipeline import index_images
 from xmodal.indexer.storage.store import Store, StoreError
@@ -89,6 +89,66 @@ def test_a_missing_root_keeps_its_photos(tmp_path, library, fake_encoder):
     assert report.removed == 0 and "root not found" in report.skipped[0].reason
     with Library(library) as lib:
         assert lib.store.count_images() == 1
+
+
+def test_check_and_repair_keep_the_photos_of_an_unplugged_drive(tmp_path, library, fake_encoder):
+    """A root that is not there (a drive not mounted: here, renamed away) is missing, not deleted: check
+    reports it without failing or advising a repair, and a repair (run for another problem) neither drops
+    its photos as vanished nor drops its rows that need a new vector; files deleted under a root that is
+    there are still dropped."""
+    drive, home = tmp_path / "drive", tmp_path / "home"
+    for colour in ("red", "green", "blue"):
+        draw(drive / f"{colour}.jpg", colour)
+    draw(home / "yellow.jpg", "yellow")
+    draw(home / "white.jpg", "white")
+    _index(library, [drive, home], fake_encoder)
+    with Library(library) as lib:
+        records = lib.store.get_images(lib.store.all_image_ids().tolist())
+        on_drive = [r.id for r in records if "drive" in r.path]
+        kept = sorted(r.id for r in records if not r.path.endswith("white.jpg"))
+        index = VectorIndex.load(lib.index_path("images"))
+        index.remove([on_drive[0]])  # with its stored vector gone too, this row needs embedding again
+        index.save(lib.index_path("images"), generation=index.generation)
+    db = sqlite3.connect(library / "library.db")
+    db.execute("UPDATE images SET vector = NULL WHERE id = ?", (on_drive[0],))
+    db.commit()
+    db.close()
+    drive.rename(tmp_path / "unplugged")
+    (home / "white.jpg").unlink()
+
+    runner, args = CliRunner(), ["--library", str(library)]
+    out = runner.invoke(cli, ["check", "--json", *args])
+    report = json.loads(out.stdout)
+    assert report["unreachable_roots"] == {str(drive): 3} and report["vanished"] == [str(home / "white.jpg")]
+    out = runner.invoke(cli, ["check", "--repair", "--json", *args])
+    fixed = json.loads(out.stdout)["repair"]
+    assert fixed["removed_vanished"] == 1 and fixed["kept_unreachable"] == 1 and fixed["failed"] == []
+    with Library(library) as lib:
+        assert sorted(lib.store.all_image_ids().tolist()) == kept  # all but the file deleted at home
+    (tmp_path / "unplugged").rename(drive)  # plugged back in: nothing to embed but the row that lost its vector
+    fake_encoder.calls["images"] = 0
+    report = _index(library, None, fake_encoder)
+    assert report.added == 0 and fake_encoder.calls["images"] == 1
+    _check_ok(library)
+
+
+def test_a_drive_that_is_only_unplugged_is_not_a_problem_for_check(tmp_path, library, fake_encoder):
+    drive = tmp_path / "drive"
+    draw(drive / "red.jpg", "red")
+    _index(library, [drive], fake_encoder)
+    drive.rename(tmp_path / "unplugged")
+    out = CliRunner().invoke(cli, ["check", "--library", str(library)])
+    assert out.exit_code == 0, out.output
+    assert "not found" in out.stdout and "xmodal remove" in out.stdout and "--repair" not in out.output
+
+
+def test_missing_files_tells_a_missing_root_from_vanished_files():
+    there = {"/home", "/home/a.jpg", "/mnt/usb/deep"}
+    vanished, unreachable = missing_files(
+        ["/home/a.jpg", "/home/b.jpg", "/mnt/usb/x.jpg", "/mnt/usb/deep/y.jpg", "/elsewhere/z.jpg"],
+        ["/home", "/mnt/usb", "/mnt/usb/deep"], exists=there.__contains__)
+    assert vanished == ["/home/b.jpg", "/mnt/usb/deep/y.jpg", "/elsewhere/z.jpg"]
+    assert unreachable == {"/mnt/usb": 1}
 
 
 def test_no_roots_yet_is_a_clear_error(library, fake_encoder):

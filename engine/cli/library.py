@@ -59,7 +59,8 @@ def check(library, repair, model, as_json):
     else:
         if fixed is not None:
             click.echo(f"repaired: index patches {fixed.patched or 'none'}, removed {fixed.removed_vanished} "
-                       f"vanished, re-embedded {fixed.reembedded}, dropped {len(fixed.failed)} unusable")
+                       f"vanished, re-embedded {fixed.reembedded}, dropped {len(fixed.failed)} unusable"
+                       + (f", kept {fixed.kept_unreachable} under missing roots" if fixed.kept_unreachable else ""))
             for s in fixed.failed:
                 click.echo(f"  dropped {s.path}: {s.reason}")
         counts = ", ".join(f"{k} {m.rows} rows / {m.vectors} vectors" for k, m in report.modalities.items())
@@ -68,6 +69,8 @@ def check(library, repair, model, as_json):
             click.echo(f"  {line}")
         for p in report.vanished[:20]:
             click.echo(f"  vanished {p}")
+        for line in report.notes:
+            click.echo(f"  note: {line}")
         if not report.ok and not repair:
             click.echo("run `xmodal check --repair` to fix", err=True)
     if not report.ok:

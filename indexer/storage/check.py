@@ -3,25 +3,27 @@
 `check_library` only reads: the store, and the FAISS files exactly as they are on disk (not the copy a
 search would patch in memory). It reports, per modality, rows without a vector in the index, vectors
 without a row, duplicate vectors, an unreadable index file, an index file behind the store (generation),
-rows whose vector is not stored (libraries from before schema 2), rows embedded with another model; and
-the indexed photos whose files vanished.
+rows whose vector is not stored (libraries from before schema 2), rows embedded with another model; the
+indexed photos whose files vanished under a root that is there; and the roots that are not there at all (an
+unplugged drive, an unmounted share), whose photos are kept and never called vanished.
 
 `repair` takes the writer lock and fixes what can be fixed without embedding (patching or rebuilding the
 index from the vectors in the store, back-filling stored vectors from the index, dropping rows of vanished
-files) and embeds again only rows that have no usable vector anywhere or come from another model.
+files) and embeds again only rows that have no usable vector anywhere or come from another model. Photos
+under a missing root are never dropped: not as vanished, and not when their row needs embedding again.
 """
 from __future__ import annotations
 
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
 from xmodal.indexer.models.base import Encoder
-from xmodal.indexer.storage.library import MODALITIES, Library, LibraryError
+from xmodal.indexer.storage.library import MODALITIES, Library, LibraryError, _under
 from xmodal.indexer.records import Skipped
 from xmodal.indexer.storage.vector_index import VectorIndex, VectorIndexError
 
@@ -48,6 +50,7 @@ class CheckReport:
     schema_version: int = 0
     modalities: dict[str, ModalityCheck] = field(default_factory=dict)
     vanished: list[str] = field(default_factory=list)
+    unreachable: dict[str, int] = field(default_factory=dict)  # missing root -> photos kept under it
 
     @property
     def problems(self) -> list[str]:
@@ -75,13 +78,41 @@ class CheckReport:
         return out
 
     @property
+    def notes(self) -> list[str]:
+        """What is worth knowing but is not damage: roots that are not there now (their photos are kept)."""
+        return [f"images: root {root} not found (moved, or a drive not mounted?): its {n} photos are kept; "
+                f"`xmodal remove {root}` drops them" for root, n in self.unreachable.items()]
+
+    @property
     def ok(self) -> bool:
         return not self.problems
 
     def to_json(self) -> dict:
         return {"library": self.library, "ok": self.ok, "problems": self.problems, "model": self.model,
                 "dim": self.dim, "schema_version": self.schema_version,
-                "modalities": {k: asdict(v) for k, v in self.modalities.items()}, "vanished": self.vanished}
+                "modalities": {k: asdict(v) for k, v in self.modalities.items()}, "vanished": self.vanished,
+                "unreachable_roots": self.unreachable, "notes": self.notes}
+
+
+def missing_files(paths: Iterable[str], roots: Sequence[str], exists: Callable[[str], bool] = os.path.exists
+                  ) -> tuple[list[str], dict[str, int]]:
+    """Indexed photo paths -> (vanished: files missing under a root that exists, or under no known root;
+    {root that does not exist: photos under it}). A missing root is an unplugged drive until the user says
+    otherwise (`xmodal remove`): nothing under it counts as vanished. `exists` is injectable for tests."""
+    roots = sorted(roots, key=len, reverse=True)  # the deepest root a path is under is its own
+    root_there: dict[str, bool] = {}
+    vanished, unreachable = [], {}
+    for path in paths:
+        root = next((r for r in roots if _under(path, r)), None)
+        if root is not None:
+            if root not in root_there:
+                root_there[root] = exists(root)
+            if not root_there[root]:
+                unreachable[root] = unreachable.get(root, 0) + 1
+                continue
+        if not exists(path):
+            vanished.append(path)
+    return vanished, unreachable
 
 
 def check_library(library: Library) -> CheckReport:
@@ -115,7 +146,7 @@ def check_library(library: Library) -> CheckReport:
             m.rows_without_vector = np.setdiff1d(ids, held).tolist()
             m.vectors_without_row = np.setdiff1d(held, ids).tolist()
         report.modalities[modality] = m
-    report.vanished = [p for _, p, _ in store.image_paths() if not os.path.exists(p)]
+    report.vanished, report.unreachable = missing_files((p for _, p, _ in store.image_paths()), library.roots)
     return report
 
 
@@ -123,11 +154,13 @@ def check_library(library: Library) -> CheckReport:
 class RepairReport:
     patched: dict[str, dict[str, int]] = field(default_factory=dict)  # per modality: added/dropped/backfilled/rebuilt
     removed_vanished: int = 0
+    kept_unreachable: int = 0  # rows needing a new vector whose root is missing: kept for when it is back
     reembedded: int = 0
     failed: list[Skipped] = field(default_factory=list)  # rows dropped: no usable vector and file unusable
 
     def to_json(self) -> dict:
-        return {"patched": self.patched, "removed_vanished": self.removed_vanished, "reembedded": self.reembedded,
+        return {"patched": self.patched, "removed_vanished": self.removed_vanished,
+                "kept_unreachable": self.kept_unreachable, "reembedded": self.reembedded,
                 "failed": [{"path": s.path, "reason": s.reason} for s in self.failed]}
 
 
@@ -141,7 +174,9 @@ def repair(library: Library, load_encoder: Callable[[], Encoder]) -> RepairRepor
         out.patched = {k: v for k, v in library.repaired.items() if any(v.values())}
         model = library.model
         store = library.store
-        vanished = [i for i, p, _ in store.image_paths() if not os.path.exists(p)]
+        paths = {p: i for i, p, _ in store.image_paths()}
+        gone, unreachable = missing_files(paths, library.roots)
+        vanished = [paths[p] for p in gone]
         if vanished:
             library.delete_images(vanished)
             out.removed_vanished = len(vanished)
@@ -156,6 +191,9 @@ def repair(library: Library, load_encoder: Callable[[], Encoder]) -> RepairRepor
                                    f"not {encoder.name!r}")
             size = getattr(encoder, "preprocess", None)
             for record in store.get_images(redo):
+                if any(_under(record.path, root) for root in unreachable):
+                    out.kept_unreachable += 1  # its file is on a drive that is not there now: never dropped
+                    continue
                 try:
                     image = read_image(record.path, target_size=size.size if size is not None else 224)
                 except DecodeError as e:
