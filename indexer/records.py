@@ -1,10 +1,25 @@
 """Records that cross module boundaries. Plain dataclasses: no SQLAlchemy rows leave the store."""
 from __future__ import annotations
 
+import base64
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from PIL import Image
+
+
+def path_json(path: str, key: str = "path") -> dict[str, str]:
+    """A file path as JSON can carry it, losslessly. `key`: the path for display, in UTF-8 (bytes of a name
+    that are not UTF-8 show as U+FFFD); only where that loses anything, `key + "_b64"`: the exact bytes of
+    the path, base64. (A str from os.fsdecode holds such bytes as lone surrogates, which JSON encoders
+    refuse.)"""
+    raw = os.fsencode(path)
+    shown = raw.decode("utf-8", "replace")
+    out = {key: shown}
+    if shown.encode("utf-8") != raw:
+        out[key + "_b64"] = base64.b64encode(raw).decode("ascii")
+    return out
 
 
 @dataclass(frozen=True)
@@ -86,7 +101,7 @@ class SearchHit:
             if self.exemplar is not None:
                 d["exemplar"] = round(float(self.exemplar), 6)
         if self.path is not None:
-            d["path"] = self.path
+            d.update(path_json(self.path))
         if self.text is not None:
             d["text"] = self.text
         return d

@@ -318,3 +318,40 @@ def test_serve_command_binds_loopback_and_requires_a_token_elsewhere(built, monk
         assert c.get("/api/health", headers={"X-Token": "abc"}).status_code == 200
     r = runner.invoke(cli, ["serve", "--library", str(built.parent / "missing")])
     assert r.exit_code == 1 and "no xmodal library" in r.output
+
+
+def test_a_photo_whose_name_is_not_utf8_is_served_and_listed_losslessly(photos, library, fake_encoder):
+    """os.fsdecode keeps such bytes as lone surrogates, which no JSON encoder takes: every route that shows
+    the photo answers 200 with a display name (U+FFFD) and the exact bytes in `path_b64`."""
+    import base64
+    import os
+
+    raw = os.path.join(os.fsencode(photos), b"bad\xff\xfename.jpg")
+    with open(raw, "wb") as f:
+        Image.new("RGB", (40, 30), COLOURS["purple"]).save(f, format="JPEG")
+    with Library(library, create=True) as lib:
+        index_images(lib, [str(photos)], fake_encoder)
+    with TestClient(create_app(library)) as client:
+        hits = client.get("/api/search", params={"q": "purple", "k": 5})
+        assert hits.status_code == 200
+        top = hits.json()["hits"][0]
+        assert top["path"].endswith("bad\ufffd\ufffdname.jpg") and base64.b64decode(top["path_b64"]) == raw
+        for route in ("", "/file", "/thumbnail", "/similar"):
+            assert client.get(f"/api/images/{top['id']}{route}").status_code == 200, route
+        meta = client.get(f"/api/images/{top['id']}").json()
+        assert meta["name"] == "bad\ufffd\ufffdname.jpg" and base64.b64decode(meta["name_b64"]) == b"bad\xff\xfename.jpg"
+        assert client.get("/api/folders").status_code == 200
+    plain = next(h for h in hits.json()["hits"] if "path_b64" not in h)  # a UTF-8 name has no exact form
+    assert "\ufffd" not in plain["path"]
+
+
+@pytest.mark.parametrize("image_id", ["99999999999999999999999", "9223372036854775808", "-1"])
+def test_an_id_past_sqlites_range_is_a_404_not_a_500(client, image_id):
+    for route in ("", "/file", "/thumbnail", "/similar"):
+        got = client.get(f"/api/images/{image_id}{route}")
+        assert got.status_code == 404 and "detail" in got.json(), route
+
+
+def test_an_over_long_query_is_a_json_400(client):
+    got = client.get("/api/search", params={"q": "red " * 2_000})  # 8 KB; a live server takes up to 2 MiB
+    assert got.status_code == 400 and "at most 1000 characters" in got.json()["detail"]

@@ -30,4 +30,6 @@ def serve(library, host, port, token, model):
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"xmodal: serving {library_dir(library)} on http://{shown}:{port}/"
                + (" (open it as /?token=YOUR_TOKEN)" if token else ""), err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    # h11 would answer a request line over 64 KB with a plain-text 400 before the app sees it; let the app
+    # refuse over-long queries with its JSON 400 instead (up to 2 MiB of request line and headers)
+    uvicorn.run(app, host=host, port=port, log_level="info", h11_max_incomplete_event_size=2 * 1024 * 1024)

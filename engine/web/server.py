@@ -39,6 +39,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
+from xmodal.indexer.records import path_json
 
 from xmodal.engine.search.engine import SearchEngine, SearchError
 from xmodal.engine.web.thumbnails import ThumbnailCache
@@ -49,6 +50,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 50_000_000
 MAX_K = 1000
+MAX_QUERY_CHARS = 1000  # longer queries are a JSON 400 (the text tower reads 64 tokens anyway)
+MAX_ID = (1 << 63) - 1  # SQLite's integer range: a larger id cannot exist
 
 
 class HTTPProblem(Exception):
@@ -143,6 +146,8 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
                 raise HTTPProblem(404 if str(e).startswith("no image with id") else 400, str(e)) from e
 
     def record_or_404(image_id: int):
+        if not 0 <= image_id <= MAX_ID:
+            raise HTTPProblem(404, f"no image with id {image_id} in this library")
         record = call(engine.image_record, image_id)
         if record is None:
             raise HTTPProblem(404, f"no image with id {image_id} in this library")
@@ -172,7 +177,8 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
         return call(engine.info)
 
     @api.get("/search", summary="Search by text")
-    def search(q: str = Query(..., description="What to look for."), k: int = K, target: str = TARGET,
+    def search(q: str = Query(..., max_length=MAX_QUERY_CHARS, description="What to look for."), k: int = K,
+               target: str = TARGET,
                rerank_k: int | None = RERANK_K,
                exemplar: bool = Query(True, description="Text -> image: include the reranker's exemplar term."),
                f: dict = Depends(filters)):
@@ -196,8 +202,8 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
     @api.get("/images/{image_id}", summary="One photo's metadata")
     def image(image_id: int):
         r = record_or_404(image_id)
-        return {"id": r.id, "path": r.path, "name": os.path.basename(r.path), "folder": os.path.dirname(r.path),
-                "width": r.width, "height": r.height, "bytes": r.size,
+        return {"id": r.id, **path_json(r.path), **path_json(os.path.basename(r.path), "name"),
+                **path_json(os.path.dirname(r.path), "folder"), "width": r.width, "height": r.height, "bytes": r.size,
                 "taken_at": r.taken_at.isoformat() if r.taken_at else None}
 
     @api.get("/images/{image_id}/similar", summary="More like this")
@@ -208,14 +214,14 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
         return answer(call(engine.similar, image_id, k, target, rerank_k=rerank_k, **_active(f)), started, target)
 
     @api.get("/images/{image_id}/explain", summary="Where the photo matched each word of a query (7x7 grids)")
-    def explain(image_id: int, q: str = Query(..., description="The query to explain.")):
+    def explain(image_id: int, q: str = Query(..., max_length=MAX_QUERY_CHARS, description="The query to explain.")):
         record_or_404(image_id)
         exp, _ = call(engine.explain, q, image_id)
         return exp.to_json()
 
     @api.get("/images/{image_id}/explain.png", summary="The photo with a heatmap of where a query matched",
              response_class=Response)
-    def explain_png(image_id: int, q: str = Query(..., description="The query to explain."),
+    def explain_png(image_id: int, q: str = Query(..., max_length=MAX_QUERY_CHARS, description="The query to explain."),
                     word: int | None = Query(None, ge=0, description="Only this word of the query (0-based).")):
         from xmodal.engine.rerank.explain import overlay
 
@@ -243,14 +249,15 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
         record = record_or_404(image_id)
         if not os.path.isfile(record.path):
             raise HTTPProblem(404, f"image {image_id} is no longer on disk; re-run `xmodal index`")
-        return FileResponse(record.path, filename=os.path.basename(record.path), content_disposition_type="inline")
+        name = path_json(os.path.basename(record.path), "name")["name"]  # a header carries no undecodable bytes
+        return FileResponse(record.path, filename=name, content_disposition_type="inline")
 
     @api.get("/folders", summary="Folders that hold photos, with counts")
     def folders():
         if "list" not in folders_cache:
             with lock:
                 counts = Counter(os.path.dirname(path) for path, *_ in engine.library.store.image_states())
-            folders_cache["list"] = [{"folder": d, "images": n} for d, n in sorted(counts.items())]
+            folders_cache["list"] = [{**path_json(d, "folder"), "images": n} for d, n in sorted(counts.items())]
         return {"folders": folders_cache["list"]}
 
     app.include_router(api)
