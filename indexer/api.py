@@ -28,10 +28,16 @@ def library_model(library_dir: str | os.PathLike) -> str | None:
 
 
 def library_encoder(library_dir: str | os.PathLike, model: str | Encoder | None = None) -> Encoder:
-    """The encoder to index with: `model` (a name or an encoder), else the library's own, else "lite"."""
+    """The encoder to index with: `model` (a name or an encoder), else the library's own, else "lite".
+    Refuses (LibraryError) at once when another process is writing the library, before any model loads."""
+    own = None
+    if os.path.exists(os.path.join(library_dir, "library.db")):
+        with Library(library_dir) as lib:
+            lib.ensure_no_writer()
+            own = lib.model
     if model is not None and not isinstance(model, str):
         return model
-    return get_encoder(model or library_model(library_dir) or "lite")
+    return get_encoder(model or own or "lite")
 
 
 def index_folders(library_dir: str | os.PathLike, paths: Sequence[str | os.PathLike] = (),

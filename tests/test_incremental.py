@@ -17,6 +17,7 @@ from conftest import draw, vectors_by_path
 from xmodal.engine.cli.main import cli
 from xmodal.engine.search.engine import SearchEngine
 from xmodal.indexer.storage import store as store_module
+from xmodal.indexer.models.encoders import register_encoder
 from xmodal.indexer.storage.check import check_library, missing_files, repair
 from xmodal.indexer.storage.library import Library, LibraryError
 from xmodal.indexer.ingest.pipeline import index_images
@@ -357,3 +358,22 @@ def test_every_kind_of_bad_or_odd_input_at_the_pipeline_level(tmp_path, library,
     assert (recs["rotated.jpg"].width, recs["rotated.jpg"].height) == (20, 60)
     assert (recs["twelve_mp.jpg"].width, recs["twelve_mp.jpg"].height) == (4000, 3000)
     _check_ok(library)
+
+
+def test_a_second_writer_is_refused_before_any_model_loads(photos, library, fake_encoder):
+    """While one process indexes (holds the writer lock), `xmodal index` refuses at once, naming the
+    holder's pid, instead of loading its encoder first; `xmodal check` says a run is in progress and does
+    not advise a repair."""
+    _index(library, [photos], fake_encoder)
+    built = []
+    register_encoder("counted", lambda: built.append(1) or fake_encoder)
+    with Library(library) as holder, holder.writing():
+        runner, args = CliRunner(), ["--library", str(library)]
+        out = runner.invoke(cli, ["index", str(photos), "--model", "counted", *args])
+        assert out.exit_code == 1 and f"pid {os.getpid()}" in out.output and built == []
+        out = runner.invoke(cli, ["check", "--json", *args])
+        assert json.loads(out.stdout)["writer_pid"] == str(os.getpid())
+        out = runner.invoke(cli, ["check", *args])
+        assert "being indexed by another process" in out.stdout and "--repair" not in out.output
+    with Library(library) as lib:
+        assert lib.writer_pid() is None

@@ -125,3 +125,13 @@ def test_more_like_this_works_on_a_memory_mapped_ivf_index(photos, library, fake
         red = next(h for h in eng.search_text("red", k=4) if Path(h.path).name == "red.jpg")
         hits = eng.similar(red.id, k=4)
         assert Path(hits[0].path).name == "red.jpg" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_query_with_bytes_that_are_not_utf8_reaches_the_encoder_as_valid_text(engine, monkeypatch):
+    """A shell passes `$(printf 'a red \xff')` on as a lone surrogate, which tokenizers refuse with a TypeError."""
+    seen = []
+    real = engine.encoder.encode_texts
+    monkeypatch.setattr(engine.encoder, "encode_texts", lambda texts: seen.extend(texts) or real(texts))
+    hits = engine.search_text("something red \udcff", k=1)
+    assert Path(hits[0].path).name == "red.jpg"
+    assert seen == ["something red \ufffd"]

@@ -71,7 +71,7 @@ def check(library, repair, model, as_json):
             click.echo(f"  vanished {p}")
         for line in report.notes:
             click.echo(f"  note: {line}")
-        if not report.ok and not repair:
+        if not report.ok and not repair and not report.writer:
             click.echo("run `xmodal check --repair` to fix", err=True)
     if not report.ok:
         sys.exit(1)

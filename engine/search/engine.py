@@ -123,6 +123,7 @@ class SearchEngine:
                     exemplar: bool = True, **filters) -> list[SearchHit]:
         """exemplar=False leaves the reranker's exemplar term out (it draws on the Flickr8k train captions,
         whose photos may not resemble what a query about other things asks for)."""
+        query = valid_text(query)
         if not query or not query.strip():
             raise SearchError("empty query: give some words to search for")
         return self._search(lambda: self.encoder.encode_texts([query])[0],
@@ -207,6 +208,7 @@ class SearchEngine:
         words of `query` -> (engine.explain.Explanation, the photo)."""
         from xmodal.engine.rerank.explain import explanation
 
+        query = valid_text(query)
         if not query or not query.strip():
             raise SearchError("empty query: give some words to explain")
         backend = self.reranker
@@ -270,6 +272,16 @@ class SearchEngine:
     # ------------------------------------------------------------------ info
     def info(self) -> dict:
         return library_info(self.library)
+
+
+def valid_text(text: str) -> str:
+    """A query as valid Unicode: bytes that were not UTF-8 (a shell passes them on as lone surrogates, which
+    tokenizers refuse) become U+FFFD."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # the bytes the shell gave, each bad one a U+FFFD
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogatepass")  # other lone surrogates
+    return raw.decode("utf-8", "replace")
 
 
 def library_info(library: Library) -> dict:

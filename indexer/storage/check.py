@@ -51,6 +51,7 @@ class CheckReport:
     modalities: dict[str, ModalityCheck] = field(default_factory=dict)
     vanished: list[str] = field(default_factory=list)
     unreachable: dict[str, int] = field(default_factory=dict)  # missing root -> photos kept under it
+    writer: str | None = None  # pid of a process indexing the library while it was checked
 
     @property
     def problems(self) -> list[str]:
@@ -80,7 +81,9 @@ class CheckReport:
     @property
     def notes(self) -> list[str]:
         """What is worth knowing but is not damage: roots that are not there now (their photos are kept)."""
-        return [f"images: root {root} not found (moved, or a drive not mounted?): its {n} photos are kept; "
+        running = ([f"library is being indexed by another process (pid {self.writer}): what it has not "
+                    "committed yet shows as problems; check again when it has finished"] if self.writer else [])
+        return running + [f"images: root {root} not found (moved, or a drive not mounted?): its {n} photos are kept; "
                 f"`xmodal remove {root}` drops them" for root, n in self.unreachable.items()]
 
     @property
@@ -91,7 +94,7 @@ class CheckReport:
         return {"library": self.library, "ok": self.ok, "problems": self.problems, "model": self.model,
                 "dim": self.dim, "schema_version": self.schema_version,
                 "modalities": {k: asdict(v) for k, v in self.modalities.items()}, "vanished": self.vanished,
-                "unreachable_roots": self.unreachable, "notes": self.notes}
+                "unreachable_roots": self.unreachable, "notes": self.notes, "writer_pid": self.writer}
 
 
 def missing_files(paths: Iterable[str], roots: Sequence[str], exists: Callable[[str], bool] = os.path.exists
@@ -119,7 +122,7 @@ def check_library(library: Library) -> CheckReport:
     """Verify `library` without changing anything (see module doc)."""
     store = library.store
     report = CheckReport(library=str(library.root), model=library.model, dim=library.dim,
-                         schema_version=store.schema_version)
+                         schema_version=store.schema_version, writer=library.writer_pid())
     for modality in MODALITIES:
         m = ModalityCheck()
         m.store_generation, ids, has = store.vector_state(modality)

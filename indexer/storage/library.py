@@ -134,6 +134,37 @@ class Library:
     def is_writer(self) -> bool:
         return self._lock_depth > 0
 
+    def writer_pid(self) -> str | None:
+        """The pid of another process holding the writer lock now ("unknown" if it wrote none), or None when
+        nobody does. Probes without taking the lock, so a command can refuse before loading a model."""
+        if self.is_writer:
+            return None
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except OSError:
+            return None  # no lock file (never written to) or unreadable: nobody can be holding it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                return None
+            try:
+                return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            except OSError:
+                return "unknown"
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def ensure_no_writer(self) -> None:
+        """Raise the writer lock's LibraryError now if another process is writing (see writer_pid)."""
+        pid = self.writer_pid()
+        if pid is not None:
+            raise LibraryError(f"library {self.root} is being indexed by another process (pid {pid}); wait for "
+                               "it to finish (or stop it), then run the command again")
+
     def _acquire_lock(self) -> None:
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
