@@ -377,3 +377,25 @@ def test_a_second_writer_is_refused_before_any_model_loads(photos, library, fake
         assert "being indexed by another process" in out.stdout and "--repair" not in out.output
     with Library(library) as lib:
         assert lib.writer_pid() is None
+
+
+def test_a_root_given_through_a_symbolic_link_is_not_indexed_twice(photos, tmp_path, library, fake_encoder):
+    link = tmp_path / "link"
+    link.symlink_to(photos)
+    _index(library, [photos], fake_encoder)
+    report = _index(library, [link], fake_encoder)
+    assert report.added == 0 and report.unchanged == 4
+    with Library(library) as lib:
+        assert lib.roots == [str(photos)] and lib.store.count_images() == 4
+    assert CliRunner().invoke(cli, ["remove", str(link), "--library", str(library)]).exit_code == 0
+
+
+def test_a_library_inside_an_indexed_folder_never_indexes_its_own_files(photos, fake_encoder):
+    """`xmodal index Pictures --library Pictures/xmodal-lib`, then serve (thumbnails) and index again."""
+    inside = photos / "xmodal-lib"
+    _index(inside, [photos], fake_encoder)
+    draw(inside / "thumbnails" / "1.jpg", "red")  # what the web server caches there
+    report = _index(inside, None, fake_encoder)
+    assert report.added == 0
+    with Library(inside) as lib:
+        assert not any("xmodal-lib" in r.path for r in lib.store.get_images(lib.store.all_image_ids().tolist()))

@@ -228,7 +228,7 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
     patch_store = library.patch_store(patches.spec) if patches is not None else None
     if roots:
         library.add_roots(roots)
-        report.roots = [os.path.abspath(r) for r in roots]
+        report.roots = [os.path.realpath(r) for r in roots]  # as add_roots records them
     else:
         report.roots = library.roots
         if not report.roots:

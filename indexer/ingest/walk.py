@@ -15,6 +15,8 @@ Behaviour, in short:
   its ``(st_dev, st_ino)``: a link loop, or a second link to a folder already walked, is silently not
   re-entered (logged at debug level). The folder is walked under whichever path reaches it first in the
   walk order.
+* A folder that is an xmodal library (it holds ``library.db`` and ``index.lock``) is never entered: a
+  library kept inside a photo folder must not index its own thumbnails, nor any other library's.
 * Paths are Python's native ``str``: a name that is not valid UTF-8 comes through with
   ``surrogateescape`` exactly as `os.scandir` gives it, and can be passed back to `open` unchanged.
 * The walk is a generator and holds one sorted listing per folder on the current path, never the whole
@@ -31,6 +33,9 @@ from collections.abc import Iterator
 from xmodal.indexer.records import Skipped
 
 logger = logging.getLogger(__name__)
+
+LIBRARY_MARKERS = frozenset({"library.db", "index.lock"})
+"""A folder holding all of these is an xmodal library (indexer.storage), never walked."""
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
@@ -119,6 +124,9 @@ def iter_image_files(root: str | os.PathLike) -> Iterator[str | Skipped]:
             entries, problem = _list_folder(path)
             if problem is not None:
                 yield problem
+            if LIBRARY_MARKERS <= {e.name for e in entries}:
+                logger.info("not indexing %s: it is an xmodal library", path)
+                continue
             stack.append(iter(entries))
             continue
 

@@ -228,10 +228,12 @@ class Library:
         return list(self.store.get_meta("roots", []))
 
     def add_roots(self, paths: Sequence[str]) -> list[str]:
-        """Record `paths` (absolute) as roots; a root inside another is not recorded twice. Returns the roots."""
+        """Record `paths` as roots, by their real path (a root given through a symbolic link is the folder it
+        points at, so it is never walked twice); a root inside another is not recorded twice. Returns the
+        roots."""
         roots = self.roots
         for p in paths:
-            p = os.path.abspath(p)
+            p = os.path.realpath(p)
             if any(_under(p, r) for r in roots):
                 continue
             roots = [r for r in roots if not _under(r, p)] + [p]
@@ -242,8 +244,10 @@ class Library:
 
     def remove_root(self, path: str) -> int:
         """Forget root `path` and drop its photos (rows and vectors). Returns how many photos went."""
-        path = os.path.abspath(path)
         roots = self.roots
+        path = os.path.abspath(path)
+        if path not in roots:
+            path = os.path.realpath(path)  # roots are recorded by their real path
         if path not in roots:
             known = ", ".join(roots) or "none"
             raise LibraryError(f"{path} is not a root of library {self.root} (roots: {known}); "
