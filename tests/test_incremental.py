@@ -22,7 +22,7 @@ from xmodal.indexer.storage.check import check_library, missing_files, repair
 from xmodal.indexer.storage.library import Library, LibraryError
 from xmodal.indexer.ingest.pipeline import index_images
 from xmodal.indexer.storage.store import Store, StoreError
-from xmodal.indexer.storage.vector_index import VectorIndex
+from xmodal.indexer.storage.vector_index import VectorIndex, VectorIndexError
 
 
 def _index(library: Path, roots, encoder, **kw):
@@ -399,3 +399,51 @@ def test_a_library_inside_an_indexed_folder_never_indexes_its_own_files(photos, 
     assert report.added == 0
     with Library(inside) as lib:
         assert not any("xmodal-lib" in r.path for r in lib.store.get_images(lib.store.all_image_ids().tolist()))
+
+
+def test_bit_rot_in_an_index_file_is_found_by_check_and_repaired_from_the_store(photos, library, fake_encoder):
+    """Random bytes over the stored vectors load fine and make one photo rank first for everything; the
+    sidecar's checksum gives it away, and repair rebuilds the file from the store's exact vectors."""
+    _index(library, [photos], fake_encoder)
+    clean = vectors_by_path(library)
+    path = library / "images.faiss"
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 16] = np.random.default_rng(0).integers(0, 256, 16, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    runner, args = CliRunner(), ["--library", str(library)]
+    out = runner.invoke(cli, ["check", "--json", *args])
+    report = json.loads(out.stdout)
+    assert out.exit_code == 1 and "does not match the checksum" in report["modalities"]["images"]["index_error"]
+    out = runner.invoke(cli, ["check", "--repair", "--json", *args])
+    assert out.exit_code == 0 and json.loads(out.stdout)["repair"]["rebuilt"][0]["modality"] == "images"
+    assert fake_encoder.calls["images"] == 4  # nothing embedded again
+    repaired = vectors_by_path(library)
+    assert repaired.keys() == clean.keys()
+    for p in clean:
+        np.testing.assert_allclose(repaired[p], clean[p], atol=1e-6)
+
+
+def test_an_index_file_and_a_sidecar_from_different_saves_do_not_pair(photos, library, fake_encoder):
+    """A SIGKILL between the two renames can leave a new index file beside the old sidecar: their sizes
+    disagree, so the pair is refused (and rebuilt from the store) instead of trusted."""
+    _index(library, [photos], fake_encoder)
+    with Library(library) as lib:
+        index = VectorIndex.load(lib.index_path("images"))
+    side = (library / "images.faiss.json").read_text()
+    big = VectorIndex.create(index.dim, "IVF1,Flat")
+    big.train(np.eye(index.dim, dtype=np.float32))
+    big.add(index.ids(), index.reconstruct(index.ids()))
+    big.save(library / "images.faiss", generation=index.generation)
+    (library / "images.faiss.json").write_text(side)  # the old sidecar: says Flat
+    (library / "images.faiss.json.tmp").write_text("{}")  # a temp file the killed run left
+    with pytest.raises(VectorIndexError, match="interrupted save"):
+        VectorIndex.load(library / "images.faiss")
+    _check_ok_after_repair = CliRunner().invoke(cli, ["check", "--repair", "--library", str(library)])
+    assert _check_ok_after_repair.exit_code == 0, _check_ok_after_repair.output
+    _check_ok(library)
+    with Library(library) as lib:
+        lib.vector_index("images")
+        with lib.writing():
+            lib.save("images")
+    assert not (library / "images.faiss.json.tmp").exists()

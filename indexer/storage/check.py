@@ -134,6 +134,9 @@ def check_library(library: Library) -> CheckReport:
         held = np.empty(0, np.int64)
         if path.exists():
             try:
+                damaged = VectorIndex.verify(path)
+                if damaged:
+                    raise VectorIndexError(damaged)
                 index = VectorIndex.load(path)
                 held = index.ids()
                 m.vectors, m.index_generation = index.ntotal, index.generation
@@ -157,13 +160,14 @@ def check_library(library: Library) -> CheckReport:
 class RepairReport:
     patched: dict[str, dict[str, int]] = field(default_factory=dict)  # per modality: added/dropped/backfilled/rebuilt
     removed_vanished: int = 0
+    rebuilt: list[dict] = field(default_factory=list)  # damaged index files rebuilt from the store
     kept_unreachable: int = 0  # rows needing a new vector whose root is missing: kept for when it is back
     reembedded: int = 0
     failed: list[Skipped] = field(default_factory=list)  # rows dropped: no usable vector and file unusable
 
     def to_json(self) -> dict:
         return {"patched": self.patched, "removed_vanished": self.removed_vanished,
-                "kept_unreachable": self.kept_unreachable, "reembedded": self.reembedded,
+                "kept_unreachable": self.kept_unreachable, "rebuilt": self.rebuilt, "reembedded": self.reembedded,
                 "failed": [{"path": s.path, "reason": s.reason} for s in self.failed]}
 
 
@@ -173,7 +177,14 @@ def repair(library: Library, load_encoder: Callable[[], Encoder]) -> RepairRepor
     with library.writing():
         if library.dim is None:
             return out
+        damaged = [m for m in MODALITIES
+                   if library.index_path(m).exists() and VectorIndex.verify(library.index_path(m))]
+        for modality in damaged:  # bit rot: the store's vectors are the truth; rebuild the file from them
+            library.index_path(modality).unlink()
         library.reconcile()  # patches/rebuilds the index files from the store, back-fills stored vectors
+        for modality in damaged:
+            if library.store.vector_state(modality)[2].any():
+                out.rebuilt.append(library.rebuild_index(modality))
         out.patched = {k: v for k, v in library.repaired.items() if any(v.values())}
         model = library.model
         store = library.store

@@ -27,6 +27,7 @@ per vector (400 MB of a search process's memory at 10M photos). A writable load 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -78,6 +79,16 @@ class _Retagged:
     def __call__(self, n: int) -> bytes:
         served, self.pending = self.pending[:n], self.pending[n:]
         return served + self.f.read(n - len(served)) if len(served) < n else served
+
+
+def file_digest(path: Path, chunk: int = 4 << 20) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of a file, read in chunks."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
 
 
 def _sidecar(path: Path) -> Path:
@@ -408,18 +419,22 @@ class VectorIndex:
             self.generation = int(generation)
         path = Path(path)
         tmp = Path(str(path) + ".tmp")
+        for stale in (tmp, Path(str(_sidecar(path)) + ".tmp")):  # left by a run killed mid-save
+            stale.unlink(missing_ok=True)
         try:
             try:
                 faiss.write_index(self._index, str(tmp))
             except RuntimeError as exc:  # FAISS reports a failed write (e.g. a full disk) as RuntimeError
                 raise VectorIndexError(f"cannot write {path}: {str(exc).splitlines()[-1]}") from exc
             _retag(tmp, IDMAP2_TAG, IDMAP_TAG)  # read back as IndexIDMap2 only when loaded writable
+            size, digest = file_digest(tmp)
             _replace_durably(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         meta = {
             "factory": self._factory, "dim": self.dim, "ntotal": self.ntotal, "search_params": self._search_params,
             "generation": self.generation,
+            "bytes": size, "sha256": digest,  # this index file's: pairs the two files, finds bit rot (verify)
         }
         side = _sidecar(path)
         side_tmp = Path(str(side) + ".tmp")
@@ -447,6 +462,10 @@ class VectorIndex:
             generation = None if meta.get("generation") is None else int(meta["generation"])
         except (ValueError, KeyError, TypeError) as exc:
             raise VectorIndexError(f"{side} is not a valid index sidecar ({exc}); rebuild the index") from exc
+        expected = meta.get("bytes")
+        if expected is not None and path.stat().st_size != expected:  # cheap: a full check is `verify`
+            raise IndexMismatchError(f"{path} is {path.stat().st_size} bytes but {side} describes a file of "
+                                     f"{expected} (an interrupted save, or a damaged file); rebuild the index")
         index, mapped = cls._read(path, mmap)
         if not isinstance(index, faiss.IndexIDMap2 if not mapped else (faiss.IndexIDMap, faiss.IndexIDMap2)):
             raise VectorIndexError(
@@ -460,6 +479,22 @@ class VectorIndex:
         loaded = cls(index, factory, search_params, read_only=mapped)
         loaded.generation = generation
         return loaded
+
+    @staticmethod
+    def verify(path: str | Path) -> str | None:
+        """Read the whole index file and compare it with the checksum its sidecar recorded: None when they
+        agree (or the sidecar predates checksums), else what is wrong. Catches bit rot that loads fine."""
+        path = Path(path)
+        try:
+            meta = json.loads(_sidecar(path).read_text(encoding="utf-8"))
+            if meta.get("sha256") is None:
+                return None
+            size, digest = file_digest(path)
+        except (OSError, ValueError) as exc:
+            return f"cannot verify {path}: {exc}"
+        if size != meta.get("bytes") or digest != meta["sha256"]:
+            return f"{path} does not match the checksum recorded when it was saved (damaged on disk)"
+        return None
 
     @staticmethod
     def _read(path: Path, mmap: bool) -> tuple[Any, bool]:
