@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import draw
@@ -135,3 +136,29 @@ def test_a_query_with_bytes_that_are_not_utf8_reaches_the_encoder_as_valid_text(
     hits = engine.search_text("something red \udcff", k=1)
     assert Path(hits[0].path).name == "red.jpg"
     assert seen == ["something red \ufffd"]
+
+
+def test_impossible_similarities_from_a_damaged_index_are_never_shown(engine, caplog):
+    index = engine._index("images")
+    real = index.search
+
+    def damaged(queries, k):
+        scores, ids = real(queries, k)
+        scores[0, 0], scores[0, 1] = 9.5e35, np.nan  # what random bytes over the codes produced
+        return scores, ids
+
+    index.search = damaged
+    with caplog.at_level("WARNING"):
+        hits = engine.search_text("something red", k=3)
+    assert [h.rank for h in hits] == [1] and abs(hits[0].score) <= 1.0 + 1e-5  # the two damaged hits are gone
+    assert "xmodal check --repair" in caplog.text
+
+
+def test_a_nan_match_score_ranks_the_hit_by_its_similarity_alone():
+    from xmodal.engine.rerank.backends import rerank_hits
+    from xmodal.indexer.records import SearchHit
+
+    hits = [SearchHit(rank=n + 1, score=s, id=n) for n, s in enumerate([0.5, 0.4, 0.3])]
+    out = rerank_hits(hits, np.array([0.0, np.nan, 1.0]), alpha=1.0)
+    assert all(np.isfinite(h.score) for h in out) and [h.id for h in out] == [2, 1, 0]
+    assert out[1].match == 0.5  # the others' median: neither pushed up nor down by a score it never got

@@ -87,6 +87,7 @@ def rerank_hits(hits: Sequence[SearchHit], match: np.ndarray, alpha: float,
     if not hits:
         return []
     sims = np.array([h.score for h in hits], np.float64)
+    match = _neutral_where_missing(match, np.isfinite(match))  # damaged tokens give NaN: rank by similarity
     prior = np.zeros(len(hits)) if prior is None else np.asarray(prior, np.float64)
     ex = None if exemplar is None else np.asarray(exemplar, np.float64)
     fused = fuse(sims - prior + (float(beta) * ex if ex is not None else 0.0), match, alpha)

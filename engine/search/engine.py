@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import replace
 from datetime import date
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 TARGETS = ("images", "texts")
+MAX_SIMILARITY = 2.0  # cosines of unit vectors lie in [-1, 1]; compressed codes stray a little, never this far
 FULL_SIZE = 1 << 20  # decode without JPEG draft reduction (explain draws on the photo at its own size)
 
 
@@ -56,6 +58,7 @@ class SearchEngine:
                               f"was built with {built_with!r}; use a BLIP checkpoint as --reranker, or none")
         self.reranker_name = reranker
         self._backend = None
+        self._flagged = False  # impossible similarities seen (logged once)
 
     @property
     def encoder(self) -> Encoder:
@@ -194,7 +197,7 @@ class SearchEngine:
         fetch = min(index.ntotal, max(100, 10 * k))
         while True:
             scores, ids = index.search(query, fetch)
-            valid = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+            valid = [(float(s), int(i)) for s, i in zip(*self._plausible("images", scores[0], ids[0])) if i >= 0]
             records = {r.id: r for r in self.library.store.get_images([i for _, i in valid])}
             kept = [(s, records[i]) for s, i in valid if i in records and keep(records[i])]
             if len(kept) >= k or fetch >= index.ntotal:
@@ -260,7 +263,7 @@ class SearchEngine:
         return found[0] if found else None
 
     def _hits(self, target: str, scores: Sequence[float], ids: Sequence[int]) -> list[SearchHit]:
-        ids = [int(i) for i in ids]
+        scores, ids = self._plausible(target, scores, ids)
         if target == "images":
             records = {r.id: r for r in self.library.store.get_images(ids)}
             pairs = [(s, i, records[i].path, None) for s, i in zip(scores, ids) if i in records]
@@ -268,6 +271,16 @@ class SearchEngine:
             records = {r.id: r for r in self.library.store.get_texts(ids)}
             pairs = [(s, i, None, records[i].text) for s, i in zip(scores, ids) if i in records]
         return [SearchHit(rank=n + 1, score=float(s), id=i, path=p, text=t) for n, (s, i, p, t) in enumerate(pairs)]
+
+    def _plausible(self, target: str, scores: Sequence[float], ids: Sequence[int]) -> tuple[list[float], list[int]]:
+        """Drop hits whose similarity no pair of unit vectors can have (NaN, infinite, or far outside
+        [-1, 1]): a damaged index file. They are never shown; the library is flagged in the log."""
+        kept = [(float(s), int(i)) for s, i in zip(scores, ids) if math.isfinite(s) and abs(s) <= MAX_SIMILARITY]
+        if len(kept) < len(ids) and not self._flagged:
+            self._flagged = True
+            logger.warning("%s: the %s index returned impossible similarities (a damaged file?); those hits are "
+                           "left out: run `xmodal check --repair`", self.library.root, target)
+        return [s for s, _ in kept], [i for _, i in kept]
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict:
