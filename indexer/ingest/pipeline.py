@@ -263,6 +263,7 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
             break
         if time.monotonic() - last_save > CHECKPOINT_SECONDS:
             library.save("images")
+            library.store.checkpoint()  # committed batches reach library.db: a lost -wal loses at most a minute
             last_save = time.monotonic()
     if not report.interrupted:
         doomed = sorted(gone - claimed)

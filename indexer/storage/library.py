@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 MODALITIES = ("images", "texts")
 LOCK_FILENAME = "index.lock"
+BACKUP_FILENAME = "library.db.bak"  # a consistent copy after each successful writing session
 #: a reader (a search process) memory-maps index files at least this large, where FAISS can map the type:
 #: it starts without reading the file and shares the pages with other search processes
 MMAP_MIN_BYTES = 64 * 2**20
@@ -122,13 +123,30 @@ class Library:
         """Hold the library's writer lock for the block (re-entrant within this object)."""
         if self._lock_depth == 0:
             self._acquire_lock()
+            self.store.written = False
         self._lock_depth += 1
         try:
             yield
+            if self._lock_depth == 1 and self.store.written:
+                self.make_durable()
         finally:
             self._lock_depth -= 1
             if self._lock_depth == 0:
                 self._release_lock()
+
+    @property
+    def backup_path(self) -> Path:
+        return self.root / BACKUP_FILENAME
+
+    def make_durable(self) -> None:
+        """After a writer's successful session: checkpoint the write-ahead log into library.db and keep a
+        consistent copy of it (library.db.bak), so neither a lost ``-wal`` file nor a damaged database
+        loses what was committed. A failure here is logged, never raised: the run itself succeeded."""
+        try:
+            self.store.checkpoint()
+            self.store.backup(self.backup_path)
+        except StoreError as e:
+            logger.warning("%s; the library is fine, but its backup is older than this run", e)
 
     @property
     def is_writer(self) -> bool:
@@ -240,6 +258,7 @@ class Library:
         roots.sort()
         if roots != self.roots:
             self.store.set_meta("roots", roots)
+            self.store.checkpoint()  # the roots reach library.db now: a lost -wal must not lose them
         return roots
 
     def remove_root(self, path: str) -> int:

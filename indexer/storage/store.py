@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -107,6 +108,7 @@ class Store:
         event.listen(self._engine, "connect", _on_connect)
         event.listen(self._engine, "begin", _on_begin)
         self._local = threading.local()  # .tx: this thread's open transaction() connection, if any
+        self.written = False  # set by every write; the library backs up after a session that wrote
         try:
             self._migrate()
         except DatabaseError as exc:
@@ -172,7 +174,50 @@ class Store:
     def _write(self) -> Iterator[Connection]:
         with self.transaction():
             assert self._tx is not None
+            self.written = True
             yield self._tx
+
+    # -- durability
+
+    def checkpoint(self) -> None:
+        """Copy what the write-ahead log holds into the database file and empty the log: committed rows then
+        survive the loss of ``library.db-wal`` (a crash, then someone deleting it). Waits for readers on the
+        busy timeout; a reader that stays leaves the rest for the next checkpoint."""
+        raw = self._engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = cur.fetchone()[0]
+            cur.close()
+        except DatabaseError as exc:
+            raise StoreError(f"cannot checkpoint {self.db_path}: {exc}") from exc
+        finally:
+            raw.close()
+        if busy:
+            log.debug("%s: checkpoint left part of the log to a later one (a reader was busy)", self.db_path)
+
+    def backup(self, dest: str | Path) -> Path:
+        """A consistent copy of the database at `dest` (SQLite's online backup, written beside and renamed
+        into place, so `dest` always holds a complete copy)."""
+        dest = Path(dest)
+        tmp = dest.with_name(dest.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        raw = self._engine.raw_connection()
+        try:
+            target = sqlite3.connect(tmp)
+            try:
+                raw.driver_connection.backup(target)
+            finally:
+                target.close()
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except (sqlite3.Error, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot back up {self.db_path} to {dest}: {exc}") from exc
+        finally:
+            raw.close()
+        return dest
 
     # -- schema
 
