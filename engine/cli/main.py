@@ -503,16 +503,17 @@ def bench_speed_cmd(photos, scale, model, as_json):
     """Indexing and query speed at a small scale: images/s, forward-pass rate, latency, ANN recall, memory."""
     from xmodal.indexer.models.encoders import get_encoder
 
+    from xmodal.engine.eval.sources import default_data_dir
     from xmodal.engine.eval.speed import bench_speed
 
     with edge():
-        result = bench_speed(get_encoder(model), photos or samples_dir(),
-                             scale=scale)
+        result = bench_speed(get_encoder(model), photos or samples_dir(), scale=scale, data=default_data_dir())
     if as_json:
         _emit(result)
         return
     for key, value in result.items():
-        click.echo(f"{key:18s} {value}")
+        if key != "scale_run":
+            click.echo(f"{key:18s} {value}")
 
 
 # ---------------------------------------------------------------------------------------------- train
