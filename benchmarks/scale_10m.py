@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from xmodal.engine.eval.scale import run_scale
+from xmodal.engine.eval.scale import PIECE, run_scale
 from xmodal.engine.eval.sources import base_embeddings
 from xmodal.engine.eval.speed import stage_latencies
 from xmodal.indexer.models.encoders import get_encoder
@@ -42,6 +42,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000_000)
     ap.add_argument("--timed-exact", type=int, default=20, help="queries timed on the streamed exact search")
+    ap.add_argument("--piece", type=int, default=PIECE, help="vectors per piece of the streamed exact search "
+                    "(collections up to this size are searched by a resident Flat)")
     common_args(ap)
     ap.set_defaults(queries=800)
     args = ap.parse_args(argv)
@@ -52,7 +54,8 @@ def main(argv=None) -> dict:
     result = header(args, base, stages)
     with tempfile.TemporaryDirectory() as tmp:
         result["scale"] = run_scale(args.n, base, Path(tmp), result["budget_bytes"], "mixture", model=args.model,
-                                    timed_exact=args.timed_exact, stage_ms=stages)
+                                    timed_exact=args.timed_exact, piece=args.piece,
+                                    stage_ms=stages)
     r = result["scale"]
     logging.info(f"{args.n:,}: {r['factory']} ANN p50 {r['ann_ms']['p50']:.2f} ms recall@10 "
                  f"{r['ann_recall_at_10']:.3f} x{r['speedup_vs_exact']} vs exact; query p50 {r['query_ms_p50']:.1f} ms "
