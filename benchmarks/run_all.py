@@ -297,6 +297,7 @@ def render(out: Path) -> str:
               "real photos: nearest-neighbour cosine 0.57 against 0.64 at equal size), and a **single Gaussian** with "
               "the real mean and covariance (no clusters at all: a worst case for every ANN method).", ""]
         r += _scale_table(sc, "clustered (Gaussian mixture)")
+        r += _bench_speed_1m(_load(out / "bench_speed_1m.json"))
     gs = _load(out / "scale_gaussian.json")
     if gs and gs.get("scales"):
         r += _scale_table(gs, "single Gaussian (worst case)")
@@ -334,6 +335,20 @@ def _scale_table(sc: dict, title: str) -> list[str]:
         f"(the vector is kept in the row too), patch tokens {s['disk_bytes_per_photo']['patch_tokens']} B"
         for s in sc["scales"]) + ".", ""]
     return r
+
+
+def _bench_speed_1m(b: dict) -> list[str]:
+    """One line for `xmodal bench speed --scale 1000000 --json` (bench_speed_1m.json), the same code as the table."""
+    if not b:
+        return []
+    load = b.get("load_average_1min", {})
+    params = ", ".join(f"{k} {v}" for k, v in b["search_params"].items()) or "exact"
+    return [f"`xmodal bench speed --scale 1000000 --json` (the same code, `run_scale`; [bench_speed_1m.json]"
+            f"(bench_speed_1m.json)) on {b['cpu']}, {b['cores']} cores, 1-minute load average {load.get('start')} "
+            f"(other jobs on the machine): {b['factory']} ({params}), ANN recall@10 {b['ann_recall_at_10']}, "
+            f"{b['speedup_vs_exact']}x exact ({b['ann_ms_p50']} against {b['exact_ms_p50']} ms), text query "
+            f"{b['query_ms_p50']} ms median of which encoding {b['encode_ms_p50']} ms (+ rerank {b['rerank_ms_p50']} ms), "
+            f"search process {b['rss_mb']} MB.", ""]
 
 
 def _scale_10m(s10: dict) -> list[str]:
