@@ -80,3 +80,19 @@ def test_mixture_keeps_the_clusters_of_the_real_vectors():
     share = np.bincount((mix @ unit.T).argmax(1), minlength=3) / len(mix)
     np.testing.assert_allclose(share, np.array(sizes) / 1000, atol=0.05)
     assert (mix @ unit.T).max(1).mean() > (one @ unit.T).max(1).mean() + 0.1
+
+
+def test_streamed_exact_search_finds_what_a_resident_flat_finds():
+    """Beyond one piece, exact search streams the vectors; its timings survive later untimed searches
+    (tuning searches again after the timed pass)."""
+    from xmodal.engine.eval.scale import Exact
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 16)).astype(np.float32)
+    q = rng.normal(size=(20, 16)).astype(np.float32)
+    resident, streamed = Exact(x), Exact(x, piece=300)
+    assert resident.flat is not None and streamed.flat is None
+    found = streamed.search(q, 10, timed=q[:3])
+    np.testing.assert_array_equal(found, resident.search(q, 10))
+    streamed.search(q, 10)
+    assert len(streamed.flat_s) == len(streamed.numpy_s) == 3
