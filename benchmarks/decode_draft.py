@@ -25,7 +25,6 @@ import argparse
 import io
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,6 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
 FULL = 1 << 20  # a target size no photo reaches: draft mode never reduces
 

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
 FALLBACK_QUERIES = ["a dog running on the grass", "two children playing in the water", "a man riding a bike",

@@ -67,8 +67,8 @@ def run(out: Path, quick: bool) -> None:
     if not quick:  # the worst case: one Gaussian, no cluster structure
         subprocess.run([PY, HERE / "scale.py", "--scales", *scales, "--distribution", "gaussian",
                         "--json", out / "scale_gaussian.json"], cwd=REPO, check=True)
-    subprocess.run([PY, HERE / "scale_10m.py", *(["--n", "60000", "--queries", "40", "--timed-exact", "3"] if quick
-                                                  else []), "--json", out / "scale_10m.json"],
+    quick_10m = ["--n", "60000", "--queries", "40", "--timed-exact", "3", "--piece", "25000"]  # streamed in pieces
+    subprocess.run([PY, HERE / "scale_10m.py", *(quick_10m if quick else []), "--json", out / "scale_10m.json"],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -208,7 +208,8 @@ def render(out: Path) -> str:
         r += ["## Speed at a small scale (`xmodal bench speed`)", "",
               f"{sp['photos']} real photos indexed end to end (median of {sp.get('index_runs', 1)} runs into fresh "
               f"libraries, the encoder loaded and warmed up first); {sp['scale']:,} vectors simulated "
-              f"({sp['simulated']}).", "",
+              f"({sp['simulated']}; fitted to {sp.get('distribution_source', 'the indexed photos')}) and measured "
+              "by the same code as `benchmarks/scale.py` (`xmodal.engine.eval.scale.run_scale`).", "",
               "| figure | value |", "| --- | ---: |",
               f"| indexing, end to end (decode, resize, embed, patch tokens, store) | {sp['index_img_s']} images/s |",
               f"| image tower + head forward pass alone, batch 16, PyTorch eager | "
@@ -219,11 +220,12 @@ def render(out: Path) -> str:
               f"{sp.get('forward_onnx_lanes_img_s')} images/s |",
               f"| end to end / the fastest forward pass above (float32; int8 below) | {sp.get('index_vs_fastest')} |",
               f"| index chosen | {sp['factory']} {sp['search_params']} |",
-              f"| text query, encode + ANN, median / p95 | {sp['query_ms_p50']} / {sp['query_ms_p95']} ms |",
+              f"| text query, encode + ANN + fetch, median / sum of the stages' p95 | {sp['query_ms_p50']} / "
+              f"{sp['query_ms_p95']} ms |",
               f"| rerank of the top 32, median | {sp['rerank_ms_p50']} ms |",
               f"| ANN recall@10 against exact search | {sp['ann_recall_at_10']} |",
               f"| ANN speed-up over exact search | {sp['speedup_vs_exact']}x |",
-              f"| peak resident memory of the benchmark process | {sp['rss_mb']} MB |", ""]
+              f"| resident memory of a fresh search process (index, store, models) | {sp['rss_mb']} MB |", ""]
     rt = _load(out / "runtimes.json")
     if rt:
         dev = "dev_r1" in "".join(rt)
@@ -314,6 +316,7 @@ def render(out: Path) -> str:
               "real photos: nearest-neighbour cosine 0.57 against 0.64 at equal size), and a **single Gaussian** with "
               "the real mean and covariance (no clusters at all: a worst case for every ANN method).", ""]
         r += _scale_table(sc, "clustered (Gaussian mixture)")
+        r += _bench_speed_1m(_load(out / "bench_speed_1m.json"))
     gs = _load(out / "scale_gaussian.json")
     if gs and gs.get("scales"):
         r += _scale_table(gs, "single Gaussian (worst case)")
@@ -351,6 +354,20 @@ def _scale_table(sc: dict, title: str) -> list[str]:
         f"(the vector is kept in the row too), patch tokens {s['disk_bytes_per_photo']['patch_tokens']} B"
         for s in sc["scales"]) + ".", ""]
     return r
+
+
+def _bench_speed_1m(b: dict) -> list[str]:
+    """One line for `xmodal bench speed --scale 1000000 --json` (bench_speed_1m.json), the same code as the table."""
+    if not b:
+        return []
+    load = b.get("load_average_1min", {})
+    params = ", ".join(f"{k} {v}" for k, v in b["search_params"].items()) or "exact"
+    return [f"`xmodal bench speed --scale 1000000 --json` (the same code, `run_scale`; [bench_speed_1m.json]"
+            f"(bench_speed_1m.json)) on {b['cpu']}, {b['cores']} cores, 1-minute load average {load.get('start')} "
+            f"(other jobs on the machine): {b['factory']} ({params}), ANN recall@10 {b['ann_recall_at_10']}, "
+            f"{b['speedup_vs_exact']}x exact ({b['ann_ms_p50']} against {b['exact_ms_p50']} ms), text query "
+            f"{b['query_ms_p50']} ms median of which encoding {b['encode_ms_p50']} ms (+ rerank {b['rerank_ms_p50']} ms), "
+            f"search process {b['rss_mb']} MB.", ""]
 
 
 def _scale_10m(s10: dict) -> list[str]:

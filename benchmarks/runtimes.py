@@ -36,7 +36,6 @@ import os
 import platform
 import statistics
 import struct
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +44,6 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
 
 

@@ -1,41 +1,40 @@
 """`xmodal bench speed`: indexing throughput next to the image tower's forward-pass rate, and text-query
-latency / ANN recall / speedup over exact search at a chosen scale, in one run on this machine.
+latency / ANN recall / speedup over exact search / a search process's memory at a chosen scale, in one run on
+this machine.
 
-Beyond the photos actually indexed, the collection is simulated: `scale` vectors drawn to resemble the
-real embedding distribution (a Gaussian with the real image embeddings' mean and covariance, renormalised:
-see `gaussian_like`). Medians of repeated measurements; the machine's core count is reported with them.
+The scale figures come from engine.eval.scale.run_scale, the same code as benchmarks/scale.py and
+scale_10m.py: `scale` vectors simulated like real photo embeddings (the Flickr8k photos when the data is
+found, else the photos given; engine.eval.sources), xmodal's own index chosen under a 1.5 GB budget and tuned,
+real text queries, a fresh search process for the memory. Medians of repeated measurements; the CPU model and
+core count are reported with them.
 """
 from __future__ import annotations
 
+import logging
 import os
+import platform
 import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
-from xmodal.indexer.models.base import Encoder
-from xmodal.indexer.storage.index_choice import choose_index
-from xmodal.indexer.storage.index_tuning import TUNING_QUERIES, recall_at_k, tune_search_params
-from xmodal.indexer.storage.library import Library
+from xmodal.engine.eval.scale import BUDGET_BYTES, run_scale
+from xmodal.engine.eval.search_process import ms
+from xmodal.engine.eval.simulate import DESCRIPTIONS
+from xmodal.engine.eval.sources import Base, base_embeddings
 from xmodal.indexer.ingest.pipeline import index_images
-from xmodal.indexer.storage.vector_index import VectorIndex
+from xmodal.indexer.models.base import Encoder
+from xmodal.indexer.storage.library import Library
 
-QUERIES = ["a dog running on the grass", "two children playing in the water", "a man riding a bike",
-           "a group of people standing in the snow", "a black and white dog", "a woman in a red shirt",
-           "a boy jumping into a swimming pool", "people walking down a city street"]
+logger = logging.getLogger(__name__)
 
 
 def _num(x: float) -> float | None:
     return round(float(x), 1) if np.isfinite(x) else None
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
 
 
 def forward_rate(encoder: Encoder, batch: int = 16, repeats: int = 5, channels_last: bool = False) -> float:
@@ -134,131 +133,97 @@ def index_rate(encoder: Encoder, photos: Path, runs: int = 3) -> tuple[float, Li
     return statistics.median(rates), real, tokens
 
 
-def gaussian_like(real: np.ndarray, n: int, seed: int = 0, chunk: int = 100_000):
-    """Yield float32 chunks (at most `chunk` rows) of `n` unit vectors drawn from N(mean, cov) of the `real`
-    embeddings, renormalised: the anisotropy of the real space without near-duplicate clusters. With fewer
-    real vectors than dimensions the covariance is shrunk towards its average variance (Ledoit-Wolf style,
-    weight d / (m + d)) so that it stays full rank."""
-    real = np.asarray(real, np.float64)
-    m, d = real.shape
-    cov = np.cov(real, rowvar=False) if m > 1 else np.zeros((d, d))
-    shrink = d / (m + d)
-    cov = (1 - shrink) * cov + shrink * (np.trace(cov) / d + 1e-6) * np.eye(d)
-    root = np.linalg.cholesky(cov).astype(np.float32)
-    mean = real.mean(0).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    for s in range(0, n, chunk):
-        x = mean + rng.standard_normal((min(chunk, n - s), d), dtype=np.float32) @ root.T
-        yield x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def mixture_like(real: np.ndarray, n: int, seed: int = 0, per_cluster: int = 5, chunk: int = 100_000):
-    """Yield float32 chunks of `n` unit vectors from a Gaussian mixture fitted to the `real` embeddings:
-    k-means centres (one per `per_cluster` real vectors, weighted by their cluster sizes) and the pooled
-    within-cluster covariance, renormalised. Keeps the clustering of real photo collections (groups of
-    similar scenes) that a single Gaussian (gaussian_like) lacks, still without near-duplicates."""
-    import faiss
-
-    real = np.ascontiguousarray(real, np.float32)
-    m, d = real.shape
-    k = max(1, m // per_cluster)
-    km = faiss.Kmeans(d, k, niter=20, seed=seed, verbose=False, min_points_per_centroid=1)  # few points per centre, on purpose
-    km.train(real)
-    _, assign = km.index.search(real, 1)
-    assign = assign[:, 0]
-    residual = (real - km.centroids[assign]).astype(np.float64)
-    cov = residual.T @ residual / max(1, m - k)
-    shrink = d / (m + d)
-    cov = (1 - shrink) * cov + shrink * (np.trace(cov) / d + 1e-6) * np.eye(d)
-    root = np.linalg.cholesky(cov).astype(np.float32)
-    weights = np.bincount(assign, minlength=k) / m
-    rng = np.random.default_rng(seed)
-    for s in range(0, n, chunk):
-        c = rng.choice(k, size=min(chunk, n - s), p=weights)
-        x = km.centroids[c] + rng.standard_normal((len(c), d), dtype=np.float32) @ root.T
-        yield x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def simulated_collection(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """(n, d) unit vectors resembling `real` (see gaussian_like)."""
-    return np.concatenate(list(gaussian_like(real, n, seed))) if n else np.zeros((0, real.shape[1]), np.float32)
-
-
-def rerank_latency(encoder: Encoder, tokens: np.ndarray, queries: list[str], k: int = 32) -> float | None:
-    """Median ms of the bundled reranker scoring `k` candidates' stored-format tokens for a text query."""
+def stage_latencies(encoder: Encoder, captions: list[str], photo_vectors: np.ndarray, k: int = 32) -> dict:
+    """{"encode_ms": the encoder on one text query, "rerank32_ms": the lite reranker on its top `k` (stored-format
+    patch tokens, with the hubness priors and the exemplar term of `k` real photo vectors; None without a
+    reranker for this encoder)}: median / p95 over `captions`, after a warm-up of 5."""
     from xmodal.indexer.models.patch_projector import LITE_RERANK
 
-    if not hasattr(encoder, "encode_text_states") or not LITE_RERANK.exists() or not len(tokens):
-        return None
+    states = hasattr(encoder, "encode_text_states")
+    encode = encoder.encode_text_states if states else encoder.encode_texts
+    for c in captions[:5]:
+        encode([c])
+    times = []
+    for c in captions:
+        t = time.perf_counter()
+        encode([c])
+        times.append(time.perf_counter() - t)
+    out = {"encode_ms": ms(times), "rerank32_ms": None}
+    if not states or not LITE_RERANK.exists():
+        return out
     from xmodal.engine.rerank.lite import Reranker, TextTokens
 
     rr = Reranker()
-    cand = torch.from_numpy(np.resize(tokens, (k, *tokens.shape[1:]))).float()
-    vectors = None
-    if rr.hub is not None:  # the candidates' hubness priors cost the same for any unit vectors
-        vectors = np.random.default_rng(0).standard_normal((k, rr.hub["texts"].shape[1])).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    times = []
-    for i, q in enumerate(queries * 2):
-        _, states, mask, _ = encoder.encode_text_states([q])
-        t0 = time.perf_counter()
-        rr.score_text_to_images(states[0], mask[0], cand)
-        if vectors is not None:
+    spec = rr.projector.spec
+    tokens = torch.from_numpy(np.random.default_rng(0).standard_normal((k, spec.tokens, spec.dim)).astype(np.float16))
+    vectors = np.ascontiguousarray(np.resize(photo_vectors, (k, photo_vectors.shape[1])), np.float32)
+    rerank = []
+    for c in captions:
+        _, st, mask, _ = encoder.encode_text_states([c])
+        t = time.perf_counter()
+        rr.score_text_to_images(st[0], mask[0], tokens.float())
+        if rr.hub is not None:
             rr.hub_prior(vectors, "t2i")
             if rr.beta["t2i"]:
-                rr.exemplar_scores(TextTokens(states, mask), vectors)
-        if i:  # the first is a warm-up
-            times.append(1000 * (time.perf_counter() - t0))
-    return round(statistics.median(times), 2)
+                rr.exemplar_scores(TextTokens(st, mask), vectors)
+        rerank.append(time.perf_counter() - t)
+    out["rerank32_ms"] = ms(rerank[5:] or rerank)
+    return out
 
 
-def bench_speed(encoder: Encoder, photos: Path, scale: int = 10_000, repeats: int = 30, index_runs: int = 3) -> dict:
-    index_img_s, real, tokens = index_rate(encoder, photos, runs=index_runs)
+def machine() -> dict:
+    """{"cpu": the CPU model name, "cores": logical cores} of this machine."""
+    name = ""
+    try:
+        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpu": name or platform.processor() or platform.machine(), "cores": os.cpu_count()}
+
+
+def bench_speed(encoder: Encoder, photos: Path, scale: int = 10_000, index_runs: int = 3, data: Path | None = None,
+                n_queries: int = 200, distribution: str = "mixture", budget: int | None = BUDGET_BYTES,
+                workdir: Path | None = None) -> dict:
+    """Every figure of `xmodal bench speed`: indexing `photos` end to end against the forward-pass rates, then
+    `run_scale` at `scale` simulated photos, fitted to the Flickr8k photos at `data` (or, with data None,
+    to `photos`), the scale figures flattened to the top level with the full run under "scale_run"."""
+    load_start = os.getloadavg()[0]  # other processes' CPU use skews every timing: reported with them
+    index_img_s, real, _ = index_rate(encoder, photos, runs=index_runs)
     forward_img_s = forward_rate(encoder)
     forward_cl_img_s = forward_rate(encoder, channels_last=True)
     onnx_rates = onnx_forward_rates(encoder)
     forward_onnx_img_s = max(onnx_rates.values()) if onnx_rates else float("nan")
     fastest = max((r for r in (forward_img_s, forward_cl_img_s, forward_onnx_img_s) if np.isfinite(r)),
                   default=float("nan"))
-    vectors = simulated_collection(real, scale)
-    factory = choose_index(scale, vectors.shape[1])
-    index = VectorIndex.create(vectors.shape[1], factory)
-    if not index.is_trained:
-        index.train(vectors)
-    index.add(np.arange(scale, dtype=np.int64), vectors)
-    tuning = tune_search_params(index, vectors, queries=encoder.encode_texts(TUNING_QUERIES))
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    encode_ms, ann_ms, exact_ms, found, truth = [], [], [], [], []
-    for i in range(repeats):
-        q = QUERIES[i % len(QUERIES)]
-        t0 = time.perf_counter()
-        qv = encoder.encode_texts([q])
-        t1 = time.perf_counter()
-        _, ids = index.search(qv, 10)
-        t2 = time.perf_counter()
-        _, ex = exact.search(qv, 10)
-        t3 = time.perf_counter()
-        encode_ms.append(1000 * (t1 - t0))
-        ann_ms.append(1000 * (t2 - t1))
-        exact_ms.append(1000 * (t3 - t2))
-        found.append(ids[0])
-        truth.append(ex[0])
-    query_ms = [e + a for e, a in zip(encode_ms, ann_ms)]
+    base: Base = base_embeddings(encoder, data, photos, n_queries=n_queries, photo_vectors=real)
+    logger.info("distribution fitted to %s", base.source)
+    stages = stage_latencies(encoder, base.captions, base.images)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        run = run_scale(scale, base, Path(tmp), budget=budget, distribution=distribution, model=encoder.name,
+                        stage_ms=stages)
+    rerank = stages["rerank32_ms"]
     return {
         "index_img_s": _num(index_img_s), "forward_img_s": _num(fastest), "forward_eager_img_s": _num(forward_img_s),
         "forward_channels_last_img_s": _num(forward_cl_img_s), "forward_onnx_img_s": _num(forward_onnx_img_s),
         "forward_onnx_session_img_s": _num(onnx_rates.get("session", float("nan"))),
         "forward_onnx_lanes_img_s": _num(onnx_rates.get("lanes", float("nan"))),
         "index_vs_fastest": round(index_img_s / fastest, 3) if np.isfinite(fastest) and fastest else None,
-        "photos": len(real), "index_runs": index_runs, "scale": scale, "factory": factory, "search_params": tuning["params"],
-        "query_ms_p50": round(statistics.median(query_ms), 2), "query_ms_p95": round(_percentile(query_ms, 95), 2),
-        "encode_ms_p50": round(statistics.median(encode_ms), 2), "ann_ms_p50": round(statistics.median(ann_ms), 3),
-        "exact_ms_p50": round(statistics.median(exact_ms), 3),
-        "rerank_ms_p50": rerank_latency(encoder, tokens, QUERIES),
-        "ann_recall_at_10": round(recall_at_k(np.array(found), np.array(truth)), 3),
-        "speedup_vs_exact": round(statistics.median(exact_ms) / max(statistics.median(ann_ms), 1e-6), 1),
-        "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "cores": os.cpu_count(),
-        "simulated": "Gaussian with the real image embeddings' mean and (shrunk) covariance, renormalised",
+        "photos": len(real), "index_runs": index_runs, "scale": scale,
+        "factory": run["factory"], "search_params": run["tuning"]["params"],
+        "query_ms_p50": run["query_ms_p50"], "query_ms_p95": run["query_ms_p95_stages"],
+        "encode_ms_p50": stages["encode_ms"]["p50"], "ann_ms_p50": run["ann_ms"]["p50"],
+        "fetch_ms_p50": run["fetch_ms"]["p50"],
+        "exact_ms_p50": next(p["p50"] for name, p in run["peers"].items() if name.startswith("faiss Flat")),
+        "rerank_ms_p50": rerank["p50"] if rerank else None,
+        "query_ms_p50_with_rerank": run["query_ms_p50_with_rerank"],
+        "ann_recall_at_10": run["ann_recall_at_10"], "speedup_vs_exact": run["speedup_vs_exact"],
+        "rss_mb": run["search_process"]["rss_mb"], "rss_index_store_mb": run["search_process"]["rss_index_store_mb"],
+        "search_process_models": run["search_process"]["models"],
+        "bench_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **machine(), "load_average_1min": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
+        "model": encoder.name, "budget_bytes": budget,
+        "distribution": distribution, "simulated": DESCRIPTIONS[distribution], "distribution_source": base.source,
+        "queries": {"tune": len(base.tune_texts), "measure": len(base.test_texts)},
+        "scale_run": run,
     }
