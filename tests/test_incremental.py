@@ -447,3 +447,23 @@ def test_an_index_file_and_a_sidecar_from_different_saves_do_not_pair(photos, li
         with lib.writing():
             lib.save("images")
     assert not (library / "images.faiss.json.tmp").exists()
+
+
+def test_a_run_leaves_its_rows_in_the_database_file_and_a_consistent_backup(photos, tmp_path, library, fake_encoder):
+    """What a lost library.db-wal would take: after a run, nothing (the log is checkpointed into the
+    database and a backup made); during a run, never the roots (checkpointed as soon as they are added)."""
+    with Library(library, create=True) as lib, lib.writing():
+        lib.add_roots([str(photos)])
+        survivor = tmp_path / "survivor"
+        survivor.mkdir()
+        shutil.copy(library / "library.db", survivor / "library.db")  # the database file alone, -wal lost
+    with Store(survivor) as store:
+        assert store.get_meta("roots") == [str(photos)]
+
+    _index(library, [photos], fake_encoder)
+    assert not (library / "library.db-wal").exists() or (library / "library.db-wal").stat().st_size == 0
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    shutil.copy(library / "library.db.bak", restored / "library.db")
+    with Store(restored) as store:
+        assert store.count_images() == 4 and store.get_meta("roots") == [str(photos)]
