@@ -467,3 +467,38 @@ def test_a_run_leaves_its_rows_in_the_database_file_and_a_consistent_backup(phot
     shutil.copy(library / "library.db.bak", restored / "library.db")
     with Store(restored) as store:
         assert store.count_images() == 4 and store.get_meta("roots") == [str(photos)]
+
+
+def test_a_damaged_database_is_named_as_such_and_repair_puts_back_its_backup(photos, tmp_path, library, fake_encoder):
+    _index(library, [photos], fake_encoder)
+    clean = vectors_by_path(library)
+    db = library / "library.db"
+    data = bytearray(db.read_bytes())
+    page = 4096
+    data[page:len(data)] = np.random.default_rng(1).integers(0, 256, len(data) - page, dtype=np.uint8).tobytes()
+    db.write_bytes(bytes(data))
+    runner, args = CliRunner(), ["--library", str(library)]
+    for command in (["check"], ["search", "red"], ["info"]):
+        out = runner.invoke(cli, [*command, *args])
+        assert out.exit_code == 1 and "is damaged" in out.output and "Traceback" not in out.output, command
+        assert "check --repair" in out.output
+    out = runner.invoke(cli, ["check", "--repair", "--json", *args])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["restored_backup"] is True and (library / "library.db.damaged").exists()
+    fake_encoder.calls["images"] = 0
+    assert _index(library, None, fake_encoder).added == 0 and fake_encoder.calls["images"] == 0
+    repaired = vectors_by_path(library)
+    assert repaired.keys() == clean.keys()
+
+
+def test_sqlite_errors_are_told_apart():
+    from sqlalchemy.exc import DatabaseError as SADatabaseError
+
+    from xmodal.indexer.storage.store import DatabaseDamaged, database_problem
+
+    def err(message):
+        return database_problem(Path("/lib/library.db"), SADatabaseError("stmt", {}, Exception(message)), "reading")
+
+    assert isinstance(err("database disk image is malformed"), DatabaseDamaged)
+    assert "read-only" in str(err("attempt to write a readonly database"))
+    assert "disk is full" in str(err("database or disk is full")) and not isinstance(err("disk I/O error"), DatabaseDamaged)

@@ -63,7 +63,7 @@ def test_a_library_from_a_newer_xmodal_is_refused(tmp_path):
 
 def test_a_file_that_is_not_sqlite_is_reported_with_its_path(tmp_path):
     (tmp_path / "library.db").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StoreError, match=r"library\.db is not a usable xmodal library"):
+    with pytest.raises(StoreError, match=r"library\.db is damaged \(file is not a database\).*not a usable xmodal"):
         Store(tmp_path)
 
 

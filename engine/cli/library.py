@@ -47,16 +47,24 @@ def check(library, repair, model, as_json):
     from xmodal.indexer.models.encoders import get_encoder
     from xmodal.indexer.storage.library import Library
 
-    fixed = None
+    fixed, restored = None, None
     with edge():
+        if repair:
+            from xmodal.indexer.storage.check import restore_if_damaged
+
+            restored = restore_if_damaged(library_dir(library))
         with Library(library_dir(library)) as lib:
             report = check_library(lib)
-            if repair and not report.ok:
+            if repair and (restored or not report.ok):
                 fixed = repair_library(lib, lambda: get_encoder(model or lib.model))
                 report = check_library(lib)
     if as_json:
-        emit({**report.to_json(), **({"repair": fixed.to_json()} if fixed else {})})
+        emit({**report.to_json(), **({"repair": fixed.to_json()} if fixed else {}),
+              **({"restored_backup": True, "damaged_kept_as": str(restored)} if restored else {})})
     else:
+        if restored is not None:
+            click.echo(f"library.db was damaged: put back library.db.bak (the damaged file is kept as {restored}); "
+                       "run `xmodal index` to catch up on what was indexed after that backup")
         if fixed is not None:
             click.echo(f"repaired: index patches {fixed.patched or 'none'}, removed {fixed.removed_vanished} "
                        f"vanished, re-embedded {fixed.reembedded}, dropped {len(fixed.failed)} unusable"

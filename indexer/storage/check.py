@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ from xmodal.indexer.ingest.decode import DecodeError, read_image
 from xmodal.indexer.models.base import Encoder
 from xmodal.indexer.storage.library import MODALITIES, Library, LibraryError, _under
 from xmodal.indexer.records import Skipped
+from xmodal.indexer.storage.store import DatabaseDamaged, Store, restore_backup
 from xmodal.indexer.storage.vector_index import VectorIndex, VectorIndexError
 
 
@@ -169,6 +171,18 @@ class RepairReport:
         return {"patched": self.patched, "removed_vanished": self.removed_vanished,
                 "kept_unreachable": self.kept_unreachable, "rebuilt": self.rebuilt, "reembedded": self.reembedded,
                 "failed": [{"path": s.path, "reason": s.reason} for s in self.failed]}
+
+
+def restore_if_damaged(library_dir: str | os.PathLike) -> Path | None:
+    """For `check --repair`, before the library is opened: when library.db is damaged (it will not open, or
+    fails SQLite's quick_check), put its backup in place (store.restore_backup). Returns where the damaged
+    file was kept, or None when it was sound. Raises StoreError when it is damaged and has no backup."""
+    try:
+        with Store(library_dir) as store:
+            verdict = store.quick_check()
+    except DatabaseDamaged:
+        return restore_backup(library_dir)
+    return None if verdict == "ok" else restore_backup(library_dir)
 
 
 def repair(library: Library, load_encoder: Callable[[], Encoder]) -> RepairReport:

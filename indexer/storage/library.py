@@ -35,14 +35,13 @@ import numpy as np
 from xmodal.indexer.storage.index_choice import choose_index
 from xmodal.indexer.storage.patch_tokens import PatchSpec, PatchStore
 from xmodal.indexer.records import DecodedImage
-from xmodal.indexer.storage.store import Store, StoreError
+from xmodal.indexer.storage.store import BACKUP_FILENAME, Store, StoreError
 from xmodal.indexer.storage.vector_index import VectorIndex, VectorIndexError
 
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("images", "texts")
 LOCK_FILENAME = "index.lock"
-BACKUP_FILENAME = "library.db.bak"  # a consistent copy after each successful writing session
 #: a reader (a search process) memory-maps index files at least this large, where FAISS can map the type:
 #: it starts without reading the file and shares the pages with other search processes
 MMAP_MIN_BYTES = 64 * 2**20

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -48,7 +49,7 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from xmodal.indexer.records import DecodedImage, ImageRecord, TextRecord
 from xmodal.indexer.storage.schema import (IMAGE_COLUMNS, IMAGES, META, META_DDL, MIGRATIONS, SCHEMA_VERSION, TABLES,
@@ -65,6 +66,33 @@ _STREAM_BATCH = 2_000  # rows per keyset page in image_states()
 
 class StoreError(Exception):
     """The library database is missing, unreadable, too new, or a write would break an invariant."""
+
+
+class DatabaseDamaged(StoreError):
+    """library.db itself is damaged (not a disk that is full or read-only): restore its backup."""
+
+
+BACKUP_FILENAME = "library.db.bak"  # a consistent copy after each successful writing session
+
+
+def database_problem(db_path: Path, exc: DatabaseError, doing: str) -> StoreError:
+    """SQLite's error -> a StoreError that says which of three different things happened, and what to do:
+    a damaged file (DatabaseDamaged: restore the backup), a read-only place, or a full disk / I/O error."""
+    why = str(getattr(exc, "orig", exc))
+    low = why.lower()
+    if any(s in low for s in ("malformed", "not a database", "file is encrypted", "database corrupt")):
+        backup = db_path.with_name(BACKUP_FILENAME)
+        fix = ("run `xmodal check --repair` to put back its backup (made after the last successful run), then "
+               "`xmodal index` to catch up" if backup.exists() else
+               "it is not a usable xmodal library database: move it away and index again")
+        return DatabaseDamaged(f"{db_path} is damaged ({why}) while {doing}; {fix}")
+    if "readonly" in low or "read-only" in low:
+        return StoreError(f"cannot write to {db_path}: it is on a read-only file system or not writable ({why}); "
+                          f"nothing was changed")
+    if "full" in low or "disk i/o" in low or "unable to open" in low:
+        return StoreError(f"cannot use {db_path} while {doing}: the disk is full or failing ({why}); free some "
+                          "space and run the command again, nothing committed is lost")
+    return StoreError(f"{db_path}: database error while {doing} ({why})")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -113,10 +141,7 @@ class Store:
             self._migrate()
         except DatabaseError as exc:
             self._engine.dispose()
-            raise StoreError(
-                f"{self.db_path} is not a usable xmodal library database ({exc.orig}); "
-                "move it away and re-index, or point --library at the right directory"
-            ) from exc
+            raise database_problem(self.db_path, exc, "opening the library") from exc
         except BaseException:
             self._engine.dispose()
             raise
@@ -147,8 +172,11 @@ class Store:
         if self._tx is not None:
             yield self._tx
             return
-        with self._engine.connect() as conn:
-            yield conn
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except DatabaseError as exc:
+            raise database_problem(self.db_path, exc, "reading") from exc
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -166,9 +194,10 @@ class Store:
                         yield
                     finally:
                         self._local.tx = None
-        except OperationalError as exc:  # disk full, read-only file system, I/O error: nothing was committed
-            raise StoreError(f"cannot write to {self.db_path} ({exc.orig}); nothing from this write was "
-                             "committed") from exc
+        except IntegrityError:
+            raise  # a broken invariant, for the caller to explain
+        except DatabaseError as exc:  # disk full, read-only file system, I/O error, damage: nothing was committed
+            raise database_problem(self.db_path, exc, "writing (nothing from this write was committed)") from exc
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -196,6 +225,12 @@ class Store:
         if busy:
             log.debug("%s: checkpoint left part of the log to a later one (a reader was busy)", self.db_path)
 
+    def quick_check(self) -> str:
+        """SQLite's quick_check of the whole file: "ok", or what is damaged (reads every page: seconds per GB)."""
+        with self._read() as conn:
+            rows = conn.exec_driver_sql("PRAGMA quick_check").fetchall()
+        return "; ".join(str(r[0]) for r in rows[:3])
+
     def backup(self, dest: str | Path) -> Path:
         """A consistent copy of the database at `dest` (SQLite's online backup, written beside and renamed
         into place, so `dest` always holds a complete copy)."""
@@ -207,8 +242,11 @@ class Store:
             target = sqlite3.connect(tmp)
             try:
                 raw.driver_connection.backup(target)
+                verdict = target.execute("PRAGMA quick_check").fetchone()[0]
             finally:
                 target.close()
+            if verdict != "ok":  # never replace the last good backup with a copy of a damaged database
+                raise sqlite3.DatabaseError(f"the copy fails SQLite's quick_check ({verdict})")
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
@@ -568,6 +606,28 @@ class Store:
         with self._read() as conn:
             ids = conn.execute(select(table.c.id).order_by(table.c.id)).scalars()
             return np.fromiter(ids, dtype=np.int64)
+
+
+def restore_backup(library_dir: str | Path) -> Path:
+    """Put library.db.bak in place of a damaged library.db, which is kept beside as library.db.damaged (with
+    its -wal and -shm). Returns the damaged file's new path. The caller then reconciles the index files
+    (they may hold vectors of rows newer than the backup) and indexes again to catch up."""
+    library_dir = Path(library_dir)
+    db, backup = library_dir / DB_FILENAME, library_dir / BACKUP_FILENAME
+    if not backup.is_file():
+        raise StoreError(f"{db} is damaged and there is no backup ({backup}); move it away and index again")
+    kept = library_dir / (DB_FILENAME + ".damaged")
+    for suffix in ("", "-wal", "-shm"):
+        part = Path(str(db) + suffix)
+        if part.exists():
+            os.replace(part, Path(str(kept) + suffix))
+    tmp = db.with_name(DB_FILENAME + ".restoring")
+    shutil.copyfile(backup, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, db)
+    log.warning("%s was damaged: restored %s (kept the damaged file as %s)", db, backup, kept)
+    return kept
 
 
 # ------------------------------------------------------------------------------------------ engine events
