@@ -362,12 +362,16 @@ def _bench_speed_1m(b: dict) -> list[str]:
         return []
     load = b.get("load_average_1min", {})
     params = ", ".join(f"{k} {v}" for k, v in b["search_params"].items()) or "exact"
+    busy = (" (other jobs on the machine)"  # the benchmark's own threads count in the load up to `cores`
+            if max(load.get("start") or 0, load.get("end") or 0) > b["cores"] + 1 else "")
     return [f"`xmodal bench speed --scale 1000000 --json` (the same code, `run_scale`; [bench_speed_1m.json]"
             f"(bench_speed_1m.json)) on {b['cpu']}, {b['cores']} cores, 1-minute load average {load.get('start')} "
-            f"(other jobs on the machine): {b['factory']} ({params}), ANN recall@10 {b['ann_recall_at_10']}, "
+            f"at the start and {load.get('end')} at the end{busy}: {b['factory']} ({params}), ANN recall@10 "
+            f"{b['ann_recall_at_10']}, "
             f"{b['speedup_vs_exact']}x exact ({b['ann_ms_p50']} against {b['exact_ms_p50']} ms), text query "
             f"{b['query_ms_p50']} ms median of which encoding {b['encode_ms_p50']} ms (+ rerank {b['rerank_ms_p50']} ms), "
-            f"search process {b['rss_mb']} MB.", ""]
+            f"search process {b['rss_mb']} MB (the benchmark process itself peaked at {b.get('bench_peak_rss_mb')} MB).",
+            ""]
 
 
 def _scale_10m(s10: dict) -> list[str]:
