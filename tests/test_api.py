@@ -48,3 +48,12 @@ def test_importing_the_api_packages_loads_no_model_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_xmodal_help_imports_no_model_index_or_database_code():
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom xmodal.engine.cli.main import cli\n"
+            "assert CliRunner().invoke(cli, ['--help']).exit_code == 0\n"
+            "print(sorted(m for m in ('torch', 'faiss', 'sqlalchemy', 'numpy', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import click
 
-from xmodal.indexer.storage.library import default_library_dir
-
 logger = logging.getLogger("xmodal")
 
 
@@ -46,7 +44,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 
 
 def library_dir(path: Path | None) -> Path:
-    return path if path is not None else default_library_dir()
+    if path is not None:
+        return path
+    from xmodal.indexer.storage.library import default_library_dir  # not at import: `xmodal --help` stays light
+
+    return default_library_dir()
 
 
 def library_model(path: Path) -> str | None:
