@@ -186,7 +186,7 @@ def test_web_api_reranks_and_explains(lite_library):
 
     from xmodal.engine.web.server import create_app
 
-    with TestClient(create_app(lite_library)) as client:
+    with TestClient(create_app(lite_library, allowed_hosts=("testserver",))) as client:
         hits = client.get("/api/search", params={"q": "a cat", "k": 3}).json()["hits"]
         assert all("match" in h for h in hits)
         plain = client.get("/api/search", params={"q": "a cat", "k": 3, "rerank_k": 0}).json()["hits"]
@@ -233,7 +233,7 @@ def test_the_web_api_takes_exemplar_false(lite_library):
 
     from xmodal.engine.web.server import create_app
 
-    with TestClient(create_app(lite_library)) as c:
+    with TestClient(create_app(lite_library, allowed_hosts=("testserver",))) as c:
         on = c.get("/api/search", params={"q": "a horse", "k": 3}).json()["hits"]
         off = c.get("/api/search", params={"q": "a horse", "k": 3, "exemplar": "false"}).json()["hits"]
     assert all("exemplar" in h for h in on) and not any("exemplar" in h for h in off)

@@ -2,14 +2,17 @@
 
     app = create_app("~/.local/share/xmodal/library")            # `xmodal serve` runs it under uvicorn
 
-Routes (OpenAPI docs at /docs): the page at `/` (+ `/static/...`) and, under `/api`, search by text or by
+Routes (the OpenAPI schema at /openapi.json): the page at `/` (+ `/static/...`) and, under `/api`, search by text or by
 an uploaded image, "more like this", thumbnails, the photo files, folders, info and health.
 
 Rules:
 * Photos are addressed by their library id only; a client never sends a path. Anything that is not a
   known id -- including path-traversal attempts -- is a 404.
-* With a token, every `/api` call needs it: `Authorization: Bearer TOKEN`, header `X-Token`, or query
-  `?token=` (for `<img src>`). The page and the docs carry no library data and are served without it.
+* With a token, every `/api` call needs it: `Authorization: Bearer TOKEN` or header `X-Token`, or the
+  session cookie the page gets by opening `/?token=TOKEN` once (303 to a clean `/`; engine/web/security.py).
+  No `/api` route reads a token from the query string. The page carries no library data.
+* Only the Host names in `allowed_hosts` (plus loopback names) are answered; every response carries
+  security headers (CSP, nosniff, no-referrer); the access log has method and path only.
 * Uploads: a size limit and a pixel limit (checked from the header, before decoding); a bad upload is a
   400 with a message, never a 500.
 * Domain errors become JSON `{"detail": message}` with 400 (bad request) or 404 (no such thing).
@@ -35,13 +38,15 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
 from xmodal.indexer.records import path_json
 
 from xmodal.engine.search.engine import SearchEngine, SearchError
+from xmodal.engine.web.security import (SECURITY_HEADERS, SESSION_COOKIE, AllowedHosts, GuardMiddleware,
+                                        Sessions)
 from xmodal.engine.web.thumbnails import ThumbnailCache
 
 logger = logging.getLogger(__name__)
@@ -75,28 +80,34 @@ def is_loopback(host: str) -> bool:
 
 def create_app(library_dir: str | os.PathLike, token: str | None = None, *, model: str | None = None,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, max_upload_pixels: int = MAX_UPLOAD_PIXELS,
-               thumbnail_size: int | None = None) -> FastAPI:
+               thumbnail_size: int | None = None, allowed_hosts=()) -> FastAPI:
     """The app for one library. Opens the engine now (raising `SearchError` for a missing or empty library,
-    or a `model` that is not the library's), so `xmodal serve` fails fast with a one-line reason."""
+    or a `model` that is not the library's), so `xmodal serve` fails fast with a one-line reason.
+    allowed_hosts: Host names answered besides localhost, 127.0.0.1 and [::1] (the bound address, names
+    from --allow-host); any other Host header is a 400."""
     engine = SearchEngine(library_dir, model=model)
     lock = threading.Lock()
     thumbs = ThumbnailCache(engine.library.root, **({"size": thumbnail_size} if thumbnail_size else {}))
     folders_cache: dict[str, Any] = {}
+    sessions = Sessions()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
         engine.close()
 
-    app = FastAPI(title="xmodal", version="0.1.0", lifespan=lifespan,
+    # no /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN (blank offline); the schema stays
+    app = FastAPI(title="xmodal", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Cross-modal photo search: by text, by image, more like this.")
+    app.add_middleware(GuardMiddleware, hosts=AllowedHosts(allowed_hosts))
     app.state.engine = engine
     app.state.thumbnails = thumbs
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(HTTPProblem)
     async def _problem(_request: Request, exc: HTTPProblem):
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+        auth = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=auth)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError):
@@ -112,7 +123,8 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception):
         logger.exception("unexpected error")
-        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
+        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500,
+                            headers=SECURITY_HEADERS)  # answered outside GuardMiddleware
 
     @app.middleware("http")
     async def _upload_size(request: Request, call_next):
@@ -124,14 +136,17 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
         return await call_next(request)
 
     # ------------------------------------------------------------------ auth
+    def is_token(given: str | None) -> bool:
+        return bool(given) and secrets.compare_digest(given.encode(), token.encode())
+
     def check_token(request: Request) -> None:
-        if token is None:
+        if token is None or sessions.valid(request.cookies.get(SESSION_COOKIE)):
             return
-        given = request.headers.get("x-token") or request.query_params.get("token")
+        given = request.headers.get("x-token")
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             given = auth[7:].strip()
-        if not given or not secrets.compare_digest(given.encode(), token.encode()):
+        if not is_token(given):
             raise HTTPProblem(401, "a valid token is required: send `Authorization: Bearer TOKEN` "
                                    "(or open the page as /?token=TOKEN)")
 
@@ -264,8 +279,17 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
 
     # ------------------------------------------------------------------ page
     @app.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+    def page(request: Request):
+        given = request.query_params.get("token")
+        if given is None:
+            return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+        # the one place a token travels in a URL: traded for a session cookie, then a clean URL
+        clean = RedirectResponse("/", status_code=303, headers={"Cache-Control": "no-store"})
+        if token is not None:
+            if not is_token(given):
+                raise HTTPProblem(401, "wrong token: open the page as /?token=TOKEN with the server's token")
+            clean.set_cookie(SESSION_COOKIE, sessions.issue(), httponly=True, samesite="strict", path="/")
+        return clean
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
