@@ -173,6 +173,20 @@ def test_folders_lists_folders_with_counts(client, photos):
     assert folders == {str(photos): 3, str(photos / "2021"): 2, str(photos / "trip"): 1}
 
 
+def test_folders_follow_photos_indexed_after_the_server_started(client, built, photos, fake_encoder):
+    before = {f["folder"]: f["images"] for f in client.get("/api/folders").json()["folders"]}
+    assert str(photos / "new") not in before
+    from conftest import draw
+
+    draw(photos / "new" / "one.jpg", "red")
+    draw(photos / "new" / "two.jpg", "blue")
+    draw(photos / "trip" / "three.jpg", "green")
+    with Library(built) as lib:  # another process in real life: `xmodal index` while the server runs
+        index_images(lib, [str(photos)], fake_encoder)
+    after = {f["folder"]: f["images"] for f in client.get("/api/folders").json()["folders"]}
+    assert after == {**before, str(photos / "new"): 2, str(photos / "trip"): before[str(photos / "trip")] + 1}
+
+
 # ------------------------------------------------------------------------------------------ images
 def test_similar_and_image_metadata(client):
     ids = ids_by_name(client)

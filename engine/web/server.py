@@ -269,11 +269,13 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
 
     @api.get("/folders", summary="Folders that hold photos, with counts")
     def folders():
-        if "list" not in folders_cache:
-            with lock:
+        with lock:  # recounted when an indexer has committed since (the images generation moved on)
+            generation = engine.library.store.generation("images")
+            if folders_cache.get("generation") != generation:
                 counts = Counter(os.path.dirname(path) for path, *_ in engine.library.store.image_states())
-            folders_cache["list"] = [{**path_json(d, "folder"), "images": n} for d, n in sorted(counts.items())]
-        return {"folders": folders_cache["list"]}
+                folders_cache["list"] = [{**path_json(d, "folder"), "images": n} for d, n in sorted(counts.items())]
+                folders_cache["generation"] = generation
+            return {"folders": folders_cache["list"]}
 
     app.include_router(api)
 
