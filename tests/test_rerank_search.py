@@ -191,6 +191,10 @@ def test_web_api_reranks_and_explains(lite_library):
         assert all("match" in h for h in hits)
         plain = client.get("/api/search", params={"q": "a cat", "k": 3, "rerank_k": 0}).json()["hits"]
         assert not any("match" in h for h in plain)
+        assert [h["reranked"] for h in hits] == [True] * 3 and not any(h["reranked"] for h in plain)
+        # the head the reranker scored, then the tail in dual-encoder order with cosines: marked apart
+        mixed = client.get("/api/search", params={"q": "a cat", "k": 4, "rerank_k": 2}).json()["hits"]
+        assert [h["reranked"] for h in mixed] == [True, True, False, False] and [h["rank"] for h in mixed] == [1, 2, 3, 4]
         cat = hits[0]["id"]
         data = client.get(f"/api/images/{cat}/explain", params={"q": "a tabby cat"}).json()
         assert [w["word"] for w in data["words"]] == ["a", "tabby", "cat"] and data["grid"] == [7, 7]

@@ -75,13 +75,15 @@ def test_text_search_returns_ranked_image_hits(client):
     hits = r.json()["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3]
     assert Path(hits[0]["path"]).name == "blue.jpg"
-    assert set(hits[0]) == {"rank", "score", "id", "path"}
+    assert set(hits[0]) == {"rank", "score", "id", "path", "reranked"}
+    assert not any(h["reranked"] for h in hits)  # the fake encoder has no reranker
     assert hits[0]["score"] >= hits[1]["score"]
 
 
 def test_text_search_for_texts(client):
     hits = client.get("/api/search", params={"q": "green", "k": 1, "target": "texts"}).json()["hits"]
-    assert hits == [{"rank": 1, "score": pytest.approx(1.0, abs=1e-4), "id": hits[0]["id"], "text": "a green meadow"}]
+    assert hits == [{"rank": 1, "score": pytest.approx(1.0, abs=1e-4), "id": hits[0]["id"], "text": "a green meadow",
+                     "reranked": False}]
 
 
 @pytest.mark.parametrize("params, message", [

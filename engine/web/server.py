@@ -169,8 +169,10 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
         return record
 
     def answer(hits, started: float, target: str) -> dict:
+        """`reranked` marks the head the reranker scored (fused scores); the tail after it keeps its dual-encoder
+        order and cosine, which is on another scale: the two kinds of score do not compare."""
         return {"target": target, "took_ms": round((time.perf_counter() - started) * 1000, 2),
-                "hits": [h.to_json() for h in hits]}
+                "hits": [{**h.to_json(), "reranked": h.match is not None} for h in hits]}
 
     def filters(folder: str | None = Query(None, description="Only photos under this folder (recursive)."),
                 taken_after: date | None = Query(None, description="Date taken on or after (YYYY-MM-DD)."),

@@ -32,6 +32,14 @@
     status.classList.toggle("error", isError);
   }
 
+  // A reranked search scores its head with fused scores and leaves the tail in dual-encoder order with raw
+  // cosines, on another scale: show a score only where it reads with the order (the tail shows its rank).
+  function scoreText(h, data) {
+    const mixed = data.hits.some((x) => x.reranked);
+    return !mixed || h.reranked ? h.score.toFixed(3) : `#${h.rank}`;
+  }
+  const NOT_RERANKED = "not reranked: below the reranked head, in the order of the first search";
+
   function render(data, label) {
     grid.replaceChildren();
     grid.className = "grid " + data.target;
@@ -49,7 +57,8 @@
         const cap = document.createElement("figcaption");
         cap.innerHTML = `<span class="name"></span><span class="score"></span>`;
         cap.querySelector(".name").textContent = img.alt;
-        cap.querySelector(".score").textContent = h.score.toFixed(3);
+        cap.querySelector(".score").textContent = scoreText(h, data);
+        if (h.reranked === false && data.hits.some((x) => x.reranked)) cap.querySelector(".score").title = NOT_RERANKED;
         fig.append(img, cap);
         fig.addEventListener("click", () => open(h));
         grid.append(fig);
@@ -57,7 +66,8 @@
         const row = document.createElement("div");
         row.className = "text-hit";
         row.innerHTML = `<span class="score"></span><span class="text"></span>`;
-        row.querySelector(".score").textContent = h.score.toFixed(3);
+        row.querySelector(".score").textContent = scoreText(h, data);
+        if (h.reranked === false && data.hits.some((x) => x.reranked)) row.querySelector(".score").title = NOT_RERANKED;
         row.querySelector(".text").textContent = h.text;
         grid.append(row);
       }
