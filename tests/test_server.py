@@ -498,3 +498,70 @@ def test_serve_refuses_a_short_token(built, monkeypatch, how):
 def test_the_openapi_schema_is_served_without_cdn_pages(client):
     assert client.get("/openapi.json").json()["info"]["title"] == "xmodal"
     assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+
+
+# ------------------------------------------------------------------------------------------ upload memory
+def test_a_chunked_upload_is_cut_off_at_the_limit_not_read_whole(built):
+
+    def body():  # multipart without Content-Length (chunked), far past the limit
+        yield b'--XB\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+        for _ in range(200):
+            yield b"\0" * 65536
+
+    with TestClient(make_app(built, max_upload_bytes=100_000)) as c:
+        r = c.post("/api/search/image", content=body(), headers={"Content-Type": "multipart/form-data; boundary=XB"})
+        assert r.status_code == 400 and "too large" in r.json()["detail"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert c.get("/api/health").status_code == 200  # the server goes on
+    # TestClient joins a generator body before the app sees it; a server streams it: read at most the limit
+    import anyio
+
+    app, read, answer = make_app(built, max_upload_bytes=100_000), [], []
+    chunks = body()
+
+    async def receive():
+        chunk = next(chunks)
+        read.append(len(chunk))
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message):
+        answer.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/search/image", "raw_path": b"/api/search/image",
+             "query_string": b"", "http_version": "1.1", "scheme": "http", "root_path": "",
+             "server": ("testserver", 80), "client": ("127.0.0.1", 5000),
+             "headers": [(b"host", b"testserver"), (b"content-type", b"multipart/form-data; boundary=XB"),
+                         (b"transfer-encoding", b"chunked")]}
+    anyio.run(app, scope, receive, send)
+    assert answer[0]["status"] == 400 and b"too large" in answer[1]["body"]
+    assert sum(read) < 100_000 + 64 * 1024 + 2 * 65536  # cut off past the limit, not 13 MB read
+
+
+def test_uploads_are_decoded_two_at_a_time(client, monkeypatch):
+    import threading
+    import time
+
+    from xmodal.engine.web import server
+
+    running, most, guard = [0], [0], threading.Lock()
+    real = server.read_image
+
+    def slow(*args, **kwargs):
+        with guard:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with guard:
+                running[0] -= 1
+
+    monkeypatch.setattr(server, "read_image", slow)
+
+    def one(_):
+        return client.post("/api/search/image", files={"file": ("q.png", png_bytes("red"), "image/png")}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(one, range(8))) == {200}
+    assert most[0] == server.MAX_DECODES == 2

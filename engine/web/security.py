@@ -121,3 +121,51 @@ class GuardMiddleware:
         finally:  # the path alone: a query string (a token, a search) never reaches the log
             access_log.info("%s %s %s %.0f ms", scope.get("method"), scope.get("path"), status.get("code", "-"),
                             (time.perf_counter() - started) * 1000)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class UploadLimitMiddleware:
+    """Pure ASGI: a POST to `path` whose body passes `limit` bytes is a 400 JSON (`message(length or None)`):
+    from Content-Length before reading, else (chunked) as soon as the bytes read pass it -- never read whole."""
+
+    def __init__(self, app, path: str, limit: int, message):
+        self.app, self.path, self.limit, self.message = app, path, limit, message
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            return await self._refuse(scope, receive, send, int(length))
+        state = {"read": 0, "over": False, "started": False}
+
+        async def counted():
+            message = await receive()
+            if message["type"] == "http.request":
+                state["read"] += len(message.get("body", b""))
+                if state["read"] > self.limit:
+                    state["over"] = True
+                    raise _BodyTooLarge()
+            return message
+
+        async def send_unless_over(message):
+            if state["over"]:  # the app answered the aborted read (FastAPI: "error parsing the body"): ours instead
+                if message["type"] == "http.response.start" and not state["started"]:
+                    state["started"] = True
+                    await self._refuse(scope, receive, send, None)
+                return
+            state["started"] = state["started"] or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, send_unless_over)
+        except _BodyTooLarge:
+            if not state["started"]:
+                await self._refuse(scope, receive, send, None)
+
+    async def _refuse(self, scope, receive, send, length):
+        await JSONResponse({"detail": self.message(length)}, status_code=400,
+                           headers={"Connection": "close"})(scope, receive, send)

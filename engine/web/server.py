@@ -46,7 +46,7 @@ from xmodal.indexer.records import path_json
 
 from xmodal.engine.search.engine import SearchEngine, SearchError
 from xmodal.engine.web.security import (SECURITY_HEADERS, SESSION_COOKIE, AllowedHosts, GuardMiddleware,
-                                        Sessions)
+                                        Sessions, UploadLimitMiddleware)
 from xmodal.engine.web.thumbnails import ThumbnailCache
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 50_000_000
 MAX_K = 1000
 MAX_QUERY_CHARS = 1000  # longer queries are a JSON 400 (the text tower reads 64 tokens anyway)
+MAX_DECODES = 2  # uploads decoded at once (each may hold up to MAX_UPLOAD_PIXELS of pixels); others wait
 MAX_ID = (1 << 63) - 1  # SQLite's integer range: a larger id cannot exist
 
 
@@ -90,6 +91,7 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
     thumbs = ThumbnailCache(engine.library.root, **({"size": thumbnail_size} if thumbnail_size else {}))
     folders_cache: dict[str, Any] = {}
     sessions = Sessions()
+    decoding = threading.BoundedSemaphore(MAX_DECODES)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -99,7 +101,6 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
     # no /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN (blank offline); the schema stays
     app = FastAPI(title="xmodal", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Cross-modal photo search: by text, by image, more like this.")
-    app.add_middleware(GuardMiddleware, hosts=AllowedHosts(allowed_hosts))
     app.state.engine = engine
     app.state.thumbnails = thumbs
 
@@ -126,14 +127,10 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
         return JSONResponse({"detail": "internal error; see the server log"}, status_code=500,
                             headers=SECURITY_HEADERS)  # answered outside GuardMiddleware
 
-    @app.middleware("http")
-    async def _upload_size(request: Request, call_next):
-        # Refuse oversized uploads from Content-Length before the multipart body is spooled to disk.
-        if request.method == "POST" and request.url.path == "/api/search/image":
-            length = request.headers.get("content-length")
-            if length and length.isdigit() and int(length) > max_upload_bytes + 64 * 1024:
-                return JSONResponse({"detail": _too_big(int(length), max_upload_bytes)}, status_code=400)
-        return await call_next(request)
+    # uploads over the limit (plus the multipart framing) are refused before or while they arrive, not spooled
+    app.add_middleware(UploadLimitMiddleware, path="/api/search/image", limit=max_upload_bytes + 64 * 1024,
+                       message=lambda length: _too_big(length, max_upload_bytes))
+    app.add_middleware(GuardMiddleware, hosts=AllowedHosts(allowed_hosts))  # added last: the outermost
 
     # ------------------------------------------------------------------ auth
     def is_token(given: str | None) -> bool:
@@ -208,12 +205,14 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
                      k: int = K, target: str = TARGET, rerank_k: int | None = RERANK_K,
                      f: dict = Depends(filters)):
         started = time.perf_counter()
-        data = file.file.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise HTTPProblem(400, _too_big(None, max_upload_bytes))
-        if not data:
-            raise HTTPProblem(400, "the uploaded file is empty; choose a photo")
-        image = _decode_upload(data, file.filename or "upload", max_upload_pixels)
+        with decoding:  # bounds the memory that uploads being read and decoded hold at once
+            data = file.file.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise HTTPProblem(400, _too_big(None, max_upload_bytes))
+            if not data:
+                raise HTTPProblem(400, "the uploaded file is empty; choose a photo")
+            image = _decode_upload(data, file.filename or "upload", max_upload_pixels)
+            del data
         return answer(call(engine.search_image, image, k, target, rerank_k=rerank_k, **_active(f)), started, target)
 
     @api.get("/images/{image_id}", summary="One photo's metadata")
