@@ -186,11 +186,15 @@ def test_web_api_reranks_and_explains(lite_library):
 
     from xmodal.engine.web.server import create_app
 
-    with TestClient(create_app(lite_library)) as client:
+    with TestClient(create_app(lite_library, allowed_hosts=("testserver",))) as client:
         hits = client.get("/api/search", params={"q": "a cat", "k": 3}).json()["hits"]
         assert all("match" in h for h in hits)
         plain = client.get("/api/search", params={"q": "a cat", "k": 3, "rerank_k": 0}).json()["hits"]
         assert not any("match" in h for h in plain)
+        assert [h["reranked"] for h in hits] == [True] * 3 and not any(h["reranked"] for h in plain)
+        # the head the reranker scored, then the tail in dual-encoder order with cosines: marked apart
+        mixed = client.get("/api/search", params={"q": "a cat", "k": 4, "rerank_k": 2}).json()["hits"]
+        assert [h["reranked"] for h in mixed] == [True, True, False, False] and [h["rank"] for h in mixed] == [1, 2, 3, 4]
         cat = hits[0]["id"]
         data = client.get(f"/api/images/{cat}/explain", params={"q": "a tabby cat"}).json()
         assert [w["word"] for w in data["words"]] == ["a", "tabby", "cat"] and data["grid"] == [7, 7]
@@ -233,7 +237,7 @@ def test_the_web_api_takes_exemplar_false(lite_library):
 
     from xmodal.engine.web.server import create_app
 
-    with TestClient(create_app(lite_library)) as c:
+    with TestClient(create_app(lite_library, allowed_hosts=("testserver",))) as c:
         on = c.get("/api/search", params={"q": "a horse", "k": 3}).json()["hits"]
         off = c.get("/api/search", params={"q": "a horse", "k": 3, "exemplar": "false"}).json()["hits"]
     assert all("exemplar" in h for h in on) and not any("exemplar" in h for h in off)

@@ -21,6 +21,13 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from xmodal.engine.web.server import create_app, is_loopback  # noqa: E402
 
+TOKEN = "s3cret-s3cret-s3cret"
+
+
+def make_app(library, **kw):
+    """create_app answering TestClient's default Host header, "testserver"."""
+    return create_app(library, allowed_hosts=("testserver",), **kw)
+
 
 def draw_dated(path: Path, colour: str, when: str) -> Path:
     """A JPEG with an EXIF DateTime ("YYYY:MM:DD HH:MM:SS")."""
@@ -46,7 +53,7 @@ def built(photos, library, tmp_path, fake_encoder):
 
 @pytest.fixture
 def client(built):
-    with TestClient(create_app(built)) as c:
+    with TestClient(make_app(built)) as c:
         yield c
 
 
@@ -68,13 +75,15 @@ def test_text_search_returns_ranked_image_hits(client):
     hits = r.json()["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3]
     assert Path(hits[0]["path"]).name == "blue.jpg"
-    assert set(hits[0]) == {"rank", "score", "id", "path"}
+    assert set(hits[0]) == {"rank", "score", "id", "path", "reranked"}
+    assert not any(h["reranked"] for h in hits)  # the fake encoder has no reranker
     assert hits[0]["score"] >= hits[1]["score"]
 
 
 def test_text_search_for_texts(client):
     hits = client.get("/api/search", params={"q": "green", "k": 1, "target": "texts"}).json()["hits"]
-    assert hits == [{"rank": 1, "score": pytest.approx(1.0, abs=1e-4), "id": hits[0]["id"], "text": "a green meadow"}]
+    assert hits == [{"rank": 1, "score": pytest.approx(1.0, abs=1e-4), "id": hits[0]["id"], "text": "a green meadow",
+                     "reranked": False}]
 
 
 @pytest.mark.parametrize("params, message", [
@@ -114,7 +123,7 @@ def test_empty_and_missing_uploads_are_400(client):
 
 
 def test_oversized_upload_is_400(built):
-    with TestClient(create_app(built, max_upload_bytes=1000)) as c:
+    with TestClient(make_app(built, max_upload_bytes=1000)) as c:
         big = png_bytes("red", size=(400, 300)) + b"\0" * 2000
         r = c.post("/api/search/image", files={"file": ("big.png", big, "image/png")})
         assert r.status_code == 400
@@ -125,7 +134,7 @@ def test_oversized_upload_is_400(built):
 
 
 def test_upload_over_the_pixel_limit_is_400(built):
-    with TestClient(create_app(built, max_upload_pixels=1000)) as c:
+    with TestClient(make_app(built, max_upload_pixels=1000)) as c:
         r = c.post("/api/search/image", files={"file": ("wide.png", png_bytes("red", size=(100, 100)), "image/png")})
         assert r.status_code == 400
         assert "10,000 pixels, more than the limit of 1,000" in r.json()["detail"]
@@ -166,6 +175,20 @@ def test_folders_lists_folders_with_counts(client, photos):
     assert folders == {str(photos): 3, str(photos / "2021"): 2, str(photos / "trip"): 1}
 
 
+def test_folders_follow_photos_indexed_after_the_server_started(client, built, photos, fake_encoder):
+    before = {f["folder"]: f["images"] for f in client.get("/api/folders").json()["folders"]}
+    assert str(photos / "new") not in before
+    from conftest import draw
+
+    draw(photos / "new" / "one.jpg", "red")
+    draw(photos / "new" / "two.jpg", "blue")
+    draw(photos / "trip" / "three.jpg", "green")
+    with Library(built) as lib:  # another process in real life: `xmodal index` while the server runs
+        index_images(lib, [str(photos)], fake_encoder)
+    after = {f["folder"]: f["images"] for f in client.get("/api/folders").json()["folders"]}
+    assert after == {**before, str(photos / "new"): 2, str(photos / "trip"): before[str(photos / "trip")] + 1}
+
+
 # ------------------------------------------------------------------------------------------ images
 def test_similar_and_image_metadata(client):
     ids = ids_by_name(client)
@@ -195,7 +218,7 @@ def test_thumbnail_is_made_once_and_cached_in_the_library(built, client):
     r2 = client.get(f"/api/images/{ids['red.jpg']}/thumbnail")
     assert r2.content == r1.content and thumbs.generated == 1 and files[0].stat().st_mtime_ns == mtime
     # a fresh app (server restart) reuses the file on disk
-    with TestClient(create_app(built)) as again:
+    with TestClient(make_app(built)) as again:
         assert again.get(f"/api/images/{ids['red.jpg']}/thumbnail").content == r1.content
         assert again.app.state.thumbnails.generated == 0
 
@@ -237,7 +260,8 @@ def test_info_health_page_and_docs(client):
     assert page.status_code == 200 and 'id="search-form"' in page.text and "/static/app.js" in page.text
     assert "fetch(" in client.get("/static/app.js").text
     assert client.get("/static/style.css").status_code == 200
-    assert client.get("/docs").status_code == 200
+    assert client.get("/docs").status_code == 404  # FastAPI's /docs and /redoc load scripts from a CDN
+    assert client.get("/redoc").status_code == 404
     paths = client.get("/openapi.json").json()["paths"]
     for p in ("/api/search", "/api/search/image", "/api/images/{image_id}/similar", "/api/images/{image_id}/thumbnail",
               "/api/images/{image_id}/file", "/api/info", "/api/health"):
@@ -263,21 +287,21 @@ def test_missing_or_wrong_library_fails_at_creation(tmp_path, built):
 
 # ------------------------------------------------------------------------------------------ token
 def test_token_is_required_on_every_api_call_when_configured(built):
-    with TestClient(create_app(built, token="s3cret")) as c:
-        ids = ids_by_name_with(c, {"Authorization": "Bearer s3cret"})
+    with TestClient(make_app(built, token=TOKEN)) as c:
+        ids = ids_by_name_with(c, {"Authorization": f"Bearer {TOKEN}"})
         some = next(iter(ids.values()))
         urls = ["/api/health", "/api/info", "/api/folders", "/api/search?q=red", f"/api/images/{some}",
                 f"/api/images/{some}/similar", f"/api/images/{some}/thumbnail", f"/api/images/{some}/file"]
         for url in urls:
             assert c.get(url).status_code == 401, url
             assert c.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401, url
-            assert c.get(url, headers={"Authorization": "Bearer s3cret"}).status_code == 200, url
+            assert c.get(url, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200, url
         assert "token" in c.get("/api/health").json()["detail"]
-        assert c.get("/api/health", headers={"X-Token": "s3cret"}).status_code == 200
-        assert c.get("/api/health?token=s3cret").status_code == 200
+        assert c.get("/api/health", headers={"X-Token": TOKEN}).status_code == 200
+        assert c.get(f"/api/health?token={TOKEN}").status_code == 401  # a token in a URL lands in logs
         up = {"file": ("q.png", png_bytes("red"), "image/png")}
         assert c.post("/api/search/image", files=up).status_code == 401
-        assert c.post("/api/search/image", files=up, headers={"X-Token": "s3cret"}).status_code == 200
+        assert c.post("/api/search/image", files=up, headers={"X-Token": TOKEN}).status_code == 200
         assert c.get("/").status_code == 200  # the page itself holds no data
 
 
@@ -309,13 +333,13 @@ def test_serve_command_binds_loopback_and_requires_a_token_elsewhere(built, monk
     r = runner.invoke(cli, ["serve", "--library", str(built), "--host", "0.0.0.0"])
     assert r.exit_code == 2 and "--token" in r.output and len(runs) == 1
     r = runner.invoke(cli, ["serve", "--library", str(built), "--host", "0.0.0.0", "--port", "9000"],
-                      env={"XMODAL_TOKEN": "abc"})
+                      env={"XMODAL_TOKEN": TOKEN})
     assert r.exit_code == 0, r.output
     app, kw = runs[-1]
     assert kw["host"] == "0.0.0.0" and kw["port"] == 9000
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://192.168.1.5:9000") as c:  # bound to every address: any IP is a host
         assert c.get("/api/health").status_code == 401
-        assert c.get("/api/health", headers={"X-Token": "abc"}).status_code == 200
+        assert c.get("/api/health", headers={"X-Token": TOKEN}).status_code == 200
     r = runner.invoke(cli, ["serve", "--library", str(built.parent / "missing")])
     assert r.exit_code == 1 and "no xmodal library" in r.output
 
@@ -331,7 +355,7 @@ def test_a_photo_whose_name_is_not_utf8_is_served_and_listed_losslessly(photos, 
         Image.new("RGB", (40, 30), COLOURS["purple"]).save(f, format="JPEG")
     with Library(library, create=True) as lib:
         index_images(lib, [str(photos)], fake_encoder)
-    with TestClient(create_app(library)) as client:
+    with TestClient(make_app(library)) as client:
         hits = client.get("/api/search", params={"q": "purple", "k": 5})
         assert hits.status_code == 200
         top = hits.json()["hits"][0]
@@ -355,3 +379,189 @@ def test_an_id_past_sqlites_range_is_a_404_not_a_500(client, image_id):
 def test_an_over_long_query_is_a_json_400(client):
     got = client.get("/api/search", params={"q": "red " * 2_000})  # 8 KB; a live server takes up to 2 MiB
     assert got.status_code == 400 and "at most 1000 characters" in got.json()["detail"]
+
+
+# ------------------------------------------------------------------------------------------ security
+def test_the_page_trades_the_token_for_a_session_cookie(built):
+    with TestClient(make_app(built, token=TOKEN)) as c:
+        r = c.get(f"/?token={TOKEN}", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        cookie = r.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "samesite=strict" in cookie.lower() and TOKEN not in cookie
+        assert c.get("/api/search", params={"q": "red"}).status_code == 200  # the client keeps the cookie
+        assert c.get(f"/api/images/{ids_by_name(c)['red.jpg']}/thumbnail").status_code == 200
+        c.cookies.clear()
+        assert c.get("/api/search", params={"q": "red"}).status_code == 401
+        c.cookies.set("xmodal_session", TOKEN)  # the cookie holds a session value, not the token
+        assert c.get("/api/search", params={"q": "red"}).status_code == 401
+        c.cookies.clear()
+        wrong = c.get("/?token=wrong-wrong-wrong-wrong", follow_redirects=False)
+        assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+    app_js = (Path(__file__).parents[1] / "engine/web/static/app.js").read_text()
+    assert "token=" not in app_js.replace("/?token=...", "") and "sessionStorage.setItem" not in app_js
+
+
+def test_no_log_line_holds_the_token_or_a_query(built, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO), TestClient(make_app(built, token=TOKEN)) as c:
+        c.get(f"/?token={TOKEN}")
+        c.get("/api/search", params={"q": "red secret words", "k": 2})
+        c.get("/api/health", params={"token": TOKEN})
+        c.get("/api/info", headers={"Authorization": f"Bearer {TOKEN}"})
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith(("xmodal", "uvicorn"))]
+    assert any(line.startswith("GET /api/search 200") for line in lines), lines
+    assert any(line.startswith("GET / 303") for line in lines), lines
+    assert not any(TOKEN in line or "secret words" in line or "?" in line for line in lines), lines
+
+
+def test_serve_logs_no_query_strings(built, monkeypatch):
+    import uvicorn
+
+    from xmodal.engine.cli.main import cli
+
+    runs = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw))
+    r = CliRunner().invoke(cli, ["serve", "--library", str(built)], env={"XMODAL_TOKEN": TOKEN})
+    assert r.exit_code == 0, r.output
+    assert runs[-1]["access_log"] is False  # uvicorn's access line carries the query string
+    assert runs[-1]["log_config"]["loggers"]["xmodal.web.access"]["level"] == "INFO"
+
+
+@pytest.mark.parametrize("host", ["attacker.example", "attacker.example:8000", "127.0.0.1.attacker.example"])
+def test_a_foreign_host_header_is_refused(built, host):
+    with TestClient(make_app(built)) as c:
+        for url in ("/", "/api/health", "/static/app.js", "/openapi.json"):
+            r = c.get(url, headers={"Host": host})
+            assert r.status_code == 400 and "--allow-host" in r.json()["detail"], url
+
+
+@pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1", "[::1]:8000", "LOCALHOST"])
+def test_loopback_host_headers_are_answered(built, host):
+    with TestClient(create_app(built)) as c:
+        assert c.get("/api/health", headers={"Host": host}).status_code == 200
+        assert c.get("/api/health").status_code == 400  # "testserver" is not answered unless allowed
+
+
+def test_serve_answers_its_host_and_allow_host_names(built, monkeypatch):
+    import uvicorn
+
+    from xmodal.engine.cli.main import cli
+
+    runs = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(app))
+    r = CliRunner().invoke(cli, ["serve", "--library", str(built), "--host", "192.168.1.5",
+                                 "--allow-host", "photos.lan", "--allow-host", "nas.local"], env={"XMODAL_TOKEN": TOKEN})
+    assert r.exit_code == 0, r.output
+    with TestClient(runs[-1]) as c:
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        for host in ("192.168.1.5:8000", "photos.lan:8000", "nas.local", "localhost:8000"):
+            assert c.get("/api/health", headers={**bearer, "Host": host}).status_code == 200, host
+        for host in ("attacker.example", "192.168.1.6"):
+            assert c.get("/api/health", headers={**bearer, "Host": host}).status_code == 400, host
+
+
+def test_security_headers_on_every_response(built):
+    with TestClient(make_app(built, token=TOKEN)) as c:
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        some = next(iter(ids_by_name_with(c, bearer).values()))
+        for r in (c.get("/"), c.get("/static/app.js"), c.get("/api/health", headers=bearer), c.get("/api/health"),
+                  c.get(f"/api/images/{some}/thumbnail", headers=bearer), c.get("/api/images/0/file", headers=bearer),
+                  c.get("/openapi.json"), c.get("/api/health", headers={"Host": "evil.example"})):
+            assert r.headers["x-content-type-options"] == "nosniff", r.url
+            assert r.headers["referrer-policy"] == "no-referrer", r.url
+            csp = r.headers["content-security-policy"]
+            assert "frame-ancestors 'none'" in csp and "http" not in csp and "unsafe-inline" not in csp, csp
+        denied = c.get("/api/health")
+        assert denied.status_code == 401 and denied.headers["www-authenticate"] == "Bearer"
+    page = (Path(__file__).parents[1] / "engine/web/static/index.html").read_text()
+    assert "<script>" not in page and "<style" not in page and " style=" not in page  # nothing inline for the CSP
+
+
+@pytest.mark.parametrize("how", ["env", "option"])
+def test_serve_refuses_a_short_token(built, monkeypatch, how):
+    import uvicorn
+
+    from xmodal.engine.cli.main import cli
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("served with a short token"))
+    monkeypatch.delenv("XMODAL_TOKEN", raising=False)
+    args, env = ["serve", "--library", str(built)], {}
+    if how == "env":
+        env["XMODAL_TOKEN"] = "short-token"
+    else:
+        args += ["--token", "short-token"]
+    r = CliRunner().invoke(cli, args, env=env)
+    assert r.exit_code == 2 and "at least 16" in r.output
+
+
+def test_the_openapi_schema_is_served_without_cdn_pages(client):
+    assert client.get("/openapi.json").json()["info"]["title"] == "xmodal"
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+
+
+# ------------------------------------------------------------------------------------------ upload memory
+def test_a_chunked_upload_is_cut_off_at_the_limit_not_read_whole(built):
+
+    def body():  # multipart without Content-Length (chunked), far past the limit
+        yield b'--XB\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+        for _ in range(200):
+            yield b"\0" * 65536
+
+    with TestClient(make_app(built, max_upload_bytes=100_000)) as c:
+        r = c.post("/api/search/image", content=body(), headers={"Content-Type": "multipart/form-data; boundary=XB"})
+        assert r.status_code == 400 and "too large" in r.json()["detail"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert c.get("/api/health").status_code == 200  # the server goes on
+    # TestClient joins a generator body before the app sees it; a server streams it: read at most the limit
+    import anyio
+
+    app, read, answer = make_app(built, max_upload_bytes=100_000), [], []
+    chunks = body()
+
+    async def receive():
+        chunk = next(chunks)
+        read.append(len(chunk))
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message):
+        answer.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/search/image", "raw_path": b"/api/search/image",
+             "query_string": b"", "http_version": "1.1", "scheme": "http", "root_path": "",
+             "server": ("testserver", 80), "client": ("127.0.0.1", 5000),
+             "headers": [(b"host", b"testserver"), (b"content-type", b"multipart/form-data; boundary=XB"),
+                         (b"transfer-encoding", b"chunked")]}
+    anyio.run(app, scope, receive, send)
+    assert answer[0]["status"] == 400 and b"too large" in answer[1]["body"]
+    assert sum(read) < 100_000 + 64 * 1024 + 2 * 65536  # cut off past the limit, not 13 MB read
+
+
+def test_uploads_are_decoded_two_at_a_time(client, monkeypatch):
+    import threading
+    import time
+
+    from xmodal.engine.web import server
+
+    running, most, guard = [0], [0], threading.Lock()
+    real = server.read_image
+
+    def slow(*args, **kwargs):
+        with guard:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with guard:
+                running[0] -= 1
+
+    monkeypatch.setattr(server, "read_image", slow)
+
+    def one(_):
+        return client.post("/api/search/image", files={"file": ("q.png", png_bytes("red"), "image/png")}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(one, range(8))) == {200}
+    assert most[0] == server.MAX_DECODES == 2

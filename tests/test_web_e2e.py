@@ -23,6 +23,7 @@ from xmodal.indexer.storage.library import Library
 from xmodal.indexer.ingest.pipeline import index_images
 
 CHROMIUM = os.environ.get("XMODAL_CHROMIUM", "/usr/bin/chromium")
+TOKEN = "e2e-token-0123456789abcdef"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -69,7 +70,7 @@ def server(tmp_path, fake_encoder):
     library = tmp_path / "library"
     with Library(library, create=True) as lib:
         index_images(lib, [str(photos)], fake_encoder)
-    app = create_app(library, model="fake-colour")
+    app = create_app(library, model="fake-colour", token=TOKEN)
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -88,7 +89,11 @@ def test_search_by_text_and_by_image_in_a_real_browser(browser, server, tmp_path
     page.set_default_timeout(10_000)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server + "/")
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    page.goto(server + f"/?token={TOKEN}")  # traded for a session cookie and a clean URL
+    assert page.url == server + "/"
     page.wait_for_selector("#folder option:nth-child(2)", state="attached")  # folders loaded from the API
 
     # text -> images
@@ -98,7 +103,7 @@ def test_search_by_text_and_by_image_in_a_real_browser(browser, server, tmp_path
     names = page.locator("#grid figure.hit .name").all_inner_texts()
     assert names[:2] == ["red.jpg", "dark-red.png"] or names[:2] == ["dark-red.png", "red.jpg"]
     assert len(names) == 7
-    page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function("() => [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)")
     assert "7 images" in page.inner_text("#status")
     shot = tmp_path / "serve.png"
     page.screenshot(path=str(shot))
@@ -111,7 +116,7 @@ def test_search_by_text_and_by_image_in_a_real_browser(browser, server, tmp_path
     more = page.locator("#folder option").nth(2).get_attribute("value")
     assert more.endswith("more")
     page.select_option("#folder", more)
-    page.wait_for_function("document.querySelector('#grid').dataset.count === '1'")
+    page.wait_for_function("() => document.querySelector('#grid').dataset.count === '1'")
     assert page.locator("#grid figure.hit .name").all_inner_texts() == ["dark-red.png"]
     page.select_option("#folder", "")
 
@@ -119,16 +124,16 @@ def test_search_by_text_and_by_image_in_a_real_browser(browser, server, tmp_path
     buf = io.BytesIO()
     Image.new("RGB", (50, 40), COLOURS["blue"]).save(buf, format="PNG")
     page.set_input_files("#file-input", files=[{"name": "query.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
-    page.wait_for_function("document.querySelector('#status').textContent.includes('query.png')"
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('query.png')"
                            " && !document.querySelector('#status').textContent.startsWith('searching')")
     assert page.locator("#grid figure.hit .name").first.inner_text() == "blue.jpg"
 
     # open a photo, then "more like this"
     page.locator("#grid figure.hit").first.click()
     page.wait_for_selector("#viewer[open]")
-    page.wait_for_function("document.querySelector('#viewer-img').complete && document.querySelector('#viewer-img').naturalWidth === 120")
+    page.wait_for_function("() => document.querySelector('#viewer-img').complete && document.querySelector('#viewer-img').naturalWidth === 120")
     page.click("#more-like-this")
-    page.wait_for_function("document.querySelector('#status').textContent.includes('more like blue.jpg')"
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('more like blue.jpg')"
                            " && !document.querySelector('#status').textContent.startsWith('searching')")
     assert page.locator("#grid figure.hit .name").first.inner_text() == "blue.jpg"
 
@@ -137,4 +142,6 @@ def test_search_by_text_and_by_image_in_a_real_browser(browser, server, tmp_path
     page.wait_for_selector("#grid.texts", state="attached")
     assert page.inner_text("#status").startswith("0 texts")
     assert errors == []
+    assert urls[0] == server + f"/?token={TOKEN}" and not any(TOKEN in u for u in urls[1:])
+    assert TOKEN not in page.evaluate("document.cookie")  # HttpOnly, and a session value, not the token
     page.close()

@@ -2,14 +2,17 @@
 
     app = create_app("~/.local/share/xmodal/library")            # `xmodal serve` runs it under uvicorn
 
-Routes (OpenAPI docs at /docs): the page at `/` (+ `/static/...`) and, under `/api`, search by text or by
+Routes (the OpenAPI schema at /openapi.json): the page at `/` (+ `/static/...`) and, under `/api`, search by text or by
 an uploaded image, "more like this", thumbnails, the photo files, folders, info and health.
 
 Rules:
 * Photos are addressed by their library id only; a client never sends a path. Anything that is not a
   known id -- including path-traversal attempts -- is a 404.
-* With a token, every `/api` call needs it: `Authorization: Bearer TOKEN`, header `X-Token`, or query
-  `?token=` (for `<img src>`). The page and the docs carry no library data and are served without it.
+* With a token, every `/api` call needs it: `Authorization: Bearer TOKEN` or header `X-Token`, or the
+  session cookie the page gets by opening `/?token=TOKEN` once (303 to a clean `/`; engine/web/security.py).
+  No `/api` route reads a token from the query string. The page carries no library data.
+* Only the Host names in `allowed_hosts` (plus loopback names) are answered; every response carries
+  security headers (CSP, nosniff, no-referrer); the access log has method and path only.
 * Uploads: a size limit and a pixel limit (checked from the header, before decoding); a bad upload is a
   400 with a message, never a 500.
 * Domain errors become JSON `{"detail": message}` with 400 (bad request) or 404 (no such thing).
@@ -35,13 +38,15 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
 from xmodal.indexer.records import path_json
 
 from xmodal.engine.search.engine import SearchEngine, SearchError
+from xmodal.engine.web.security import (SECURITY_HEADERS, SESSION_COOKIE, AllowedHosts, GuardMiddleware,
+                                        Sessions, UploadLimitMiddleware)
 from xmodal.engine.web.thumbnails import ThumbnailCache
 
 logger = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 50_000_000
 MAX_K = 1000
 MAX_QUERY_CHARS = 1000  # longer queries are a JSON 400 (the text tower reads 64 tokens anyway)
+MAX_DECODES = 2  # uploads decoded at once (each may hold up to MAX_UPLOAD_PIXELS of pixels); others wait
 MAX_ID = (1 << 63) - 1  # SQLite's integer range: a larger id cannot exist
 
 
@@ -75,20 +81,25 @@ def is_loopback(host: str) -> bool:
 
 def create_app(library_dir: str | os.PathLike, token: str | None = None, *, model: str | None = None,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, max_upload_pixels: int = MAX_UPLOAD_PIXELS,
-               thumbnail_size: int | None = None) -> FastAPI:
+               thumbnail_size: int | None = None, allowed_hosts=()) -> FastAPI:
     """The app for one library. Opens the engine now (raising `SearchError` for a missing or empty library,
-    or a `model` that is not the library's), so `xmodal serve` fails fast with a one-line reason."""
+    or a `model` that is not the library's), so `xmodal serve` fails fast with a one-line reason.
+    allowed_hosts: Host names answered besides localhost, 127.0.0.1 and [::1] (the bound address, names
+    from --allow-host); any other Host header is a 400."""
     engine = SearchEngine(library_dir, model=model)
     lock = threading.Lock()
     thumbs = ThumbnailCache(engine.library.root, **({"size": thumbnail_size} if thumbnail_size else {}))
     folders_cache: dict[str, Any] = {}
+    sessions = Sessions()
+    decoding = threading.BoundedSemaphore(MAX_DECODES)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
         engine.close()
 
-    app = FastAPI(title="xmodal", version="0.1.0", lifespan=lifespan,
+    # no /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN (blank offline); the schema stays
+    app = FastAPI(title="xmodal", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Cross-modal photo search: by text, by image, more like this.")
     app.state.engine = engine
     app.state.thumbnails = thumbs
@@ -96,7 +107,8 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
     # ------------------------------------------------------------------ errors
     @app.exception_handler(HTTPProblem)
     async def _problem(_request: Request, exc: HTTPProblem):
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+        auth = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=auth)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError):
@@ -112,26 +124,26 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception):
         logger.exception("unexpected error")
-        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
+        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500,
+                            headers=SECURITY_HEADERS)  # answered outside GuardMiddleware
 
-    @app.middleware("http")
-    async def _upload_size(request: Request, call_next):
-        # Refuse oversized uploads from Content-Length before the multipart body is spooled to disk.
-        if request.method == "POST" and request.url.path == "/api/search/image":
-            length = request.headers.get("content-length")
-            if length and length.isdigit() and int(length) > max_upload_bytes + 64 * 1024:
-                return JSONResponse({"detail": _too_big(int(length), max_upload_bytes)}, status_code=400)
-        return await call_next(request)
+    # uploads over the limit (plus the multipart framing) are refused before or while they arrive, not spooled
+    app.add_middleware(UploadLimitMiddleware, path="/api/search/image", limit=max_upload_bytes + 64 * 1024,
+                       message=lambda length: _too_big(length, max_upload_bytes))
+    app.add_middleware(GuardMiddleware, hosts=AllowedHosts(allowed_hosts))  # added last: the outermost
 
     # ------------------------------------------------------------------ auth
+    def is_token(given: str | None) -> bool:
+        return bool(given) and secrets.compare_digest(given.encode(), token.encode())
+
     def check_token(request: Request) -> None:
-        if token is None:
+        if token is None or sessions.valid(request.cookies.get(SESSION_COOKIE)):
             return
-        given = request.headers.get("x-token") or request.query_params.get("token")
+        given = request.headers.get("x-token")
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             given = auth[7:].strip()
-        if not given or not secrets.compare_digest(given.encode(), token.encode()):
+        if not is_token(given):
             raise HTTPProblem(401, "a valid token is required: send `Authorization: Bearer TOKEN` "
                                    "(or open the page as /?token=TOKEN)")
 
@@ -154,8 +166,10 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
         return record
 
     def answer(hits, started: float, target: str) -> dict:
+        """`reranked` marks the head the reranker scored (fused scores); the tail after it keeps its dual-encoder
+        order and cosine, which is on another scale: the two kinds of score do not compare."""
         return {"target": target, "took_ms": round((time.perf_counter() - started) * 1000, 2),
-                "hits": [h.to_json() for h in hits]}
+                "hits": [{**h.to_json(), "reranked": h.match is not None} for h in hits]}
 
     def filters(folder: str | None = Query(None, description="Only photos under this folder (recursive)."),
                 taken_after: date | None = Query(None, description="Date taken on or after (YYYY-MM-DD)."),
@@ -191,12 +205,14 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
                      k: int = K, target: str = TARGET, rerank_k: int | None = RERANK_K,
                      f: dict = Depends(filters)):
         started = time.perf_counter()
-        data = file.file.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise HTTPProblem(400, _too_big(None, max_upload_bytes))
-        if not data:
-            raise HTTPProblem(400, "the uploaded file is empty; choose a photo")
-        image = _decode_upload(data, file.filename or "upload", max_upload_pixels)
+        with decoding:  # bounds the memory that uploads being read and decoded hold at once
+            data = file.file.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise HTTPProblem(400, _too_big(None, max_upload_bytes))
+            if not data:
+                raise HTTPProblem(400, "the uploaded file is empty; choose a photo")
+            image = _decode_upload(data, file.filename or "upload", max_upload_pixels)
+            del data
         return answer(call(engine.search_image, image, k, target, rerank_k=rerank_k, **_active(f)), started, target)
 
     @api.get("/images/{image_id}", summary="One photo's metadata")
@@ -254,18 +270,29 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
 
     @api.get("/folders", summary="Folders that hold photos, with counts")
     def folders():
-        if "list" not in folders_cache:
-            with lock:
+        with lock:  # recounted when an indexer has committed since (the images generation moved on)
+            generation = engine.library.store.generation("images")
+            if folders_cache.get("generation") != generation:
                 counts = Counter(os.path.dirname(path) for path, *_ in engine.library.store.image_states())
-            folders_cache["list"] = [{**path_json(d, "folder"), "images": n} for d, n in sorted(counts.items())]
-        return {"folders": folders_cache["list"]}
+                folders_cache["list"] = [{**path_json(d, "folder"), "images": n} for d, n in sorted(counts.items())]
+                folders_cache["generation"] = generation
+            return {"folders": folders_cache["list"]}
 
     app.include_router(api)
 
     # ------------------------------------------------------------------ page
     @app.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+    def page(request: Request):
+        given = request.query_params.get("token")
+        if given is None:
+            return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+        # the one place a token travels in a URL: traded for a session cookie, then a clean URL
+        clean = RedirectResponse("/", status_code=303, headers={"Cache-Control": "no-store"})
+        if token is not None:
+            if not is_token(given):
+                raise HTTPProblem(401, "wrong token: open the page as /?token=TOKEN with the server's token")
+            clean.set_cookie(SESSION_COOKIE, sessions.issue(), httponly=True, samesite="strict", path="/")
+        return clean
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

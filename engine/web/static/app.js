@@ -4,19 +4,12 @@
   const $ = (sel) => document.querySelector(sel);
   const grid = $("#grid"), status = $("#status"), viewer = $("#viewer");
 
-  // An access token, when the server needs one: opened as /?token=..., kept for this tab only.
-  const params = new URLSearchParams(location.search);
-  if (params.get("token")) {
-    sessionStorage.setItem("xmodal-token", params.get("token"));
-    params.delete("token");
-    history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : ""));
-  }
-  const token = sessionStorage.getItem("xmodal-token");
-  const headers = token ? { Authorization: "Bearer " + token } : {};
-  const withToken = (url) => token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url;
+  // When the server needs a token, opening /?token=... once gives this browser an HttpOnly session cookie
+  // (and a clean URL): the page's requests carry the cookie; no URL built here carries a token.
+  sessionStorage.removeItem("xmodal-token"); // left by older versions of this page
 
   async function api(url, options = {}) {
-    const res = await fetch(url, { ...options, headers: { ...headers, ...(options.headers || {}) } });
+    const res = await fetch(url, { credentials: "same-origin", ...options });
     let body = null;
     try { body = await res.json(); } catch (_) { /* not JSON */ }
     if (!res.ok) throw new Error((body && body.detail) || `${res.status} ${res.statusText}`);
@@ -39,6 +32,14 @@
     status.classList.toggle("error", isError);
   }
 
+  // A reranked search scores its head with fused scores and leaves the tail in dual-encoder order with raw
+  // cosines, on another scale: show a score only where it reads with the order (the tail shows its rank).
+  function scoreText(h, data) {
+    const mixed = data.hits.some((x) => x.reranked);
+    return !mixed || h.reranked ? h.score.toFixed(3) : `#${h.rank}`;
+  }
+  const NOT_RERANKED = "not reranked: below the reranked head, in the order of the first search";
+
   function render(data, label) {
     grid.replaceChildren();
     grid.className = "grid " + data.target;
@@ -52,11 +53,12 @@
         const img = document.createElement("img");
         img.loading = "lazy";
         img.alt = h.path.split(/[\\/]/).pop();
-        img.src = withToken(`/api/images/${h.id}/thumbnail`);
+        img.src = `/api/images/${h.id}/thumbnail`;
         const cap = document.createElement("figcaption");
         cap.innerHTML = `<span class="name"></span><span class="score"></span>`;
         cap.querySelector(".name").textContent = img.alt;
-        cap.querySelector(".score").textContent = h.score.toFixed(3);
+        cap.querySelector(".score").textContent = scoreText(h, data);
+        if (h.reranked === false && data.hits.some((x) => x.reranked)) cap.querySelector(".score").title = NOT_RERANKED;
         fig.append(img, cap);
         fig.addEventListener("click", () => open(h));
         grid.append(fig);
@@ -64,7 +66,8 @@
         const row = document.createElement("div");
         row.className = "text-hit";
         row.innerHTML = `<span class="score"></span><span class="text"></span>`;
-        row.querySelector(".score").textContent = h.score.toFixed(3);
+        row.querySelector(".score").textContent = scoreText(h, data);
+        if (h.reranked === false && data.hits.some((x) => x.reranked)) row.querySelector(".score").title = NOT_RERANKED;
         row.querySelector(".text").textContent = h.text;
         grid.append(row);
       }
@@ -100,7 +103,7 @@
   }
 
   async function open(hit) {
-    $("#viewer-img").src = withToken(`/api/images/${hit.id}/file`);
+    $("#viewer-img").src = `/api/images/${hit.id}/file`;
     $("#viewer-meta").textContent = hit.path;
     $("#more-like-this").onclick = () => { viewer.close(); similar(hit); };
     viewer.showModal();
