@@ -145,3 +145,32 @@ def test_search_by_text_and_by_image_in_a_real_browser(browser, server, tmp_path
     assert urls[0] == server + f"/?token={TOKEN}" and not any(TOKEN in u for u in urls[1:])
     assert TOKEN not in page.evaluate("document.cookie")  # HttpOnly, and a session value, not the token
     page.close()
+
+
+def test_a_slow_older_search_never_replaces_a_newer_ones_results(browser, server):
+    """Upload a photo whose search is slow, then search "red": the red results stay, with the box's words,
+    even after the photo search's answer arrives (the page aborts it and drops late answers)."""
+    page = browser.new_page(viewport={"width": 1100, "height": 700})
+    page.set_default_timeout(10_000)
+    page.goto(server + f"/?token={TOKEN}")
+    page.wait_for_selector("#folder option:nth-child(2)", state="attached")
+    held: list = []
+    page.route("**/api/search/image*", lambda route: held.append(route))  # answered later, by hand
+
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 40), COLOURS["blue"]).save(buf, format="PNG")
+    page.set_input_files("#file-input", files=[{"name": "slow.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('slow.png')")
+    page.fill("#q", "red")
+    page.press("#q", "Enter")
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('red')"
+                           " && !document.querySelector('#status').textContent.startsWith('searching')")
+    assert held, "the photo search never reached the network"
+    try:
+        held[0].continue_()  # the old answer arrives now, after the newer one
+    except Exception:  # noqa: BLE001 - already aborted by the page: that is the point
+        pass
+    page.wait_for_timeout(300)  # give a late answer the chance to (wrongly) render
+    assert "red" in page.inner_text("#status") and "slow.png" not in page.inner_text("#status")
+    assert page.locator("#grid figure.hit .name").first.inner_text() in ("red.jpg", "dark-red.png")
+    page.close()

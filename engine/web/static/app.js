@@ -75,11 +75,20 @@
     say(`${data.hits.length} ${data.target} for ${label} · ${data.took_ms} ms`);
   }
 
+  // Only the newest search may show its answer: starting one aborts the one before, and an answer that
+  // arrives after a newer search started (a slow photo upload, say) is dropped, never shown over it.
+  let current = null, generation = 0;
   async function run(label, request) {
+    if (current) current.abort();
+    const mine = ++generation;
+    const controller = (current = new AbortController());
     say(`searching ${label}…`);
     try {
-      render(await request(), label);
+      const data = await request(controller.signal);
+      if (mine !== generation) return;
+      render(data, label);
     } catch (e) {
+      if (mine !== generation || e.name === "AbortError") return;
       grid.replaceChildren();
       grid.dataset.count = 0;
       say(e.message, true);
@@ -89,17 +98,17 @@
   let last = null; // the last search, re-run when the target or a filter changes
   function searchText(q) {
     last = () => searchText(q);
-    return run(`“${q}”`, () => api(`/api/search?${query({ q })}`));
+    return run(`“${q}”`, (signal) => api(`/api/search?${query({ q })}`, { signal }));
   }
   function searchFile(file) {
     last = () => searchFile(file);
     const form = new FormData();
     form.append("file", file);
-    return run(`photo ${file.name}`, () => api(`/api/search/image?${query()}`, { method: "POST", body: form }));
+    return run(`photo ${file.name}`, (signal) => api(`/api/search/image?${query()}`, { method: "POST", body: form, signal }));
   }
   function similar(hit) {
     last = () => similar(hit);
-    return run(`more like ${hit.path.split(/[\\/]/).pop()}`, () => api(`/api/images/${hit.id}/similar?${query()}`));
+    return run(`more like ${hit.path.split(/[\\/]/).pop()}`, (signal) => api(`/api/images/${hit.id}/similar?${query()}`, { signal }));
   }
 
   async function open(hit) {
