@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import (
@@ -62,6 +62,18 @@ DB_FILENAME = "library.db"
 BUSY_TIMEOUT_MS = 10_000
 _CHUNK = 500  # ids per IN (...) clause; well under SQLite's bound-variable limit
 _STREAM_BATCH = 2_000  # rows per keyset page in image_states()
+
+
+class FileState(NamedTuple):
+    """What the store knows of an indexed file, for deciding whether it changed (`Store.image_states`)."""
+
+    path: str
+    id: int
+    size: int
+    mtime: float
+    ctime: float | None
+    inode: int | None
+    sha256: str
 
 
 class StoreError(Exception):
@@ -423,10 +435,22 @@ class Store:
                 return
             last = page[-1].id
 
-    def image_states(self) -> Iterator[tuple[str, int, int, float]]:
-        """Yield ``(path, id, size, mtime)`` for every image in id order, for the incremental re-index check."""
-        for r in self._image_pages(IMAGES.c.raw_path, IMAGES.c.size, IMAGES.c.mtime):
-            yield os.fsdecode(r.raw_path), r.id, r.size, r.mtime
+    def image_states(self) -> Iterator[FileState]:
+        """Yield a ``FileState`` (path, id, size, mtime, ctime, inode, sha256) for every image in id order, for
+        the incremental re-index check; ctime and inode are None in rows from before schema 3."""
+        for r in self._image_pages(IMAGES.c.raw_path, IMAGES.c.size, IMAGES.c.mtime, IMAGES.c.ctime,
+                                   IMAGES.c.inode, IMAGES.c.sha256):
+            yield FileState(os.fsdecode(r.raw_path), r.id, r.size, r.mtime, r.ctime, r.inode, r.sha256)
+
+    def set_file_states(self, states: Sequence[tuple[int, int, float, float, int]]) -> None:
+        """Record ``(id, size, mtime, ctime, inode)`` of files whose content was found unchanged (same hash):
+        no generation bump, the vectors are untouched. One transaction."""
+        if not states:
+            return
+        with self._write() as conn:
+            for image_id, size, mtime, ctime, inode in states:
+                conn.execute(IMAGES.update().where(IMAGES.c.id == int(image_id))
+                             .values(size=int(size), mtime=float(mtime), ctime=float(ctime), inode=int(inode)))
 
     def delete_images(self, ids: Sequence[int]) -> int:
         """Delete the images with these ids (unknown ids are ignored); returns how many rows went."""
