@@ -570,3 +570,48 @@ def test_rows_without_ctime_fall_back_to_size_and_mtime_and_verify_rehashes_ever
     with Library(library) as lib:
         states = list(lib.store.image_states())
     assert all(s.ctime is not None and s.inode is not None for s in states)  # filled in
+
+
+def _cli(library: Path, *args: str):
+    out = CliRunner().invoke(cli, [*args, "--library", str(library)])
+    assert "Traceback" not in out.output and (out.exception is None or isinstance(out.exception, SystemExit)), \
+        repr(out.exception)
+    return out
+
+
+def _set_meta(library: Path, key: str, value: str) -> None:
+    db = sqlite3.connect(library / "library.db")
+    db.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+    db.commit()
+    db.close()
+
+
+def test_bad_search_params_in_a_sidecar_are_dropped_with_a_warning(photos, library, fake_encoder, caplog):
+    _index(library, [photos], fake_encoder)
+    sidecar = library / "images.faiss.json"
+    for params in ({"nprobe": "abc"}, ["nprobe"], {"efSearch": None}, {"nprobe": 1e400}):
+        meta = json.loads(sidecar.read_text())
+        sidecar.write_text(json.dumps({**meta, "search_params": params}))
+        caplog.clear()
+        out = _cli(library, "search", "red", "--json")
+        assert out.exit_code == 0 and json.loads(out.stdout)
+        assert "dropped" in caplog.text
+        assert _cli(library, "check").exit_code == 0
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("schema_version", '"abc"', "schema version"), ("schema_version", "abc", "schema version"),
+    ("dim", '"abc"', "model dim"), ("dim", "5", "model dim"), ("dim", "16", "stored vectors have 8"),
+    ("dim", "{", "'dim' setting"),
+])
+def test_hand_edited_meta_is_a_one_line_error_and_check_repair_puts_back_the_backup(photos, library, fake_encoder,
+                                                                                    key, value, says):
+    _index(library, [photos], fake_encoder)
+    _set_meta(library, key, value)
+    for command in (["search", "red"], ["index"], ["check"], ["info"]):
+        out = _cli(library, *command)
+        assert out.exit_code == 1 and says in out.output and "library.db" in out.output, out.output
+        assert "check --repair" in out.output
+    out = _cli(library, "check", "--repair")
+    assert out.exit_code == 0 and "put back library.db.bak" in out.output, out.output
+    assert _cli(library, "search", "red").exit_code == 0

@@ -28,7 +28,7 @@ from xmodal.indexer.ingest.decode import DecodeError, read_image
 from xmodal.indexer.ingest.pipeline import backfill_patches
 from xmodal.indexer.models.patch_projector import PatchProjector, default_projector
 from xmodal.indexer.models.base import Encoder
-from xmodal.indexer.storage.library import MODALITIES, Library, LibraryError, _under
+from xmodal.indexer.storage.library import MODALITIES, Library, LibraryError, _under, dim_problem
 from xmodal.indexer.records import Skipped
 from xmodal.indexer.storage.store import DatabaseDamaged, Store, restore_backup
 from xmodal.indexer.storage.vector_index import VectorIndex, VectorIndexError
@@ -200,12 +200,16 @@ class RepairReport:
 
 
 def restore_if_damaged(library_dir: str | os.PathLike) -> Path | None:
-    """For `check --repair`, before the library is opened: when library.db is damaged (it will not open, or
-    fails SQLite's quick_check), put its backup in place (store.restore_backup). Returns where the damaged
-    file was kept, or None when it was sound. Raises StoreError when it is damaged and has no backup."""
+    """For `check --repair`, before the library is opened: when library.db is damaged (it will not open, fails
+    SQLite's quick_check, or its schema version or model dim is nonsense: hand-edited), put its backup in
+    place (store.restore_backup). Returns where the damaged file was kept, or None when it was sound. Raises
+    StoreError when it is damaged and has no backup."""
     try:
         with Store(library_dir) as store:
             verdict = store.quick_check()
+            dim = store.get_meta("dim")
+            if verdict == "ok" and dim is not None and dim_problem(dim, store.vector_dims()):
+                verdict = "a wrong model dim"  # hand-edited or damaged meta: the backup's is right
     except DatabaseDamaged:
         return restore_backup(library_dir)
     return None if verdict == "ok" else restore_backup(library_dir)

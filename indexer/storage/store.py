@@ -237,6 +237,17 @@ class Store:
         if busy:
             log.debug("%s: checkpoint left part of the log to a later one (a reader was busy)", self.db_path)
 
+    def vector_dims(self) -> set[int]:
+        """The dims of the stored vectors (from their byte lengths; one row of each modality is read)."""
+        dims = set()
+        with self._read() as conn:
+            for table in TABLES.values():
+                n = conn.execute(select(func.length(table.c.vector)).where(table.c.vector.is_not(None)).limit(1)
+                                 ).scalar()
+                if n is not None:
+                    dims.add(int(n) // 4)
+        return dims
+
     def quick_check(self) -> str:
         """SQLite's quick_check of the whole file: "ok", or what is damaged (reads every page: seconds per GB)."""
         with self._read() as conn:
@@ -273,7 +284,16 @@ class Store:
 
     def _stored_version(self, conn: Connection) -> int:
         value = conn.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
-        return 0 if value is None else int(json.loads(value))
+        if value is None:
+            return 0
+        try:
+            version = json.loads(value)
+        except ValueError:
+            version = value
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise DatabaseDamaged(f"{self.db_path}: its schema version {value!r} is not a whole number (hand-edited "
+                                  f"or damaged); run `xmodal check --repair` to put back {BACKUP_FILENAME}")
+        return version
 
     def _migrate(self) -> None:
         target = SCHEMA_VERSION
@@ -314,7 +334,13 @@ class Store:
         """The JSON-decoded value stored under ``key``, or ``default``."""
         with self._read() as conn:
             value = conn.execute(select(META.c.value).where(META.c.key == key)).scalar()
-        return default if value is None else json.loads(value)
+        if value is None:
+            return default
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise DatabaseDamaged(f"{self.db_path}: its {key!r} setting {value!r} is not valid JSON (hand-edited or "
+                                  f"damaged); run `xmodal check --repair` to put back {BACKUP_FILENAME}") from None
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store ``value`` (anything ``json.dumps`` accepts) under ``key``, replacing any previous value."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,6 +90,23 @@ def file_digest(path: Path, chunk: int = 4 << 20) -> tuple[int, str]:
             h.update(block)
             size += len(block)
     return size, h.hexdigest()
+
+
+def valid_search_params(params: Any, side: Path) -> dict[str, Any]:
+    """The search parameters of a sidecar that are well-formed (a name and a finite number >= 0); the rest
+    are dropped with a warning (a hand-edited sidecar: the index then searches with its defaults)."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        log.warning("%s: search_params %r is not a mapping; dropped", side, params)
+        return {}
+    good = {}
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            log.warning("%s: search parameter %s=%r is not a number; dropped", side, name, value)
+        else:
+            good[name] = value
+    return good
 
 
 def _sidecar(path: Path) -> Path:
@@ -316,6 +334,8 @@ class VectorIndex:
                     raise ValueError(f"search parameter refine={value!r} must be a whole number >= 1")
                 self._search_params[name] = int(value)
                 continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ValueError(f"search parameter {name}={value!r} must be a number")
             try:
                 space.set_index_parameter(self._index, name, value)
             except RuntimeError as exc:
@@ -458,7 +478,7 @@ class VectorIndex:
         try:
             meta = json.loads(side.read_text(encoding="utf-8"))
             factory, dim, ntotal = str(meta["factory"]), int(meta["dim"]), int(meta["ntotal"])
-            search_params = dict(meta.get("search_params") or {})
+            search_params = valid_search_params(meta.get("search_params"), side)
             generation = None if meta.get("generation") is None else int(meta["generation"])
         except (ValueError, KeyError, TypeError) as exc:
             raise VectorIndexError(f"{side} is not a valid index sidecar ({exc}); rebuild the index") from exc
@@ -476,7 +496,11 @@ class VectorIndex:
                 f"{path} holds {index.ntotal} vectors of dim {index.d} but {side} says {ntotal} of dim {dim} "
                 "(probably an interrupted save); rebuild the index"
             )
-        loaded = cls(index, factory, search_params, read_only=mapped)
+        try:
+            loaded = cls(index, factory, search_params, read_only=mapped)
+        except ValueError as exc:  # a parameter this index type refuses: search with the defaults
+            log.warning("%s: search parameters dropped (%s); `xmodal reindex` tunes them again", side, exc)
+            loaded = cls(index, factory, None, read_only=mapped)
         loaded.generation = generation
         return loaded
 
