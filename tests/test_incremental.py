@@ -615,3 +615,34 @@ def test_hand_edited_meta_is_a_one_line_error_and_check_repair_puts_back_the_bac
     out = _cli(library, "check", "--repair")
     assert out.exit_code == 0 and "put back library.db.bak" in out.output, out.output
     assert _cli(library, "search", "red").exit_code == 0
+
+
+def _full_disk(monkeypatch):
+    import faiss
+    from types import SimpleNamespace
+
+    def write_index(*a, **kw):
+        raise RuntimeError("Error in void faiss::write_index(const faiss::Index*, faiss::IOWriter*, int) at "
+                           "/project/faiss/faiss/impl/index_write.cpp:860: Error: 'ret == (size * 4)' failed")
+
+    monkeypatch.setattr(faiss, "write_index", write_index)
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_bavail=0, f_frsize=4096))
+
+
+def test_a_full_disk_during_rebuild_repair_and_index_says_so_without_faiss_internals(photos, library, fake_encoder,
+                                                                                    monkeypatch):
+    _index(library, [photos], fake_encoder)
+    (library / "images.faiss").unlink()  # repair must write it again
+    _full_disk(monkeypatch)
+    with Library(library) as lib, lib.writing():
+        with pytest.raises(VectorIndexError, match=r"cannot write .*images\.faiss: the disk is full$"):
+            lib.rebuild_index("images")
+    repaired = _cli(library, "check", "--repair")
+    assert repaired.exit_code == 1 and "images.faiss: the disk is full" in repaired.output, repaired.output
+    draw(photos / "new.png", "white")
+    out = _cli(library, "index")
+    assert out.exit_code == 1 and "images.faiss: the disk is full; stopped" in out.output, out.output
+    for text in (repaired.output, out.output):
+        assert "faiss::" not in text and "ret ==" not in text
+    monkeypatch.undo()
+    assert _cli(library, "check", "--repair").exit_code == 0

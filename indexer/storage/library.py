@@ -491,6 +491,9 @@ class Library:
 def write_failure(library: Library, exc: BaseException) -> LibraryError:
     """The one-line error for a library write that failed (disk full, read-only, I/O error)."""
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+    if isinstance(exc, VectorIndexError):  # it names the file and the cause already
+        return LibraryError(f"{reason}; stopped, and everything committed before is kept: free space or fix "
+                            "permissions, then run the same command again")
     return LibraryError(f"cannot write to library {library.root}: {reason}; stopped, and everything committed "
                         "before is kept: free space or fix permissions, then run the same command again")
 

@@ -27,6 +27,7 @@ per vector (400 MB of a search process's memory at 10M photos). A writable load 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -107,6 +108,32 @@ def valid_search_params(params: Any, side: Path) -> dict[str, Any]:
         else:
             good[name] = value
     return good
+
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def write_error(path: Path, exc: BaseException, needed: int = 0) -> VectorIndexError:
+    """A failed index write -> a one-line VectorIndexError without FAISS internals. FAISS reports a full disk
+    as an assertion on fwrite's count (`'ret == (size * 4)' failed`), so the disk's free space (asked while
+    the partial file still holds its share) tells a full disk from another failure."""
+    errno_ = getattr(exc, "errno", None)
+    if errno_ in FULL_ERRNOS or (errno_ is None and disk_full(path.parent, needed)):
+        reason = "the disk is full"
+    elif isinstance(exc, OSError):
+        reason = f"{exc.strerror or exc}"
+    else:
+        reason = "the write failed (a disk quota or an I/O error?)"
+    return VectorIndexError(f"cannot write {path}: {reason}")
+
+
+def disk_full(folder: Path, needed: int = 0) -> bool:
+    """Whether the file system of `folder` has less free space than `needed` bytes (at least 1 MiB)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs (Windows), or the folder went away
+        return False
+    return st.f_bavail * st.f_frsize < max(int(needed), 1 << 20)
 
 
 def _sidecar(path: Path) -> Path:
@@ -444,11 +471,13 @@ class VectorIndex:
         try:
             try:
                 faiss.write_index(self._index, str(tmp))
-            except RuntimeError as exc:  # FAISS reports a failed write (e.g. a full disk) as RuntimeError
-                raise VectorIndexError(f"cannot write {path}: {str(exc).splitlines()[-1]}") from exc
-            _retag(tmp, IDMAP2_TAG, IDMAP_TAG)  # read back as IndexIDMap2 only when loaded writable
-            size, digest = file_digest(tmp)
-            _replace_durably(tmp, path)
+                _retag(tmp, IDMAP2_TAG, IDMAP_TAG)  # read back as IndexIDMap2 only when loaded writable
+                size, digest = file_digest(tmp)
+                _replace_durably(tmp, path)
+            except (RuntimeError, OSError) as exc:  # FAISS reports a failed write (a full disk) as RuntimeError
+                if isinstance(exc, OSError) and exc.errno not in FULL_ERRNOS:
+                    raise
+                raise write_error(path, exc, needed=self.ntotal * self.dim * 4) from exc
         finally:
             tmp.unlink(missing_ok=True)
         meta = {
@@ -461,6 +490,10 @@ class VectorIndex:
         try:
             side_tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             _replace_durably(side_tmp, side)
+        except OSError as exc:
+            if exc.errno not in FULL_ERRNOS:
+                raise
+            raise write_error(side, exc) from exc
         finally:
             side_tmp.unlink(missing_ok=True)
         log.debug("saved %r to %s", self, path)
