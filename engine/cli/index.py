@@ -34,6 +34,7 @@ def index(paths, library, model, batch_size, patches, verify, as_json):
 
     def on_sigint(signum, frame):
         if stop.is_set():  # a second Ctrl-C: stop now (still safe: every batch is committed)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a third one must not break the clean-up
             raise KeyboardInterrupt
         stop.set()
         console().print("[yellow]stopping after the current batch... (Ctrl-C again to stop now)[/]")
@@ -45,6 +46,11 @@ def index(paths, library, model, batch_size, patches, verify, as_json):
             with progress_bar("indexing") as progress:
                 report = index_folders(library_dir(library), paths, encoder, batch_size=batch_size,
                                        patches=patches, progress=progress, should_stop=stop.is_set, verify=verify)
+    except KeyboardInterrupt:
+        if not stop.is_set():  # a Ctrl-C before the handler was in place, or not on the main thread
+            raise
+        click.echo("stopped; every committed batch is kept: run the same command again to resume", err=True)
+        sys.exit(130)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

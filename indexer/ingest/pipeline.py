@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
@@ -267,12 +268,35 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
     todo, changed, vanished = plan(library, report.roots, report, force=unembedded, verify=verify)
     gone = set(vanished)
     claimed: set[int] = set()
-    done, last_save = 0, time.monotonic()
     if progress:
         progress(0, len(todo))
     decoded = iter_decoded(todo, target_size=decode_size(encoder), workers=workers, prepare=input_fit(encoder))
     jobs = _sorted_batches(library, batched(decoded, batch_size), changed, unembedded, claimed, report)
-    for job in encode_ahead(encoder, jobs, with_patches=patch_store is not None):
+    # the stages are closed here, in order, also on KeyboardInterrupt: not later by the garbage collector, where
+    # a second Ctrl-C during their wait for a running batch would print "Exception ignored in: <generator ...>"
+    with closing(decoded), closing(encode_ahead(encoder, jobs, with_patches=patch_store is not None)) as stream:
+        _write_jobs(library, stream, encoder, patch_store, patches, changed, todo, progress, should_stop, report)
+    if not report.interrupted:
+        doomed = sorted(gone - claimed)
+        if doomed:
+            library.delete_images(doomed)
+            report.removed = len(doomed)
+        index = library.vector_index("images")
+        grown = needs_rebuild(index.factory, index.ntotal, index.dim)
+        if grown:  # the library outgrew its index type: rebuild from the stored vectors, no re-embedding
+            report.rebuilt = library.rebuild_index("images", grown, queries=encoder.encode_texts(TUNING_QUERIES))
+    library.save("images")
+    if patch_store is not None and not report.interrupted:
+        report.patched = backfill_patches(library, encoder, patches, batch_size, workers, should_stop, report)
+
+
+def _write_jobs(library: Library, stream: Iterable[_Job], encoder: Encoder, patch_store, patches,
+                changed: dict[str, int], todo: list[str], progress: Progress | None,
+                should_stop: Callable[[], bool] | None, report: IndexReport) -> None:
+    """The main thread's stage: commit each encoded job (moves, rows and vectors, patch tokens), report
+    progress, stop when asked, and save the index at checkpoints."""
+    done, last_save = 0, time.monotonic()
+    for job in stream:
         if job.moves:
             library.move_images(job.moves)
             report.moved += len(job.moves)
@@ -294,18 +318,6 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
             library.save("images")
             library.store.checkpoint()  # committed batches reach library.db: a lost -wal loses at most a minute
             last_save = time.monotonic()
-    if not report.interrupted:
-        doomed = sorted(gone - claimed)
-        if doomed:
-            library.delete_images(doomed)
-            report.removed = len(doomed)
-        index = library.vector_index("images")
-        grown = needs_rebuild(index.factory, index.ntotal, index.dim)
-        if grown:  # the library outgrew its index type: rebuild from the stored vectors, no re-embedding
-            report.rebuilt = library.rebuild_index("images", grown, queries=encoder.encode_texts(TUNING_QUERIES))
-    library.save("images")
-    if patch_store is not None and not report.interrupted:
-        report.patched = backfill_patches(library, encoder, patches, batch_size, workers, should_stop, report)
 
 
 def missing_patches(library: Library, spec) -> list[tuple[int, str, str]]:
@@ -328,11 +340,19 @@ def backfill_patches(library: Library, encoder: Encoder, patches: PatchProjector
     if not todo:
         return 0
     logger.info("%s: making reranker patch tokens for %d photos indexed without them", library.root, len(todo))
-    store, done = library.patch_store(patches.spec), 0
+    store = library.patch_store(patches.spec)
     expected = {path: (i, sha) for i, path, sha in todo}
-    for batch in batched(iter_decoded([p for _, p, _ in todo], target_size=decode_size(encoder), workers=workers,
-                                      prepare=input_fit(encoder)),
-                         batch_size):
+    decoded = iter_decoded([p for _, p, _ in todo], target_size=decode_size(encoder), workers=workers,
+                           prepare=input_fit(encoder))
+    with closing(decoded):  # closed here, at once, also on KeyboardInterrupt (not by the garbage collector)
+        return _backfill(store, decoded, expected, encoder, patches, batch_size, should_stop, report)
+
+
+def _backfill(store, decoded: Iterable, expected: dict[str, tuple[int, str]], encoder: Encoder,
+              patches: PatchProjector, batch_size: int, should_stop: Callable[[], bool] | None,
+              report: IndexReport | None) -> int:
+    done = 0
+    for batch in batched(decoded, batch_size):
         good = [im for im in batch if not isinstance(im, Skipped) and expected[im.path][1] == im.sha256]
         if report is not None:
             report.skipped.extend(im for im in batch if isinstance(im, Skipped))
