@@ -189,3 +189,24 @@ def test_damaged_patch_tokens_are_found_by_check_and_made_again_by_index_and_rep
         fixed = repair(lib, lambda: encoder, projector=lambda model: proj)
         assert fixed.patch_tokens == 2
         assert check_library(lib).ok, check_library(lib).problems
+
+
+def test_text_token_states_failing_their_checksum_read_as_missing(tmp_path):
+    from xmodal.indexer.storage.text_tokens import DATA, TextTokenStore
+
+    store = TextTokenStore(tmp_path, width=4)
+    store.write([0, 1], ["a dog", "a cat"], [np.ones((3, 4)), np.full((2, 4), 2.0)])
+    _flip(tmp_path / DATA, 3 * 4 * 2 + 5)  # inside the second text's states
+    got = TextTokenStore(tmp_path, width=4).read([0, 1], ["a dog", "a cat"])
+    assert got[0] is not None and got[1] is None  # computed again at query time, never read damaged
+
+
+def test_text_tokens_of_the_layout_without_checksums_start_afresh(tmp_path):
+    from xmodal.indexer.storage.text_tokens import DATA, OLD_INDEX, TextTokenStore
+
+    (tmp_path / OLD_INDEX).write_bytes(bytes(48))
+    (tmp_path / DATA).write_bytes(bytes(64))
+    store = TextTokenStore(tmp_path, width=4)
+    store.write([1], ["a cat"], [np.ones((2, 4))])
+    assert not (tmp_path / OLD_INDEX).exists() and (tmp_path / DATA).stat().st_size == 2 * 4 * 2
+    np.testing.assert_array_equal(store.read([1], ["a cat"])[0], np.ones((2, 4)))
