@@ -46,6 +46,8 @@ class DecodedImage:
     height: int
     taken_at: datetime | None
     image: Image.Image = field(repr=False)
+    ctime: float | None = None  # the file's change time and inode when read (None: not known)
+    inode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class ImageRecord:
     height: int
     taken_at: datetime | None
     model: str
+    ctime: float | None = None  # None in rows from before schema 3, until the file changes or `index --verify`
+    inode: int | None = None
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,27 @@ def test_sigint_stops_after_the_batch_says_how_to_resume_and_exits_130(tmp_path)
         assert lib.store.count_images() == 80 and check_library(lib).ok
 
 
+@pytest.mark.parametrize("delay, second", [(0.3, 0.05), (0.6, 0.9)])
+def test_a_second_sigint_stops_at_once_with_one_line_and_exit_130(tmp_path, delay, second):
+    """The second Ctrl-C lands mid-batch, or (0.6, 0.9) while the stopped run closes its stages and waits for
+    the batch in flight: never "Exception ignored in: <generator ordered_map>", "Aborted!" or a traceback."""
+    photos = _make_photos(tmp_path / "photos", 80)
+    library = tmp_path / "library"
+    proc = _spawn(photos, library, delay)
+    _wait_for_more_than(library, 0, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(second)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    for noise in ("Exception ignored", "Traceback", "KeyboardInterrupt", "Aborted"):
+        assert noise not in err, err
+    assert err.count("run the same command again to resume") == 1, err
+    _run_to_end(photos, library, 0)
+    with Library(library) as lib:
+        assert lib.store.count_images() == 80 and check_library(lib).ok
+
+
 def test_searches_during_indexing_never_fail_and_see_committed_state(tmp_path, fake_encoder):
     photos = _make_photos(tmp_path / "photos", 200)
     library = tmp_path / "library"

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +247,7 @@ def test_a_schema_1_library_is_upgraded_and_back_filled_without_embedding(photos
     expected = vectors_by_path(library)
     db = sqlite3.connect(library / "library.db")  # turn it into what version 1 wrote
     db.executescript("ALTER TABLE images DROP COLUMN vector; ALTER TABLE texts DROP COLUMN vector;"
+                     "ALTER TABLE images DROP COLUMN ctime; ALTER TABLE images DROP COLUMN inode;"
                      "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
                      "DELETE FROM meta WHERE key LIKE 'generation.%' OR key = 'roots';")
     db.close()
@@ -254,7 +256,7 @@ def test_a_schema_1_library_is_upgraded_and_back_filled_without_embedding(photos
     del meta["generation"]
     sidecar.write_text(json.dumps(meta))
     with Library(library) as lib:
-        assert lib.store.schema_version == store_module.SCHEMA_VERSION == 2
+        assert lib.store.schema_version == store_module.SCHEMA_VERSION == 3
         assert not check_library(lib).ok  # rows without a stored vector
     fake_encoder.calls["images"] = 0
     report = _index(library, [photos], fake_encoder)
@@ -502,3 +504,145 @@ def test_sqlite_errors_are_told_apart():
     assert isinstance(err("database disk image is malformed"), DatabaseDamaged)
     assert "read-only" in str(err("attempt to write a readonly database"))
     assert "disk is full" in str(err("database or disk is full")) and not isinstance(err("disk I/O error"), DatabaseDamaged)
+
+
+def _same_size_pair(photos: Path) -> tuple[Path, bytes]:
+    """red.jpg, and purple content of exactly red.jpg's size (both padded: JPEG readers stop at the end marker)."""
+    red, purple = photos / "red.jpg", draw(photos.parent / "purple.jpg", "purple")
+    a, b = red.read_bytes(), purple.read_bytes()
+    n = max(len(a), len(b))
+    red.write_bytes(a + bytes(n - len(a)))
+    return red, b + bytes(n - len(b))
+
+
+def _rewrite_keeping_size_and_mtime(path: Path, data: bytes) -> None:
+    st = os.stat(path)
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    with open(path, "r+b") as f:  # in place: same inode, new ctime
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # `touch -r` to the original
+    assert os.stat(path).st_size == st.st_size and os.stat(path).st_mtime == st.st_mtime
+
+
+def test_a_photo_rewritten_with_its_size_and_mtime_restored_is_embedded_again(photos, library, fake_encoder):
+    red, purple = _same_size_pair(photos)
+    _index(library, [photos], fake_encoder)
+    before = vectors_by_path(library)[str(red)]
+    _rewrite_keeping_size_and_mtime(red, purple)
+    report = _index(library, [photos], fake_encoder)
+    assert (report.reembedded, report.unchanged) == (1, 3)
+    assert not np.allclose(vectors_by_path(library)[str(red)], before)
+    _check_ok(library)
+
+
+def test_a_file_whose_ctime_moved_but_content_did_not_is_hashed_once_not_embedded(photos, library, fake_encoder,
+                                                                                   monkeypatch):
+    from xmodal.indexer.ingest import pipeline
+
+    _index(library, [photos], fake_encoder)
+    time.sleep(0.05)
+    os.chmod(photos / "red.jpg", 0o600)  # moves the ctime only
+    hashed = []
+    real = pipeline.file_sha256
+    monkeypatch.setattr(pipeline, "file_sha256", lambda p: hashed.append(p) or real(p))
+    fake_encoder.calls["images"] = 0
+    report = _index(library, [photos], fake_encoder)
+    assert (report.indexed, report.unchanged, fake_encoder.calls["images"]) == (0, 4, 0)
+    assert hashed == [str(photos / "red.jpg")]
+    _index(library, [photos], fake_encoder)  # the new ctime was recorded: no hashing now
+    assert len(hashed) == 1
+
+
+def test_rows_without_ctime_fall_back_to_size_and_mtime_and_verify_rehashes_everything(photos, library,
+                                                                                     fake_encoder):
+    red, purple = _same_size_pair(photos)
+    _index(library, [photos], fake_encoder)
+    db = sqlite3.connect(library / "library.db")  # rows from before schema 3
+    db.execute("UPDATE images SET ctime = NULL, inode = NULL")
+    db.commit()
+    db.close()
+    _rewrite_keeping_size_and_mtime(red, purple)
+    assert _index(library, [photos], fake_encoder).unchanged == 4  # unknown ctime: size and mtime decide
+    out = CliRunner().invoke(cli, ["index", "--verify", "--json", "--library", str(library)])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert (report["reembedded"], report["unchanged"]) == (1, 3)
+    with Library(library) as lib:
+        states = list(lib.store.image_states())
+    assert all(s.ctime is not None and s.inode is not None for s in states)  # filled in
+
+
+def _cli(library: Path, *args: str):
+    out = CliRunner().invoke(cli, [*args, "--library", str(library)])
+    assert "Traceback" not in out.output and (out.exception is None or isinstance(out.exception, SystemExit)), \
+        repr(out.exception)
+    return out
+
+
+def _set_meta(library: Path, key: str, value: str) -> None:
+    db = sqlite3.connect(library / "library.db")
+    db.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+    db.commit()
+    db.close()
+
+
+def test_bad_search_params_in_a_sidecar_are_dropped_with_a_warning(photos, library, fake_encoder, caplog):
+    _index(library, [photos], fake_encoder)
+    sidecar = library / "images.faiss.json"
+    for params in ({"nprobe": "abc"}, ["nprobe"], {"efSearch": None}, {"nprobe": 1e400}):
+        meta = json.loads(sidecar.read_text())
+        sidecar.write_text(json.dumps({**meta, "search_params": params}))
+        caplog.clear()
+        out = _cli(library, "search", "red", "--json")
+        assert out.exit_code == 0 and json.loads(out.stdout)
+        assert "dropped" in caplog.text
+        assert _cli(library, "check").exit_code == 0
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("schema_version", '"abc"', "schema version"), ("schema_version", "abc", "schema version"),
+    ("dim", '"abc"', "model dim"), ("dim", "5", "model dim"), ("dim", "16", "stored vectors have 8"),
+    ("dim", "{", "'dim' setting"),
+])
+def test_hand_edited_meta_is_a_one_line_error_and_check_repair_puts_back_the_backup(photos, library, fake_encoder,
+                                                                                    key, value, says):
+    _index(library, [photos], fake_encoder)
+    _set_meta(library, key, value)
+    for command in (["search", "red"], ["index"], ["check"], ["info"]):
+        out = _cli(library, *command)
+        assert out.exit_code == 1 and says in out.output and "library.db" in out.output, out.output
+        assert "check --repair" in out.output
+    out = _cli(library, "check", "--repair")
+    assert out.exit_code == 0 and "put back library.db.bak" in out.output, out.output
+    assert _cli(library, "search", "red").exit_code == 0
+
+
+def _full_disk(monkeypatch):
+    import faiss
+    from types import SimpleNamespace
+
+    def write_index(*a, **kw):
+        raise RuntimeError("Error in void faiss::write_index(const faiss::Index*, faiss::IOWriter*, int) at "
+                           "/project/faiss/faiss/impl/index_write.cpp:860: Error: 'ret == (size * 4)' failed")
+
+    monkeypatch.setattr(faiss, "write_index", write_index)
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_bavail=0, f_frsize=4096))
+
+
+def test_a_full_disk_during_rebuild_repair_and_index_says_so_without_faiss_internals(photos, library, fake_encoder,
+                                                                                    monkeypatch):
+    _index(library, [photos], fake_encoder)
+    (library / "images.faiss").unlink()  # repair must write it again
+    _full_disk(monkeypatch)
+    with Library(library) as lib, lib.writing():
+        with pytest.raises(VectorIndexError, match=r"cannot write .*images\.faiss: the disk is full$"):
+            lib.rebuild_index("images")
+    repaired = _cli(library, "check", "--repair")
+    assert repaired.exit_code == 1 and "images.faiss: the disk is full" in repaired.output, repaired.output
+    draw(photos / "new.png", "white")
+    out = _cli(library, "index")
+    assert out.exit_code == 1 and "images.faiss: the disk is full; stopped" in out.output, out.output
+    for text in (repaired.output, out.output):
+        assert "faiss::" not in text and "ret ==" not in text
+    monkeypatch.undo()
+    assert _cli(library, "check", "--repair").exit_code == 0

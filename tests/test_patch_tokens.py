@@ -106,3 +106,107 @@ def test_has_agrees_with_read_for_written_stale_holes_and_out_of_range_slots(tmp
     assert store.has(ids, hashes).tolist() == found.tolist()
     assert store.has([], []).tolist() == []
     assert store.has([0], [""]).tolist() == [False]  # no hash: never a match
+
+
+def _flip(path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
+def test_a_slot_whose_tokens_fail_their_checksum_reads_as_missing(tmp_path):
+    """Bit rot inside the tokens (the tag intact) is caught by the slot's CRC: never NaN scores at search."""
+    proj = projector()
+    store = PatchStore(tmp_path, proj.spec)
+    store.write([0, 1, 2], [sha(0), sha(1), sha(2)], proj(np.ones((3, 49, 32), np.float32)))
+    _flip(store.path, 1 * proj.spec.slot_bytes + 100)
+    _flip(store.path, 2 * proj.spec.slot_bytes + proj.spec.slot_bytes - 1)
+    ids, hashes = [0, 1, 2], [sha(0), sha(1), sha(2)]
+    tokens, found = PatchStore(tmp_path).read(ids, hashes)
+    assert found.tolist() == [True, False, False] and not tokens[1:].any()
+    assert store.has(ids, hashes).tolist() == [True, True, True]  # tags only: cheap, does not see it
+    assert store.has(ids, hashes, verify=True).tolist() == [True, False, False]
+    assert store.corrupt(ids, hashes).tolist() == [False, True, True]
+
+
+def test_a_file_of_the_old_slot_layout_starts_afresh(tmp_path):
+    """Layout 1 (8-byte tag, no CRC) has no `layout` in patches.json: its file is dropped, never misread."""
+    import json
+
+    proj = projector()
+    old = {"tokens": proj.spec.tokens, "dim": proj.spec.dim, "source": proj.spec.source}
+    (tmp_path / "patches.json").write_text(json.dumps(old))
+    (tmp_path / "patches.f16").write_bytes(bytes(8 + 49 * 16 * 2) * 2)
+    assert PatchStore(tmp_path).spec is None  # a reader: no tokens
+    store = PatchStore(tmp_path, proj.spec)
+    assert not store.path.exists() and json.loads(store.spec_path.read_text())["layout"] == 2
+
+
+class PatchColourEncoder:
+    """The colour fake with raw patch tokens (n, 49, 32): each image's mean colour, spread over channels."""
+
+    def __init__(self, base):
+        self.base, self.name, self.dim, self.preprocess = base, base.name, base.dim, base.preprocess
+
+    def encode_images(self, images, **kw):
+        return self.base.encode_images(images)
+
+    def encode_texts(self, texts):
+        return self.base.encode_texts(texts)
+
+    def encode_images_with_patches(self, images, **kw):
+        vectors = self.base.encode_images(images)
+        raw = np.repeat(np.tile(vectors[:, None, :], (1, 49, 1)), 4, axis=2).astype(np.float32)
+        return vectors, raw
+
+
+def test_damaged_patch_tokens_are_found_by_check_and_made_again_by_index_and_repair(photos, library, fake_encoder):
+    from xmodal.indexer.ingest.pipeline import index_images
+    from xmodal.indexer.storage.check import check_library, repair
+    from xmodal.indexer.storage.library import Library
+
+    encoder, proj = PatchColourEncoder(fake_encoder), projector()
+    with Library(library, create=True) as lib:
+        assert index_images(lib, [str(photos)], encoder, patches=proj).indexed == 4
+    spec = proj.spec
+
+    def damage():
+        with Library(library) as lib:
+            ids = lib.store.all_image_ids().tolist()[:2]
+        for i in ids:
+            _flip(library / "patches.f16", i * spec.slot_bytes + 200)
+
+    damage()
+    with Library(library) as lib:
+        report = check_library(lib)
+        assert len(report.corrupt_patches) == 2 and any("patch tokens" in p for p in report.problems)
+        assert index_images(lib, None, encoder, patches=proj).patched == 2
+        assert check_library(lib).ok
+    damage()
+    with Library(library) as lib:
+        fixed = repair(lib, lambda: encoder, projector=lambda model: proj)
+        assert fixed.patch_tokens == 2
+        assert check_library(lib).ok, check_library(lib).problems
+
+
+def test_text_token_states_failing_their_checksum_read_as_missing(tmp_path):
+    from xmodal.indexer.storage.text_tokens import DATA, TextTokenStore
+
+    store = TextTokenStore(tmp_path, width=4)
+    store.write([0, 1], ["a dog", "a cat"], [np.ones((3, 4)), np.full((2, 4), 2.0)])
+    _flip(tmp_path / DATA, 3 * 4 * 2 + 5)  # inside the second text's states
+    got = TextTokenStore(tmp_path, width=4).read([0, 1], ["a dog", "a cat"])
+    assert got[0] is not None and got[1] is None  # computed again at query time, never read damaged
+
+
+def test_text_tokens_of_the_layout_without_checksums_start_afresh(tmp_path):
+    from xmodal.indexer.storage.text_tokens import DATA, OLD_INDEX, TextTokenStore
+
+    (tmp_path / OLD_INDEX).write_bytes(bytes(48))
+    (tmp_path / DATA).write_bytes(bytes(64))
+    store = TextTokenStore(tmp_path, width=4)
+    store.write([1], ["a cat"], [np.ones((2, 4))])
+    assert not (tmp_path / OLD_INDEX).exists() and (tmp_path / DATA).stat().st_size == 2 * 4 * 2
+    np.testing.assert_array_equal(store.read([1], ["a cat"])[0], np.ones((2, 4)))

@@ -155,7 +155,7 @@ def test_a_non_utf8_file_name_round_trips_exactly(store, tmp_path):
     store.add_images([decoded(path)], "m")
     assert store.get_images([1])[0].path == path
     assert os.fsencode(store.get_images([1])[0].path) == raw
-    assert list(store.image_states()) == [(path, 1, 100, 1_700_000_000.5)]
+    assert [s[:4] for s in store.image_states()] == [(path, 1, 100, 1_700_000_000.5)]
     display = sqlite3.connect(tmp_path / "lib" / "library.db").execute("SELECT path FROM images").fetchone()[0]
     assert display == "/photos/caf\\xe9-\\xff.jpg"
 
@@ -202,14 +202,14 @@ def test_image_states_stream_every_image_in_id_order_across_pages(store, monkeyp
     assert not isinstance(states, list)
     rows = list(states)
     assert [r[1] for r in rows] == [1, 2, 3, 5, 6, 7, 8]
-    assert rows[0] == ("/p/00.jpg", 1, 0, 1_700_000_000.5)
+    assert rows[0][:4] == ("/p/00.jpg", 1, 0, 1_700_000_000.5)
 
 
 def test_the_store_can_be_written_while_image_states_is_iterating(store, monkeypatch):
     monkeypatch.setattr(store_module, "_STREAM_BATCH", 2)
     store.add_images([decoded(f"/p/{i}.jpg") for i in range(5)], "m")
     seen = []
-    for path, image_id, _, _ in store.image_states():
+    for path, image_id, *_ in store.image_states():
         seen.append(image_id)
         if image_id == 1:
             store.delete_images([4])

@@ -304,3 +304,34 @@ def test_a_compressed_ivf_pq_index_behind_a_transform_removes_by_id_and_still_fi
     assert np.mean(found[:, 0] == ids[100:]) > 0.9  # PQ is approximate, but ids must not be shifted
     index.save(tmp_path / "pq.faiss")
     assert VectorIndex.load(tmp_path / "pq.faiss").ntotal == 300
+
+
+FAISS_FULL = ("Error in void faiss::write_index(const faiss::Index*, faiss::IOWriter*, int) at "
+              "/project/faiss/faiss/impl/index_write.cpp:860: Error: 'ret == (size * 4)' failed")
+
+
+def _disk(monkeypatch, free: int):
+    import os
+    from types import SimpleNamespace
+
+    import faiss
+
+    def write_index(*a, **kw):
+        raise RuntimeError(FAISS_FULL)
+
+    monkeypatch.setattr(faiss, "write_index", write_index)
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_bavail=free, f_frsize=4096))
+
+
+def test_a_full_disk_is_named_without_faiss_internals(tmp_path, monkeypatch):
+    index = VectorIndex.create(8, "Flat")
+    index.add(np.arange(8), np.eye(8, dtype=np.float32))
+    _disk(monkeypatch, free=0)
+    with pytest.raises(VectorIndexError) as e:
+        index.save(tmp_path / "i.faiss")
+    assert str(e.value) == f"cannot write {tmp_path / 'i.faiss'}: the disk is full"
+    assert not list(tmp_path.iterdir())  # no partial file left
+    _disk(monkeypatch, free=10**9)  # space left: another failure, still without FAISS's assertion text
+    with pytest.raises(VectorIndexError, match="the write failed") as e:
+        index.save(tmp_path / "i.faiss")
+    assert "faiss::" not in str(e.value) and "ret ==" not in str(e.value)

@@ -18,8 +18,10 @@ from xmodal.engine.cli.common import (library_dir, emit, console, progress_bar, 
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--patches/--no-patches", default=True, show_default=True,
               help="Store each photo's patch tokens for the reranker (lite model; 12.5 KB per photo).")
+@click.option("--verify", is_flag=True,
+              help="Hash every known file again (reads them all) and re-embed those whose content changed.")
 @json_option
-def index(paths, library, model, batch_size, patches, as_json):
+def index(paths, library, model, batch_size, patches, verify, as_json):
     """Index the photos under PATHS (recursive); with no PATHS, refresh every folder the library knows.
     Re-runs embed only new or edited files, keep the vectors of moved ones and drop deleted ones.
     Ctrl-C stops after the current batch; running the same command again resumes."""
@@ -32,6 +34,7 @@ def index(paths, library, model, batch_size, patches, as_json):
 
     def on_sigint(signum, frame):
         if stop.is_set():  # a second Ctrl-C: stop now (still safe: every batch is committed)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a third one must not break the clean-up
             raise KeyboardInterrupt
         stop.set()
         console().print("[yellow]stopping after the current batch... (Ctrl-C again to stop now)[/]")
@@ -42,7 +45,12 @@ def index(paths, library, model, batch_size, patches, as_json):
             encoder = library_encoder(library_dir(library), model)
             with progress_bar("indexing") as progress:
                 report = index_folders(library_dir(library), paths, encoder, batch_size=batch_size,
-                                       patches=patches, progress=progress, should_stop=stop.is_set)
+                                       patches=patches, progress=progress, should_stop=stop.is_set, verify=verify)
+    except KeyboardInterrupt:
+        if not stop.is_set():  # a Ctrl-C before the handler was in place, or not on the main thread
+            raise
+        click.echo("stopped; every committed batch is kept: run the same command again to resume", err=True)
+        sys.exit(130)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

@@ -68,6 +68,7 @@ def check(library, repair, model, as_json):
         if fixed is not None:
             click.echo(f"repaired: index patches {fixed.patched or 'none'}, removed {fixed.removed_vanished} "
                        f"vanished, re-embedded {fixed.reembedded}, dropped {len(fixed.failed)} unusable"
+                       + (f", remade {fixed.patch_tokens} damaged patch tokens" if fixed.patch_tokens else "")
                        + (f", kept {fixed.kept_unreachable} under missing roots" if fixed.kept_unreachable else ""))
             for s in fixed.failed:
                 click.echo(f"  dropped {s.path}: {s.reason}")

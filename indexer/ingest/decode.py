@@ -96,7 +96,7 @@ def read_image(path: str, target_size: int = 224, max_pixels: int = DEFAULT_MAX_
     if target_size < 1:
         raise ValueError(f"target_size must be at least 1, got {target_size}")
     path = os.fsdecode(os.fspath(path))
-    data, size, mtime = _read_bytes(path)
+    data, size, mtime, ctime, inode = _read_bytes(path)
     sha256 = hashlib.sha256(data).hexdigest()
     _register_heif_once()
 
@@ -146,7 +146,7 @@ def read_image(path: str, target_size: int = 224, max_pixels: int = DEFAULT_MAX_
             im.close()
 
     return DecodedImage(path=path, size=size, mtime=mtime, sha256=sha256, width=width, height=height,
-                        taken_at=taken_at, image=rgb if prepare is None else prepare(rgb))
+                        taken_at=taken_at, image=rgb if prepare is None else prepare(rgb), ctime=ctime, inode=inode)
 
 
 def iter_decoded(
@@ -199,7 +199,7 @@ def _decode_or_skip(path: str, target_size: int, max_pixels: int,
         return Skipped(path, f"unexpected error while decoding ({_exc_text(exc)}); please report it")
 
 
-def _read_bytes(path: str) -> tuple[bytes, int, float]:
+def _read_bytes(path: str) -> tuple[bytes, int, float, float, int]:
     """The whole content of `path` with its size and mtime, taken from the same open file."""
     flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block
     try:
@@ -225,7 +225,7 @@ def _read_bytes(path: str) -> tuple[bytes, int, float]:
         os.close(fd)
     if not data:
         raise DecodeError(path, "empty file (0 bytes); it was probably not copied completely")
-    return data, len(data), st.st_mtime
+    return data, len(data), st.st_mtime, st.st_ctime, st.st_ino
 
 
 def _register_heif_once() -> None:

@@ -13,9 +13,11 @@ loses at most the batch in flight: the next open patches the FAISS index from th
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
@@ -29,7 +31,7 @@ from xmodal.indexer.storage.library import Library, LibraryError, _under, write_
 from xmodal.indexer.models.patch_projector import PatchProjector
 from xmodal.indexer.records import DecodedImage, Skipped
 from xmodal.indexer.ingest.stages import LaneIds, ordered_map
-from xmodal.indexer.storage.store import StoreError
+from xmodal.indexer.storage.store import FileState, StoreError
 from xmodal.indexer.storage.text_tokens import TextTokenStore
 from xmodal.indexer.ingest.texts import read_texts
 from xmodal.indexer.storage.vector_index import VectorIndexError
@@ -81,13 +83,33 @@ def batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
         yield batch
 
 
-def plan(library: Library, roots: Sequence[str], report: IndexReport,
-         force: Iterable[int] = ()) -> tuple[list[str], dict[str, int], list[int]]:
+def file_verdict(old: FileState, st: os.stat_result, verify: bool = False) -> str:
+    """Whether a known file changed: "changed" (size or mtime differ), "same", or "hash" (size and mtime are
+    the stored ones but the change time or inode is not, or `verify`: only its content hash can tell; a
+    content write restoring the mtime, `touch -r`, still moves the ctime). A row from before schema 3 has no
+    ctime/inode (None): size and mtime decide, as they did then."""
+    if st.st_size != old.size or st.st_mtime != old.mtime:
+        return "changed"
+    if verify:
+        return "hash"
+    if old.ctime is not None and old.inode is not None and (st.st_ctime != old.ctime or st.st_ino != old.inode):
+        return "hash"
+    return "same"
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def plan(library: Library, roots: Sequence[str], report: IndexReport, force: Iterable[int] = (),
+         verify: bool = False) -> tuple[list[str], dict[str, int], list[int]]:
     """Walk `roots` against the store: (paths to read, {path: old id} of changed files, ids of vanished files).
 
-    A file is unchanged when its size and mtime equal the stored ones (and its row is not in `force`: rows
-    that lost their vector). A root that does not exist (an unplugged drive) is reported and its photos are
-    kept."""
+    A file is unchanged when its size, mtime, ctime and inode equal the stored ones (`file_verdict`) and its
+    row is not in `force` (rows that lost their vector); when only the ctime or inode differ (or with
+    `verify`, for every file) its content is hashed, and an unchanged hash only refreshes the stored state.
+    A root that does not exist (an unplugged drive) is reported and its photos are kept."""
     force = set(int(i) for i in force)
     roots = [os.path.abspath(r) for r in roots]
     present = []
@@ -97,11 +119,10 @@ def plan(library: Library, roots: Sequence[str], report: IndexReport,
         else:
             report.skipped.append(Skipped(root, "root not found (moved, or a drive not mounted?); its photos are "
                                                 "kept: `xmodal remove` it to drop them"))
-    known: dict[str, tuple[int, int, float]] = {
-        path: (i, size, mtime) for path, i, size, mtime in library.store.image_states()
-        if any(_under(path, r) for r in present)
+    known: dict[str, FileState] = {
+        state.path: state for state in library.store.image_states() if any(_under(state.path, r) for r in present)
     }
-    todo, changed, seen = [], {}, set()
+    todo, changed, seen, refresh = [], {}, set(), []
     for root in present:
         for item in iter_image_files(root):
             if isinstance(item, Skipped):
@@ -114,15 +135,20 @@ def plan(library: Library, roots: Sequence[str], report: IndexReport,
             if old is not None:
                 try:
                     st = os.stat(item)
+                    verdict = "changed" if old.id in force else file_verdict(old, st, verify)
+                    if verdict == "hash" and file_sha256(item) == old.sha256:
+                        refresh.append((old.id, st.st_size, st.st_mtime, st.st_ctime, st.st_ino))
+                        verdict = "same"
                 except OSError as e:
-                    report.skipped.append(Skipped(item, f"cannot stat: {e.strerror or e}"))
+                    report.skipped.append(Skipped(item, f"cannot stat or read: {e.strerror or e}"))
                     continue
-                if st.st_size == old[1] and st.st_mtime == old[2] and old[0] not in force:
+                if verdict == "same":
                     report.unchanged += 1
                     continue
-                changed[item] = old[0]
+                changed[item] = old.id
             todo.append(item)
-    vanished = [i for path, (i, _, _) in known.items() if path not in seen and not os.path.exists(path)]
+    library.store.set_file_states(refresh)
+    vanished = [state.id for path, state in known.items() if path not in seen and not os.path.exists(path)]
     return todo, changed, vanished
 
 
@@ -192,7 +218,7 @@ def input_fit(encoder: Encoder) -> Callable | None:
 def index_images(library: Library, roots: Sequence[str] | None, encoder: Encoder, batch_size: int = BATCH_SIZE,
                  progress: Progress | None = None, workers: int = 2,
                  should_stop: Callable[[], bool] | None = None,
-                 patches: PatchProjector | None = None) -> IndexReport:
+                 patches: PatchProjector | None = None, verify: bool = False) -> IndexReport:
     """Index every photo under `roots` (None or empty: every root the library knows) into `library`.
 
     New files are embedded, files edited in place re-embedded, renamed or moved files (same content, old
@@ -201,12 +227,16 @@ def index_images(library: Library, roots: Sequence[str] | None, encoder: Encoder
     most one batch; `should_stop` is asked after each batch and ends the run early (``interrupted``).
 
     With `patches` (the reranker's projection) every embedded photo also gets its patch tokens, from the same
-    forward pass, and photos indexed before without them get them at the end (``patched``)."""
+    forward pass, and photos indexed before without them get them at the end (``patched``).
+
+    With `verify` every known file's content is hashed again (not only those whose ctime or inode moved), and
+    the ones whose hash changed are embedded again."""
     t0 = time.perf_counter()
     report = IndexReport()
     with library.writing():
         try:
-            _index_images(library, roots, encoder, batch_size, progress, workers, should_stop, report, patches)
+            _index_images(library, roots, encoder, batch_size, progress, workers, should_stop, report, patches,
+                          verify)
         except (OSError, StoreError, VectorIndexError) as e:
             if isinstance(e, OSError) and e.errno not in WRITE_ERRNOS:
                 raise
@@ -220,7 +250,7 @@ def index_images(library: Library, roots: Sequence[str] | None, encoder: Encoder
 
 def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encoder, batch_size: int,
                   progress: Progress | None, workers: int, should_stop: Callable[[], bool] | None,
-                  report: IndexReport, patches: PatchProjector | None = None) -> None:
+                  report: IndexReport, patches: PatchProjector | None = None, verify: bool = False) -> None:
     library.bind_model(encoder.name, encoder.dim)
     if patches is not None and not hasattr(encoder, "encode_images_with_patches"):
         logger.warning("model %s gives no patch tokens; photos are indexed without them", encoder.name)
@@ -235,15 +265,38 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
             raise LibraryError(f"library {library.root} has no folders yet; give one: `xmodal index PATH`")
     library.reconcile()
     unembedded = set(library.unembedded.get("images", np.empty(0)).tolist())
-    todo, changed, vanished = plan(library, report.roots, report, force=unembedded)
+    todo, changed, vanished = plan(library, report.roots, report, force=unembedded, verify=verify)
     gone = set(vanished)
     claimed: set[int] = set()
-    done, last_save = 0, time.monotonic()
     if progress:
         progress(0, len(todo))
     decoded = iter_decoded(todo, target_size=decode_size(encoder), workers=workers, prepare=input_fit(encoder))
     jobs = _sorted_batches(library, batched(decoded, batch_size), changed, unembedded, claimed, report)
-    for job in encode_ahead(encoder, jobs, with_patches=patch_store is not None):
+    # the stages are closed here, in order, also on KeyboardInterrupt: not later by the garbage collector, where
+    # a second Ctrl-C during their wait for a running batch would print "Exception ignored in: <generator ...>"
+    with closing(decoded), closing(encode_ahead(encoder, jobs, with_patches=patch_store is not None)) as stream:
+        _write_jobs(library, stream, encoder, patch_store, patches, changed, todo, progress, should_stop, report)
+    if not report.interrupted:
+        doomed = sorted(gone - claimed)
+        if doomed:
+            library.delete_images(doomed)
+            report.removed = len(doomed)
+        index = library.vector_index("images")
+        grown = needs_rebuild(index.factory, index.ntotal, index.dim)
+        if grown:  # the library outgrew its index type: rebuild from the stored vectors, no re-embedding
+            report.rebuilt = library.rebuild_index("images", grown, queries=encoder.encode_texts(TUNING_QUERIES))
+    library.save("images")
+    if patch_store is not None and not report.interrupted:
+        report.patched = backfill_patches(library, encoder, patches, batch_size, workers, should_stop, report)
+
+
+def _write_jobs(library: Library, stream: Iterable[_Job], encoder: Encoder, patch_store, patches,
+                changed: dict[str, int], todo: list[str], progress: Progress | None,
+                should_stop: Callable[[], bool] | None, report: IndexReport) -> None:
+    """The main thread's stage: commit each encoded job (moves, rows and vectors, patch tokens), report
+    progress, stop when asked, and save the index at checkpoints."""
+    done, last_save = 0, time.monotonic()
+    for job in stream:
         if job.moves:
             library.move_images(job.moves)
             report.moved += len(job.moves)
@@ -265,26 +318,15 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
             library.save("images")
             library.store.checkpoint()  # committed batches reach library.db: a lost -wal loses at most a minute
             last_save = time.monotonic()
-    if not report.interrupted:
-        doomed = sorted(gone - claimed)
-        if doomed:
-            library.delete_images(doomed)
-            report.removed = len(doomed)
-        index = library.vector_index("images")
-        grown = needs_rebuild(index.factory, index.ntotal, index.dim)
-        if grown:  # the library outgrew its index type: rebuild from the stored vectors, no re-embedding
-            report.rebuilt = library.rebuild_index("images", grown, queries=encoder.encode_texts(TUNING_QUERIES))
-    library.save("images")
-    if patch_store is not None and not report.interrupted:
-        report.patched = backfill_patches(library, encoder, patches, batch_size, workers, should_stop, report)
 
 
 def missing_patches(library: Library, spec) -> list[tuple[int, str, str]]:
-    """(id, path, sha256) of the stored photos whose patch tokens are missing or stale."""
+    """(id, path, sha256) of the stored photos whose patch tokens are missing, stale or damaged (failing their
+    CRC: every slot is read, ~12.5 KB per photo)."""
     store = library.patch_store(spec)
     missing = []
-    for page in batched(library.store.image_digests(), 4096):
-        found = store.has([i for i, _, _ in page], [sha for _, _, sha in page])
+    for page in batched(library.store.image_digests(), 1024):
+        found = store.has([i for i, _, _ in page], [sha for _, _, sha in page], verify=True)
         missing.extend(row for row, ok in zip(page, found) if not ok)
     return missing
 
@@ -298,11 +340,19 @@ def backfill_patches(library: Library, encoder: Encoder, patches: PatchProjector
     if not todo:
         return 0
     logger.info("%s: making reranker patch tokens for %d photos indexed without them", library.root, len(todo))
-    store, done = library.patch_store(patches.spec), 0
+    store = library.patch_store(patches.spec)
     expected = {path: (i, sha) for i, path, sha in todo}
-    for batch in batched(iter_decoded([p for _, p, _ in todo], target_size=decode_size(encoder), workers=workers,
-                                      prepare=input_fit(encoder)),
-                         batch_size):
+    decoded = iter_decoded([p for _, p, _ in todo], target_size=decode_size(encoder), workers=workers,
+                           prepare=input_fit(encoder))
+    with closing(decoded):  # closed here, at once, also on KeyboardInterrupt (not by the garbage collector)
+        return _backfill(store, decoded, expected, encoder, patches, batch_size, should_stop, report)
+
+
+def _backfill(store, decoded: Iterable, expected: dict[str, tuple[int, str]], encoder: Encoder,
+              patches: PatchProjector, batch_size: int, should_stop: Callable[[], bool] | None,
+              report: IndexReport | None) -> int:
+    done = 0
+    for batch in batched(decoded, batch_size):
         good = [im for im in batch if not isinstance(im, Skipped) and expected[im.path][1] == im.sha256]
         if report is not None:
             report.skipped.extend(im for im in batch if isinstance(im, Skipped))

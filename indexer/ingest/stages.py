@@ -25,8 +25,10 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 2, pref
     `items` is consumed lazily on the calling thread; at most `prefetch` calls are submitted and not yet
     yielded, so memory stays bounded. Results that are ready at the head are yielded without waiting; the
     stream waits only when the window is full. Exceptions from `items` propagate at once, those from `fn`
-    when their result's turn comes. Closing the generator early cancels calls that have not started and
-    waits for running ones. `initializer` runs once on each worker thread before its first call."""
+    when their result's turn comes. Closing the generator early cancels calls that have not started, waits
+    for running ones and closes `items` (when it is a generator: a chain of stages closes in order, on the
+    closing thread, not whenever the garbage collector gets to it). `initializer` runs once on each worker
+    thread before its first call."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if prefetch < 1:
@@ -41,7 +43,12 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 2, pref
         while pending:
             yield pending.popleft().result()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
 
 class LaneIds:

@@ -5,11 +5,13 @@ search would patch in memory). It reports, per modality, rows without a vector i
 without a row, duplicate vectors, an unreadable index file, an index file behind the store (generation),
 rows whose vector is not stored (libraries from before schema 2), rows embedded with another model; the
 indexed photos whose files vanished under a root that is there; and the roots that are not there at all (an
-unplugged drive, an unmounted share), whose photos are kept and never called vanished.
+unplugged drive, an unmounted share), whose photos are kept and never called vanished; and the photos whose
+reranker patch tokens fail their checksum (bit rot in patches.f16).
 
 `repair` takes the writer lock and fixes what can be fixed without embedding (patching or rebuilding the
 index from the vectors in the store, back-filling stored vectors from the index, dropping rows of vanished
-files) and embeds again only rows that have no usable vector anywhere or come from another model. Photos
+files) and embeds again only rows that have no usable vector anywhere or come from another model; damaged
+patch tokens are made again from the photos (vectors untouched). Photos
 under a missing root are never dropped: not as vanished, and not when their row needs embedding again.
 """
 from __future__ import annotations
@@ -23,8 +25,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
+from xmodal.indexer.ingest.pipeline import backfill_patches
+from xmodal.indexer.models.patch_projector import PatchProjector, default_projector
 from xmodal.indexer.models.base import Encoder
-from xmodal.indexer.storage.library import MODALITIES, Library, LibraryError, _under
+from xmodal.indexer.storage.library import MODALITIES, Library, LibraryError, _under, dim_problem
 from xmodal.indexer.records import Skipped
 from xmodal.indexer.storage.store import DatabaseDamaged, Store, restore_backup
 from xmodal.indexer.storage.vector_index import VectorIndex, VectorIndexError
@@ -54,6 +58,7 @@ class CheckReport:
     vanished: list[str] = field(default_factory=list)
     unreachable: dict[str, int] = field(default_factory=dict)  # missing root -> photos kept under it
     writer: str | None = None  # pid of a process indexing the library while it was checked
+    corrupt_patches: list[int] = field(default_factory=list)  # photos whose reranker tokens fail their CRC
 
     @property
     def problems(self) -> list[str]:
@@ -78,6 +83,9 @@ class CheckReport:
                 out.append(f"{name}: {len(m.wrong_model)} rows were embedded with another model than {self.model!r}")
         if self.vanished:
             out.append(f"images: {len(self.vanished)} indexed files no longer exist")
+        if self.corrupt_patches:
+            out.append(f"images: {len(self.corrupt_patches)} photos have damaged reranker patch tokens "
+                       "(failing their checksum)")
         return out
 
     @property
@@ -96,7 +104,8 @@ class CheckReport:
         return {"library": self.library, "ok": self.ok, "problems": self.problems, "model": self.model,
                 "dim": self.dim, "schema_version": self.schema_version,
                 "modalities": {k: asdict(v) for k, v in self.modalities.items()}, "vanished": self.vanished,
-                "unreachable_roots": self.unreachable, "notes": self.notes, "writer_pid": self.writer}
+                "unreachable_roots": self.unreachable, "notes": self.notes, "writer_pid": self.writer,
+                "corrupt_patches": self.corrupt_patches}
 
 
 def missing_files(paths: Iterable[str], roots: Sequence[str], exists: Callable[[str], bool] = os.path.exists
@@ -155,7 +164,22 @@ def check_library(library: Library) -> CheckReport:
             m.vectors_without_row = np.setdiff1d(held, ids).tolist()
         report.modalities[modality] = m
     report.vanished, report.unreachable = missing_files((p for _, p, _ in store.image_paths()), library.roots)
+    report.corrupt_patches = corrupt_patches(library)
     return report
+
+
+def corrupt_patches(library: Library) -> list[int]:
+    """Ids of the photos whose stored reranker patch tokens fail their CRC (reads every slot)."""
+    patches = library.patch_store()
+    if not patches.available:
+        return []
+    out: list[int] = []
+    rows = list(library.store.image_digests())
+    for start in range(0, len(rows), 1024):
+        page = rows[start:start + 1024]
+        bad = patches.corrupt([i for i, _, _ in page], [sha for _, _, sha in page])
+        out.extend(i for (i, _, _), b in zip(page, bad) if b)
+    return out
 
 
 @dataclass
@@ -165,28 +189,36 @@ class RepairReport:
     rebuilt: list[dict] = field(default_factory=list)  # damaged index files rebuilt from the store
     kept_unreachable: int = 0  # rows needing a new vector whose root is missing: kept for when it is back
     reembedded: int = 0
+    patch_tokens: int = 0  # photos whose damaged reranker patch tokens were made again
     failed: list[Skipped] = field(default_factory=list)  # rows dropped: no usable vector and file unusable
 
     def to_json(self) -> dict:
         return {"patched": self.patched, "removed_vanished": self.removed_vanished,
                 "kept_unreachable": self.kept_unreachable, "rebuilt": self.rebuilt, "reembedded": self.reembedded,
+                "patch_tokens": self.patch_tokens,
                 "failed": [{"path": s.path, "reason": s.reason} for s in self.failed]}
 
 
 def restore_if_damaged(library_dir: str | os.PathLike) -> Path | None:
-    """For `check --repair`, before the library is opened: when library.db is damaged (it will not open, or
-    fails SQLite's quick_check), put its backup in place (store.restore_backup). Returns where the damaged
-    file was kept, or None when it was sound. Raises StoreError when it is damaged and has no backup."""
+    """For `check --repair`, before the library is opened: when library.db is damaged (it will not open, fails
+    SQLite's quick_check, or its schema version or model dim is nonsense: hand-edited), put its backup in
+    place (store.restore_backup). Returns where the damaged file was kept, or None when it was sound. Raises
+    StoreError when it is damaged and has no backup."""
     try:
         with Store(library_dir) as store:
             verdict = store.quick_check()
+            dim = store.get_meta("dim")
+            if verdict == "ok" and dim is not None and dim_problem(dim, store.vector_dims()):
+                verdict = "a wrong model dim"  # hand-edited or damaged meta: the backup's is right
     except DatabaseDamaged:
         return restore_backup(library_dir)
     return None if verdict == "ok" else restore_backup(library_dir)
 
 
-def repair(library: Library, load_encoder: Callable[[], Encoder]) -> RepairReport:
-    """Fix `library` (see module doc). `load_encoder` is called only if something must be embedded again."""
+def repair(library: Library, load_encoder: Callable[[], Encoder],
+           projector: Callable[[str], PatchProjector | None] = default_projector) -> RepairReport:
+    """Fix `library` (see module doc). `load_encoder` is called only if something must be embedded again
+    (rows, or damaged patch tokens: made again with `projector(model)`, the reranker's projection)."""
     out = RepairReport()
     with library.writing():
         if library.dim is None:
@@ -241,4 +273,9 @@ def repair(library: Library, load_encoder: Callable[[], Encoder]) -> RepairRepor
                 out.reembedded += len(texts)
         for modality in MODALITIES:
             library.save(modality)
+        if corrupt_patches(library):
+            encoder = load_encoder()
+            proj = projector(encoder.name)
+            if proj is not None and hasattr(encoder, "encode_images_with_patches"):
+                out.patch_tokens = backfill_patches(library, encoder, proj)
     return out

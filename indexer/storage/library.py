@@ -28,7 +28,7 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -57,6 +57,16 @@ def default_library_dir() -> Path:
         return Path(os.environ["XMODAL_LIBRARY"]).expanduser()
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "xmodal" / "library"
+
+
+def dim_problem(dim: Any, vector_dims: set[int]) -> str | None:
+    """What is wrong with the model dim recorded in a library's meta, given its stored vectors' dims: None
+    when it is a whole number >= 8 that the vectors agree with."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 8:
+        return f"its model dim {dim!r} is not a whole number of at least 8"
+    if vector_dims - {dim}:
+        return f"its model dim is {dim} but its stored vectors have {', '.join(map(str, sorted(vector_dims)))}"
+    return None
 
 
 def _under(path: str, root: str) -> bool:
@@ -95,6 +105,7 @@ class Library:
         self.store = Store(self.root, create=create)
         self._indexes: dict[str, VectorIndex] = {}
         self._patch_store: PatchStore | None = None
+        self._dim_checked: Any = None
         self._lock_fd: int | None = None
         self._lock_depth = 0
         #: per modality, ids of rows that have no vector anywhere (must be re-embedded)
@@ -226,7 +237,15 @@ class Library:
     @property
     def dim(self) -> int | None:
         dim = self.store.get_meta("dim")
-        return None if dim is None else int(dim)
+        if dim is None:
+            return None
+        if dim != self._dim_checked:  # checked once per value: the stored vectors' length is one query
+            problem = dim_problem(dim, self.store.vector_dims())
+            if problem:
+                raise LibraryError(f"{self.store.db_path}: {problem} (hand-edited or damaged); run "
+                                   "`xmodal check --repair` to put back library.db.bak")
+            self._dim_checked = dim
+        return int(dim)
 
     def bind_model(self, name: str, dim: int) -> None:
         """Record the model on first use; refuse a different one later (vectors would be incomparable)."""
@@ -472,6 +491,9 @@ class Library:
 def write_failure(library: Library, exc: BaseException) -> LibraryError:
     """The one-line error for a library write that failed (disk full, read-only, I/O error)."""
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+    if isinstance(exc, VectorIndexError):  # it names the file and the cause already
+        return LibraryError(f"{reason}; stopped, and everything committed before is kept: free space or fix "
+                            "permissions, then run the same command again")
     return LibraryError(f"cannot write to library {library.root}: {reason}; stopped, and everything committed "
                         "before is kept: free space or fix permissions, then run the same command again")
 

@@ -6,18 +6,22 @@ opens no image file at query time.
     store.write(ids, sha256s, projector(raw_tokens))   # (n, 49, 1280) -> (n, 49, 128) float16
     tokens, found = store.read(ids, sha256s)           # (n, 49, 128) float16, (n,) bool
 
-Layout of `patches.f16`: fixed-size slots addressed by image id, each an 8-byte tag (the first 8 bytes of
-the photo's SHA-256) followed by the tokens as float16: 49 x 128 x 2 = 12,544 bytes + 8 per image. A slot is
-valid only when its tag equals the stored photo's hash, so a crash between the store commit and the token
-write, an id reused after a delete, or a photo edited in place can never pair a photo with another's tokens:
-such slots read as missing and `xmodal index` fills them in. The projection's fingerprint (`spec`) is kept
-in `patches.json`; a library whose file was made with another projection starts a fresh file.
+Layout of `patches.f16` (layout 2): fixed-size slots addressed by image id, each a 16-byte header (an 8-byte
+tag: the first 8 bytes of the photo's SHA-256; the CRC-32 of the token bytes, little-endian; 4 zero bytes)
+followed by the tokens as float16: 49 x 128 x 2 = 12,544 bytes + 16 per image. A slot is valid only when its
+tag equals the stored photo's hash, so a crash between the store commit and the token write, an id reused
+after a delete, or a photo edited in place can never pair a photo with another's tokens: such slots read as
+missing and `xmodal index` fills them in. A slot whose tokens fail their CRC (bit rot) reads as missing
+too (`read`, `has(verify=True)`), so `xmodal index` and `xmodal check --repair` make them again. The
+projection's fingerprint and the slot layout (`spec`) are kept in `patches.json`; a library whose file was
+made with another projection or layout (layout 1: an 8-byte tag, no CRC) starts a fresh file.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +34,8 @@ logger = logging.getLogger(__name__)
 FILENAME = "patches.f16"
 SPEC_FILENAME = "patches.json"
 TAG_BYTES = 8
+HEADER_BYTES = 16  # tag, CRC-32 of the tokens, 4 zero bytes
+LAYOUT = 2  # 1: an 8-byte tag and no CRC (files of that layout start afresh)
 MAX_SLOT_BYTES = 16 * 1024
 
 
@@ -44,10 +50,11 @@ class PatchSpec:
     tokens: int  # patches per image (49 for a 7 x 7 map)
     dim: int  # channels per stored token
     source: str  # fingerprint of the projection (a change invalidates every stored token)
+    layout: int = LAYOUT  # the slot layout (a change invalidates every stored token)
 
     @property
     def slot_bytes(self) -> int:
-        return TAG_BYTES + self.tokens * self.dim * 2
+        return HEADER_BYTES + self.tokens * self.dim * 2
 
 
 class PatchStore:
@@ -58,7 +65,7 @@ class PatchStore:
         self.path, self.spec_path = self.root / FILENAME, self.root / SPEC_FILENAME
         stored = self._stored_spec()
         if spec is None:
-            spec = stored
+            spec = stored if stored is None or stored.layout == LAYOUT else None  # an old layout: no tokens
         elif stored is not None and stored != spec:
             logger.info("%s: patch tokens were made with another projection; starting them afresh", self.root)
             self.path.unlink(missing_ok=True)
@@ -73,7 +80,7 @@ class PatchStore:
 
     def _stored_spec(self) -> PatchSpec | None:
         try:
-            return PatchSpec(**json.loads(self.spec_path.read_text()))
+            return PatchSpec(**{"layout": 1, **json.loads(self.spec_path.read_text())})
         except FileNotFoundError:
             return None
         except (ValueError, TypeError) as e:
@@ -103,7 +110,8 @@ class PatchStore:
         with open(self.path, "r+b" if self.path.exists() else "w+b") as f:
             for i, sha, t in sorted(zip(ids, sha256s, tokens), key=lambda x: x[0]):
                 f.seek(int(i) * spec.slot_bytes)
-                f.write(_tag(sha) + t.tobytes())
+                data = t.tobytes()
+                f.write(_tag(sha) + zlib.crc32(data).to_bytes(4, "little") + bytes(4) + data)
             f.flush()
             os.fsync(f.fileno())
 
@@ -114,12 +122,22 @@ class PatchStore:
         found, rows = self._match(ids, sha256s)
         if found.any():
             slots = self._slots()
-            out[found] = slots[rows[found], TAG_BYTES:].view(np.float16).reshape(-1, spec.tokens, spec.dim)
+            found[found] = _crc_ok(slots[rows[found]])
+            out[found] = slots[rows[found], HEADER_BYTES:].view(np.float16).reshape(-1, spec.tokens, spec.dim)
         return out, found
 
-    def has(self, ids: Sequence[int], sha256s: Sequence[str]) -> np.ndarray:
-        """(n,) bool: whether each photo has valid tokens, reading only the slots' tags."""
-        return self._match(ids, sha256s)[0]
+    def has(self, ids: Sequence[int], sha256s: Sequence[str], verify: bool = False) -> np.ndarray:
+        """(n,) bool: whether each photo has valid tokens, reading only the slots' tags, or with `verify` also
+        their tokens' CRC (a sequential read of the slots: ~12.5 KB per photo)."""
+        found, rows = self._match(ids, sha256s)
+        if verify and found.any():
+            found[found] = _crc_ok(self._slots()[rows[found]])
+        return found
+
+    def corrupt(self, ids: Sequence[int], sha256s: Sequence[str]) -> np.ndarray:
+        """(n,) bool: slots whose tag is the photo's but whose tokens fail their CRC (bit rot)."""
+        found = self._match(ids, sha256s)[0]
+        return found & ~self.has(ids, sha256s, verify=True)
 
     def _match(self, ids: Sequence[int], sha256s: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """-> (n,) bool found (the slot exists and its tag is the photo's hash), (n,) int64 slot row."""
@@ -139,6 +157,12 @@ class PatchStore:
 
 
 _EMPTY = bytes(TAG_BYTES)  # the tag of a slot never written (a hole in the file): never valid
+
+
+def _crc_ok(slots: np.ndarray) -> np.ndarray:
+    """(n, slot_bytes) uint8 slots -> (n,) bool: the tokens' CRC-32 equals the one in the header."""
+    stored = slots[:, TAG_BYTES:TAG_BYTES + 4].copy().view("<u4").reshape(-1)
+    return np.fromiter((zlib.crc32(row[HEADER_BYTES:]) == want for row, want in zip(slots, stored)), bool, len(slots))
 
 
 def _tag(sha256: str) -> bytes:

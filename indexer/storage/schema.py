@@ -64,9 +64,17 @@ def _migration_2_vectors(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE texts ADD COLUMN vector BLOB")
 
 
+def _migration_3_file_identity(conn: Connection) -> None:
+    """Version 3: each image row carries its file's change time and inode (NULL in older rows: unknown), so
+    that a file rewritten with its size and mtime restored is still seen as changed."""
+    conn.exec_driver_sql("ALTER TABLE images ADD COLUMN ctime REAL")
+    conn.exec_driver_sql("ALTER TABLE images ADD COLUMN inode INTEGER")
+
+
 #: Ordered schema migrations; ``MIGRATIONS[i]`` takes a library from version ``i`` to ``i + 1``.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1_initial, _migration_2_vectors]
-SCHEMA_VERSION = 2
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1_initial, _migration_2_vectors,
+                                                   _migration_3_file_identity]
+SCHEMA_VERSION = 3
 
 META_DDL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
@@ -104,6 +112,8 @@ IMAGES = Table(
     Column("model", Text, nullable=False),
     Column("indexed_at", IsoDateTime, nullable=False),
     Column("vector", LargeBinary),
+    Column("ctime", Float),
+    Column("inode", Integer),
 )
 #: every image column but the vector (records never carry it)
 IMAGE_COLUMNS = [c for c in IMAGES.c if c.name != "vector"]
@@ -142,6 +152,8 @@ def image_record(row: Any) -> ImageRecord:
         height=row.height,
         taken_at=row.taken_at,
         model=row.model,
+        ctime=row.ctime,
+        inode=row.inode,
     )
 
 
@@ -168,4 +180,6 @@ def image_row(image: DecodedImage, model: str, indexed_at: datetime) -> dict[str
         "taken_at": image.taken_at,
         "model": model,
         "indexed_at": indexed_at,
+        "ctime": None if image.ctime is None else float(image.ctime),
+        "inode": None if image.inode is None else int(image.inode),
     }

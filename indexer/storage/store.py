@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import (
@@ -62,6 +62,18 @@ DB_FILENAME = "library.db"
 BUSY_TIMEOUT_MS = 10_000
 _CHUNK = 500  # ids per IN (...) clause; well under SQLite's bound-variable limit
 _STREAM_BATCH = 2_000  # rows per keyset page in image_states()
+
+
+class FileState(NamedTuple):
+    """What the store knows of an indexed file, for deciding whether it changed (`Store.image_states`)."""
+
+    path: str
+    id: int
+    size: int
+    mtime: float
+    ctime: float | None
+    inode: int | None
+    sha256: str
 
 
 class StoreError(Exception):
@@ -225,6 +237,17 @@ class Store:
         if busy:
             log.debug("%s: checkpoint left part of the log to a later one (a reader was busy)", self.db_path)
 
+    def vector_dims(self) -> set[int]:
+        """The dims of the stored vectors (from their byte lengths; one row of each modality is read)."""
+        dims = set()
+        with self._read() as conn:
+            for table in TABLES.values():
+                n = conn.execute(select(func.length(table.c.vector)).where(table.c.vector.is_not(None)).limit(1)
+                                 ).scalar()
+                if n is not None:
+                    dims.add(int(n) // 4)
+        return dims
+
     def quick_check(self) -> str:
         """SQLite's quick_check of the whole file: "ok", or what is damaged (reads every page: seconds per GB)."""
         with self._read() as conn:
@@ -261,7 +284,16 @@ class Store:
 
     def _stored_version(self, conn: Connection) -> int:
         value = conn.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
-        return 0 if value is None else int(json.loads(value))
+        if value is None:
+            return 0
+        try:
+            version = json.loads(value)
+        except ValueError:
+            version = value
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise DatabaseDamaged(f"{self.db_path}: its schema version {value!r} is not a whole number (hand-edited "
+                                  f"or damaged); run `xmodal check --repair` to put back {BACKUP_FILENAME}")
+        return version
 
     def _migrate(self) -> None:
         target = SCHEMA_VERSION
@@ -302,7 +334,13 @@ class Store:
         """The JSON-decoded value stored under ``key``, or ``default``."""
         with self._read() as conn:
             value = conn.execute(select(META.c.value).where(META.c.key == key)).scalar()
-        return default if value is None else json.loads(value)
+        if value is None:
+            return default
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise DatabaseDamaged(f"{self.db_path}: its {key!r} setting {value!r} is not valid JSON (hand-edited or "
+                                  f"damaged); run `xmodal check --repair` to put back {BACKUP_FILENAME}") from None
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store ``value`` (anything ``json.dumps`` accepts) under ``key``, replacing any previous value."""
@@ -423,10 +461,22 @@ class Store:
                 return
             last = page[-1].id
 
-    def image_states(self) -> Iterator[tuple[str, int, int, float]]:
-        """Yield ``(path, id, size, mtime)`` for every image in id order, for the incremental re-index check."""
-        for r in self._image_pages(IMAGES.c.raw_path, IMAGES.c.size, IMAGES.c.mtime):
-            yield os.fsdecode(r.raw_path), r.id, r.size, r.mtime
+    def image_states(self) -> Iterator[FileState]:
+        """Yield a ``FileState`` (path, id, size, mtime, ctime, inode, sha256) for every image in id order, for
+        the incremental re-index check; ctime and inode are None in rows from before schema 3."""
+        for r in self._image_pages(IMAGES.c.raw_path, IMAGES.c.size, IMAGES.c.mtime, IMAGES.c.ctime,
+                                   IMAGES.c.inode, IMAGES.c.sha256):
+            yield FileState(os.fsdecode(r.raw_path), r.id, r.size, r.mtime, r.ctime, r.inode, r.sha256)
+
+    def set_file_states(self, states: Sequence[tuple[int, int, float, float, int]]) -> None:
+        """Record ``(id, size, mtime, ctime, inode)`` of files whose content was found unchanged (same hash):
+        no generation bump, the vectors are untouched. One transaction."""
+        if not states:
+            return
+        with self._write() as conn:
+            for image_id, size, mtime, ctime, inode in states:
+                conn.execute(IMAGES.update().where(IMAGES.c.id == int(image_id))
+                             .values(size=int(size), mtime=float(mtime), ctime=float(ctime), inode=int(inode)))
 
     def delete_images(self, ids: Sequence[int]) -> int:
         """Delete the images with these ids (unknown ids are ignored); returns how many rows went."""

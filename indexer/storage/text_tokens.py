@@ -3,22 +3,25 @@ that reranking an image query's candidate texts needs no text-tower pass at quer
 over 16 candidate texts is ~40 ms of a ~50 ms image -> text rerank on 2 cores; reading them is ~0.1 ms).
 
 Layout: `text_tokens.f16` holds the states (float16, real tokens only, [CLS] ... [SEP]) appended one text
-after another; `text_tokens.idx` holds one fixed 24-byte slot per text id: an 8-byte tag (the first 8 bytes
-of the SHA-256 of the text), the offset (in tokens) and the token count. The states are written and flushed
-before the slot, so a crash leaves at worst unreferenced bytes; a slot whose tag does not match the stored
-text (an id reused after a delete) reads as missing, and missing states are computed at query time.
+after another; `text_tokens.v2.idx` holds one fixed 32-byte slot per text id: an 8-byte tag (the first 8
+bytes of the SHA-256 of the text), the offset (in tokens), the token count and the CRC-32 of the states'
+bytes. The states are written and flushed before the slot, so a crash leaves at worst unreferenced bytes; a
+slot whose tag does not match the stored text (an id reused after a delete) or whose states fail their CRC
+(bit rot) reads as missing, and missing states are computed at query time. A library with the older
+24-byte `text_tokens.idx` (no CRC) starts both files afresh on its next write.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-DATA, INDEX = "text_tokens.f16", "text_tokens.idx"
-SLOT = np.dtype([("tag", "<u8"), ("offset", "<u8"), ("length", "<u8")])  # 24 bytes per text id
+DATA, INDEX, OLD_INDEX = "text_tokens.f16", "text_tokens.v2.idx", "text_tokens.idx"
+SLOT = np.dtype([("tag", "<u8"), ("offset", "<u8"), ("length", "<u8"), ("crc", "<u8")])  # 32 bytes per text id
 
 
 def text_tag(text: str) -> int:
@@ -34,6 +37,9 @@ class TextTokenStore:
         """states[i]: (T_i, width) token states of texts[i] (real tokens only)."""
         if not ids:
             return
+        if (self.root / OLD_INDEX).exists():  # the layout without CRCs: its states are dropped, not misread
+            for old in (self.root / OLD_INDEX, self.data, self.index):
+                old.unlink(missing_ok=True)
         blob = np.concatenate([np.asarray(s, np.float16).reshape(-1, self.width) for s in states])
         with open(self.data, "ab") as f:
             start = f.tell() // (2 * self.width)
@@ -44,7 +50,8 @@ class TextTokenStore:
         with open(self.index, "r+b" if self.index.exists() else "w+b") as f:
             for i, text, off, s in sorted(zip(ids, texts, offsets, states), key=lambda x: x[0]):
                 f.seek(int(i) * SLOT.itemsize)
-                f.write(np.array([(text_tag(text), int(off), len(s))], SLOT).tobytes())
+                data = np.asarray(s, np.float16).reshape(-1, self.width).tobytes()
+                f.write(np.array([(text_tag(text), int(off), len(s), zlib.crc32(data))], SLOT).tobytes())
             f.flush()
             os.fsync(f.fileno())
 
@@ -58,7 +65,9 @@ class TextTokenStore:
         for r, (i, text) in enumerate(zip(ids, texts)):
             if text is None or not 0 <= int(i) < len(slots):
                 continue
-            tag, off, n = slots[int(i)]
+            tag, off, n, crc = slots[int(i)]
             if tag and tag == text_tag(text) and off + n <= len(data):
-                out[r] = np.asarray(data[off:off + n])
+                states = np.asarray(data[off:off + n])
+                if zlib.crc32(states.tobytes()) == crc:
+                    out[r] = states
         return out

@@ -27,9 +27,11 @@ per vector (400 MB of a search process's memory at 10M photos). A writable load 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,6 +91,49 @@ def file_digest(path: Path, chunk: int = 4 << 20) -> tuple[int, str]:
             h.update(block)
             size += len(block)
     return size, h.hexdigest()
+
+
+def valid_search_params(params: Any, side: Path) -> dict[str, Any]:
+    """The search parameters of a sidecar that are well-formed (a name and a finite number >= 0); the rest
+    are dropped with a warning (a hand-edited sidecar: the index then searches with its defaults)."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        log.warning("%s: search_params %r is not a mapping; dropped", side, params)
+        return {}
+    good = {}
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            log.warning("%s: search parameter %s=%r is not a number; dropped", side, name, value)
+        else:
+            good[name] = value
+    return good
+
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def write_error(path: Path, exc: BaseException, needed: int = 0) -> VectorIndexError:
+    """A failed index write -> a one-line VectorIndexError without FAISS internals. FAISS reports a full disk
+    as an assertion on fwrite's count (`'ret == (size * 4)' failed`), so the disk's free space (asked while
+    the partial file still holds its share) tells a full disk from another failure."""
+    errno_ = getattr(exc, "errno", None)
+    if errno_ in FULL_ERRNOS or (errno_ is None and disk_full(path.parent, needed)):
+        reason = "the disk is full"
+    elif isinstance(exc, OSError):
+        reason = f"{exc.strerror or exc}"
+    else:
+        reason = "the write failed (a disk quota or an I/O error?)"
+    return VectorIndexError(f"cannot write {path}: {reason}")
+
+
+def disk_full(folder: Path, needed: int = 0) -> bool:
+    """Whether the file system of `folder` has less free space than `needed` bytes (at least 1 MiB)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs (Windows), or the folder went away
+        return False
+    return st.f_bavail * st.f_frsize < max(int(needed), 1 << 20)
 
 
 def _sidecar(path: Path) -> Path:
@@ -316,6 +361,8 @@ class VectorIndex:
                     raise ValueError(f"search parameter refine={value!r} must be a whole number >= 1")
                 self._search_params[name] = int(value)
                 continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ValueError(f"search parameter {name}={value!r} must be a number")
             try:
                 space.set_index_parameter(self._index, name, value)
             except RuntimeError as exc:
@@ -424,11 +471,13 @@ class VectorIndex:
         try:
             try:
                 faiss.write_index(self._index, str(tmp))
-            except RuntimeError as exc:  # FAISS reports a failed write (e.g. a full disk) as RuntimeError
-                raise VectorIndexError(f"cannot write {path}: {str(exc).splitlines()[-1]}") from exc
-            _retag(tmp, IDMAP2_TAG, IDMAP_TAG)  # read back as IndexIDMap2 only when loaded writable
-            size, digest = file_digest(tmp)
-            _replace_durably(tmp, path)
+                _retag(tmp, IDMAP2_TAG, IDMAP_TAG)  # read back as IndexIDMap2 only when loaded writable
+                size, digest = file_digest(tmp)
+                _replace_durably(tmp, path)
+            except (RuntimeError, OSError) as exc:  # FAISS reports a failed write (a full disk) as RuntimeError
+                if isinstance(exc, OSError) and exc.errno not in FULL_ERRNOS:
+                    raise
+                raise write_error(path, exc, needed=self.ntotal * self.dim * 4) from exc
         finally:
             tmp.unlink(missing_ok=True)
         meta = {
@@ -441,6 +490,10 @@ class VectorIndex:
         try:
             side_tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             _replace_durably(side_tmp, side)
+        except OSError as exc:
+            if exc.errno not in FULL_ERRNOS:
+                raise
+            raise write_error(side, exc) from exc
         finally:
             side_tmp.unlink(missing_ok=True)
         log.debug("saved %r to %s", self, path)
@@ -458,7 +511,7 @@ class VectorIndex:
         try:
             meta = json.loads(side.read_text(encoding="utf-8"))
             factory, dim, ntotal = str(meta["factory"]), int(meta["dim"]), int(meta["ntotal"])
-            search_params = dict(meta.get("search_params") or {})
+            search_params = valid_search_params(meta.get("search_params"), side)
             generation = None if meta.get("generation") is None else int(meta["generation"])
         except (ValueError, KeyError, TypeError) as exc:
             raise VectorIndexError(f"{side} is not a valid index sidecar ({exc}); rebuild the index") from exc
@@ -476,7 +529,11 @@ class VectorIndex:
                 f"{path} holds {index.ntotal} vectors of dim {index.d} but {side} says {ntotal} of dim {dim} "
                 "(probably an interrupted save); rebuild the index"
             )
-        loaded = cls(index, factory, search_params, read_only=mapped)
+        try:
+            loaded = cls(index, factory, search_params, read_only=mapped)
+        except ValueError as exc:  # a parameter this index type refuses: search with the defaults
+            log.warning("%s: search parameters dropped (%s); `xmodal reindex` tunes them again", side, exc)
+            loaded = cls(index, factory, None, read_only=mapped)
         loaded.generation = generation
         return loaded
 
