@@ -496,7 +496,7 @@ def test_a_damaged_database_is_named_as_such_and_repair_puts_back_its_backup(pho
 def test_sqlite_errors_are_told_apart():
     from sqlalchemy.exc import DatabaseError as SADatabaseError
 
-    from xmodal.indexer.storage.store import DatabaseDamaged, database_problem
+    from xmodal.indexer.storage.recovery import DatabaseDamaged, database_problem
 
     def err(message):
         return database_problem(Path("/lib/library.db"), SADatabaseError("stmt", {}, Exception(message)), "reading")

@@ -30,7 +30,8 @@ from xmodal.indexer.models.patch_projector import PatchProjector, default_projec
 from xmodal.indexer.models.base import Encoder
 from xmodal.indexer.storage.library import MODALITIES, Library, LibraryError, _under, dim_problem
 from xmodal.indexer.records import Skipped
-from xmodal.indexer.storage.store import DatabaseDamaged, Store, restore_backup
+from xmodal.indexer.storage.recovery import DatabaseDamaged, restore_backup
+from xmodal.indexer.storage.store import Store
 from xmodal.indexer.storage.vector_index import VectorIndex, VectorIndexError
 
 

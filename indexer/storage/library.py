@@ -35,7 +35,8 @@ import numpy as np
 from xmodal.indexer.storage.index_choice import choose_index
 from xmodal.indexer.storage.patch_tokens import PatchSpec, PatchStore
 from xmodal.indexer.records import DecodedImage
-from xmodal.indexer.storage.store import BACKUP_FILENAME, Store, StoreError
+from xmodal.indexer.storage.recovery import BACKUP_FILENAME
+from xmodal.indexer.storage.store import Store, StoreError
 from xmodal.indexer.storage.vector_index import VectorIndex, VectorIndexError
 
 logger = logging.getLogger(__name__)

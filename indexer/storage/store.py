@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -52,13 +51,14 @@ from sqlalchemy import (
 from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from xmodal.indexer.records import DecodedImage, ImageRecord, TextRecord
+from xmodal.indexer.storage.recovery import (BACKUP_FILENAME, DB_FILENAME, DatabaseDamaged, StoreError,
+                                             database_problem)
 from xmodal.indexer.storage.schema import (IMAGE_COLUMNS, IMAGES, META, META_DDL, MIGRATIONS, SCHEMA_VERSION, TABLES,
                                           TEXTS, display_path, from_blob, image_record, image_row, raw_path_of,
                                           to_blob)
 
 log = logging.getLogger(__name__)
 
-DB_FILENAME = "library.db"
 BUSY_TIMEOUT_MS = 10_000
 _CHUNK = 500  # ids per IN (...) clause; well under SQLite's bound-variable limit
 _STREAM_BATCH = 2_000  # rows per keyset page in image_states()
@@ -74,37 +74,6 @@ class FileState(NamedTuple):
     ctime: float | None
     inode: int | None
     sha256: str
-
-
-class StoreError(Exception):
-    """The library database is missing, unreadable, too new, or a write would break an invariant."""
-
-
-class DatabaseDamaged(StoreError):
-    """library.db itself is damaged (not a disk that is full or read-only): restore its backup."""
-
-
-BACKUP_FILENAME = "library.db.bak"  # a consistent copy after each successful writing session
-
-
-def database_problem(db_path: Path, exc: DatabaseError, doing: str) -> StoreError:
-    """SQLite's error -> a StoreError that says which of three different things happened, and what to do:
-    a damaged file (DatabaseDamaged: restore the backup), a read-only place, or a full disk / I/O error."""
-    why = str(getattr(exc, "orig", exc))
-    low = why.lower()
-    if any(s in low for s in ("malformed", "not a database", "file is encrypted", "database corrupt")):
-        backup = db_path.with_name(BACKUP_FILENAME)
-        fix = ("run `xmodal check --repair` to put back its backup (made after the last successful run), then "
-               "`xmodal index` to catch up" if backup.exists() else
-               "it is not a usable xmodal library database: move it away and index again")
-        return DatabaseDamaged(f"{db_path} is damaged ({why}) while {doing}; {fix}")
-    if "readonly" in low or "read-only" in low:
-        return StoreError(f"cannot write to {db_path}: it is on a read-only file system or not writable ({why}); "
-                          f"nothing was changed")
-    if "full" in low or "disk i/o" in low or "unable to open" in low:
-        return StoreError(f"cannot use {db_path} while {doing}: the disk is full or failing ({why}); free some "
-                          "space and run the command again, nothing committed is lost")
-    return StoreError(f"{db_path}: database error while {doing} ({why})")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -656,28 +625,6 @@ class Store:
         with self._read() as conn:
             ids = conn.execute(select(table.c.id).order_by(table.c.id)).scalars()
             return np.fromiter(ids, dtype=np.int64)
-
-
-def restore_backup(library_dir: str | Path) -> Path:
-    """Put library.db.bak in place of a damaged library.db, which is kept beside as library.db.damaged (with
-    its -wal and -shm). Returns the damaged file's new path. The caller then reconciles the index files
-    (they may hold vectors of rows newer than the backup) and indexes again to catch up."""
-    library_dir = Path(library_dir)
-    db, backup = library_dir / DB_FILENAME, library_dir / BACKUP_FILENAME
-    if not backup.is_file():
-        raise StoreError(f"{db} is damaged and there is no backup ({backup}); move it away and index again")
-    kept = library_dir / (DB_FILENAME + ".damaged")
-    for suffix in ("", "-wal", "-shm"):
-        part = Path(str(db) + suffix)
-        if part.exists():
-            os.replace(part, Path(str(kept) + suffix))
-    tmp = db.with_name(DB_FILENAME + ".restoring")
-    shutil.copyfile(backup, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, db)
-    log.warning("%s was damaged: restored %s (kept the damaged file as %s)", db, backup, kept)
-    return kept
 
 
 # ------------------------------------------------------------------------------------------ engine events
