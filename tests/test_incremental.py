@@ -646,3 +646,23 @@ def test_a_full_disk_during_rebuild_repair_and_index_says_so_without_faiss_inter
         assert "faiss::" not in text and "ret ==" not in text
     monkeypatch.undo()
     assert _cli(library, "check", "--repair").exit_code == 0
+
+
+def test_a_library_on_read_only_media_is_searchable_and_left_untouched(photos, library, fake_encoder, monkeypatch):
+    """A DVD, a read-only share or a snapshot: the database opens read-only and immutable, searches work
+    from the CLI and the API, a write is refused in one line, and not a byte of the library changes."""
+    from xmodal.indexer.storage import store as store_mod
+
+    _index(library, [photos], fake_encoder)
+    before = {p.name: p.read_bytes() for p in library.iterdir() if p.is_file()}
+    monkeypatch.setattr(store_mod, "writable", lambda db_path: False)  # what access(2) says on such media
+    with SearchEngine(library) as engine:
+        assert engine.library.store.read_only
+        assert Path(engine.search_text("red", k=1)[0].path).name == "red.jpg"
+    runner, args = CliRunner(), ["--library", str(library)]
+    out = runner.invoke(cli, ["search", "blue", "-k", "1", "--json", *args])
+    assert out.exit_code == 0 and json.loads(out.stdout)[0]["path"].endswith("blue.jpg")
+    out = runner.invoke(cli, ["index", str(photos), *args])
+    assert out.exit_code == 1 and "read-only" in out.output and "Traceback" not in out.output
+    after = {p.name: p.read_bytes() for p in library.iterdir() if p.is_file()}
+    assert after == before

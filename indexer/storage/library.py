@@ -195,6 +195,9 @@ class Library:
                                "it to finish (or stop it), then run the command again")
 
     def _acquire_lock(self) -> None:
+        if self.store.read_only:
+            raise LibraryError(f"library {self.root} is on read-only media (or not writable by this user): it can "
+                               "be searched, not changed; nothing was changed")
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:

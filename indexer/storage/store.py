@@ -103,7 +103,9 @@ class Store:
     timeout instead of deadlocking); wrap several calls in ``with store.transaction():`` to make them one.
     """
 
-    def __init__(self, library_dir: str | Path, create: bool = False) -> None:
+    def __init__(self, library_dir: str | Path, create: bool = False, read_only: bool | None = None) -> None:
+        """`read_only`: open the database read-only and immutable (no lock, no log), as a library on a DVD, a
+        read-only share or a snapshot must be opened; None: so when the place cannot be written to."""
         self.library_dir = Path(library_dir)
         self.db_path = self.library_dir / DB_FILENAME
         if not self.db_path.exists():
@@ -113,8 +115,14 @@ class Store:
                     f"create one with `xmodal index PATH --library {self.library_dir}`"
                 )
             self.library_dir.mkdir(parents=True, exist_ok=True)
-        self._engine = create_engine(f"sqlite:///{self.db_path}")
-        event.listen(self._engine, "connect", _on_connect)
+        if read_only is None:
+            read_only = self.db_path.exists() and not writable(self.db_path)
+        self.read_only = bool(read_only)
+        if self.read_only:  # immutable: SQLite neither locks nor looks for a -wal (every run checkpoints it)
+            self._engine = create_engine(f"sqlite:///file:{self.db_path}?mode=ro&immutable=1&uri=true")
+        else:
+            self._engine = create_engine(f"sqlite:///{self.db_path}")
+        event.listen(self._engine, "connect", _on_connect_read_only if self.read_only else _on_connect)
         event.listen(self._engine, "begin", _on_begin)
         self._local = threading.local()  # .tx: this thread's open transaction() connection, if any
         self.written = False  # set by every write; the library backs up after a session that wrote
@@ -276,6 +284,9 @@ class Store:
         self._check_not_newer(version, target)
         if version == target:
             return
+        if self.read_only:
+            raise StoreError(f"{self.db_path} was written by an older xmodal (schema {version} < {target}) and "
+                             "cannot be upgraded where it is (read-only); open it once where it can be written")
         with self._write() as conn:
             conn.exec_driver_sql(META_DDL)
             version = self._stored_version(conn)  # re-read under the write lock: another process may have won
@@ -641,6 +652,22 @@ def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur.execute("PRAGMA foreign_keys = ON")
     finally:
         cur.close()
+
+
+def _on_connect_read_only(dbapi_conn: Any, _record: Any) -> None:
+    """A read-only, immutable connection: no journal mode to set, nothing to wait for."""
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("PRAGMA query_only = ON")
+    finally:
+        cur.close()
+
+
+def writable(db_path: Path) -> bool:
+    """Whether the library's database can be written where it is: the file and its folder (SQLite writes its
+    log and lock files beside it). False on a read-only file system, for root too (access(2) says EROFS)."""
+    return os.access(db_path, os.W_OK) and os.access(db_path.parent, os.W_OK)
 
 
 def _on_begin(conn: Connection) -> None:
