@@ -273,3 +273,17 @@ def test_delete_texts_by_id(store):
     store.add_texts(["a", "b", "c"], "one.txt", "m")
     assert store.delete_texts([1, 3]) == 2
     assert [t.text for t in store.get_texts([1, 2, 3])] == ["b"]
+
+
+def test_a_library_that_cannot_be_made_leaves_no_empty_database(tmp_path, monkeypatch):
+    """Creating a library on a full disk fails with a message that says so, and leaves no 0-byte library.db
+    that a later command would take for a damaged library."""
+    from sqlalchemy.exc import OperationalError
+
+    def full(conn):
+        raise OperationalError("CREATE TABLE", {}, Exception("database or disk is full"))
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", [full, *store_module.MIGRATIONS[1:]])
+    with pytest.raises(StoreError, match="the disk is full"):
+        Store(tmp_path / "lib", create=True)
+    assert not (tmp_path / "lib" / "library.db").exists()

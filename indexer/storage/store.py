@@ -126,13 +126,16 @@ class Store:
         event.listen(self._engine, "begin", _on_begin)
         self._local = threading.local()  # .tx: this thread's open transaction() connection, if any
         self.written = False  # set by every write; the library backs up after a session that wrote
+        is_new = not self.db_path.exists()
         try:
             self._migrate()
-        except DatabaseError as exc:
+        except BaseException as exc:
             self._engine.dispose()
-            raise database_problem(self.db_path, exc, "opening the library") from exc
-        except BaseException:
-            self._engine.dispose()
+            if is_new:  # a library that could not be made (a full disk, say) leaves no empty library.db behind
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(str(self.db_path) + suffix).unlink(missing_ok=True)
+            if isinstance(exc, DatabaseError):
+                raise database_problem(self.db_path, exc, "opening the library") from exc
             raise
 
     # -- lifecycle
