@@ -22,6 +22,7 @@ Rules:
 """
 from __future__ import annotations
 
+import ctypes
 import io
 import ipaddress
 import logging
@@ -29,6 +30,7 @@ import os
 import secrets
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -92,10 +94,15 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
     folders_cache: dict[str, Any] = {}
     sessions = Sessions()
     decoding = threading.BoundedSemaphore(MAX_DECODES)
+    # Uploads decode on these few long-lived threads, not on the request threads: the allocator keeps the
+    # memory a decode freed in the arena of the thread that used it, so decoding on many pool threads would
+    # leave hundreds of MB behind in each.
+    decoder = ThreadPoolExecutor(MAX_DECODES, thread_name_prefix="xmodal-upload")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
+        decoder.shutdown(wait=False, cancel_futures=True)
         engine.close()
 
     # no /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN (blank offline); the schema stays
@@ -211,7 +218,7 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
                 raise HTTPProblem(400, _too_big(None, max_upload_bytes))
             if not data:
                 raise HTTPProblem(400, "the uploaded file is empty; choose a photo")
-            image = _decode_upload(data, file.filename or "upload", max_upload_pixels)
+            image = decoder.submit(_decode_upload, data, file.filename or "upload", max_upload_pixels).result()
             del data
         return answer(call(engine.search_image, image, k, target, rerank_k=rerank_k, **_active(f)), started, target)
 
@@ -308,14 +315,32 @@ def _too_big(length: int | None, limit: int) -> str:
     return f"the uploaded file is too large{size}; the limit is {limit / 1e6:.0f} MB"
 
 
+def release_freed_memory() -> None:
+    """Give the memory a large decode freed back to the system (glibc's malloc_trim); a no-op elsewhere."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
 def _decode_upload(data: bytes, name: str, max_pixels: int):
     """Decode an upload with the indexer's robust decoder (pixel limit from the header, EXIF, modes)."""
     fd, tmp = tempfile.mkstemp(prefix="xmodal-upload-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        return read_image(tmp, max_pixels=max_pixels).image
+        image = read_image(tmp, max_pixels=max_pixels).image
+        image.load()
+        return image
     except DecodeError as e:
         raise HTTPProblem(400, f"cannot use {os.path.basename(name)!s} as a query image: {e.reason}") from e
     finally:
         os.unlink(tmp)
+        release_freed_memory()
