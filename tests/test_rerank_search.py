@@ -16,6 +16,7 @@ from xmodal.engine.search.engine import SearchEngine
 from xmodal.indexer.models.encoders import get_encoder
 from xmodal.indexer.storage.library import Library
 from xmodal.indexer.storage.patch_tokens import MAX_SLOT_BYTES
+from xmodal.indexer.storage import text_tokens
 from xmodal.indexer.models.patch_projector import LITE_RERANK, default_projector
 from xmodal.indexer.ingest.pipeline import index_images, index_texts, missing_patches
 
@@ -225,7 +226,7 @@ def test_image_to_text_reranking_reads_stored_text_tokens(lite_library, monkeypa
     assert [h.id for h in again] == [h.id for h in stored]
     root = tmp_path / "copy"
     shutil.copytree(lite_library, root)
-    (root / "text_tokens.idx").unlink()  # computed at query time instead
+    (root / text_tokens.INDEX).unlink()  # computed at query time instead
     with SearchEngine(root) as eng:
         computed = eng.search_image(SAMPLES / "cat-chelsea.jpg", k=4, target="texts")
     assert [h.id for h in computed] == [h.id for h in stored]
