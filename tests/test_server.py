@@ -137,7 +137,15 @@ def test_upload_over_the_pixel_limit_is_400(built):
     with TestClient(make_app(built, max_upload_pixels=1000)) as c:
         r = c.post("/api/search/image", files={"file": ("wide.png", png_bytes("red", size=(100, 100)), "image/png")})
         assert r.status_code == 400
-        assert "10,000 pixels, more than the limit of 1,000" in r.json()["detail"]
+        detail = r.json()["detail"]  # in the page's words, not the indexer's ("raise max_pixels")
+        assert "wide.png is 100x100 (0.01 megapixels)" in detail and "at most 0.001 megapixels" in detail
+        assert "smaller copy" in detail and "max_pixels" not in detail
+
+
+def test_the_upload_size_limit_reads_as_the_docs_say(built):
+    with TestClient(make_app(built)) as c:
+        r = c.post("/api/search/image", files={"file": ("big.png", b"\0" * (21 * 2**20), "image/png")})
+        assert r.status_code == 400 and "the limit is 20 MB" in r.json()["detail"]
 
 
 # ------------------------------------------------------------------------------------------ filters

@@ -311,8 +311,8 @@ def _active(f: dict) -> dict:
 
 
 def _too_big(length: int | None, limit: int) -> str:
-    size = f" ({length / 1e6:.1f} MB)" if length else ""
-    return f"the uploaded file is too large{size}; the limit is {limit / 1e6:.0f} MB"
+    size = f" ({length / 2**20:.1f} MB)" if length else ""  # MB as the docs count them: 2**20 bytes
+    return f"the uploaded file is too large{size}; the limit is {limit / 2**20:.0f} MB: send a smaller copy"
 
 
 def release_freed_memory() -> None:
@@ -330,12 +330,27 @@ def release_freed_memory() -> None:
 _malloc_trim = None
 
 
+def _check_pixels(path: str, name: str, max_pixels: int) -> None:
+    """Refuse, in the page's words, a query photo with more pixels than the limit (read from its header)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return  # not an image Pillow knows: read_image says what is wrong with it
+    if width * height > max_pixels:
+        raise HTTPProblem(400, f"{os.path.basename(name)} is {width}x{height} ({width * height / 1e6:.3g} megapixels); "
+                               f"a query photo may have at most {max_pixels / 1e6:.3g} megapixels: send a smaller copy")
+
+
 def _decode_upload(data: bytes, name: str, max_pixels: int):
     """Decode an upload with the indexer's robust decoder (pixel limit from the header, EXIF, modes)."""
     fd, tmp = tempfile.mkstemp(prefix="xmodal-upload-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        _check_pixels(tmp, name, max_pixels)
         image = read_image(tmp, max_pixels=max_pixels).image
         image.load()
         return image
