@@ -573,3 +573,14 @@ def test_uploads_are_decoded_two_at_a_time(client, monkeypatch):
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(one, range(8))) == {200}
     assert most[0] == server.MAX_DECODES == 2
+
+
+def test_the_server_loads_its_models_before_the_first_search(built):
+    """`xmodal serve` warms up at start (the first search took 4 s with no feedback): the encoder is loaded
+    before anyone searches."""
+    app = make_app(built, warm_up=True)
+    assert app.state.engine._encoder is None
+    with TestClient(app) as c:
+        assert app.state.warmed.wait(30)
+        assert app.state.engine._encoder is not None
+        assert c.get("/api/search", params={"q": "red"}).status_code == 200

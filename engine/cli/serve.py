@@ -34,7 +34,8 @@ def serve(library, host, port, token, allow_hosts, model):
         raise click.UsageError(f"the token has {len(token)} characters; use at least {MIN_TOKEN_CHARS}, e.g. "
                                "export XMODAL_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
     with edge():
-        app = create_app(library_dir(library), token=token, model=model, allowed_hosts=(host, *allow_hosts))
+        app = create_app(library_dir(library), token=token, model=model, allowed_hosts=(host, *allow_hosts),
+                         warm_up=True)
     import uvicorn
 
     shown = f"[{host}]" if ":" in host else host

@@ -83,7 +83,7 @@ def is_loopback(host: str) -> bool:
 
 def create_app(library_dir: str | os.PathLike, token: str | None = None, *, model: str | None = None,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, max_upload_pixels: int = MAX_UPLOAD_PIXELS,
-               thumbnail_size: int | None = None, allowed_hosts=()) -> FastAPI:
+               thumbnail_size: int | None = None, allowed_hosts=(), warm_up: bool = False) -> FastAPI:
     """The app for one library. Opens the engine now (raising `SearchError` for a missing or empty library,
     or a `model` that is not the library's), so `xmodal serve` fails fast with a one-line reason.
     allowed_hosts: Host names answered besides localhost, 127.0.0.1 and [::1] (the bound address, names
@@ -101,14 +101,31 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        warming = threading.Thread(target=warm, name="xmodal-warm-up", daemon=True) if warm_up else None
+        if warming is not None:
+            warming.start()
         yield
         decoder.shutdown(wait=False, cancel_futures=True)
+        if warming is not None:
+            warming.join(timeout=60)
         engine.close()
+
+    def warm() -> None:
+        """Load the encoder, the reranker and the index before the first visitor asks (seconds, once), so
+        the first search answers as fast as the next; a failure here is the first search's to report."""
+        try:
+            with lock:
+                engine.search_text("a photo", k=1)
+        except Exception as e:  # noqa: BLE001 - the first real search reports the same problem properly
+            logger.debug("warm-up failed: %s", e)
+        finally:
+            app.state.warmed.set()
 
     # no /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN (blank offline); the schema stays
     app = FastAPI(title="xmodal", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Cross-modal photo search: by text, by image, more like this.")
     app.state.engine = engine
+    app.state.warmed = threading.Event()  # set once the warm-up (warm_up=True) has loaded the models
     app.state.thumbnails = thumbs
 
     # ------------------------------------------------------------------ errors
