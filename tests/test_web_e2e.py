@@ -174,3 +174,96 @@ def test_a_slow_older_search_never_replaces_a_newer_ones_results(browser, server
     assert "red" in page.inner_text("#status") and "slow.png" not in page.inner_text("#status")
     assert page.locator("#grid figure.hit .name").first.inner_text() in ("red.jpg", "dark-red.png")
     page.close()
+
+
+def _open_page(browser, server, **context):
+    """A fresh page (in its own context when options are given) holding a session, with the folders loaded."""
+    if context:
+        ctx = browser.new_context(**context)
+        page = ctx.new_page()
+    else:
+        page = browser.new_page(viewport={"width": 1100, "height": 700})
+    page.set_default_timeout(10_000)
+    page.goto(server + f"/?token={TOKEN}")
+    page.wait_for_selector("#folder option:nth-child(2)", state="attached")
+    return page
+
+
+def _settled(page, text: str) -> None:
+    """Wait until the status shows the answer of the search whose label holds text."""
+    page.wait_for_function("(t) => { const s = document.querySelector('#status').textContent;"
+                           " return s.includes(t) && !s.startsWith('searching'); }", arg=text)
+
+
+def _focused(page, selector: str) -> bool:
+    return page.evaluate("(s) => document.activeElement && document.activeElement.matches(s)", selector)
+
+
+def _tab_to(page, selector: str, limit: int = 40) -> None:
+    for _ in range(limit):
+        if _focused(page, selector):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"Tab never reached {selector}")
+
+
+def test_a_keyboard_only_session(browser, server):
+    """Search, open a photo, "More like this", close: with the keyboard alone, focus visible on each stop and
+    back on a tile after the viewer closes; the drop zone opens the file chooser with Enter."""
+    page = _open_page(browser, server)
+    assert _focused(page, "#q")  # autofocus
+    page.keyboard.type("red")
+    page.keyboard.press("Enter")
+    _settled(page, "red")
+
+    _tab_to(page, "#grid figure.hit")
+    tile = page.evaluate("document.activeElement.dataset.id")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"  # visible focus
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#viewer[open]")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+    assert page.evaluate("document.activeElement.dataset.id") == tile  # back on the tile that opened it
+
+    page.keyboard.press(" ")  # Space opens it too
+    page.wait_for_selector("#viewer[open]")
+    name = page.locator(f'#grid figure.hit[data-id="{tile}"] .name').inner_text()
+    _tab_to(page, "#more-like-this", limit=4)
+    page.keyboard.press("Enter")
+    _settled(page, f"more like {name}")
+    assert _focused(page, "#grid figure.hit")  # focus on the first new result
+    first = page.evaluate("document.activeElement.dataset.id")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#viewer[open]")
+    _tab_to(page, "#viewer .close", limit=4)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+    assert _focused(page, f'#grid figure.hit[data-id="{first}"]')
+
+    # the drop zone: reachable with Shift+Tab from the results, Enter opens the file chooser
+    for _ in range(40):
+        if _focused(page, "#drop-zone"):
+            break
+        page.keyboard.press("Shift+Tab")
+    assert _focused(page, "#drop-zone")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 40), COLOURS["green"]).save(buf, format="PNG")
+    chooser.value.set_files(files=[{"name": "kb.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    _settled(page, "kb.png")
+    assert page.locator("#grid figure.hit .name").first.inner_text() == "green.jpg"
+    page.close()
+
+
+def test_a_click_on_the_backdrop_closes_the_viewer(browser, server):
+    page = _open_page(browser, server)
+    page.fill("#q", "blue")
+    page.press("#q", "Enter")
+    _settled(page, "blue")
+    page.locator("#grid figure.hit").first.click()
+    page.wait_for_selector("#viewer[open]")
+    page.mouse.click(5, 5)  # outside the dialog's box
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+    assert _focused(page, "#grid figure.hit")
+    page.close()

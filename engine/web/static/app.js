@@ -50,6 +50,8 @@
         fig.className = "hit";
         fig.dataset.id = h.id;
         fig.title = h.path;
+        fig.tabIndex = 0;
+        fig.setAttribute("role", "button");
         const img = document.createElement("img");
         img.loading = "lazy";
         img.alt = h.path.split(/[\\/]/).pop();
@@ -59,8 +61,10 @@
         cap.querySelector(".name").textContent = img.alt;
         cap.querySelector(".score").textContent = scoreText(h, data);
         if (h.reranked === false && data.hits.some((x) => x.reranked)) cap.querySelector(".score").title = NOT_RERANKED;
+        fig.setAttribute("aria-label", `open ${img.alt} (${cap.querySelector(".score").textContent})`);
         fig.append(img, cap);
-        fig.addEventListener("click", () => open(h));
+        fig.addEventListener("click", () => open(h, fig));
+        onActivate(fig, () => open(h, fig));
         grid.append(fig);
       } else {
         const row = document.createElement("div");
@@ -87,6 +91,8 @@
       const data = await request(controller.signal);
       if (mine !== generation) return;
       render(data, label);
+      if (focusFirstTile && grid.firstElementChild && grid.firstElementChild.tabIndex === 0) grid.firstElementChild.focus();
+      focusFirstTile = false;
     } catch (e) {
       if (mine !== generation || e.name === "AbortError") return;
       grid.replaceChildren();
@@ -111,16 +117,40 @@
     return run(`more like ${hit.path.split(/[\\/]/).pop()}`, (signal) => api(`/api/images/${hit.id}/similar?${query()}`, { signal }));
   }
 
-  async function open(hit) {
+  // Enter or Space on a focusable element that acts as a button (a tile, the drop zone).
+  function onActivate(el, action) {
+    el.addEventListener("keydown", (e) => {
+      if (e.target !== el || (e.key !== "Enter" && e.key !== " ")) return;
+      e.preventDefault(); // Space would scroll the page
+      action();
+    });
+  }
+
+  // The viewer. Closing it (Esc, its close button, a click on the backdrop) gives focus back to the tile that
+  // opened it; "More like this" gives it to the first tile of the new results.
+  let opener = null, focusFirstTile = false;
+  async function open(hit, tile) {
+    opener = tile;
     $("#viewer-img").src = `/api/images/${hit.id}/file`;
+    $("#viewer-img").alt = hit.path.split(/[\\/]/).pop();
     $("#viewer-meta").textContent = hit.path;
-    $("#more-like-this").onclick = () => { viewer.close(); similar(hit); };
+    $("#more-like-this").onclick = () => { opener = null; focusFirstTile = true; viewer.close(); similar(hit); };
     viewer.showModal();
     try {
       const m = await api(`/api/images/${hit.id}`);
       $("#viewer-meta").textContent = `${m.path} · ${m.width}×${m.height}` + (m.taken_at ? ` · taken ${m.taken_at.replace("T", " ")}` : "");
     } catch (_) { /* keep the path */ }
   }
+
+  viewer.addEventListener("close", () => {
+    if (opener && opener.isConnected) opener.focus();
+    opener = null;
+  });
+  viewer.addEventListener("click", (e) => { // the backdrop: a click on the dialog element outside its box
+    if (e.target !== viewer) return;
+    const r = viewer.getBoundingClientRect();
+    if (e.clientX < r.left || e.clientX > r.right || e.clientY < r.top || e.clientY > r.bottom) viewer.close();
+  });
 
   $("#search-form").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -141,7 +171,7 @@
     const file = e.dataTransfer && e.dataTransfer.files[0];
     if (file) searchFile(file);
   });
-  zone.addEventListener("keydown", (e) => { if (e.key === "Enter") $("#file-input").click(); });
+  onActivate(zone, () => $("#file-input").click());
 
   // Folders for the filter, and a first hint.
   api("/api/folders").then((d) => {
