@@ -2,7 +2,8 @@
 uvicorn on a free loopback port serving a library built with the fake colour encoder.
 
 Skips -- loudly, with the reason -- when Playwright or the browser is missing (`.ci/run` installs both).
-Set XMODAL_SCREENSHOT=path.png to keep a screenshot of the results page.
+Set XMODAL_SCREENSHOT=path.png to keep a screenshot of the results page, XMODAL_SCREENSHOT_DIR=folder to keep
+the desktop and phone layouts (web-desktop.png, web-phone.png; benchmarks/screenshots/ holds the docs' copies).
 """
 from __future__ import annotations
 
@@ -267,3 +268,47 @@ def test_a_click_on_the_backdrop_closes_the_viewer(browser, server):
     page.wait_for_selector("#viewer:not([open])", state="attached")
     assert _focused(page, "#grid figure.hit")
     page.close()
+
+
+def _shoot(page, name: str) -> None:
+    """Keep a screenshot under $XMODAL_SCREENSHOT_DIR (benchmarks/screenshots/ for the docs) when it is set."""
+    folder = os.environ.get("XMODAL_SCREENSHOT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name))
+
+
+def _results_with_thumbnails(page, q: str) -> None:
+    page.fill("#q", q)
+    page.press("#q", "Enter")
+    _settled(page, q)
+    page.wait_for_function("() => [...document.querySelectorAll('#grid img')]"  # those in view (the others are lazy)
+                           ".filter(i => i.getBoundingClientRect().top < innerHeight).every(i => i.complete && i.naturalWidth > 0)")
+
+
+def test_desktop_layout(browser, server):
+    page = _open_page(browser, server)
+    _results_with_thumbnails(page, "red")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1100
+    tops = page.evaluate("[...document.querySelectorAll('#grid figure.hit')].map(f => f.getBoundingClientRect().top)")
+    assert tops.count(tops[0]) >= 4  # several thumbnails a row
+    _shoot(page, "web-desktop.png")
+    page.close()
+
+
+def test_phone_layout(browser, server):
+    """390x844: no horizontal scroll, the sticky header takes at most a fifth of the height, two thumbnails
+    a row at least."""
+    page = _open_page(browser, server, viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                      is_mobile=True, has_touch=True)
+    _results_with_thumbnails(page, "red")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    header = page.evaluate("document.querySelector('header').getBoundingClientRect().height")
+    assert header <= 0.2 * 844, f"the header is {header}px high"
+    tops = page.evaluate("[...document.querySelectorAll('#grid figure.hit')].map(f => f.getBoundingClientRect().top)")
+    assert tops.count(tops[0]) >= 2
+    page.evaluate("window.scrollTo(0, 300)")  # the header stays on top while the results scroll
+    assert page.evaluate("document.querySelector('header').getBoundingClientRect().top") == 0
+    page.evaluate("window.scrollTo(0, 0)")
+    _shoot(page, "web-phone.png")
+    page.context.close()
