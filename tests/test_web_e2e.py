@@ -312,3 +312,49 @@ def test_phone_layout(browser, server):
     page.evaluate("window.scrollTo(0, 0)")
     _shoot(page, "web-phone.png")
     page.context.close()
+
+
+def test_photo_searches_show_the_query_photo_and_more_like_this_leaves_the_photo_out(browser, server):
+    page = _open_page(browser, server)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+    page.fill("#q", "words that are not the query")
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 40), COLOURS["blue"]).save(buf, format="PNG")
+    page.set_input_files("#file-input", files=[{"name": "query.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    _settled(page, "query.png")
+    assert page.input_value("#q") == ""  # the box's words are not this search's query
+    page.wait_for_function("() => { const i = document.querySelector('#status img.query-photo');"
+                           " return i && i.complete && i.naturalWidth === 50; }")  # the chosen photo itself
+
+    page.locator("#grid figure.hit").first.click()
+    page.wait_for_selector("#viewer[open]")
+    page.click("#more-like-this")
+    _settled(page, "more like blue.jpg")
+    names = page.locator("#grid figure.hit .name").all_inner_texts()
+    assert "blue.jpg" not in names and len(names) == 6  # every other photo, the photo itself left out
+    src = page.get_attribute("#status img.query-photo", "src")
+    assert src.endswith("/thumbnail")
+    page.wait_for_function("() => document.querySelector('#status img.query-photo').naturalWidth > 0")
+    assert errors == []
+    page.close()
+
+
+def test_filters_are_off_for_texts_and_a_network_failure_says_so(browser, server):
+    page = _open_page(browser, server)
+    assert page.get_attribute('link[rel="icon"]', "href") == "/static/favicon.svg"
+    icon = page.request.get(server + "/static/favicon.svg")
+    assert icon.ok and icon.headers["content-type"].startswith("image/svg+xml")
+
+    assert not page.is_disabled("#folder")
+    page.check('input[name="target"][value="texts"]')
+    assert page.is_disabled("#folder") and page.is_disabled("#taken-after") and page.is_disabled("#taken-before")
+    page.check('input[name="target"][value="images"]')
+    assert not page.is_disabled("#folder")
+
+    page.route("**/api/search?*", lambda route: route.abort("connectionrefused"))
+    page.fill("#q", "red")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#status.error")
+    assert page.inner_text("#status") == "cannot reach the xmodal server"
+    page.close()

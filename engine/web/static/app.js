@@ -9,7 +9,13 @@
   sessionStorage.removeItem("xmodal-token"); // left by older versions of this page
 
   async function api(url, options = {}) {
-    const res = await fetch(url, { credentials: "same-origin", ...options });
+    let res;
+    try {
+      res = await fetch(url, { credentials: "same-origin", ...options });
+    } catch (e) { // the network failed (fetch says only "Failed to fetch"), unless the page aborted it
+      if (e.name === "AbortError") throw e;
+      throw new Error("cannot reach the xmodal server");
+    }
     let body = null;
     try { body = await res.json(); } catch (_) { /* not JSON */ }
     if (!res.ok) throw new Error((body && body.detail) || `${res.status} ${res.statusText}`);
@@ -27,8 +33,19 @@
     return p.toString();
   }
 
-  function say(text, isError = false) {
-    status.textContent = text;
+  // The status line; `photo` (a URL) shows the query photo of a photo or "more like this" search beside it.
+  function say(text, isError = false, photo = null) {
+    const words = document.createElement("span");
+    words.textContent = text;
+    if (photo) {
+      const img = document.createElement("img");
+      img.className = "query-photo";
+      img.alt = ""; // the words name it
+      img.src = photo;
+      status.replaceChildren(img, words);
+    } else {
+      status.replaceChildren(words);
+    }
     status.classList.toggle("error", isError);
   }
 
@@ -40,7 +57,7 @@
   }
   const NOT_RERANKED = "not reranked: below the reranked head, in the order of the first search";
 
-  function render(data, label) {
+  function render(data, label, photo) {
     grid.replaceChildren();
     grid.className = "grid " + data.target;
     grid.dataset.count = data.hits.length;
@@ -76,28 +93,28 @@
         grid.append(row);
       }
     }
-    say(`${data.hits.length} ${data.target} for ${label} · ${data.took_ms} ms`);
+    say(`${data.hits.length} ${data.target} for ${label} · ${data.took_ms} ms`, false, photo);
   }
 
   // Only the newest search may show its answer: starting one aborts the one before, and an answer that
   // arrives after a newer search started (a slow photo upload, say) is dropped, never shown over it.
   let current = null, generation = 0;
-  async function run(label, request) {
+  async function run(label, request, photo = null) {
     if (current) current.abort();
     const mine = ++generation;
     const controller = (current = new AbortController());
-    say(`searching ${label}…`);
+    say(`searching ${label}…`, false, photo);
     try {
       const data = await request(controller.signal);
       if (mine !== generation) return;
-      render(data, label);
+      render(data, label, photo);
       if (focusFirstTile && grid.firstElementChild && grid.firstElementChild.tabIndex === 0) grid.firstElementChild.focus();
       focusFirstTile = false;
     } catch (e) {
       if (mine !== generation || e.name === "AbortError") return;
       grid.replaceChildren();
       grid.dataset.count = 0;
-      say(e.message, true);
+      say(e.message, true, photo);
     }
   }
 
@@ -106,15 +123,25 @@
     last = () => searchText(q);
     return run(`“${q}”`, (signal) => api(`/api/search?${query({ q })}`, { signal }));
   }
+  // A photo or "more like this" search clears the box (its words are not the query) and shows the photo.
+  let queryPhotoURL = null;
   function searchFile(file) {
     last = () => searchFile(file);
+    $("#q").value = "";
+    if (!queryPhotoURL || queryPhotoURL.file !== file) {
+      if (queryPhotoURL) URL.revokeObjectURL(queryPhotoURL.url);
+      queryPhotoURL = { file, url: URL.createObjectURL(file) };
+    }
     const form = new FormData();
     form.append("file", file);
-    return run(`photo ${file.name}`, (signal) => api(`/api/search/image?${query()}`, { method: "POST", body: form, signal }));
+    return run(`photo ${file.name}`, (signal) => api(`/api/search/image?${query()}`, { method: "POST", body: form, signal }),
+      queryPhotoURL.url);
   }
   function similar(hit) {
     last = () => similar(hit);
-    return run(`more like ${hit.path.split(/[\\/]/).pop()}`, (signal) => api(`/api/images/${hit.id}/similar?${query()}`, { signal }));
+    $("#q").value = "";
+    return run(`more like ${hit.path.split(/[\\/]/).pop()}`, (signal) => api(`/api/images/${hit.id}/similar?${query()}`, { signal }),
+      `/api/images/${hit.id}/thumbnail`);
   }
 
   // Enter or Space on a focusable element that acts as a button (a tile, the drop zone).
@@ -158,8 +185,12 @@
     if (q) searchText(q);
   });
   $("#file-input").addEventListener("change", (e) => { if (e.target.files[0]) searchFile(e.target.files[0]); });
+  // Folder and date filters apply to images only: off while the toggle says texts.
+  const imageFilters = document.querySelectorAll("#folder, #taken-after, #taken-before");
+  function enableFilters() { for (const el of imageFilters) el.disabled = target() !== "images"; }
+  enableFilters();
   for (const el of document.querySelectorAll('input[name="target"], #folder, #taken-after, #taken-before, #k')) {
-    el.addEventListener("change", () => last && last());
+    el.addEventListener("change", () => { enableFilters(); if (last) last(); });
   }
   // Drag and drop a photo anywhere on the page.
   const zone = $("#drop-zone");
