@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 import warnings
@@ -358,3 +359,57 @@ def test_filters_are_off_for_texts_and_a_network_failure_says_so(browser, server
     page.wait_for_selector("#status.error")
     assert page.inner_text("#status") == "cannot reach the xmodal server"
     page.close()
+
+
+AXE_DIR = Path(os.environ.get("XMODAL_AXE_DIR", Path.home() / ".cache" / "xmodal" / "axe-core"))
+
+
+def _axe() -> Path:
+    """axe-core's axe.min.js, installed once with npm into a cache folder outside the repository."""
+    script = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
+    if not script.is_file():
+        npm = shutil.which("npm")
+        if not npm:
+            _skip_loudly("no npm to install axe-core with (apt-get install -y npm), and no "
+                         f"{script}")
+        AXE_DIR.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run([npm, "install", "--prefix", str(AXE_DIR), "axe-core@4"], check=True,
+                           capture_output=True, text=True, timeout=300)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+            _skip_loudly(f"`npm install --prefix {AXE_DIR} axe-core@4` failed: {getattr(e, 'stderr', '') or e}")
+        if not script.is_file():
+            _skip_loudly(f"npm installed axe-core, but there is no {script}")
+    return script
+
+
+def _axe_violations(page) -> list[str]:
+    """Serious and critical axe-core violations on the page as it is, one line each."""
+    found = page.evaluate("""async () => {
+        const r = await axe.run(document, { resultTypes: ["violations"] });
+        return r.violations.filter(v => v.impact === "serious" || v.impact === "critical")
+            .map(v => `${v.impact} ${v.id}: ${v.help} -- ${v.nodes.map(n => n.target.join(" ")).join(", ")}`);
+    }""")
+    return found
+
+
+def test_no_serious_accessibility_violations(browser, server):
+    """axe-core on the start page, the results, the texts mode and the open viewer. The page's CSP forbids the
+    injected script, so this context alone bypasses it."""
+    script = _axe()
+    page = _open_page(browser, server, viewport={"width": 1100, "height": 700}, bypass_csp=True)
+    page.add_script_tag(path=str(script))
+    problems = {"start": _axe_violations(page)}
+    _results_with_thumbnails(page, "red")
+    problems["results"] = _axe_violations(page)
+    page.locator("#grid figure.hit").first.click()
+    page.wait_for_selector("#viewer[open]")
+    page.wait_for_function("() => document.querySelector('#viewer-meta').textContent.includes('×')")
+    problems["viewer"] = _axe_violations(page)
+    page.keyboard.press("Escape")
+    page.check('input[name="target"][value="texts"]')
+    page.wait_for_selector("#grid.texts", state="attached")
+    problems["texts"] = _axe_violations(page)
+    problems = {k: v for k, v in problems.items() if v}
+    assert not problems, "\n".join(f"{k}: {line}" for k, v in problems.items() for line in v)
+    page.context.close()

@@ -74,11 +74,12 @@
         img.alt = h.path.split(/[\\/]/).pop();
         img.src = `/api/images/${h.id}/thumbnail`;
         const cap = document.createElement("figcaption");
-        cap.innerHTML = `<span class="name"></span><span class="score"></span>`;
+        cap.innerHTML = `<span class="name"></span> <span class="score"></span>`;
         cap.querySelector(".name").textContent = img.alt;
         cap.querySelector(".score").textContent = scoreText(h, data);
         if (h.reranked === false && data.hits.some((x) => x.reranked)) cap.querySelector(".score").title = NOT_RERANKED;
-        fig.setAttribute("aria-label", `open ${img.alt} (${cap.querySelector(".score").textContent})`);
+        // Its name is its visible words ("red.jpg 0.812"); Enter or Space opens the photo.
+        fig.setAttribute("aria-label", `${img.alt} ${cap.querySelector(".score").textContent}`);
         fig.append(img, cap);
         fig.addEventListener("click", () => open(h, fig));
         onActivate(fig, () => open(h, fig));
