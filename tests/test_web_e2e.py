@@ -172,7 +172,11 @@ def test_a_slow_older_search_never_replaces_a_newer_ones_results(browser, server
         held[0].continue_()  # the old answer arrives now, after the newer one
     except Exception:  # noqa: BLE001 - already aborted by the page: that is the point
         pass
-    page.wait_for_timeout(300)  # give a late answer the chance to (wrongly) render
+    # Wait for the old request to be settled either way: failed (the page aborts it) or answered in full.
+    response = held[0].request.response()  # None once it failed
+    if response is not None:
+        response.finished()
+    page.evaluate("() => new Promise((r) => setTimeout(r, 0))")  # a turn for a late answer to (wrongly) render
     assert "red" in page.inner_text("#status") and "slow.png" not in page.inner_text("#status")
     assert page.locator("#grid figure.hit .name").first.inner_text() in ("red.jpg", "dark-red.png")
     page.close()
