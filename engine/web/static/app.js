@@ -99,18 +99,19 @@
 
   // Only the newest search may show its answer: starting one aborts the one before, and an answer that
   // arrives after a newer search started (a slow photo upload, say) is dropped, never shown over it.
-  let current = null, generation = 0;
+  let current = null, generation = 0, focusFirstTile = false; // focusFirstTile: set by "More like this"
   async function run(label, request, photo = null) {
     if (current) current.abort();
     const mine = ++generation;
     const controller = (current = new AbortController());
+    const focusAfter = focusFirstTile; // this search's own (a newer one's render takes no focus)
+    focusFirstTile = false;
     say(`searching ${label}…`, false, photo);
     try {
       const data = await request(controller.signal);
       if (mine !== generation) return;
       render(data, label, photo);
-      if (focusFirstTile && grid.firstElementChild && grid.firstElementChild.tabIndex === 0) grid.firstElementChild.focus();
-      focusFirstTile = false;
+      if (focusAfter && grid.firstElementChild && grid.firstElementChild.tabIndex === 0) grid.firstElementChild.focus();
     } catch (e) {
       if (mine !== generation || e.name === "AbortError") return;
       grid.replaceChildren();
@@ -156,7 +157,7 @@
 
   // The viewer. Closing it (Esc, its close button, a click on the backdrop) gives focus back to the tile that
   // opened it; "More like this" gives it to the first tile of the new results.
-  let opener = null, focusFirstTile = false;
+  let opener = null;
   async function open(hit, tile) {
     opener = tile;
     $("#viewer-img").src = `/api/images/${hit.id}/file`;
