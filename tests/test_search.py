@@ -50,6 +50,13 @@ def test_more_like_this_uses_the_stored_vector(engine):
     assert engine.similar(red.id, k=1)[0].id == red.id
 
 
+def test_more_like_this_can_leave_the_photo_itself_out(engine):
+    red = engine.search_text("red", k=1)[0]
+    others = engine.similar(red.id, k=2, exclude_self=True)
+    assert [h.rank for h in others] == [1, 2] and red.id not in [h.id for h in others]
+    assert [h.id for h in others] == [h.id for h in engine.similar(red.id, k=3)[1:]]
+
+
 def test_k_larger_than_the_library_returns_everything(engine):
     assert len(engine.search_text("red", k=100)) == 4
 

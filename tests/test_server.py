@@ -201,7 +201,11 @@ def test_folders_follow_photos_indexed_after_the_server_started(client, built, p
 def test_similar_and_image_metadata(client):
     ids = ids_by_name(client)
     hits = client.get(f"/api/images/{ids['blue.jpg']}/similar", params={"k": 2}).json()["hits"]
-    assert hits[0]["id"] == ids["blue.jpg"] and len(hits) == 2
+    # "more like this" leaves the photo itself out (it is its own nearest neighbour) and still gives k others
+    assert ids["blue.jpg"] not in [h["id"] for h in hits] and len(hits) == 2
+    assert [h["rank"] for h in hits] == [1, 2]
+    mine = client.get(f"/api/images/{ids['blue.jpg']}/similar", params={"k": 2, "exclude_self": "false"}).json()["hits"]
+    assert mine[0]["id"] == ids["blue.jpg"] and mine[1]["id"] == hits[0]["id"]
     meta = client.get(f"/api/images/{ids['red-june.jpg']}").json()
     assert meta["width"] == 64 and meta["height"] == 48 and meta["taken_at"] == "2021-06-15T10:00:00"
 

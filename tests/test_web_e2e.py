@@ -2,7 +2,8 @@
 uvicorn on a free loopback port serving a library built with the fake colour encoder.
 
 Skips -- loudly, with the reason -- when Playwright or the browser is missing (`.ci/run` installs both).
-Set XMODAL_SCREENSHOT=path.png to keep a screenshot of the results page.
+Set XMODAL_SCREENSHOT=path.png to keep a screenshot of the results page, XMODAL_SCREENSHOT_DIR=folder to keep
+the desktop and phone layouts (web-desktop.png, web-phone.png; benchmarks/screenshots/ holds the docs' copies).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import io
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 import warnings
@@ -135,7 +137,7 @@ def test_search_by_text_and_by_image_in_a_real_browser(browser, server, tmp_path
     page.click("#more-like-this")
     page.wait_for_function("() => document.querySelector('#status').textContent.includes('more like blue.jpg')"
                            " && !document.querySelector('#status').textContent.startsWith('searching')")
-    assert page.locator("#grid figure.hit .name").first.inner_text() == "blue.jpg"
+    assert "blue.jpg" not in page.locator("#grid figure.hit .name").all_inner_texts()  # not the photo itself
 
     # the texts toggle re-runs the last search for texts (this library has none)
     page.check('input[name="target"][value="texts"]')
@@ -170,7 +172,251 @@ def test_a_slow_older_search_never_replaces_a_newer_ones_results(browser, server
         held[0].continue_()  # the old answer arrives now, after the newer one
     except Exception:  # noqa: BLE001 - already aborted by the page: that is the point
         pass
-    page.wait_for_timeout(300)  # give a late answer the chance to (wrongly) render
+    # Wait for the old request to be settled either way: failed (the page aborts it) or answered in full.
+    response = held[0].request.response()  # None once it failed
+    if response is not None:
+        response.finished()
+    page.evaluate("() => new Promise((r) => setTimeout(r, 0))")  # a turn for a late answer to (wrongly) render
     assert "red" in page.inner_text("#status") and "slow.png" not in page.inner_text("#status")
     assert page.locator("#grid figure.hit .name").first.inner_text() in ("red.jpg", "dark-red.png")
     page.close()
+
+
+def _open_page(browser, server, **context):
+    """A fresh page (in its own context when options are given) holding a session, with the folders loaded."""
+    if context:
+        ctx = browser.new_context(**context)
+        page = ctx.new_page()
+    else:
+        page = browser.new_page(viewport={"width": 1100, "height": 700})
+    page.set_default_timeout(10_000)
+    page.goto(server + f"/?token={TOKEN}")
+    page.wait_for_selector("#folder option:nth-child(2)", state="attached")
+    return page
+
+
+def _settled(page, text: str) -> None:
+    """Wait until the status shows the answer of the search whose label holds text."""
+    page.wait_for_function("(t) => { const s = document.querySelector('#status').textContent;"
+                           " return s.includes(t) && !s.startsWith('searching'); }", arg=text)
+
+
+def _focused(page, selector: str) -> bool:
+    return page.evaluate("(s) => document.activeElement && document.activeElement.matches(s)", selector)
+
+
+def _tab_to(page, selector: str, limit: int = 40) -> None:
+    for _ in range(limit):
+        if _focused(page, selector):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"Tab never reached {selector}")
+
+
+def test_a_keyboard_only_session(browser, server):
+    """Search, open a photo, "More like this", close: with the keyboard alone, focus visible on each stop and
+    back on a tile after the viewer closes; the drop zone opens the file chooser with Enter."""
+    page = _open_page(browser, server)
+    # A listener from the start turns file-chooser interception on well before Enter opens one (turned on by
+    # expect_file_chooser itself, it can lose the race with the dialog and the event never comes).
+    page.on("filechooser", lambda chooser: None)
+    assert _focused(page, "#q")  # autofocus
+    page.keyboard.type("red")
+    page.keyboard.press("Enter")
+    _settled(page, "red")
+
+    _tab_to(page, "#grid figure.hit")
+    tile = page.evaluate("document.activeElement.dataset.id")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"  # visible focus
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#viewer[open]")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+    assert page.evaluate("document.activeElement.dataset.id") == tile  # back on the tile that opened it
+
+    page.keyboard.press(" ")  # Space opens it too
+    page.wait_for_selector("#viewer[open]")
+    name = page.locator(f'#grid figure.hit[data-id="{tile}"] .name').inner_text()
+    _tab_to(page, "#more-like-this", limit=4)
+    page.keyboard.press("Enter")
+    _settled(page, f"more like {name}")
+    assert _focused(page, "#grid figure.hit")  # focus on the first new result
+    first = page.evaluate("document.activeElement.dataset.id")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#viewer[open]")
+    _tab_to(page, "#viewer .close", limit=4)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+    assert _focused(page, f'#grid figure.hit[data-id="{first}"]')
+
+    # the drop zone: reachable with Shift+Tab from the results, Enter opens the file chooser
+    for _ in range(40):
+        if _focused(page, "#drop-zone"):
+            break
+        page.keyboard.press("Shift+Tab")
+    assert _focused(page, "#drop-zone")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 40), COLOURS["green"]).save(buf, format="PNG")
+    chooser.value.set_files(files=[{"name": "kb.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    _settled(page, "kb.png")
+    assert page.locator("#grid figure.hit .name").first.inner_text() == "green.jpg"
+    page.close()
+
+
+def test_a_click_on_the_backdrop_closes_the_viewer(browser, server):
+    page = _open_page(browser, server)
+    page.fill("#q", "blue")
+    page.press("#q", "Enter")
+    _settled(page, "blue")
+    page.locator("#grid figure.hit").first.click()
+    page.wait_for_selector("#viewer[open]")
+    page.mouse.click(5, 5)  # outside the dialog's box
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+    assert _focused(page, "#grid figure.hit")
+    page.close()
+
+
+def _shoot(page, name: str) -> None:
+    """Keep a screenshot under $XMODAL_SCREENSHOT_DIR (benchmarks/screenshots/ for the docs) when it is set."""
+    folder = os.environ.get("XMODAL_SCREENSHOT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name))
+
+
+def _results_with_thumbnails(page, q: str) -> None:
+    page.fill("#q", q)
+    page.press("#q", "Enter")
+    _settled(page, q)
+    page.wait_for_function("() => [...document.querySelectorAll('#grid img')]"  # those in view (the others are lazy)
+                           ".filter(i => i.getBoundingClientRect().top < innerHeight).every(i => i.complete && i.naturalWidth > 0)")
+
+
+def test_desktop_layout(browser, server):
+    page = _open_page(browser, server)
+    _results_with_thumbnails(page, "red")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1100
+    tops = page.evaluate("[...document.querySelectorAll('#grid figure.hit')].map(f => f.getBoundingClientRect().top)")
+    assert tops.count(tops[0]) >= 4  # several thumbnails a row
+    _shoot(page, "web-desktop.png")
+    page.close()
+
+
+def test_phone_layout(browser, server):
+    """390x844: no horizontal scroll, the sticky header takes at most a fifth of the height, two thumbnails
+    a row at least."""
+    page = _open_page(browser, server, viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                      is_mobile=True, has_touch=True)
+    _results_with_thumbnails(page, "red")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    header = page.evaluate("document.querySelector('header').getBoundingClientRect().height")
+    assert header <= 0.2 * 844, f"the header is {header}px high"
+    tops = page.evaluate("[...document.querySelectorAll('#grid figure.hit')].map(f => f.getBoundingClientRect().top)")
+    assert tops.count(tops[0]) >= 2
+    page.evaluate("window.scrollTo(0, 300)")  # the header stays on top while the results scroll
+    assert page.evaluate("document.querySelector('header').getBoundingClientRect().top") == 0
+    page.evaluate("window.scrollTo(0, 0)")
+    _shoot(page, "web-phone.png")
+    page.context.close()
+
+
+def test_photo_searches_show_the_query_photo_and_more_like_this_leaves_the_photo_out(browser, server):
+    page = _open_page(browser, server)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+    page.fill("#q", "words that are not the query")
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 40), COLOURS["blue"]).save(buf, format="PNG")
+    page.set_input_files("#file-input", files=[{"name": "query.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    _settled(page, "query.png")
+    assert page.input_value("#q") == ""  # the box's words are not this search's query
+    page.wait_for_function("() => { const i = document.querySelector('#status img.query-photo');"
+                           " return i && i.complete && i.naturalWidth === 50; }")  # the chosen photo itself
+
+    page.locator("#grid figure.hit").first.click()
+    page.wait_for_selector("#viewer[open]")
+    page.click("#more-like-this")
+    _settled(page, "more like blue.jpg")
+    names = page.locator("#grid figure.hit .name").all_inner_texts()
+    assert "blue.jpg" not in names and len(names) == 6  # every other photo, the photo itself left out
+    src = page.get_attribute("#status img.query-photo", "src")
+    assert src.endswith("/thumbnail")
+    page.wait_for_function("() => document.querySelector('#status img.query-photo').naturalWidth > 0")
+    assert errors == []
+    page.close()
+
+
+def test_filters_are_off_for_texts_and_a_network_failure_says_so(browser, server):
+    page = _open_page(browser, server)
+    assert page.get_attribute('link[rel="icon"]', "href") == "/static/favicon.svg"
+    icon = page.request.get(server + "/static/favicon.svg")
+    assert icon.ok and icon.headers["content-type"].startswith("image/svg+xml")
+
+    assert not page.is_disabled("#folder")
+    page.check('input[name="target"][value="texts"]')
+    assert page.is_disabled("#folder") and page.is_disabled("#taken-after") and page.is_disabled("#taken-before")
+    page.check('input[name="target"][value="images"]')
+    assert not page.is_disabled("#folder")
+
+    page.route("**/api/search?*", lambda route: route.abort("connectionrefused"))
+    page.fill("#q", "red")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#status.error")
+    assert page.inner_text("#status") == "cannot reach the xmodal server"
+    page.close()
+
+
+AXE_DIR = Path(os.environ.get("XMODAL_AXE_DIR", Path.home() / ".cache" / "xmodal" / "axe-core"))
+
+
+def _axe() -> Path:
+    """axe-core's axe.min.js, installed once with npm into a cache folder outside the repository."""
+    script = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
+    if not script.is_file():
+        npm = shutil.which("npm")
+        if not npm:
+            _skip_loudly("no npm to install axe-core with (apt-get install -y npm), and no "
+                         f"{script}")
+        AXE_DIR.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run([npm, "install", "--prefix", str(AXE_DIR), "axe-core@4"], check=True,
+                           capture_output=True, text=True, timeout=300)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+            _skip_loudly(f"`npm install --prefix {AXE_DIR} axe-core@4` failed: {getattr(e, 'stderr', '') or e}")
+        if not script.is_file():
+            _skip_loudly(f"npm installed axe-core, but there is no {script}")
+    return script
+
+
+def _axe_violations(page) -> list[str]:
+    """Serious and critical axe-core violations on the page as it is, one line each."""
+    found = page.evaluate("""async () => {
+        const r = await axe.run(document, { resultTypes: ["violations"] });
+        return r.violations.filter(v => v.impact === "serious" || v.impact === "critical")
+            .map(v => `${v.impact} ${v.id}: ${v.help} -- ${v.nodes.map(n => n.target.join(" ")).join(", ")}`);
+    }""")
+    return found
+
+
+def test_no_serious_accessibility_violations(browser, server):
+    """axe-core on the start page, the results, the texts mode and the open viewer. The page's CSP forbids the
+    injected script, so this context alone bypasses it."""
+    script = _axe()
+    page = _open_page(browser, server, viewport={"width": 1100, "height": 700}, bypass_csp=True)
+    page.add_script_tag(path=str(script))
+    problems = {"start": _axe_violations(page)}
+    _results_with_thumbnails(page, "red")
+    problems["results"] = _axe_violations(page)
+    page.locator("#grid figure.hit").first.click()
+    page.wait_for_selector("#viewer[open]")
+    page.wait_for_function("() => document.querySelector('#viewer-meta').textContent.includes('×')")
+    problems["viewer"] = _axe_violations(page)
+    page.keyboard.press("Escape")
+    page.check('input[name="target"][value="texts"]')
+    page.wait_for_selector("#grid.texts", state="attached")
+    problems["texts"] = _axe_violations(page)
+    problems = {k: v for k, v in problems.items() if v}
+    assert not problems, "\n".join(f"{k}: {line}" for k, v in problems.items() for line in v)
+    page.context.close()

@@ -145,10 +145,14 @@ class SearchEngine:
                             "i2t", k, target, rerank_k, filters)
 
     def similar(self, image_id: int, k: int = 10, target: str = "images", rerank_k: int | None = None,
-                **filters) -> list[SearchHit]:
+                exclude_self: bool = False, **filters) -> list[SearchHit]:
         """'More like this' for an indexed image, from its exact vector in the store (a memory-mapped IVF index
         cannot reconstruct one, and a PQ index only approximately; no file is opened when its patch tokens
-        are stored)."""
+        are stored). The photo itself comes first (its own nearest neighbour) unless `exclude_self`, which
+        leaves it out of image hits and still returns k of the others (ranks from 1)."""
+        if exclude_self and target == "images":
+            hits = [h for h in self.similar(image_id, k + 1, target, rerank_k, **filters) if h.id != int(image_id)]
+            return [replace(h, rank=n + 1) for n, h in enumerate(hits[:k])]
         index = self._index("images")
         vector = self.library.store.get_vectors("images", [int(image_id)], index.dim).get(int(image_id))
         if vector is None:

@@ -24,8 +24,9 @@ access_log = logging.getLogger("xmodal.web.access")
 SESSION_COOKIE = "xmodal_session"
 MAX_SESSIONS = 1000  # the oldest is forgotten past this many
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-# The page is same-origin HTML, CSS and JS files (no inline script or style, no third-party origin).
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+# The page is same-origin HTML, CSS and JS files (no inline script or style, no third-party origin); `blob:` images
+# are the page's own preview of a query photo chosen from the disk (URL.createObjectURL), never fetched from elsewhere.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": CSP,
                     "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}

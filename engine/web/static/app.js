@@ -9,7 +9,13 @@
   sessionStorage.removeItem("xmodal-token"); // left by older versions of this page
 
   async function api(url, options = {}) {
-    const res = await fetch(url, { credentials: "same-origin", ...options });
+    let res;
+    try {
+      res = await fetch(url, { credentials: "same-origin", ...options });
+    } catch (e) { // the network failed (fetch says only "Failed to fetch"), unless the page aborted it
+      if (e.name === "AbortError") throw e;
+      throw new Error("cannot reach the xmodal server");
+    }
     let body = null;
     try { body = await res.json(); } catch (_) { /* not JSON */ }
     if (!res.ok) throw new Error((body && body.detail) || `${res.status} ${res.statusText}`);
@@ -27,8 +33,19 @@
     return p.toString();
   }
 
-  function say(text, isError = false) {
-    status.textContent = text;
+  // The status line; `photo` (a URL) shows the query photo of a photo or "more like this" search beside it.
+  function say(text, isError = false, photo = null) {
+    const words = document.createElement("span");
+    words.textContent = text;
+    if (photo) {
+      const img = document.createElement("img");
+      img.className = "query-photo";
+      img.alt = ""; // the words name it
+      img.src = photo;
+      status.replaceChildren(img, words);
+    } else {
+      status.replaceChildren(words);
+    }
     status.classList.toggle("error", isError);
   }
 
@@ -40,7 +57,7 @@
   }
   const NOT_RERANKED = "not reranked: below the reranked head, in the order of the first search";
 
-  function render(data, label) {
+  function render(data, label, photo) {
     grid.replaceChildren();
     grid.className = "grid " + data.target;
     grid.dataset.count = data.hits.length;
@@ -50,17 +67,22 @@
         fig.className = "hit";
         fig.dataset.id = h.id;
         fig.title = h.path;
+        fig.tabIndex = 0;
+        fig.setAttribute("role", "button");
         const img = document.createElement("img");
         img.loading = "lazy";
         img.alt = h.path.split(/[\\/]/).pop();
         img.src = `/api/images/${h.id}/thumbnail`;
         const cap = document.createElement("figcaption");
-        cap.innerHTML = `<span class="name"></span><span class="score"></span>`;
+        cap.innerHTML = `<span class="name"></span> <span class="score"></span>`;
         cap.querySelector(".name").textContent = img.alt;
         cap.querySelector(".score").textContent = scoreText(h, data);
         if (h.reranked === false && data.hits.some((x) => x.reranked)) cap.querySelector(".score").title = NOT_RERANKED;
+        // Its name is its visible words ("red.jpg 0.812"); Enter or Space opens the photo.
+        fig.setAttribute("aria-label", `${img.alt} ${cap.querySelector(".score").textContent}`);
         fig.append(img, cap);
-        fig.addEventListener("click", () => open(h));
+        fig.addEventListener("click", () => open(h, fig));
+        onActivate(fig, () => open(h, fig));
         grid.append(fig);
       } else {
         const row = document.createElement("div");
@@ -72,26 +94,29 @@
         grid.append(row);
       }
     }
-    say(`${data.hits.length} ${data.target} for ${label} · ${data.took_ms} ms`);
+    say(`${data.hits.length} ${data.target} for ${label} · ${data.took_ms} ms`, false, photo);
   }
 
   // Only the newest search may show its answer: starting one aborts the one before, and an answer that
   // arrives after a newer search started (a slow photo upload, say) is dropped, never shown over it.
-  let current = null, generation = 0;
-  async function run(label, request) {
+  let current = null, generation = 0, focusFirstTile = false; // focusFirstTile: set by "More like this"
+  async function run(label, request, photo = null) {
     if (current) current.abort();
     const mine = ++generation;
     const controller = (current = new AbortController());
-    say(`searching ${label}…`);
+    const focusAfter = focusFirstTile; // this search's own (a newer one's render takes no focus)
+    focusFirstTile = false;
+    say(`searching ${label}…`, false, photo);
     try {
       const data = await request(controller.signal);
       if (mine !== generation) return;
-      render(data, label);
+      render(data, label, photo);
+      if (focusAfter && grid.firstElementChild && grid.firstElementChild.tabIndex === 0) grid.firstElementChild.focus();
     } catch (e) {
       if (mine !== generation || e.name === "AbortError") return;
       grid.replaceChildren();
       grid.dataset.count = 0;
-      say(e.message, true);
+      say(e.message, true, photo);
     }
   }
 
@@ -100,21 +125,45 @@
     last = () => searchText(q);
     return run(`“${q}”`, (signal) => api(`/api/search?${query({ q })}`, { signal }));
   }
+  // A photo or "more like this" search clears the box (its words are not the query) and shows the photo.
+  let queryPhotoURL = null;
   function searchFile(file) {
     last = () => searchFile(file);
+    $("#q").value = "";
+    if (!queryPhotoURL || queryPhotoURL.file !== file) {
+      if (queryPhotoURL) URL.revokeObjectURL(queryPhotoURL.url);
+      queryPhotoURL = { file, url: URL.createObjectURL(file) };
+    }
     const form = new FormData();
     form.append("file", file);
-    return run(`photo ${file.name}`, (signal) => api(`/api/search/image?${query()}`, { method: "POST", body: form, signal }));
+    return run(`photo ${file.name}`, (signal) => api(`/api/search/image?${query()}`, { method: "POST", body: form, signal }),
+      queryPhotoURL.url);
   }
   function similar(hit) {
     last = () => similar(hit);
-    return run(`more like ${hit.path.split(/[\\/]/).pop()}`, (signal) => api(`/api/images/${hit.id}/similar?${query()}`, { signal }));
+    $("#q").value = "";
+    return run(`more like ${hit.path.split(/[\\/]/).pop()}`, (signal) => api(`/api/images/${hit.id}/similar?${query()}`, { signal }),
+      `/api/images/${hit.id}/thumbnail`);
   }
 
-  async function open(hit) {
+  // Enter or Space on a focusable element that acts as a button (a tile, the drop zone).
+  function onActivate(el, action) {
+    el.addEventListener("keydown", (e) => {
+      if (e.target !== el || (e.key !== "Enter" && e.key !== " ")) return;
+      e.preventDefault(); // Space would scroll the page
+      action();
+    });
+  }
+
+  // The viewer. Closing it (Esc, its close button, a click on the backdrop) gives focus back to the tile that
+  // opened it; "More like this" gives it to the first tile of the new results.
+  let opener = null;
+  async function open(hit, tile) {
+    opener = tile;
     $("#viewer-img").src = `/api/images/${hit.id}/file`;
+    $("#viewer-img").alt = hit.path.split(/[\\/]/).pop();
     $("#viewer-meta").textContent = hit.path;
-    $("#more-like-this").onclick = () => { viewer.close(); similar(hit); };
+    $("#more-like-this").onclick = () => { opener = null; focusFirstTile = true; viewer.close(); similar(hit); };
     viewer.showModal();
     try {
       const m = await api(`/api/images/${hit.id}`);
@@ -122,14 +171,28 @@
     } catch (_) { /* keep the path */ }
   }
 
+  viewer.addEventListener("close", () => {
+    if (opener && opener.isConnected) opener.focus();
+    opener = null;
+  });
+  viewer.addEventListener("click", (e) => { // the backdrop: a click on the dialog element outside its box
+    if (e.target !== viewer) return;
+    const r = viewer.getBoundingClientRect();
+    if (e.clientX < r.left || e.clientX > r.right || e.clientY < r.top || e.clientY > r.bottom) viewer.close();
+  });
+
   $("#search-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const q = $("#q").value.trim();
     if (q) searchText(q);
   });
   $("#file-input").addEventListener("change", (e) => { if (e.target.files[0]) searchFile(e.target.files[0]); });
+  // Folder and date filters apply to images only: off while the toggle says texts.
+  const imageFilters = document.querySelectorAll("#folder, #taken-after, #taken-before");
+  function enableFilters() { for (const el of imageFilters) el.disabled = target() !== "images"; }
+  enableFilters();
   for (const el of document.querySelectorAll('input[name="target"], #folder, #taken-after, #taken-before, #k')) {
-    el.addEventListener("change", () => last && last());
+    el.addEventListener("change", () => { enableFilters(); if (last) last(); });
   }
   // Drag and drop a photo anywhere on the page.
   const zone = $("#drop-zone");
@@ -141,7 +204,7 @@
     const file = e.dataTransfer && e.dataTransfer.files[0];
     if (file) searchFile(file);
   });
-  zone.addEventListener("keydown", (e) => { if (e.key === "Enter") $("#file-input").click(); });
+  onActivate(zone, () => $("#file-input").click());
 
   // Folders for the filter, and a first hint.
   api("/api/folders").then((d) => {
