@@ -553,10 +553,10 @@ def test_uploads_are_decoded_two_at_a_time(client, monkeypatch):
     import threading
     import time
 
-    from xmodal.engine.web import server
+    from xmodal.engine.web import server, uploads
 
     running, most, guard = [0], [0], threading.Lock()
-    real = server.read_image
+    real = uploads.read_image
 
     def slow(*args, **kwargs):
         with guard:
@@ -569,7 +569,7 @@ def test_uploads_are_decoded_two_at_a_time(client, monkeypatch):
             with guard:
                 running[0] -= 1
 
-    monkeypatch.setattr(server, "read_image", slow)
+    monkeypatch.setattr(uploads, "read_image", slow)
 
     def one(_):
         return client.post("/api/search/image", files={"file": ("q.png", png_bytes("red"), "image/png")}).status_code

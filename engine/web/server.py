@@ -22,13 +22,11 @@ Rules:
 """
 from __future__ import annotations
 
-import ctypes
 import io
 import ipaddress
 import logging
 import os
 import secrets
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 import time
@@ -43,13 +41,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from xmodal.indexer.ingest.decode import DecodeError, read_image
+from xmodal.indexer.ingest.decode import DecodeError
 from xmodal.indexer.records import path_json
 
 from xmodal.engine.search.engine import SearchEngine, SearchError
 from xmodal.engine.web.security import (SECURITY_HEADERS, SESSION_COOKIE, AllowedHosts, GuardMiddleware,
                                         Sessions, UploadLimitMiddleware)
+from xmodal.engine.web.errors import HTTPProblem
 from xmodal.engine.web.thumbnails import ThumbnailCache
+from xmodal.engine.web.uploads import decode_upload, too_big
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +60,6 @@ MAX_K = 1000
 MAX_QUERY_CHARS = 1000  # longer queries are a JSON 400 (the text tower reads 64 tokens anyway)
 MAX_DECODES = 2  # uploads decoded at once (each may hold up to MAX_UPLOAD_PIXELS of pixels); others wait
 MAX_ID = (1 << 63) - 1  # SQLite's integer range: a larger id cannot exist
-
-
-class HTTPProblem(Exception):
-    """An error answered as JSON {"detail": message} with `status`."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def is_loopback(host: str) -> bool:
@@ -153,7 +144,7 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
 
     # uploads over the limit (plus the multipart framing) are refused before or while they arrive, not spooled
     app.add_middleware(UploadLimitMiddleware, path="/api/search/image", limit=max_upload_bytes + 64 * 1024,
-                       message=lambda length: _too_big(length, max_upload_bytes))
+                       message=lambda length: too_big(length, max_upload_bytes))
     app.add_middleware(GuardMiddleware, hosts=AllowedHosts(allowed_hosts))  # added last: the outermost
 
     # ------------------------------------------------------------------ auth
@@ -232,10 +223,10 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
         with decoding:  # bounds the memory that uploads being read and decoded hold at once
             data = file.file.read(max_upload_bytes + 1)
             if len(data) > max_upload_bytes:
-                raise HTTPProblem(400, _too_big(None, max_upload_bytes))
+                raise HTTPProblem(400, too_big(None, max_upload_bytes))
             if not data:
                 raise HTTPProblem(400, "the uploaded file is empty; choose a photo")
-            image = decoder.submit(_decode_upload, data, file.filename or "upload", max_upload_pixels).result()
+            image = decoder.submit(decode_upload, data, file.filename or "upload", max_upload_pixels).result()
             del data
         return answer(call(engine.search_image, image, k, target, rerank_k=rerank_k, **_active(f)), started, target)
 
@@ -327,54 +318,3 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
 
 def _active(f: dict) -> dict:
     return {k: v for k, v in f.items() if v is not None}
-
-
-def _too_big(length: int | None, limit: int) -> str:
-    size = f" ({length / 2**20:.1f} MB)" if length else ""  # MB as the docs count them: 2**20 bytes
-    return f"the uploaded file is too large{size}; the limit is {limit / 2**20:.0f} MB: send a smaller copy"
-
-
-def release_freed_memory() -> None:
-    """Give the memory a large decode freed back to the system (glibc's malloc_trim); a no-op elsewhere."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
-
-
-def _check_pixels(path: str, name: str, max_pixels: int) -> None:
-    """Refuse, in the page's words, a query photo with more pixels than the limit (read from its header)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except (UnidentifiedImageError, OSError, ValueError):
-        return  # not an image Pillow knows: read_image says what is wrong with it
-    if width * height > max_pixels:
-        raise HTTPProblem(400, f"{os.path.basename(name)} is {width}x{height} ({width * height / 1e6:.3g} megapixels); "
-                               f"a query photo may have at most {max_pixels / 1e6:.3g} megapixels: send a smaller copy")
-
-
-def _decode_upload(data: bytes, name: str, max_pixels: int):
-    """Decode an upload with the indexer's robust decoder (pixel limit from the header, EXIF, modes)."""
-    fd, tmp = tempfile.mkstemp(prefix="xmodal-upload-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        _check_pixels(tmp, name, max_pixels)
-        image = read_image(tmp, max_pixels=max_pixels).image
-        image.load()
-        return image
-    except DecodeError as e:
-        raise HTTPProblem(400, f"cannot use {os.path.basename(name)!s} as a query image: {e.reason}") from e
-    finally:
-        os.unlink(tmp)
-        release_freed_memory()
