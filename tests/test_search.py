@@ -169,3 +169,28 @@ def test_a_nan_match_score_ranks_the_hit_by_its_similarity_alone():
     out = rerank_hits(hits, np.array([0.0, np.nan, 1.0]), alpha=1.0)
     assert all(np.isfinite(h.score) for h in out) and [h.id for h in out] == [2, 1, 0]
     assert out[1].match == 0.5  # the others' median: neither pushed up nor down by a score it never got
+
+
+@pytest.mark.parametrize("query, warned", [
+    ("a cat on a sofa", False), ("一只猫在沙发上", True), ("قطة على الأريكة", True), ("🐱🐶🎉", True),
+    ("a cat 猫", False), ("", True)])
+def test_an_english_only_model_warns_about_queries_with_little_english(query, warned):
+    from xmodal.engine.search.filters import language_notice
+
+    assert (language_notice(query, ("en",)) is not None) is warned
+    assert language_notice(query, None) is None  # multilingual or unknown models: no opinion
+
+
+def test_the_notice_reaches_the_cli_and_the_web_api(engine, library, fake_encoder, monkeypatch):
+    from click.testing import CliRunner
+    from fastapi.testclient import TestClient
+
+    from xmodal.engine.cli.main import cli
+    from xmodal.engine.web.server import create_app
+
+    monkeypatch.setattr(fake_encoder, "languages", ("en",), raising=False)
+    out = CliRunner().invoke(cli, ["search", "一只猫", "--library", str(library)])
+    assert out.exit_code == 0 and "note: this model reads English only" in out.stderr
+    with TestClient(create_app(library, allowed_hosts=("testserver",))) as c:
+        assert "English only" in c.get("/api/search", params={"q": "一只猫"}).json()["notice"]
+        assert c.get("/api/search", params={"q": "red"}).json()["notice"] is None

@@ -38,6 +38,9 @@ def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, rer
         with SearchEngine(library_dir(library), model=model, reranker=None if no_rerank else reranker) as engine:
             if query:
                 hits = engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar)
+                notice = engine.notice(query)
+                if notice:
+                    click.echo(f"note: {notice}", err=True)
             else:
                 hits = engine.search_image(image, k, target, rerank_k=rk)
     if as_json:

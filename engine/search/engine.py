@@ -24,7 +24,7 @@ from xmodal.indexer.records import ImageRecord, SearchHit
 from xmodal.indexer.storage.store import StoreError
 
 from xmodal.engine.search.errors import SearchError
-from xmodal.engine.search.filters import image_filter
+from xmodal.engine.search.filters import image_filter, language_notice
 
 if TYPE_CHECKING:
     from xmodal.engine.rerank.backends import RerankBackend
@@ -167,6 +167,10 @@ class SearchEngine:
                 raise SearchError(f"cannot rerank for {e.path}: {e.reason}") from e
 
         return self._search(lambda: vector, rerank_query, "i2t", k, target, rerank_k, filters)
+
+    def notice(self, query: str) -> str | None:
+        """A warning to show beside the results of text `query`, or None (see filters.language_notice)."""
+        return language_notice(valid_text(query), getattr(self.encoder, "languages", None))
 
     def _search(self, embed, rerank_query, direction: str, k: int, target: str, rerank_k: int | None,
                 filters: dict) -> list[SearchHit]:

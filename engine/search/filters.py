@@ -10,6 +10,19 @@ from xmodal.indexer.records import ImageRecord
 from xmodal.engine.search.errors import SearchError
 
 
+def language_notice(query: str, languages: tuple[str, ...] | None) -> str | None:
+    """A warning when a text query is in a language the model does not read: an English-only model ranks a
+    query with little English (Chinese, Arabic, emoji...) by accident, and its top hits say nothing."""
+    if languages != ("en",):
+        return None  # a multilingual or unknown model: no opinion
+    letters = [c for c in query if c.isalpha() or ord(c) > 0x2000]  # emoji and symbols count as not English
+    latin = sum(1 for c in letters if c.isascii())
+    if letters and latin / len(letters) >= 0.5:
+        return None
+    return ("this model reads English only: a query with little English matches by accident, so these "
+            "results may not mean anything; try the words in English")
+
+
 def image_filter(folder: str | None, taken_after: date | None, taken_before: date | None):
     """A predicate on ImageRecord for the given filters, or None when there are none."""
     if folder is None and taken_after is None and taken_before is None:

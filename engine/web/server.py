@@ -180,10 +180,11 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
             raise HTTPProblem(404, f"no image with id {image_id} in this library")
         return record
 
-    def answer(hits, started: float, target: str) -> dict:
+    def answer(hits, started: float, target: str, notice: str | None = None) -> dict:
         """`reranked` marks the head the reranker scored (fused scores); the tail after it keeps its dual-encoder
-        order and cosine, which is on another scale: the two kinds of score do not compare."""
-        return {"target": target, "took_ms": round((time.perf_counter() - started) * 1000, 2),
+        order and cosine, which is on another scale: the two kinds of score do not compare. `notice`: a
+        warning about the query to show beside the hits (None: nothing to say)."""
+        return {"target": target, "took_ms": round((time.perf_counter() - started) * 1000, 2), "notice": notice,
                 "hits": [{**h.to_json(), "reranked": h.match is not None} for h in hits]}
 
     def filters(folder: str | None = Query(None, description="Only photos under this folder (recursive)."),
@@ -212,8 +213,8 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
                exemplar: bool = Query(True, description="Text -> image: include the reranker's exemplar term."),
                f: dict = Depends(filters)):
         started = time.perf_counter()
-        return answer(call(engine.search_text, q, k, target, rerank_k=rerank_k, exemplar=exemplar, **_active(f)),
-                      started, target)
+        hits = call(engine.search_text, q, k, target, rerank_k=rerank_k, exemplar=exemplar, **_active(f))
+        return answer(hits, started, target, call(engine.notice, q))
 
     @api.post("/search/image", summary="Search by an uploaded image (multipart field `file`)")
     def search_image(file: UploadFile = File(..., description="A photo (JPEG, PNG, WebP, HEIC...)."),

@@ -87,6 +87,7 @@ class LiteEncoder:
     """EfficientNet-Lite0 + all-MiniLM-L6-v2 with the trained alignment heads in lite-align.pt (package data)."""
 
     name = "lite"
+    languages = ("en",)  # the text tower and its heads learned from English captions only
 
     def __init__(self, checkpoint: Path = LITE_HEADS, batch_size: int = 16):
         from xmodal.indexer.models.lite import LiteDualEncoder

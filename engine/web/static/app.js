@@ -94,7 +94,7 @@
         grid.append(row);
       }
     }
-    say(`${data.hits.length} ${data.target} for ${label} · ${data.took_ms} ms`, false, photo);
+    say(`${data.hits.length} ${data.target} for ${label} · ${data.took_ms} ms` + (data.notice ? ` · ${data.notice}` : ""), false, photo);
   }
 
   // Only the newest search may show its answer: starting one aborts the one before, and an answer that
