@@ -125,3 +125,25 @@ def test_bench_recall_on_a_tiny_dataset(tmp_path):
     split = json.loads(CliRunner().invoke(cli, ["bench", "recall", str(root), "--split", str(root / "split.txt"),
                                                 "--model", "fake-colour", "--json"]).stdout)
     assert (split["n_images"], split["n_texts"]) == (3, 6)
+
+
+def test_a_file_of_queries_runs_in_one_process_one_json_line_each(run, photos, tmp_path, fake_encoder):
+    assert run("index", str(photos), "--model", "fake-colour").exit_code == 0
+    queries = tmp_path / "queries.txt"
+    queries.write_text("something red\n\n  a blue thing  \n", encoding="utf-8")
+    out = run("search", "--queries", str(queries), "-k", "1", "--json")
+    assert out.exit_code == 0, out.output
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["query"] for line in lines] == ["something red", "a blue thing"]  # blank lines skipped
+    assert [Path(line["hits"][0]["path"]).name for line in lines] == ["red.jpg", "blue.jpg"]
+    table = run("search", "--queries", str(queries), "-k", "1")
+    assert "== something red" in table.stdout and "red.jpg" in table.stdout
+
+
+def test_queries_from_standard_input_and_one_kind_of_query_at_a_time(photos, library, fake_encoder):
+    runner, args = CliRunner(), ["--library", str(library)]
+    assert runner.invoke(cli, ["index", str(photos), "--model", "fake-colour", *args]).exit_code == 0
+    out = runner.invoke(cli, ["search", "--queries", "-", "-k", "1", "--json", *args], input="yellow\n")
+    assert out.exit_code == 0 and json.loads(out.stdout)["hits"][0]["path"].endswith("yellow.webp")
+    both = runner.invoke(cli, ["search", "red", "--queries", "-", *args], input="blue\n")
+    assert both.exit_code == 2 and "one of" in both.output

@@ -24,16 +24,22 @@ from xmodal.engine.cli.common import library_dir, emit, edge, library_option, js
               "of the Flickr8k train caption nearest to the query), e.g. for things those photos do not show.")
 @click.option("--reranker", default="auto", show_default=True,
               help="'auto' (the bundled reranker for lite libraries), 'lite', or a BLIP ITM checkpoint (name or folder).")
+@click.option("--queries", "queries_file", type=click.File("r", encoding="utf-8", errors="replace"), default=None,
+              help="Run every line of this file as a text query ('-': standard input), models loaded once; "
+                   "with --json, one JSON object a line: {\"query\": ..., \"hits\": [...]}.")
 @library_option
 @json_option
-def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, reranker, library, as_json):
+def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, reranker, queries_file, library,
+           as_json):
     """Search the library by text QUERY or by --image, for images or --target texts. Text -> image and
     image -> text searches rerank the top --rerank-k with the cross-attention reranker."""
     from xmodal.engine.search.engine import SearchEngine
 
-    if bool(query) == bool(image):
-        raise click.UsageError("give either a text QUERY or --image FILE (not both)")
+    if sum(map(bool, (query, image, queries_file))) != 1:
+        raise click.UsageError("give one of: a text QUERY, --image FILE, or --queries FILE")
     rk = 0 if no_rerank else rerank_k
+    if queries_file is not None:
+        return _batch(queries_file, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json)
     with edge():
         with SearchEngine(library_dir(library), model=model, reranker=None if no_rerank else reranker) as engine:
             if query:
@@ -46,6 +52,32 @@ def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, rer
     if as_json:
         emit([h.to_json() for h in hits])
         return
+    _table(hits, target)
+
+
+def _batch(lines, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json) -> None:
+    """`--queries FILE`: every non-blank line a text query, one engine (models loaded once) for all."""
+    import json
+
+    from xmodal.engine.search.engine import SearchEngine
+
+    with edge(), SearchEngine(library_dir(library), model=model, reranker=None if no_rerank else reranker) as engine:
+        for line in lines:
+            query = line.strip()
+            if not query:
+                continue
+            hits = engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar)
+            notice = engine.notice(query)
+            if notice:
+                click.echo(f"note ({query}): {notice}", err=True)
+            if as_json:
+                click.echo(json.dumps({"query": query, "hits": [h.to_json() for h in hits]}, ensure_ascii=False))
+            else:
+                click.echo(f"== {query}")
+                _table(hits, target)
+
+
+def _table(hits, target: str) -> None:
     if not hits:
         click.echo("no results")
         return
