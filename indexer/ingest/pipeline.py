@@ -287,7 +287,8 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
             report.rebuilt = library.rebuild_index("images", grown, queries=encoder.encode_texts(TUNING_QUERIES))
     library.save("images")
     if patch_store is not None and not report.interrupted:
-        report.patched = backfill_patches(library, encoder, patches, batch_size, workers, should_stop, report)
+        report.patched = backfill_patches(library, encoder, patches, batch_size, workers, should_stop, report,
+                                          verify=verify)
 
 
 def _write_jobs(library: Library, stream: Iterable[_Job], encoder: Encoder, patch_store, patches,
@@ -320,23 +321,26 @@ def _write_jobs(library: Library, stream: Iterable[_Job], encoder: Encoder, patc
             last_save = time.monotonic()
 
 
-def missing_patches(library: Library, spec) -> list[tuple[int, str, str]]:
-    """(id, path, sha256) of the stored photos whose patch tokens are missing, stale or damaged (failing their
-    CRC: every slot is read, ~12.5 KB per photo)."""
+def missing_patches(library: Library, spec, verify: bool = False) -> list[tuple[int, str, str]]:
+    """(id, path, sha256) of the stored photos whose patch tokens are missing or stale, from the slots' tags
+    alone; with `verify` also those whose tokens are damaged (failing their CRC: every slot is read, ~12.5 KB
+    per photo, so only `check --repair` and `index --verify` ask for it; a search reads damaged tokens as
+    missing anyway)."""
     store = library.patch_store(spec)
     missing = []
     for page in batched(library.store.image_digests(), 1024):
-        found = store.has([i for i, _, _ in page], [sha for _, _, sha in page], verify=True)
+        found = store.has([i for i, _, _ in page], [sha for _, _, sha in page], verify=verify)
         missing.extend(row for row, ok in zip(page, found) if not ok)
     return missing
 
 
 def backfill_patches(library: Library, encoder: Encoder, patches: PatchProjector, batch_size: int = BATCH_SIZE,
                      workers: int = 2, should_stop: Callable[[], bool] | None = None,
-                     report: IndexReport | None = None) -> int:
-    """Give photos indexed without patch tokens (an older library, a crash, another projection) their tokens.
-    Vectors are left as they are; a photo whose file changed or vanished is skipped. Returns how many got them."""
-    todo = [row for row in missing_patches(library, patches.spec) if os.path.exists(row[1])]  # not unplugged
+                     report: IndexReport | None = None, verify: bool = False) -> int:
+    """Give photos indexed without patch tokens (an older library, a crash, another projection; with `verify`,
+    damaged tokens too) their tokens. Vectors are left as they are; a photo whose file changed or vanished is
+    skipped. Returns how many got them."""
+    todo = [row for row in missing_patches(library, patches.spec, verify) if os.path.exists(row[1])]  # not unplugged
     if not todo:
         return 0
     logger.info("%s: making reranker patch tokens for %d photos indexed without them", library.root, len(todo))

@@ -278,5 +278,5 @@ def repair(library: Library, load_encoder: Callable[[], Encoder],
             encoder = load_encoder()
             proj = projector(encoder.name)
             if proj is not None and hasattr(encoder, "encode_images_with_patches"):
-                out.patch_tokens = backfill_patches(library, encoder, proj)
+                out.patch_tokens = backfill_patches(library, encoder, proj, verify=True)
     return out

@@ -12,7 +12,7 @@ followed by the tokens as float16: 49 x 128 x 2 = 12,544 bytes + 16 per image. A
 tag equals the stored photo's hash, so a crash between the store commit and the token write, an id reused
 after a delete, or a photo edited in place can never pair a photo with another's tokens: such slots read as
 missing and `xmodal index` fills them in. A slot whose tokens fail their CRC (bit rot) reads as missing
-too (`read`, `has(verify=True)`), so `xmodal index` and `xmodal check --repair` make them again. The
+too (`read`, `has(verify=True)`), so `xmodal index --verify` and `xmodal check --repair` make them again. The
 projection's fingerprint and the slot layout (`spec`) are kept in `patches.json`; a library whose file was
 made with another projection or layout (layout 1: an 8-byte tag, no CRC) starts a fresh file.
 """
