@@ -47,7 +47,7 @@ def test_mismatched_shapes_and_bad_photo_indices_are_named():
 def test_int8_keys_keep_cosines_within_a_hundredth():
     keys = _unit(np.random.default_rng(2).standard_normal((50, 384)).astype(np.float32))
     q, scale = pack_keys(keys)
-    assert q.dtype == torch.int8 and q.shape == (50, 384)
+    assert q.dtype == np.int8 and q.shape == (50, 384)
     back = unpack_keys(q, scale)
     assert np.abs((back * keys).sum(1) - 1).max() < 1e-2
     np.testing.assert_allclose(back @ keys[:5].T, keys @ keys[:5].T, atol=1e-2)
@@ -117,6 +117,7 @@ def _checkpoint(path, exemplars=True):
     keys = torch.nn.functional.normalize(torch.randn(60, 384, generator=g), dim=1)
     if exemplars:
         q, scale = pack_keys(keys)
+        q, scale = torch.from_numpy(q), torch.from_numpy(scale)  # as a checkpoint holds them
         bank["exemplars"] = {"keys": q, "scale": scale, "images": torch.arange(60, dtype=torch.int32) % 30,
                              "m": 3, "tau": 0.02}
     save_checkpoint(path, build_fusion(cfg, 8).state_dict(), cfg, fit_pca(torch.randn(300, 1280), 8), 0.1, {},

@@ -171,8 +171,9 @@ def exemplar_bank(pooled_text: np.ndarray, caption_image: np.ndarray, m: int, ta
     """The exemplar bank: every train caption's MiniLM sentence vector (unit, int8 with per-row scales) and
     the index of its photo in the hubness bank's images (all train photos, in order)."""
     keys = torch.nn.functional.normalize(torch.as_tensor(np.asarray(pooled_text, np.float32)), dim=1)
-    q, scale = pack_keys(keys)
-    return {"keys": q, "scale": scale, "images": torch.as_tensor(np.asarray(caption_image, np.int32)),
+    q, scale = pack_keys(keys)  # numpy; a checkpoint holds tensors (weights_only torch.load refuses arrays)
+    return {"keys": torch.from_numpy(q), "scale": torch.from_numpy(scale),
+            "images": torch.as_tensor(np.asarray(caption_image, np.int32)),
             "m": int(m), "tau": float(tau)}
 
 
