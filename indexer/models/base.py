@@ -8,12 +8,15 @@ Implementations: `lite_encoder.LiteEncoder` (the bundled model) and `clip.HFClip
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ModelUnavailable(Exception):
@@ -51,8 +54,10 @@ class Preprocess:
         """RGB PIL images -> (B, size, size, 3) uint8, before normalisation."""
         return np.stack([np.asarray(self.fit(im)) for im in images])
 
-    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """RGB PIL images -> (B, 3, size, size) float32, normalised."""
+    def __call__(self, images: Sequence[Image.Image]) -> "torch.Tensor":
+        """RGB PIL images -> (B, 3, size, size) float32, normalised (the torch path)."""
+        import torch
+
         x = (self.array(images).astype(np.float32) - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)
         return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
@@ -61,7 +66,12 @@ def resize_bicubic(im: Image.Image | np.ndarray, size: int) -> Image.Image:
     """RGB image (PIL or (H, W, 3) uint8) -> PIL size x size, antialiased bicubic: Pillow's BICUBIC filter
     (pixels agree within 0.03 levels on average) through torch's vectorised uint8 kernel, about 3x faster
     than Pillow on this project's CPU. Uses as many threads as torch allows the calling thread (decode
-    threads: 1)."""
+    threads: 1). In a process that has not imported torch (a search: one query photo) Pillow itself resizes,
+    rather than paying seconds to import torch for one image."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        pil = Image.fromarray(np.ascontiguousarray(im, np.uint8)) if isinstance(im, np.ndarray) else im
+        return pil if pil.size == (size, size) else pil.resize((size, size), Image.Resampling.BICUBIC)
     if isinstance(im, np.ndarray):
         a = np.require(im, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])  # flips and rotations arrive as views
     elif im.size == (size, size):

@@ -17,12 +17,33 @@ from xmodal.indexer.models.base import Encoder, ModelUnavailable
 
 _REGISTRY: dict[str, Callable[[], Encoder]] = {}
 _CACHE: dict[str, Encoder] = {}
+_QUERY: dict[str, Callable[[], Encoder]] = {}  # lighter query-time forms (same vectors), by name
+_QUERY_CACHE: dict[str, Encoder] = {}
 
 
 def register_encoder(name: str, factory: Callable[[], Encoder]) -> None:
-    """Make `name` available to `get_encoder`; replaces an earlier registration of the same name."""
+    """Make `name` available to `get_encoder`; replaces an earlier registration of the same name (and its
+    query-time form, so that `get_query_encoder` returns the new one too)."""
     _REGISTRY[name] = factory
     _CACHE.pop(name, None)
+    _QUERY.pop(name, None)
+    _QUERY_CACHE.pop(name, None)
+
+
+def register_query_encoder(name: str, factory: Callable[[], Encoder]) -> None:
+    """A query-time form of the registered encoder `name`: the same vectors from a lighter runtime (the lite
+    model on ONNX Runtime, without torch)."""
+    _QUERY[name] = factory
+    _QUERY_CACHE.pop(name, None)
+
+
+def get_query_encoder(name: str = "lite") -> Encoder:
+    """The encoder a search uses for `name`: its query-time form where one is registered, else `get_encoder`."""
+    if name not in _QUERY:
+        return get_encoder(name)
+    if name not in _QUERY_CACHE:
+        _QUERY_CACHE[name] = _QUERY[name]()
+    return _QUERY_CACHE[name]
 
 
 def available_encoders() -> list[str]:
@@ -55,4 +76,32 @@ def _lite() -> Encoder:
     return LiteEncoder()
 
 
+def _lite_query() -> Encoder:
+    """The lite encoder for a search: `lite_query.LiteQueryEncoder` from the cached ONNX graphs, exported
+    first (with torch, once per checkpoint and machine) when they are missing; the torch encoder itself
+    where ONNX Runtime is unavailable or XMODAL_QUERY_RUNTIME=torch."""
+    import logging
+
+    from xmodal.indexer.models.lite_query import LiteQueryEncoder, read_manifest
+    from xmodal.indexer.models.onnx_runtime import cache_dir, query_runtime
+
+    if query_runtime() == "torch":
+        return get_encoder("lite")
+    manifest = read_manifest()
+    if manifest is None:
+        log = logging.getLogger(__name__)
+        log.info("preparing the lite model's ONNX query graphs in %s (once per model and machine)", cache_dir())
+        encoder = get_encoder("lite")
+        try:
+            encoder.export_query_graphs()
+        except Exception as e:  # noqa: BLE001 - an export failure must not stop a search: torch still works
+            log.warning("ONNX query graphs unavailable (%s); searching with torch", str(e).splitlines()[0])
+            return encoder
+        manifest = read_manifest()
+        if manifest is None:
+            return encoder
+    return LiteQueryEncoder(manifest)
+
+
 register_encoder("lite", _lite)
+register_query_encoder("lite", _lite_query)

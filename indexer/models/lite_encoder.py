@@ -116,6 +116,7 @@ class LiteEncoder:
         self.batch_size = batch_size
         self.info = {"checkpoint": Path(checkpoint).name, "dev": ck.get("dev"), "data": ck.get("data")}
         self._fingerprint = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+        self.checkpoint = Path(checkpoint)
         self._onnx, self._onnx_lock = _NOT_YET, threading.Lock()
 
     @property
@@ -135,6 +136,28 @@ class LiteEncoder:
         """Run the image path on this ONNX graph instead (benchmarks compare runtimes), or None for torch."""
         with self._onnx_lock:
             self._onnx = path
+
+    def export_query_graphs(self) -> Path:
+        """Export the text and image paths to ONNX (cached) and write the manifest through which a search
+        process finds them (lite_query.LiteQueryEncoder) without importing torch. -> the manifest's path."""
+        from xmodal.indexer.models import onnx_image, onnx_text
+        from xmodal.indexer.models.lite_query import write_manifest
+        from xmodal.indexer.models.onnx_runtime import save_external
+
+        pre = self.preprocess
+        image = onnx_image.export(self.model, self._fingerprint, pre)  # the indexer's graph, weights inside
+        query_image = image.with_name(image.stem + "-query.onnx")  # the same graph, weights memory-mapped
+        if not query_image.exists():
+            save_external(image, query_image)
+        manifest = {
+            "model": self.name, "dim": self.dim, "languages": list(self.languages),
+            "preprocess": {"size": pre.size, "mean": list(pre.mean), "std": list(pre.std), "resize": pre.resize},
+            "text": str(onnx_text.export(self.model, self._fingerprint)),
+            "image": str(query_image),
+            "tokenizer": str(minilm_path() / "tokenizer.json"),
+            "checkpoint_sha256": self._fingerprint, "info": self.info,
+        }
+        return write_manifest(self.checkpoint, manifest)
 
     def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return self.preprocess(images).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), NHWC in memory

@@ -13,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from xmodal.indexer.models.onnx_runtime import OnnxImagePath, cache_dir
+
+__all__ = ["OnnxImagePath", "cache_dir", "export", "onnx_image_path", "RUNTIMES"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +42,6 @@ class _ImagePath(torch.nn.Module):
         x = (pixels.float() - self.mean) / self.std  # (B, 3, H, W)
         maps = self.lite.image_patches(x)  # (B, 1280, H/32, W/32)
         return self.lite.embed_pooled_image(maps.mean(dim=(2, 3))), maps
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "xmodal" / "onnx"
 
 
 RUNTIMES = ("onnx", "int8", "torch")
@@ -72,11 +69,11 @@ def onnx_image_path(lite, fingerprint: str, preprocess):
         from xmodal.indexer.models.onnx_int8 import quantized
 
         try:
-            return OnnxImagePath(quantized(path, preprocess), kind="int8")
+            return OnnxImagePath(quantized(path, preprocess), kind="int8", threads=torch.get_num_threads())
         except Exception as e:  # e.g. a CPU where every int8 variant drifts: float still works
             logger.warning("int8 image path unavailable (%s); using float32 ONNX Runtime", str(e).splitlines()[0])
     try:
-        return OnnxImagePath(path)
+        return OnnxImagePath(path, threads=torch.get_num_threads())
     except Exception as e:
         logger.warning("ONNX Runtime image path unavailable (%s); using torch", str(e).splitlines()[0])
         return None
@@ -104,45 +101,3 @@ def export(lite, fingerprint: str, preprocess) -> Path:
         os.replace(tmp, path)
         logger.info("exported the lite image path to %s", path)
     return path
-
-
-class OnnxImagePath:
-    """Runs an exported image path: one session on every core for single batches (latency), and one
-    single-threaded session per core ("lanes") for callers that run batches concurrently (throughput)."""
-
-    def __init__(self, path: Path, kind: str = "float32"):
-        self.path = Path(path)
-        self.kind = kind
-        self.threads = torch.get_num_threads()
-        self.session = self._session(self.threads)  # one batch at a time on every core: the latency path
-        self._lanes: list = []
-        self._lock = threading.Lock()
-
-    def _session(self, threads: int):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-
-    @property
-    def lanes(self) -> int:
-        """How many batches to run at once for throughput: one single-threaded session per core. On this
-        project's 2-core CPU two such lanes measured 1.1x the images/s of one 2-thread session (no
-        barrier after every operator), and they keep their pace when decoding threads share the cores."""
-        return self.threads
-
-    def lane(self, i: int):
-        """The single-threaded session of lane `i` (made on first use)."""
-        with self._lock:
-            while len(self._lanes) <= i:
-                self._lanes.append(self._session(1))
-            return self._lanes[i]
-
-    def __call__(self, pixels: np.ndarray, lane: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(B, H, W, 3) uint8, as photos are decoded -> ((B, D) float32 embeddings, (B, 1280, 7, 7) float32 maps).
-        With `lane`, on that lane's single-threaded session (callers run lanes concurrently)."""
-        session = self.session if lane is None else self.lane(lane)
-        emb, maps = session.run(None, {"pixels": np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), np.uint8)})
-        return emb, maps

@@ -7,7 +7,6 @@ import hashlib
 import os
 
 import numpy as np
-import torch
 
 from xmodal.indexer.resources import data_file
 from xmodal.indexer.storage.patch_tokens import MAX_SLOT_BYTES, PatchSpec, PatchTokenError
@@ -19,12 +18,13 @@ class PatchProjector:
     """Raw tower tokens (n, P, C) -> stored tokens (n, P, dim) float16: (x - mean) @ proj, a whitened PCA
     fitted when the reranker was trained, read from its checkpoint (key "pca": {"mean", "proj"})."""
 
-    def __init__(self, mean: torch.Tensor, proj: torch.Tensor, tokens: int = 49):
-        self.mean, self.proj = mean.float(), proj.float()
+    def __init__(self, mean, proj, tokens: int = 49):
+        """mean (C,), proj (C, dim): numpy arrays or the tensors a checkpoint holds."""
+        self.mean, self.proj = np.asarray(mean, np.float32), np.asarray(proj, np.float32)
         self._session = None  # ONNX Runtime, single-threaded, for numpy input (see _onnx_projection)
         digest = hashlib.sha256()
         for t in (self.mean, self.proj):
-            digest.update(t.numpy().tobytes())
+            digest.update(t.tobytes())
         self.spec = PatchSpec(tokens=tokens, dim=int(self.proj.shape[1]), source=digest.hexdigest()[:16])
         if self.spec.slot_bytes > MAX_SLOT_BYTES:
             raise PatchTokenError(f"patch tokens of {self.spec.slot_bytes} bytes per image exceed the "
@@ -32,23 +32,30 @@ class PatchProjector:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> "PatchProjector":
+        import torch
+
         ck = torch.load(path, map_location="cpu", weights_only=True)
         pca = ck.get("pca")
         if pca is None:
             raise PatchTokenError(f"{path}: the reranker checkpoint has no patch projection (pca)")
         return cls(pca["mean"], pca["proj"], tokens=int(ck.get("config", {}).get("patches", 49)))
 
-    def __call__(self, raw: torch.Tensor | np.ndarray) -> np.ndarray:
-        """(n, P, C) raw tokens -> (n, P, dim) float16."""
+    def __call__(self, raw) -> np.ndarray:
+        """(n, P, C) raw tokens (a numpy array, or a torch tensor) -> (n, P, dim) float16."""
+        is_array = isinstance(raw, np.ndarray)
         if tuple(raw.shape[1:]) != (self.spec.tokens, self.mean.shape[0]):
             raise PatchTokenError(f"raw patch tokens of shape {tuple(raw.shape)} do not fit the projection "
                                   f"({self.spec.tokens} x {self.mean.shape[0]})")
-        if self._session is None and not isinstance(raw, torch.Tensor):
-            self._session = _onnx_projection(self.mean.numpy(), self.proj.numpy())
-        if self._session is not None and not isinstance(raw, torch.Tensor):
+        if self._session is None and is_array:
+            self._session = _onnx_projection(self.mean, self.proj)
+        if self._session is not None and is_array:
             return self._session.run(None, {"x": np.ascontiguousarray(raw, np.float32)})[0]
+        if is_array:  # no onnxruntime
+            return ((raw.astype(np.float32) - self.mean) @ self.proj).astype(np.float16)
+        import torch
+
         x = torch.as_tensor(raw).float()
-        return ((x - self.mean) @ self.proj).half().numpy()
+        return ((x - torch.from_numpy(self.mean)) @ torch.from_numpy(self.proj)).half().numpy()
 
 
 def _onnx_projection(mean: np.ndarray, proj: np.ndarray):
