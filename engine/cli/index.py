@@ -46,6 +46,10 @@ def index(paths, library, model, batch_size, patches, verify, as_json):
             with progress_bar("indexing") as progress:
                 report = index_folders(library_dir(library), paths, encoder, batch_size=batch_size,
                                        patches=patches, progress=progress, should_stop=stop.is_set, verify=verify)
+            if not report.interrupted:
+                from xmodal.engine.search.runtime import prepare_query_runtime
+
+                prepare_query_runtime(encoder)  # searches that follow run without torch from the first
     except KeyboardInterrupt:
         if not stop.is_set():  # a Ctrl-C before the handler was in place, or not on the main thread
             raise

@@ -19,11 +19,11 @@ A `RerankQuery` carries the query in every form a backend may need, computed onc
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
@@ -31,7 +31,7 @@ from xmodal.indexer.storage.library import Library
 from xmodal.indexer.records import ImageRecord, SearchHit
 from xmodal.indexer.storage.text_tokens import TextTokenStore
 
-from xmodal.engine.rerank.lite import Reranker, TextTokens
+from xmodal.engine.rerank.banks import TextTokens
 from xmodal.engine.rerank.scoring import fuse
 
 logger = logging.getLogger(__name__)
@@ -100,13 +100,31 @@ def rerank_hits(hits: Sequence[SearchHit], match: np.ndarray, alpha: float,
 class LiteBackend:
     """The bundled fusion reranker over a library's stored patch tokens."""
 
-    def __init__(self, library: Library, encoder, reranker: Reranker | None = None):
-        self.reranker = reranker or Reranker()
+    def __init__(self, library: Library, encoder, reranker=None):
+        """reranker: anything with the banks.RerankBanks surface and `score` (session.RerankSession, the
+        torch lite.Reranker); None: the bundled one, on ONNX Runtime where available (session.load_scorer)."""
+        if reranker is None:
+            from xmodal.engine.rerank.session import load_scorer
+
+            reranker = load_scorer()
+        self.reranker = reranker
+        self._torch = reranker if hasattr(reranker, "attention") else None
+        self._torch_lock = threading.Lock()
         self.library, self.encoder = library, encoder
         self.name, self.alpha, self.beta = "lite", self.reranker.alpha, self.reranker.beta
         self.explains = True
         self.projector = self.reranker.projector
         self._warned = False
+
+    def attention(self, text: TextTokens, patches: np.ndarray) -> tuple[float, np.ndarray]:
+        """One text against one photo's tokens -> (match, (T, P) word-over-patch attention), for `explain`: on
+        the torch reranker, loaded on first use (searches never need it)."""
+        with self._torch_lock:
+            if self._torch is None:
+                from xmodal.engine.rerank.lite import Reranker
+
+                self._torch = Reranker(self.reranker.checkpoint)
+        return self._torch.attention(text, patches)
 
     def priors(self, query: RerankQuery | None, hits: Sequence[SearchHit], direction: str
                ) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -187,7 +205,7 @@ class LiteBackend:
 
     def score_images(self, query: RerankQuery, hits: Sequence[SearchHit]) -> np.ndarray:
         tokens, found = self.image_patches([h.id for h in hits], [h.path for h in hits])
-        match = self.reranker.score(query.tokens, torch.from_numpy(tokens).float())
+        match = self.reranker.score(query.tokens, tokens.astype(np.float32))
         return _neutral_where_missing(match, found)
 
     def text_states(self, hits: Sequence[SearchHit]) -> TextTokens:
@@ -197,19 +215,19 @@ class LiteBackend:
         if missing:
             _, computed = self.query_tokens([hits[j].text for j in missing])
             for r, j in enumerate(missing):
-                stored[j] = computed.states[r][: int(computed.mask[r].sum())].numpy()
+                stored[j] = np.asarray(computed.states[r], np.float32)[: int(np.asarray(computed.mask[r]).sum())]
         t = max(len(s) for s in stored)
-        states = torch.zeros(len(stored), t, stored[0].shape[1])
-        mask = torch.zeros(len(stored), t, dtype=torch.long)
+        states = np.zeros((len(stored), t, stored[0].shape[1]), np.float32)  # (K, T, C), zero-padded
+        mask = np.zeros((len(stored), t), np.int64)
         for j, s in enumerate(stored):
-            states[j, : len(s)] = torch.from_numpy(np.asarray(s, np.float32))
+            states[j, : len(s)] = np.asarray(s, np.float32)
             mask[j, : len(s)] = 1
         return TextTokens(states, mask)
 
     def score_texts(self, query: RerankQuery, hits: Sequence[SearchHit]) -> np.ndarray:
         if not hits:
             return np.zeros(0)
-        return self.reranker.score(torch.from_numpy(query.patches).float(), self.text_states(hits))
+        return self.reranker.score(np.asarray(query.patches, np.float32), self.text_states(hits))
 
 
 class BlipBackend:

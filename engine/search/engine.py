@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import replace
 from datetime import date
 from typing import TYPE_CHECKING, Sequence
@@ -18,7 +19,7 @@ from PIL import Image
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
 from xmodal.indexer.models.base import Encoder, ModelUnavailable
-from xmodal.indexer.models.encoders import get_encoder
+from xmodal.indexer.models.encoders import get_query_encoder
 from xmodal.indexer.storage.library import Library, LibraryError
 from xmodal.indexer.records import ImageRecord, SearchHit
 from xmodal.indexer.storage.store import StoreError
@@ -36,7 +37,11 @@ FULL_SIZE = 1 << 20  # decode without JPEG draft reduction (explain draws on the
 
 
 class SearchEngine:
-    """Read-side handle on a library: encodes queries with the library's own model."""
+    """Read-side handle on a library: encodes queries with the library's own model.
+
+    Safe to share between threads (the web server's request pool): the encoder, the reranker and the
+    indexes are loaded once under a lock, and the work itself (ONNX Runtime, FAISS, SQLite reads, numpy)
+    runs concurrently, those libraries releasing the GIL."""
 
     def __init__(self, library_dir: str | os.PathLike, model: str | None = None, reranker: str | None = "auto"):
         """`reranker`: "auto" (the bundled cross-attention reranker for libraries built with the lite model,
@@ -59,32 +64,40 @@ class SearchEngine:
         self.reranker_name = reranker
         self._backend = None
         self._flagged = False  # impossible similarities seen (logged once)
+        self._lock = threading.RLock()  # lazy loads and index reloads; never held during a query's work
 
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._encoder = get_encoder(self.model_name)
+            with self._lock:
+                if self._encoder is None:
+                    self._encoder = get_query_encoder(self.model_name)
         return self._encoder
 
     @property
     def reranker(self) -> "RerankBackend | None":
         """The rerank backend (engine/rerank/backends.py), or None when reranking is off or unavailable."""
         if self._backend is None and self.reranker_name:
-            from xmodal.engine.rerank.backends import BlipBackend, LiteBackend
-
-            try:
-                if self.reranker_name in ("auto", "lite"):
-                    from xmodal.indexer.models.patch_projector import LITE_RERANK
-
-                    if self.model_name == "lite" and (self.reranker_name == "lite" or LITE_RERANK.exists()):
-                        self._backend = LiteBackend(self.library, self.encoder)
-                else:
-                    self._backend = BlipBackend(self.reranker_name, self.encoder)
-            except (OSError, ModelUnavailable) as e:
-                raise SearchError(f"cannot load reranker {self.reranker_name!r}: {e}") from e
-            if self._backend is None:
-                self.reranker_name = None
+            with self._lock:
+                if self._backend is None and self.reranker_name:
+                    self._load_reranker()
         return self._backend
+
+    def _load_reranker(self) -> None:
+        from xmodal.engine.rerank.backends import BlipBackend, LiteBackend
+
+        try:
+            if self.reranker_name in ("auto", "lite"):
+                from xmodal.indexer.models.patch_projector import LITE_RERANK
+
+                if self.model_name == "lite" and (self.reranker_name == "lite" or LITE_RERANK.exists()):
+                    self._backend = LiteBackend(self.library, self.encoder)
+            else:
+                self._backend = BlipBackend(self.reranker_name, self.encoder)
+        except (OSError, ModelUnavailable) as e:
+            raise SearchError(f"cannot load reranker {self.reranker_name!r}: {e}") from e
+        if self._backend is None:
+            self.reranker_name = None
 
     def _rerank_k(self, rerank_k: int | None) -> int:
         """How many candidates to rerank: the default when None, 0 when reranking is off."""
@@ -245,7 +258,7 @@ class SearchEngine:
             photo = image
             _, patches = backend.query_patches(photo)
         _, text = backend.query_tokens([query])
-        match, attention = backend.reranker.attention(text, patches)
+        match, attention = backend.attention(text, patches)
         words = self.encoder.tokenizer.convert_ids_to_tokens(text.ids[0].tolist())
         n = int(text.mask[0].sum())
         side = int(round(len(patches) ** 0.5))
@@ -256,12 +269,13 @@ class SearchEngine:
         """The target's index as of the store's last commit: a long-lived engine (the web server) picks up
         what an indexer committed since, at the cost of one meta read per query."""
         try:
-            index = self.library.vector_index(target)
-            committed = self.library.store.get_meta(f"generation.{target}", 0)
-            if index.generation != committed:
-                self.library.forget_index(target)
+            with self._lock:
                 index = self.library.vector_index(target)
-            return index
+                committed = self.library.store.get_meta(f"generation.{target}", 0)
+                if index.generation != committed:
+                    self.library.forget_index(target)
+                    index = self.library.vector_index(target)
+                return index
         except LibraryError as e:
             raise SearchError(str(e)) from e
 
@@ -292,7 +306,8 @@ class SearchEngine:
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict:
-        return library_info(self.library)
+        with self._lock:
+            return library_info(self.library)
 
 
 def valid_text(text: str) -> str:
