@@ -290,6 +290,32 @@ def test_concurrent_requests_from_the_threadpool(client):
     assert all(Path(p).stem.startswith(["red", "green", "blue"][i % 3]) for i, p in enumerate(paths))
 
 
+def test_two_searches_run_inside_the_engine_at_the_same_time(built, fake_encoder, monkeypatch):
+    """No global lock around queries: two requests meet inside the encoder (a barrier that needs both
+    there at once; with a lock around engine calls the first would wait for the second, which never came)."""
+    import threading
+
+    meet = threading.Barrier(2, timeout=20)
+    real = fake_encoder.encode_texts
+
+    def encode_texts(texts):
+        meet.wait()  # raises BrokenBarrierError (a 500) if the other request cannot get in meanwhile
+        return real(texts)
+
+    with TestClient(make_app(built)) as client:
+        monkeypatch.setattr(fake_encoder, "encode_texts", encode_texts)
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda q: client.get("/api/search", params={"q": q, "k": 1}), ["red", "blue"]))
+    assert [a.status_code for a in answers] == [200, 200]
+    assert [Path(a.json()["hits"][0]["path"]).stem[:3] for a in answers] == ["red", "blu"]
+
+
+def test_a_query_over_1000_characters_is_a_json_400(client):
+    r = client.get("/api/search", params={"q": "a dog " * 200})
+    assert r.status_code == 400 and "q" in r.json()["detail"]
+    assert client.get("/api/search", params={"q": ("a dog " * 200)[:1000]}).status_code == 200
+
+
 def test_missing_or_wrong_library_fails_at_creation(tmp_path, built):
     with pytest.raises(Exception, match="no xmodal library"):
         create_app(tmp_path / "nowhere")

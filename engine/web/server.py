@@ -16,9 +16,9 @@ Rules:
 * Uploads: a size limit and a pixel limit (checked from the header, before decoding); a bad upload is a
   400 with a message, never a 500.
 * Domain errors become JSON `{"detail": message}` with 400 (bad request) or 404 (no such thing).
-* One engine per app. Engine calls are serialized with a lock: FastAPI runs the handlers in a thread
-  pool, and the lazily-loaded indexes/encoder are not meant for concurrent first use (the SQLite store
-  itself is thread-safe: SQLAlchemy pools per-thread connections).
+* One engine per app, shared by FastAPI's request threads without a global lock: the engine loads its
+  models and indexes once under its own lock, and the work of a query (ONNX Runtime, FAISS, SQLite
+  reads, numpy) runs concurrently on every core, those libraries releasing the GIL.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
     allowed_hosts: Host names answered besides localhost, 127.0.0.1 and [::1] (the bound address, names
     from --allow-host); any other Host header is a 400."""
     engine = SearchEngine(library_dir, model=model)
-    lock = threading.Lock()
+    folders_lock = threading.Lock()
     thumbs = ThumbnailCache(engine.library.root, **({"size": thumbnail_size} if thumbnail_size else {}))
     folders_cache: dict[str, Any] = {}
     sessions = Sessions()
@@ -105,8 +105,7 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
         """Load the encoder, the reranker and the index before the first visitor asks (seconds, once), so
         the first search answers as fast as the next; a failure here is the first search's to report."""
         try:
-            with lock:
-                engine.search_text("a photo", k=1)
+            engine.search_text("a photo", k=1)
         except Exception as e:  # noqa: BLE001 - the first real search reports the same problem properly
             logger.debug("warm-up failed: %s", e)
         finally:
@@ -166,11 +165,10 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
 
     # ------------------------------------------------------------------ helpers
     def call(fn, *args, **kwargs):
-        with lock:
-            try:
-                return fn(*args, **kwargs)
-            except SearchError as e:
-                raise HTTPProblem(404 if str(e).startswith("no image with id") else 400, str(e)) from e
+        try:
+            return fn(*args, **kwargs)
+        except SearchError as e:
+            raise HTTPProblem(404 if str(e).startswith("no image with id") else 400, str(e)) from e
 
     def record_or_404(image_id: int):
         if not 0 <= image_id <= MAX_ID:
@@ -288,7 +286,7 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
 
     @api.get("/folders", summary="Folders that hold photos, with counts")
     def folders():
-        with lock:  # recounted when an indexer has committed since (the images generation moved on)
+        with folders_lock:  # recounted when an indexer has committed since (the images generation moved on)
             generation = engine.library.store.generation("images")
             if folders_cache.get("generation") != generation:
                 counts = Counter(os.path.dirname(path) for path, *_ in engine.library.store.image_states())
