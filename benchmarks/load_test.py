@@ -71,13 +71,13 @@ def serve(library: str, photos: str, model: str, port: int) -> None:
     from xmodal.indexer.storage.library import Library
     from xmodal.indexer.ingest.pipeline import index_images
 
-    if model == "toy":
+    if model == "toy":  # a registered stand-in: indexed here, in the serving process
         _register_toy()
-    encoder = get_encoder(model)
-    with Library(library, create=True) as lib:
-        from xmodal.indexer.models.patch_projector import default_projector
-
-        index_images(lib, [photos], encoder, patches=default_projector(encoder.name))
+        encoder = get_encoder(model)
+        with Library(library, create=True) as lib:
+            index_images(lib, [photos], encoder)
+    # the lite model was indexed by `xmodal index` beforehand (main): this process, like `xmodal serve`,
+    # loads only the query path (ONNX Runtime, no torch)
     uvicorn.run(create_app(library, model=model), host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -105,17 +105,34 @@ def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float) -> None:
     raise SystemExit(f"the server was not ready after {timeout:.0f}s")
 
 
-async def _load(base: str, clients: int, duration: float, k: int) -> dict:
+LONG_QUERY = ("a group of people standing on a crowded beach at sunset while children play in the shallow "
+              "water and a dog runs after a red ball near the old wooden pier ") * 8  # 1,000 characters
+LONG_QUERY = LONG_QUERY[:1000]
+
+
+async def _load(base: str, clients: int, duration: float, k: int, queries=None, background: int = 0) -> dict:
+    """`clients` measured clients sending `queries` (default QUERIES) for `duration` s; `background` more
+    clients send LONG_QUERY meanwhile (not measured)."""
     import httpx
 
     latencies: list[float] = []
     errors: list[str] = []
     stop_at = time.perf_counter() + duration
+    queries = queries or QUERIES
+
+    async def noise(http: httpx.AsyncClient) -> None:
+        while time.perf_counter() < stop_at:
+            try:
+                r = await http.get("/api/search", params={"q": LONG_QUERY, "k": k})
+                if r.status_code != 200:
+                    errors.append(f"long query {r.status_code}: {r.text[:120]}")
+            except httpx.HTTPError as e:
+                errors.append(f"long query {type(e).__name__}: {e}")
 
     async def client(n: int, http: httpx.AsyncClient) -> None:
         rng = random.Random(n)
         while time.perf_counter() < stop_at:
-            q = rng.choice(QUERIES)
+            q = rng.choice(queries)
             t0 = time.perf_counter()
             try:
                 r = await http.get("/api/search", params={"q": q, "k": k})
@@ -128,13 +145,14 @@ async def _load(base: str, clients: int, duration: float, k: int) -> dict:
             if ok:
                 latencies.append(time.perf_counter() - t0)
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=10, limits=limits) as http:
+    limits = httpx.Limits(max_connections=clients + background, max_keepalive_connections=clients + background)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
         for q in QUERIES[:3]:  # warm-up: encoder loaded, indexes opened
             (await http.get("/api/search", params={"q": q, "k": k})).raise_for_status()
         started = time.perf_counter()
         stop_at = started + duration
         tasks = [asyncio.create_task(client(n, http)) for n in range(clients)]
+        tasks += [asyncio.create_task(noise(http)) for _ in range(background)]
         done, pending = await asyncio.wait(tasks, timeout=duration + 15)  # hard stop
         for t in pending:
             t.cancel()
@@ -195,6 +213,67 @@ def _write_results(result: dict, note: str = "") -> None:
     RESULTS.write_text(text.rstrip("\n") + "\n")
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _flickr_subset(folder: Path, n: int) -> str:
+    """The first n Flickr8k dev photos, linked into `folder`."""
+    data = REPO.parent / "shared" / "data" / "flickr8k"
+    split = data / "splits" / "dev.txt"
+    names = [line.strip() for line in split.read_text().splitlines() if line.strip()][:n]
+    folder.mkdir(parents=True)
+    for name in names:
+        os.symlink(data / "images" / name, folder / name)
+    return str(folder)
+
+
+SUITE = {  # name -> (measured clients, their queries, background clients sending LONG_QUERY)
+    "1 client": (1, None, 0),
+    "4 clients": (4, None, 0),
+    "short query alone": (1, ["a dog"], 0),
+    "short query beside 2 long-query clients": (1, ["a dog"], 2),
+}
+
+
+def _suite(base: str, duration: float, k: int) -> dict:
+    runs = {name: asyncio.run(_load(base, c, duration, k, queries=q, background=b)) for name, (c, q, b) in SUITE.items()}
+    one, four = runs["1 client"], runs["4 clients"]
+    alone, beside = runs["short query alone"], runs["short query beside 2 long-query clients"]
+    return {"runs": runs, "duration_s": duration,
+            "rps_ratio_4_vs_1": round(four["rps"] / one["rps"], 2) if one["rps"] else None,
+            "short_p50_ratio_beside_long": round(beside["p50_ms"] / alone["p50_ms"], 2) if alone["p50_ms"] else None,
+            "errors": sum(r["errors"] for r in runs.values())}
+
+
+def _write_suite(result: dict, note: str = "") -> None:
+    r = result
+    section = "## Web API concurrency"
+    rows = "\n".join(f"| {name} | {x['requests']} | {x['errors']} | {x['rps']} | {x['p50_ms']} | {x['p95_ms']} |"
+                      for name, x in r["runs"].items())
+    body = (f"{section}\n\n"
+            f"`benchmarks/load_test.py --suite --flickr 60`: one `xmodal serve` process (uvicorn, 1 worker), text "
+            f"search with reranking (`GET /api/search?q=...&k={r['k']}`), model `{r['model']}`, {r['images']} photos, "
+            f"each scenario {r['duration_s']:.0f} s on loopback. CPU: {r['cpu']}, {r['cores']} cores; measured "
+            f"{r['date']}." + (f" {note}" if note else "") + "\n\n"
+            "| scenario | requests | errors | requests/s | median ms | p95 ms |\n| --- | ---: | ---: | ---: | ---: | ---: |\n"
+            f"{rows}\n\n"
+            f"4 clients get **{r['rps_ratio_4_vs_1']}x** the requests/s of one (target >= 1.5x); a short query's "
+            f"median beside two clients sending 1,000-character queries is **{r['short_p50_ratio_beside_long']}x** its "
+            f"median alone (target <= 2x); {r['errors']} errors. No global lock: FAISS, ONNX Runtime and SQLite "
+            "run the requests concurrently.\n")
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _m: body + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + body
+    RESULTS.write_text(text.rstrip("\n") + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=20)
@@ -207,6 +286,11 @@ def main() -> None:
     ap.add_argument("--screenshot-query", default="a cat")
     ap.add_argument("--screenshot-image", type=Path, default=None,
                     help="search by this photo for the screenshot (default with --model toy: a sample photo)")
+    ap.add_argument("--suite", action="store_true",
+                    help="the concurrency suite: 1 client, 4 clients, a short query alone and beside 2 clients "
+                         "sending 1,000-character queries (one server, one run) -> the 'Web API concurrency' section")
+    ap.add_argument("--flickr", type=int, default=0, metavar="N",
+                    help="serve N Flickr8k dev photos (../shared/data/flickr8k) instead of --photos")
     ap.add_argument("--note", default="", help="a sentence added to the results section")
     ap.add_argument("--no-write", action="store_true", help=f"do not update {RESULTS.relative_to(REPO)}")
     ap.add_argument("--serve", nargs=3, metavar=("LIBRARY", "PHOTOS", "PORT"), help=argparse.SUPPRESS)
@@ -216,8 +300,13 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory(prefix="xmodal-load-") as tmp:
+        if args.flickr:
+            args.photos = _flickr_subset(Path(tmp) / "photos", args.flickr)
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
+        if args.model != "toy":
+            subprocess.run([sys.executable, "-m", "xmodal.engine.cli", "index", args.photos, "--library",
+                            str(Path(tmp) / "library"), "--json"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
         proc = subprocess.Popen([sys.executable, __file__, "--model", args.model, "--serve",
                                  str(Path(tmp) / "library"), args.photos, str(port)], cwd=REPO)
         try:
@@ -225,6 +314,14 @@ def main() -> None:
             import httpx
 
             images = httpx.get(base + "/api/info").json()["images"]
+            if args.suite:
+                result = _suite(base, args.duration, args.k)
+                result.update(model=args.model, images=images, k=args.k, cpu=cpu_name(), cores=os.cpu_count(),
+                              date=time.strftime("%Y-%m-%d"), server_pid=proc.pid)
+                print(json.dumps(result, indent=2))
+                if not args.no_write:
+                    _write_suite(result, args.note)
+                return
             result = asyncio.run(_load(base, args.clients, args.duration, args.k))
             result.update(model=args.model, images=images, k=args.k, cores=os.cpu_count(),
                           machine=f"{platform.machine()}, {platform.system()}", date=time.strftime("%Y-%m-%d"))
