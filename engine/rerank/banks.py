@@ -52,9 +52,9 @@ class RerankBanks:
         self.projector = None if pca is None else PatchProjector(pca["mean"], pca["proj"],
                                                                  tokens=int(config.get("patches", 49)))
         self.patch_dim = self.projector.spec.dim if self.projector else 1280
-        # banks stay float16 and int8 as stored (about 28 MB instead of 80 in float32); the arithmetic
-        # converts a slice at a time (scoring.py)
-        self.hub = None if hub is None else {"texts": _f16(hub["texts"]), "images": _f16(hub["images"]),
+        # banks stay as given: float16 and int8 from a checkpoint (28 MB instead of 80 in float32, converted a
+        # slice at a time by scoring.py), float32 hubness banks memory-mapped from the query cache (session.py)
+        self.hub = None if hub is None else {"texts": _array(hub["texts"]), "images": _array(hub["images"]),
                                              "tau": float(hub["tau"])}
         ex = None if hub is None else hub.get("exemplars")  # format 2 checkpoints from before: none
         self.exemplars = None if ex is None else {
@@ -93,5 +93,6 @@ class RerankBanks:
         return e @ np.asarray(vectors, np.float32).T
 
 
-def _f16(x) -> np.ndarray:
-    return np.asarray(x, dtype=np.float16)  # float16 tensors from a checkpoint, or arrays
+def _array(x) -> np.ndarray:
+    """A bank as numpy without copying: float16 tensors from a checkpoint, or (memory-mapped) arrays."""
+    return x if isinstance(x, np.ndarray) else np.asarray(x)

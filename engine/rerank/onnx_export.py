@@ -50,7 +50,8 @@ def export_reranker(reranker, files) -> None:
     if rr.projector is not None:
         arrays.update(pca_mean=rr.projector.mean, pca_proj=rr.projector.proj)
     if rr.hub is not None:
-        arrays.update(hub_texts=rr.hub["texts"], hub_images=rr.hub["images"])
+        # float32 on disk: memory-mapped and multiplied as they are (numpy converts float16 slowly)
+        arrays.update(hub_texts=rr.hub["texts"].astype(np.float32), hub_images=rr.hub["images"].astype(np.float32))
         meta["hub_tau"] = rr.hub["tau"]
     if rr.exemplars is not None:
         ex = rr.exemplars

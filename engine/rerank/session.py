@@ -22,7 +22,7 @@ from xmodal.indexer.models.patch_projector import LITE_RERANK
 from xmodal.engine.rerank.banks import RerankBanks, TextTokens
 
 logger = logging.getLogger(__name__)
-FORMAT = 2  # of the cached files; a change here makes every cache entry stale
+FORMAT = 3  # of the cached files; a change here makes every cache entry stale
 
 
 @dataclass(frozen=True)
