@@ -44,8 +44,17 @@ def cpu_name() -> str:
     return "unknown"
 
 
+def child_env(**extra) -> dict:
+    """The environment of the measured commands: as a user's shell has it. PYTHONDONTWRITEBYTECODE (set on
+    some CI machines) is dropped, or every run would compile xmodal's modules from source: an installed
+    wheel has its bytecode compiled by pip, and a checkout writes it on its first run."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, **extra}
+
+
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
     """Run cmd once -> (wall seconds, peak resident MB of the process, stdout)."""
+    env = env or child_env()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out = proc.stdout.read()
@@ -174,7 +183,7 @@ def main() -> None:
                         args.runs),
                 measure(f'before (torch query path): xmodal search "{QUERY}"',
                         [XMODAL, "search", QUERY, "--library", str(lib), "--json"], args.runs,
-                        env={**os.environ, "XMODAL_QUERY_RUNTIME": "torch"})]
+                        env=child_env(XMODAL_QUERY_RUNTIME="torch"))]
         sim_index = None
         if args.sim:
             big = build_simulated(lib, work / "lib100k", args.sim)
@@ -185,7 +194,7 @@ def main() -> None:
                                 [XMODAL, "search", QUERY, "--library", str(big), "--json"], args.runs))
         fresh = work / "fresh-cache"  # the first search on a machine that never ran `xmodal index`
         first, _, _ = timed([XMODAL, "search", QUERY, "--library", str(lib), "--json"],
-                            env={**os.environ, "XDG_CACHE_HOME": str(fresh)})
+                            env=child_env(XDG_CACHE_HOME=str(fresh)))
     by = {r["name"]: r for r in rows}
     text = by[f'xmodal search "{QUERY}" (rerank on)']
     image = by["xmodal search --image PHOTO --target texts (rerank on)"]
