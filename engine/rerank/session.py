@@ -101,7 +101,8 @@ def load_scorer(checkpoint: str | os.PathLike = LITE_RERANK):
         from xmodal.engine.rerank.lite import Reranker
         from xmodal.engine.rerank.onnx_export import export_reranker
 
-        logger.info("preparing the reranker's ONNX graph in %s (once per checkpoint)", files.graph.parent)
+        logger.warning("first search with this reranker on this machine: preparing its ONNX graph in %s (once)",
+                       files.graph.parent)
         torch_reranker = Reranker(checkpoint)
         try:
             export_reranker(torch_reranker, files)

@@ -90,7 +90,8 @@ def _lite_query() -> Encoder:
     manifest = read_manifest()
     if manifest is None:
         log = logging.getLogger(__name__)
-        log.info("preparing the lite model's ONNX query graphs in %s (once per model and machine)", cache_dir())
+        log.warning("first search with the lite model on this machine: preparing its ONNX query graphs in %s "
+                    "(once; `xmodal index` does it too)", cache_dir())
         encoder = get_encoder("lite")
         try:
             encoder.export_query_graphs()
