@@ -95,10 +95,11 @@ class EmbedWorker:
 
 def worker_count(ray, workers: int | None, device: str) -> int:
     """Actors to start: `workers`, else one per CPU of the cluster (per GPU with a GPU device)."""
-    if workers:
-        return workers
-    resources = ray.cluster_resources()
-    return max(1, int(resources.get("GPU" if device.startswith("cuda") else "CPU", 1)))
+    have = int(ray.cluster_resources().get("GPU" if device.startswith("cuda") else "CPU", 0))
+    if workers and workers > have:
+        logger.warning("%d workers asked, but the Ray cluster has %d %ss now: the others wait for nodes to join",
+                       workers, have, "GPU" if device.startswith("cuda") else "CPU")
+    return workers or max(1, have)
 
 
 def index_images_ray(library: Library, roots: Sequence[str] | None, encoder: Encoder, address: str | None = None,
@@ -148,7 +149,7 @@ def _run(library, roots, encoder, address, workers, device, batch_size, shard_si
     shards = pending(cut(left, shard_size), {p.name.split(".")[0] for p in staged(folder)})
     if shards:
         with connected(address, workers) as ray:
-            _embed_and_merge(ray, library, shards, folder, encoder, state, report, device,
+            _embed_and_merge(ray, address, library, shards, folder, encoder, state, report, device,
                              batch_size_for(device, batch_size), worker_count(ray, workers, device),
                              patch_store is not None, len(todo), progress, should_stop)
     if not report.interrupted:
@@ -183,11 +184,13 @@ def _merge_staged(library: Library, folder, state: MergeState, report: IndexRepo
     return handled
 
 
-def _embed_and_merge(ray, library, shards, folder, encoder, state, report, device, batch_size, n_workers,
+def _embed_and_merge(ray, address, library, shards, folder, encoder, state, report, device, batch_size, n_workers,
                      with_patches, total, progress, should_stop) -> None:
-    remote = ray.remote(EmbedWorker).options(
-        num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0, max_restarts=-1, max_task_retries=-1,
-        runtime_env={"env_vars": {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}})
+    options = dict(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0, max_restarts=-1,
+                   max_task_retries=-1)
+    if address:  # a cluster's workers get the driver's settings; a local instance's inherit them (and start sooner)
+        options["runtime_env"] = {"env_vars": {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}}
+    remote = ray.remote(EmbedWorker).options(**options)
     plugins = os.environ.get(PLUGINS_ENV)
     actors = [remote.remote(encoder.name, device, with_patches, batch_size, plugins) for _ in range(n_workers)]
     logger.info("ray: %d shards of up to %d photos on %d workers (%s)", len(shards), len(shards[0].paths),
