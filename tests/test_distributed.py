@@ -143,3 +143,51 @@ def test_a_clip_checkpoint_placed_on_a_device_gives_the_same_embeddings(tmp_path
     assert moved.device == torch.device("cpu")
     np.testing.assert_allclose(moved.encode_images(images), before_images, atol=1e-3)
     np.testing.assert_allclose(moved.encode_texts(["a red car"]), before_texts, atol=1e-3)
+
+
+def synthetic_library(root: Path, n: int = 600, dim: int = 8, seed: int = 0) -> np.ndarray:
+    """A library of `n` stored random unit vectors (records without files): what an index build reads."""
+    from datetime import datetime
+
+    from xmodal.indexer.records import DecodedImage
+
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    images = [DecodedImage(f"/nowhere/{i}.jpg", 1, 1.0, f"{i:064x}", 1, 1, datetime(2020, 1, 1), None)
+              for i in range(n)]
+    with Library(root, create=True) as lib, lib.writing():
+        lib.bind_model("fake-colour", dim)
+        for s in range(0, n, 200):
+            lib.add_images(images[s:s + 200], vectors[s:s + 200], "fake-colour")
+        lib.save("images")
+    return vectors
+
+
+def test_an_ivf_built_on_disk_searches_like_exact_search_and_its_lists_stay_in_the_ivfdata_file(tmp_path):
+    import faiss
+
+    from xmodal.indexer.distributed.ondisk import build_ondisk, wants_ondisk
+
+    assert wants_ondisk("OPQ64_256,IVF16384_HNSW32,PQ64x8") and not wants_ondisk("IVF4096,SQ8")
+    vectors = synthetic_library(tmp_path / "lib")
+    with Library(tmp_path / "lib") as lib, lib.writing():
+        out = build_ondisk(lib, "images", "IVF8,Flat")
+    assert out["vectors"] == 600 and out["recall_at_k"] >= 0.95
+    assert (tmp_path / "lib" / out["on_disk"]).stat().st_size >= 600 * 8 * 4  # the vectors are in the lists file
+    assert not (tmp_path / "lib" / "images.parts").exists()
+    with Library(tmp_path / "lib") as lib:  # a search process
+        index = lib.vector_index("images")
+        ivf = faiss.extract_index_ivf(index._index.index)
+        assert isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
+        scores, ids = index.search(vectors[:50], 1)
+        assert (ids[:, 0] == lib.store.all_image_ids()[:50]).all()  # each vector finds its own row
+
+
+def test_an_ondisk_build_refuses_a_factory_without_lists(tmp_path):
+    from xmodal.indexer.distributed.ondisk import build_ondisk
+
+    synthetic_library(tmp_path / "lib", n=50)
+    with Library(tmp_path / "lib") as lib, lib.writing():
+        with pytest.raises(ValueError, match="no inverted lists"):
+            build_ondisk(lib, "images", "HNSW32")

@@ -34,7 +34,7 @@ def ray_local():
     saved = {k: os.environ.get(k) for k in ("XMODAL_PLUGINS", "PYTHONPATH", "FAKE_ENCODER_DELAY")}
     os.environ.update(XMODAL_PLUGINS="fake_xmodal", FAKE_ENCODER_DELAY="0.2",
                       PYTHONPATH=os.pathsep.join(p for p in (TESTS, saved["PYTHONPATH"]) if p))
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         yield ray
     finally:
@@ -135,3 +135,21 @@ def test_a_worker_sigkilled_mid_run_changes_nothing_in_the_result(ray_local, tmp
     assert killed and report.added == 40 and report.processed == 41
     index_folders(tmp_path / "local", [photos], model="fake-colour")
     assert_same_library(tmp_path / "ray", tmp_path / "local")
+
+
+def test_ivf_pq_parts_filled_on_ray_workers_merge_into_the_same_index_as_in_process(ray_local, tmp_path):
+    from test_distributed import synthetic_library
+    from xmodal.indexer.distributed.ondisk import build_ondisk, ray_pool
+
+    vectors = synthetic_library(tmp_path / "ray")
+    synthetic_library(tmp_path / "here")
+    with Library(tmp_path / "ray") as lib, lib.writing():
+        on_ray = build_ondisk(lib, "images", "IVF8,PQ4x4", pool=ray_pool(ray_local, 2), page=100)  # 6 parts
+    with Library(tmp_path / "here") as lib, lib.writing():
+        here = build_ondisk(lib, "images", "IVF8,PQ4x4", page=100)
+    assert on_ray["params"] == here["params"]
+    with Library(tmp_path / "ray") as a, Library(tmp_path / "here") as b:
+        sa, ia = a.vector_index("images").search(vectors[:40], 5)
+        sb, ib = b.vector_index("images").search(vectors[:40], 5)
+    np.testing.assert_array_equal(ia, ib)
+    np.testing.assert_allclose(sa, sb, atol=1e-6)

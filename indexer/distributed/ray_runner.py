@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from xmodal.indexer.distributed.ondisk import build_ondisk, ray_pool, wants_ondisk
 from xmodal.indexer.distributed.merge import MergeState, merge_shard
 from xmodal.indexer.distributed.plan import SHARD_SIZE, cut, pending
 from xmodal.indexer.distributed.shards import ShardError, read_shard, shard_path, staged, staging_dir
@@ -58,7 +59,8 @@ def connected(address: str | None, workers: int | None) -> Iterator[object]:
             if address:
                 ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
             else:
-                ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, configure_logging=False,
+                ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
+                         configure_logging=False,
                          log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"the Ray cluster at {address}" if address else "a local Ray instance"
@@ -159,7 +161,11 @@ def _run(library, roots, encoder, address, workers, device, batch_size, shard_si
             report.removed = len(doomed)
         index = library.vector_index("images")
         grown = needs_rebuild(index.factory, index.ntotal, index.dim)
-        if grown:
+        if grown and wants_ondisk(grown):  # IVF-PQ: parts filled on the workers, lists merged on disk
+            with connected(address, workers) as ray:
+                report.rebuilt = build_ondisk(library, "images", grown, encoder.encode_texts(TUNING_QUERIES),
+                                              pool=ray_pool(ray, 2 * worker_count(ray, workers, "cpu")))
+        elif grown:
             report.rebuilt = library.rebuild_index("images", grown, queries=encoder.encode_texts(TUNING_QUERIES))
     library.save("images")
     if patch_store is not None and not report.interrupted:
