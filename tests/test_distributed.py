@@ -191,3 +191,27 @@ def test_an_ondisk_build_refuses_a_factory_without_lists(tmp_path):
     with Library(tmp_path / "lib") as lib, lib.writing():
         with pytest.raises(ValueError, match="no inverted lists"):
             build_ondisk(lib, "images", "HNSW32")
+
+
+def test_an_index_built_on_disk_takes_later_additions_and_removals_in_memory(tmp_path):
+    """FAISS's on-disk lists crash when grown in place: the first change copies them into memory."""
+    from datetime import datetime
+
+    from xmodal.indexer.distributed.ondisk import build_ondisk
+    from xmodal.indexer.records import DecodedImage
+
+    synthetic_library(tmp_path / "lib")
+    with Library(tmp_path / "lib") as lib, lib.writing():
+        build_ondisk(lib, "images", "IVF8,Flat")
+    extra = np.eye(8, dtype=np.float32)[:6]
+    images = [DecodedImage(f"/nowhere/new{i}.jpg", 1, 1.0, f"{i + 9000:064x}", 1, 1, datetime(2021, 1, 1), None)
+              for i in range(6)]
+    with Library(tmp_path / "lib") as lib, lib.writing():
+        ids, _ = lib.add_images(images, extra, "fake-colour")
+        lib.delete_images(ids[:2])
+        lib.save("images")
+    with Library(tmp_path / "lib") as lib:
+        index = lib.vector_index("images")
+        assert index.ntotal == 604 and not any(lib.repaired["images"].values())
+        _, found = index.search(extra[2:], 1)
+        assert found[:, 0].tolist() == ids[2:]
