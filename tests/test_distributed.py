@@ -215,3 +215,27 @@ def test_an_index_built_on_disk_takes_later_additions_and_removals_in_memory(tmp
         assert index.ntotal == 604 and not any(lib.repaired["images"].values())
         _, found = index.search(extra[2:], 1)
         assert found[:, 0].tolist() == ids[2:]
+
+
+def test_index_device_errors_are_one_line_from_the_cli(tmp_path, photos):
+    from click.testing import CliRunner
+
+    from xmodal.engine.cli.main import cli
+
+    out = CliRunner().invoke(cli, ["index", str(photos), "--library", str(tmp_path / "lib"), "--model",
+                                   "fake-colour", "--device", "tpu"])
+    assert out.exit_code == 1 and "not cpu, cuda or cuda:N" in out.output and "Traceback" not in out.output
+    out = CliRunner().invoke(cli, ["index", str(photos), "--library", str(tmp_path / "lib"), "--model",
+                                   "fake-colour", "--engine", "spark"])
+    assert out.exit_code == 2 and "spark" in out.output
+
+
+def test_the_local_pipeline_indexes_a_clip_checkpoint_through_the_device_path(tmp_path, photos):
+    """index_folders(device=...) places the encoder and sizes the batch: run with device="cpu" here."""
+    folder = hf_tiny.make_clip(tmp_path / "clip")
+    plain = index_folders(tmp_path / "plain", [photos], model=str(folder))
+    placed = index_folders(tmp_path / "placed", [photos], model=str(folder), device="cpu")
+    assert plain.added == placed.added == 4
+    a, b = vectors_by_path(tmp_path / "plain"), vectors_by_path(tmp_path / "placed")
+    for path in a:
+        np.testing.assert_allclose(a[path], b[path], atol=1e-3)
