@@ -239,3 +239,27 @@ def test_the_local_pipeline_indexes_a_clip_checkpoint_through_the_device_path(tm
     a, b = vectors_by_path(tmp_path / "plain"), vectors_by_path(tmp_path / "placed")
     for path in a:
         np.testing.assert_allclose(a[path], b[path], atol=1e-3)
+
+
+def test_info_names_the_lists_file_of_an_index_built_on_disk_in_the_cli_api_and_web(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+    from fastapi.testclient import TestClient
+
+    from xmodal.engine.cli.main import cli
+    from xmodal.engine.search.engine import SearchEngine
+    from xmodal.engine.web.server import create_app
+    from xmodal.indexer.distributed.ondisk import build_ondisk
+
+    synthetic_library(tmp_path / "lib")
+    with Library(tmp_path / "lib") as lib, lib.writing():
+        name = build_ondisk(lib, "images", "IVF8,Flat")["on_disk"]
+    out = CliRunner().invoke(cli, ["info", "--library", str(tmp_path / "lib"), "--json"])
+    assert out.exit_code == 0, out.output
+    shown = json.loads(out.stdout)
+    assert shown["indexes"]["images"]["lists_on_disk"] == name and name in shown["bytes"]
+    with SearchEngine(tmp_path / "lib") as engine:
+        assert engine.info()["indexes"]["images"]["lists_on_disk"] == name
+    with TestClient(create_app(tmp_path / "lib", allowed_hosts=("testserver",))) as client:
+        assert client.get("/api/info").json()["indexes"]["images"]["lists_on_disk"] == name

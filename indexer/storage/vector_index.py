@@ -215,6 +215,15 @@ class VectorIndex:
         return self._read_only
 
     @property
+    def lists_file(self) -> str | None:
+        """The file holding this IVF index's inverted lists when they are on disk (memory-mapped), else None."""
+        ivf = faiss.try_extract_index_ivf(self._index.index)
+        if ivf is None:
+            return None
+        lists = faiss.downcast_InvertedLists(ivf.invlists)
+        return str(lists.filename) if isinstance(lists, faiss.OnDiskInvertedLists) else None
+
+    @property
     def search_params(self) -> dict[str, Any]:
         return dict(self._search_params)
 
