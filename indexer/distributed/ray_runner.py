@@ -176,6 +176,9 @@ def _merge_staged(library: Library, folder, state: MergeState, report: IndexRepo
     """Merge the shard files an earlier (killed) run staged; a damaged one is deleted (its photos are
     embedded again). Returns the paths they handled."""
     handled: list[str] = []
+    if folder.is_dir():
+        for partial in folder.glob(".*.tmp"):  # a worker killed while writing its shard: never renamed in place
+            partial.unlink(missing_ok=True)
     for path in staged(folder):
         try:
             result = read_shard(path)
