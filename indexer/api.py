@@ -66,7 +66,7 @@ def index_folders(library_dir: str | os.PathLike, paths: Sequence[str | os.PathL
         from xmodal.indexer.distributed.ray_runner import index_images_ray
         from xmodal.indexer.models.device import check_device
 
-        device = check_device(device)  # the workers place their own encoders; the driver's stays on the CPU
+        device = check_device(device, here=False)  # the workers (with the GPUs) place their own encoders
         with Library(library_dir, create=True) as lib:
             return index_images_ray(lib, paths, encoder, address=ray_address, workers=workers, device=device,
                                     batch_size=batch_size, shard_size=shard_size or SHARD_SIZE,

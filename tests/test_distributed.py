@@ -119,6 +119,7 @@ def test_plugins_named_in_the_environment_are_imported(monkeypatch):
 
 def test_device_names_are_checked_and_cuda_without_a_gpu_is_a_clear_error(fake_encoder):
     assert check_device("CPU") == "cpu"
+    assert check_device("cuda:1", here=False) == "cuda:1"  # a Ray driver: the workers have the GPUs
     with pytest.raises(ModelUnavailable, match="not cpu, cuda or cuda:N"):
         check_device("tpu")
     if not torch.cuda.is_available():

@@ -13,12 +13,13 @@ DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 GPU_BATCH_SIZE = 256
 
 
-def check_device(device: str) -> str:
-    """`device` normalised ("cpu", "cuda", "cuda:1"), or ModelUnavailable saying why it cannot be used."""
+def check_device(device: str, here: bool = True) -> str:
+    """`device` normalised ("cpu", "cuda", "cuda:1"), or ModelUnavailable saying why it cannot be used. With
+    `here=False` (a Ray driver, whose workers have the GPUs) only the name is checked."""
     device = (device or "cpu").strip().lower()
     if not DEVICE_PATTERN.match(device):
         raise ModelUnavailable(f"--device {device!r} is not cpu, cuda or cuda:N")
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and here:
         import torch
 
         if not torch.cuda.is_available():
