@@ -153,3 +153,24 @@ def test_ivf_pq_parts_filled_on_ray_workers_merge_into_the_same_index_as_in_proc
         sb, ib = b.vector_index("images").search(vectors[:40], 5)
     np.testing.assert_array_equal(ia, ib)
     np.testing.assert_allclose(sa, sb, atol=1e-6)
+
+
+def test_cuda_on_a_ray_cluster_without_gpus_fails_at_once_in_one_line(ray_local, tmp_path):
+    photos = collection(tmp_path / "photos", n=3)
+    out = CliRunner().invoke(cli, ["index", str(photos), "--library", str(tmp_path / "lib"), "--model",
+                                   "fake-colour", "--engine", "ray", "--device", "cuda"])
+    assert out.exit_code == 1 and "the Ray cluster has no GPUs" in out.output and "Traceback" not in out.output
+
+
+def test_a_worker_that_cannot_load_the_model_stops_the_run_with_its_reason(ray_local, tmp_path):
+    from fake_encoders import ColourEncoder
+    from xmodal.indexer.models.encoders import register_encoder
+    from xmodal.indexer.storage.library import LibraryError
+
+    class DriverOnly(ColourEncoder):
+        name = "fake-driver-only"  # registered in this process only: the workers do not know it
+
+    register_encoder("fake-driver-only", DriverOnly)
+    photos = collection(tmp_path / "photos", n=3)
+    with pytest.raises(LibraryError, match="could not load its model: ModelUnavailable: unknown model 'fake-driver-only'"):
+        index_folders(tmp_path / "lib", [photos], model="fake-driver-only", engine="ray", workers=1)

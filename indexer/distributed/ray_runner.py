@@ -82,14 +82,21 @@ class EmbedWorker:
         from xmodal.indexer.models.encoders import get_encoder
         from xmodal.indexer.models.patch_projector import default_projector
 
-        load_plugins(plugins)
-        self.encoder = place(get_encoder(model), device)
-        self.projector = default_projector(self.encoder.name) if patches else None
+        self.error = None
+        try:
+            load_plugins(plugins)
+            self.encoder = place(get_encoder(model), device)
+            self.projector = default_projector(self.encoder.name) if patches else None
+        except Exception as e:  # kept for the first task to raise: Ray would restart a failing actor forever
+            self.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         self.batch_size = batch_size
 
     def embed(self, name: str, paths: list[str], folder: str) -> tuple[str, int]:
         from xmodal.indexer.distributed.shards import write_shard
         from xmodal.indexer.distributed.worker import embed_shard
+
+        if self.error:
+            raise RuntimeError(f"the worker could not load its model: {self.error}")
 
         write_shard(folder, embed_shard(name, paths, self.encoder, self.projector, self.batch_size))
         return name, os.getpid()
@@ -97,7 +104,11 @@ class EmbedWorker:
 
 def worker_count(ray, workers: int | None, device: str) -> int:
     """Actors to start: `workers`, else one per CPU of the cluster (per GPU with a GPU device)."""
-    have = int(ray.cluster_resources().get("GPU" if device.startswith("cuda") else "CPU", 0))
+    kind = "GPU" if device.startswith("cuda") else "CPU"
+    have = int(ray.cluster_resources().get(kind, 0))
+    if have == 0:  # actors asking for one would wait forever
+        raise LibraryError(f"--device {device}: the Ray cluster has no {kind}s; start its nodes with {kind}s "
+                           "(`ray start --num-gpus N`), or use --device cpu")
     if workers and workers > have:
         logger.warning("%d workers asked, but the Ray cluster has %d %ss now: the others wait for nodes to join",
                        workers, have, "GPU" if device.startswith("cuda") else "CPU")
@@ -222,9 +233,11 @@ def _embed_and_merge(ray, address, library, shards, folder, encoder, state, repo
             shard, actor = inflight.pop(ready[0])
             try:
                 ray.get(ready[0])
-            except ray.exceptions.RayTaskError as e:
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:  # a bug, or a worker that
+                cause = getattr(e, "cause", None) or e                                  # cannot load its model
+                lines = [line for line in str(cause).splitlines() if line.strip()]
                 raise LibraryError(f"a Ray worker failed on shard {shard.name} ({shard.paths[0]}...): "
-                                   f"{str(e.cause if hasattr(e, 'cause') else e).splitlines()[0]}") from e
+                                   f"{lines[-1] if lines else type(e).__name__}") from e
             path = shard_path(folder, shard.name)
             merge_shard(library, read_shard(path), state, report, encoder.name)
             path.unlink(missing_ok=True)
