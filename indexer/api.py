@@ -18,6 +18,8 @@ from xmodal.indexer.models.encoders import get_encoder
 from xmodal.indexer.models.patch_projector import default_projector
 from xmodal.indexer.storage.library import Library
 
+ENGINES = ("local", "ray")  # where photos are embedded: this process, or Ray workers
+
 
 def library_model(library_dir: str | os.PathLike) -> str | None:
     """The model a library was built with, or None for a new (or empty) library."""
@@ -43,15 +45,39 @@ def library_encoder(library_dir: str | os.PathLike, model: str | Encoder | None 
 def index_folders(library_dir: str | os.PathLike, paths: Sequence[str | os.PathLike] = (),
                   model: str | Encoder | None = None,
                   batch_size: int = 16, patches: bool = True, progress: Callable[[int, int], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, verify: bool = False) -> IndexReport:
+                  should_stop: Callable[[], bool] | None = None, verify: bool = False, engine: str = "local",
+                  ray_address: str | None = None, workers: int | None = None, device: str = "cpu",
+                  shard_size: int | None = None) -> IndexReport:
     """Index the photos under `paths` (recursively) into the library at `library_dir` (made if new); with no
     paths, refresh every folder it knows. A leading "~" means the home folder, as in a shell. Only new or edited files are embedded; moved files keep their
     vectors, deleted ones are dropped; every batch is committed, so a stopped run resumes where it ended.
-    With `verify` every known file's content is hashed again, whatever its size, times and inode say."""
+    With `verify` every known file's content is hashed again, whatever its size, times and inode say.
+
+    `engine="ray"` embeds on Ray workers (`pip install 'xmodal[ray]'`; indexer.distributed.ray_runner): a
+    local Ray instance, or the cluster at `ray_address`, with `workers` actors (default: one per CPU) and
+    shards of `shard_size` photos. `device` ("cpu", "cuda", "cuda:N") is where torch encoders run."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
     encoder = library_encoder(library_dir, model)
     projector = default_projector(encoder.name) if patches else None
+    paths = [os.path.expanduser(os.fspath(p)) for p in paths]
+    if engine == "ray":
+        from xmodal.indexer.distributed.plan import SHARD_SIZE
+        from xmodal.indexer.distributed.ray_runner import index_images_ray
+        from xmodal.indexer.models.device import check_device
+
+        device = check_device(device, here=False)  # the workers (with the GPUs) place their own encoders
+        with Library(library_dir, create=True) as lib:
+            return index_images_ray(lib, paths, encoder, address=ray_address, workers=workers, device=device,
+                                    batch_size=batch_size, shard_size=shard_size or SHARD_SIZE,
+                                    progress=progress, should_stop=should_stop, patches=projector, verify=verify)
+    if device != "cpu":
+        from xmodal.indexer.models.device import batch_size_for, place
+
+        encoder = place(encoder, device)
+        batch_size = batch_size_for(device, batch_size)
     with Library(library_dir, create=True) as lib:
-        return index_images(lib, [os.path.expanduser(os.fspath(p)) for p in paths], encoder, batch_size=batch_size, progress=progress,
+        return index_images(lib, paths, encoder, batch_size=batch_size, progress=progress,
                             should_stop=should_stop, patches=projector, verify=verify)
 
 

@@ -20,8 +20,17 @@ from xmodal.engine.cli.common import (library_dir, emit, console, progress_bar, 
               help="Store each photo's patch tokens for the reranker (lite model; 12.5 KB per photo).")
 @click.option("--verify", is_flag=True,
               help="Hash every known file again (reads them all) and re-embed those whose content changed.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Embed in this process, or on Ray workers (pip install 'xmodal[ray]').")
+@click.option("--ray-address", default=None, help="Join the Ray cluster at ADDR (--engine ray) [default: a local one].")
+@click.option("--workers", default=None, type=click.IntRange(1, 4096),
+              help="Ray workers, one encoder each (--engine ray) [default: one per CPU, per GPU with cuda].")
+@click.option("--shard-size", default=None, type=click.IntRange(1, 100000),
+              help="Photos per Ray shard, the unit a worker embeds and the driver commits [default: 256].")
+@click.option("--device", default="cpu", show_default=True, help="Where torch encoders run: cpu, cuda or cuda:N.")
 @json_option
-def index(paths, library, model, batch_size, patches, verify, as_json):
+def index(paths, library, model, batch_size, patches, verify, engine, ray_address, workers, shard_size, device,
+          as_json):
     """Index the photos under PATHS (recursive); with no PATHS, refresh every folder the library knows.
     Re-runs embed only new or edited files, keep the vectors of moved ones and drop deleted ones.
     Ctrl-C stops after the current batch; running the same command again resumes."""
@@ -45,7 +54,9 @@ def index(paths, library, model, batch_size, patches, verify, as_json):
             encoder = library_encoder(library_dir(library), model)
             with progress_bar("indexing") as progress:
                 report = index_folders(library_dir(library), paths, encoder, batch_size=batch_size,
-                                       patches=patches, progress=progress, should_stop=stop.is_set, verify=verify)
+                                       patches=patches, progress=progress, should_stop=stop.is_set, verify=verify,
+                                       engine=engine, ray_address=ray_address, workers=workers, device=device,
+                                       shard_size=shard_size)
             if not report.interrupted:
                 from xmodal.engine.search.runtime import prepare_query_runtime
 

@@ -338,6 +338,7 @@ def library_info(library: Library) -> dict:
         if path.exists():
             idx = library.vector_index(modality)
             out["indexes"][modality] = {"factory": idx.factory, "vectors": idx.ntotal,
-                                        "search_params": idx.search_params}
+                                        "search_params": idx.search_params,
+                                        "lists_on_disk": os.path.basename(idx.lists_file) if idx.lists_file else None}
     out["bytes_total"] = sum(out["bytes"].values())
     return out

@@ -73,6 +73,13 @@ class HFClipEncoder:
         self.dim = int(config.projection_dim if hasattr(config, "projection_dim") else
                        config.text_config.hidden_size)
         self.batch_size = batch_size
+        self.device = torch.device("cpu")
+
+    def to_device(self, device: str) -> None:
+        """Run on `device` ("cpu", "cuda", "cuda:N"; see indexer.models.device): inputs go there, outputs come
+        back to the CPU as float32."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
 
     @property
     def image_size(self) -> int:
@@ -80,7 +87,8 @@ class HFClipEncoder:
         return int(size.get("height") or size.get("shortest_edge"))
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+        pixels = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+        return pixels.to(self.device)
 
     def tokens(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         if self.family == "siglip":  # SigLIP was trained on max-length padding and pools the last token
@@ -104,14 +112,15 @@ class HFClipEncoder:
         for s in range(0, len(images), self.batch_size):
             states = self.model.vision_model(pixel_values=self.pixel_values(images[s:s + self.batch_size])).last_hidden_state
             out.append(states if self.family == "siglip" else states[:, 1:])
-        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, 0, 0), np.float32)
+        return torch.cat(out).cpu().numpy().astype(np.float32) if out else np.zeros((0, 0, 0), np.float32)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         out = []
         for s in range(0, len(texts), self.batch_size):
             enc = self.tokens(texts[s:s + self.batch_size])
-            kwargs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            kwargs = {k: v.to(self.device) for k, v in enc.items()
+                      if k in ("input_ids", "attention_mask", "token_type_ids")}
             if self.family == "siglip":
                 kwargs.pop("attention_mask", None)  # as SiglipModel is used upstream
             out.append(_features(self.model.get_text_features(**kwargs)))
@@ -121,7 +130,7 @@ class HFClipEncoder:
 def _unit(chunks: list[torch.Tensor], dim: int) -> np.ndarray:
     if not chunks:
         return np.zeros((0, dim), np.float32)
-    v = torch.nn.functional.normalize(torch.cat(chunks).float(), dim=-1)
+    v = torch.nn.functional.normalize(torch.cat(chunks).float(), dim=-1).cpu()
     return np.ascontiguousarray(v.numpy(), dtype=np.float32)
 
 

@@ -118,6 +118,15 @@ class LiteEncoder:
         self._fingerprint = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
         self.checkpoint = Path(checkpoint)
         self._onnx, self._onnx_lock = _NOT_YET, threading.Lock()
+        self.device = torch.device("cpu")
+
+    def to_device(self, device: str) -> None:
+        """Run on `device` ("cpu", "cuda", "cuda:N"; see indexer.models.device). Off the CPU the image path
+        runs on torch (ONNX Runtime here is the CPU path); outputs come back to the CPU."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        if self.device.type != "cpu":
+            self.onnx = None
 
     @property
     def onnx(self):
@@ -160,7 +169,8 @@ class LiteEncoder:
         return write_manifest(self.checkpoint, manifest)
 
     def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return self.preprocess(images).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), NHWC in memory
+        pixels = self.preprocess(images).to(self.device)
+        return pixels.contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), NHWC in memory
 
     @property
     def lanes(self) -> int:
@@ -176,7 +186,7 @@ class LiteEncoder:
             return torch.from_numpy(emb), torch.from_numpy(maps)
         pixels = self._pixels(images)
         maps = self.model.image_patches(pixels)
-        return self.model.embed_pooled_image(maps.mean(dim=(2, 3))), maps
+        return self.model.embed_pooled_image(maps.mean(dim=(2, 3))).cpu(), maps.cpu()
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], lane: int | None = None) -> np.ndarray:
@@ -188,7 +198,7 @@ class LiteEncoder:
         out = []
         for s in range(0, len(texts), 64):
             ids, mask = tokenize(self.tokenizer, texts[s:s + 64])
-            out.append(self.model.encode_text(ids, mask))
+            out.append(self.model.encode_text(ids.to(self.device), mask.to(self.device)).cpu())
         return _as_matrix(out, self.dim)
 
 
@@ -215,9 +225,10 @@ class LiteEncoder:
         from xmodal.indexer.models.text_tower import mean_pool
 
         ids, mask = tokenize(self.tokenizer, texts)
-        states = self.model.text_tower(ids, mask)  # (n, T, 384)
-        vectors = self.model.embed_pooled_text(mean_pool(states, mask))
-        return _as_matrix([vectors], self.dim), states, mask, ids
+        on = mask.to(self.device)
+        states = self.model.text_tower(ids.to(self.device), on)  # (n, T, 384)
+        vectors = self.model.embed_pooled_text(mean_pool(states, on))
+        return _as_matrix([vectors.cpu()], self.dim), states.cpu(), mask, ids
 
 
 def _as_matrix(chunks: list[torch.Tensor], dim: int) -> np.ndarray:

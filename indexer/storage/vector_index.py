@@ -215,6 +215,15 @@ class VectorIndex:
         return self._read_only
 
     @property
+    def lists_file(self) -> str | None:
+        """The file holding this IVF index's inverted lists when they are on disk (memory-mapped), else None."""
+        ivf = faiss.try_extract_index_ivf(self._index.index)
+        if ivf is None:
+            return None
+        lists = faiss.downcast_InvertedLists(ivf.invlists)
+        return str(lists.filename) if isinstance(lists, faiss.OnDiskInvertedLists) else None
+
+    @property
     def search_params(self) -> dict[str, Any]:
         return dict(self._search_params)
 
@@ -254,6 +263,26 @@ class VectorIndex:
                 f"this {self._factory} index was loaded with mmap=True and is read-only; "
                 "load it with mmap=False to modify it"
             )
+        self._lists_to_memory()
+
+    def _lists_to_memory(self) -> None:
+        """An index whose inverted lists are on disk (built by indexer.distributed.ondisk) is never changed in
+        place (FAISS's on-disk lists are not crash-safe, and crash when grown): before the first change its
+        lists are copied into memory, and the next save writes an ordinary index file."""
+        ivf = faiss.try_extract_index_ivf(self._index.index)
+        if ivf is None:
+            return
+        lists = faiss.downcast_InvertedLists(ivf.invlists)
+        if not isinstance(lists, faiss.OnDiskInvertedLists):
+            return
+        log.info("copying the on-disk inverted lists of a %s index into memory to change it", self._factory)
+        memory = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+        for list_no in range(ivf.nlist):
+            size = lists.list_size(list_no)
+            if size:
+                memory.add_entries(list_no, size, lists.get_ids(list_no), lists.get_codes(list_no))
+        ivf.replace_invlists(memory, True)
+        memory.this.disown()
 
     # -- write
 
