@@ -28,6 +28,7 @@ from xmodal.engine.search.filters import image_filter, language_notice
 from xmodal.engine.search.query_terms import ParsedQuery, QueryParseError, combine, parse_query
 
 if TYPE_CHECKING:
+    from xmodal.engine.duplicates.finder import DuplicateReport
     from xmodal.engine.rerank.backends import RerankBackend
 
 logger = logging.getLogger(__name__)
@@ -255,6 +256,21 @@ class SearchEngine:
                 break
             fetch = min(index.ntotal, fetch * 4)
         return [SearchHit(rank=n + 1, score=s, id=r.id, path=r.path) for n, (s, r) in enumerate(kept[:k])]
+
+    # ------------------------------------------------------------------ duplicates
+    def find_duplicates(self, threshold: float | None = None, k: int | None = None) -> "DuplicateReport":
+        """Groups of exact and near copies among the library's photos, each with the copy to keep and why
+        (engine/duplicates). `threshold` in [0, 1]: the pixel confirmation a near copy needs (lower it to
+        group bursts too); `k`: neighbours searched per photo. Reads only files in candidate pairs; deletes nothing."""
+        from xmodal.engine.duplicates import candidates, confirm
+        from xmodal.engine.duplicates.finder import find_duplicates
+
+        threshold = confirm.DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise SearchError(f"threshold must be between 0 and 1, got {threshold}")
+        if k is not None and k < 1:
+            raise SearchError(f"k must be at least 1, got {k}")
+        return find_duplicates(self.library.store, self._index("images"), threshold, k or candidates.DEFAULT_K)
 
     # ------------------------------------------------------------------ explain
     def explain(self, query: str, image: int | str | os.PathLike | Image.Image):

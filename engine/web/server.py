@@ -291,6 +291,14 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
         name = path_json(os.path.basename(record.path), "name")["name"]  # a header carries no undecodable bytes
         return FileResponse(record.path, filename=name, content_disposition_type="inline")
 
+    @api.get("/duplicates", summary="Groups of exact and near duplicate photos, with the copy to keep")
+    def duplicates(threshold: float | None = Query(None, ge=0.0, le=1.0, description="Pixel confirmation a "
+                                                   "near copy needs (lower: also bursts); default: the engine's."),
+                   k: int | None = Query(None, ge=1, le=MAX_K, description="Neighbours searched per photo.")):
+        started = time.perf_counter()
+        report = call(engine.find_duplicates, threshold, k)
+        return {**report.to_json(), "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+
     @api.get("/folders", summary="Folders that hold photos, with counts")
     def folders():
         with lock:  # recounted when an indexer has committed since (the images generation moved on)
@@ -316,6 +324,10 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
                 raise HTTPProblem(401, "wrong token: open the page as /?token=TOKEN with the server's token")
             clean.set_cookie(SESSION_COOKIE, sessions.issue(), httponly=True, samesite="strict", path="/")
         return clean
+
+    @app.get("/duplicates", include_in_schema=False)
+    def duplicates_page():  # the page carries no library data: it asks /api/duplicates
+        return FileResponse(STATIC_DIR / "duplicates.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
