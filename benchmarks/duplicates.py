@@ -267,7 +267,7 @@ def scale(n: int, real: np.ndarray, work: Path, nprobe: int, seed: int = 0) -> d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=FLICKR8K)
-    ap.add_argument("--n", type=int, default=1_000_000, help="simulated vectors (0: skip the scale part)")
+    ap.add_argument("--n", type=int, default=1_000_000, help="simulated vectors (0: skip the scale part, keep the last)")
     ap.add_argument("--nprobe", type=int, default=24)
     ap.add_argument("--photos", type=int, default=0, help="dev photos to use (0: all 1,000)")
     ap.add_argument("--threshold", type=float, default=None)
@@ -304,6 +304,9 @@ def main() -> None:
                 real = StoredVectors(L.store, "images", ids[has], L.vector_index("images").dim).rows(ids[has])
             result["scale"] = scale(args.n, real, work, args.nprobe)
             print(json.dumps(result["scale"]), flush=True)
+    if not args.n and "scale" in prev:
+        result["scale"] = prev["scale"]  # --n 0: the quality part again, the last scale run kept
+        result["scale_date"] = prev.get("scale_date", prev.get("date"))
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -8,7 +8,7 @@ from xmodal.engine.cli.common import edge, emit, json_option, library_dir, libra
 
 @click.command()
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Pixel confirmation a near copy needs, 0-1 [default: 0.6, chosen on Flickr8k dev]; lower it "
+              help="Pixel confirmation a near copy needs, 0-1 [default: 0.5, chosen on Flickr8k dev]; lower it "
                    "to group photos of one scene (bursts) too.")
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=None,
               help="Neighbours searched per photo [default: 10].")
