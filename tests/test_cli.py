@@ -99,7 +99,10 @@ def test_errors_are_one_line_with_non_zero_exit(run, args, message):
 def test_usage_errors_exit_2(run, photos):
     run("index", str(photos), "--model", "fake-colour")
     assert run("search").exit_code == 2
-    assert run("search", "red", "--image", str(photos / "red.jpg")).exit_code == 2
+    queries = photos.parent / "queries.txt"
+    queries.write_text("red\n")
+    assert run("search", "--queries", str(queries), "--image", str(photos / "red.jpg")).exit_code == 2
+    assert run("search", "red", "--queries", str(queries)).exit_code == 2  # (a QUERY with --image adds words)
     assert run("search", "red", "-k", "0").exit_code == 2
 
 

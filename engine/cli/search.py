@@ -32,23 +32,30 @@ from xmodal.engine.cli.common import library_dir, emit, edge, library_option, js
 def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, reranker, queries_file, library,
            as_json):
     """Search the library by text QUERY or by --image, for images or --target texts. Text -> image and
-    image -> text searches rerank the top --rerank-k with the cross-attention reranker."""
+    image -> text searches rerank the top --rerank-k with the cross-attention reranker.
+
+    QUERY takes operators: `a dog -grass` pushes grass away, `beach + 2:sunset` adds a term weighted x2,
+    `-"red car"` excludes a phrase (a hyphen inside a word, as in t-shirt, is not one). `--image PHOTO
+    "in winter"` adds words to a photo."""
     from xmodal.engine.search.engine import SearchEngine
 
-    if sum(map(bool, (query, image, queries_file))) != 1:
-        raise click.UsageError("give one of: a text QUERY, --image FILE, or --queries FILE")
+    if sum(map(bool, (query or image, queries_file))) != 1 or (queries_file and image):
+        raise click.UsageError("give one of: a text QUERY, --image FILE (with words to add: --image FILE "
+                               "QUERY), or --queries FILE")
     rk = 0 if no_rerank else rerank_k
     if queries_file is not None:
         return _batch(queries_file, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json)
     with edge():
         with SearchEngine(library_dir(library), model=model, reranker=None if no_rerank else reranker) as engine:
             if query:
+                _say_parsed(engine, query, "photo, " if image else "")
+            if image:
+                hits = engine.search_image(image, k, target, rerank_k=rk, text=query or None)
+            else:
                 hits = engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar)
                 notice = engine.notice(query)
                 if notice:
                     click.echo(f"note: {notice}", err=True)
-            else:
-                hits = engine.search_image(image, k, target, rerank_k=rk)
     if as_json:
         emit([h.to_json() for h in hits])
         return
@@ -75,6 +82,13 @@ def _batch(lines, target, k, model, rk, no_exemplar, no_rerank, reranker, librar
             else:
                 click.echo(f"== {query}")
                 _table(hits, target)
+
+
+def _say_parsed(engine, query: str, prefix: str = "") -> None:
+    """On stderr, how a query with operators or weights was read: `searching for: dog, without grass`."""
+    parsed = engine.parse_query(query, with_photo=bool(prefix))
+    if prefix or not parsed.simple:
+        click.echo(f"searching for: {prefix}{parsed.describe()}", err=True)
 
 
 def _table(hits, target: str) -> None:

@@ -26,8 +26,10 @@ from xmodal.indexer.storage.store import StoreError
 
 from xmodal.engine.search.errors import SearchError
 from xmodal.engine.search.filters import image_filter, language_notice
+from xmodal.engine.search.query_terms import ParsedQuery, QueryParseError, combine, parse_query
 
 if TYPE_CHECKING:
+    from xmodal.engine.duplicates.finder import DuplicateReport
     from xmodal.engine.rerank.backends import RerankBackend
 
 logger = logging.getLogger(__name__)
@@ -138,24 +140,66 @@ class SearchEngine:
     def search_text(self, query: str, k: int = 10, target: str = "images", rerank_k: int | None = None,
                     exemplar: bool = True, **filters) -> list[SearchHit]:
         """exemplar=False leaves the reranker's exemplar term out (it draws on the Flickr8k train captions,
-        whose photos may not resemble what a query about other things asks for)."""
+        whose photos may not resemble what a query about other things asks for).
+        The query may use the query algebra (engine/search/query_terms.py): `a dog -grass`,
+        `beach + 2:sunset`; retrieval uses the terms' combined vector, the reranker scores the positive terms."""
+        parsed = self.parse_query(query)
+        if parsed.simple:
+            text = parsed.terms[0].text
+            return self._search(lambda: self.encoder.encode_texts([text])[0],
+                                lambda backend: backend.text_query(text, exemplar),
+                                "t2i", k, target, rerank_k, filters)
+
+        def rerank_query(backend):
+            _, rq = backend.text_query(parsed.positive_text, exemplar)
+            return self._combined(parsed), rq
+
+        return self._search(lambda: self._combined(parsed), rerank_query, "t2i", k, target, rerank_k, filters)
+
+    def parse_query(self, query: str, with_photo: bool = False) -> "ParsedQuery":
+        """A text query's weighted terms (engine/search/query_terms.py); a SearchError when none is positive
+        (unless `with_photo`: words added to a query photo may only exclude)."""
         query = valid_text(query)
         if not query or not query.strip():
             raise SearchError("empty query: give some words to search for")
-        return self._search(lambda: self.encoder.encode_texts([query])[0],
-                            lambda backend: backend.text_query(query, exemplar),
-                            "t2i", k, target, rerank_k, filters)
+        try:
+            return parse_query(query, need_positive=not with_photo)
+        except QueryParseError as e:
+            raise SearchError(str(e)) from e
+
+    def _combined(self, parsed: "ParsedQuery", image_vector: np.ndarray | None = None) -> np.ndarray:
+        """The weighted sum of the terms' unit vectors (and a query photo's, weight 1), renormalised."""
+        vectors = self.encoder.encode_texts([t.text for t in parsed.terms])
+        weights = [t.weight for t in parsed.terms]
+        if image_vector is not None:
+            vectors, weights = np.vstack([image_vector[None, :], vectors]), [1.0] + weights
+        try:
+            return combine(vectors, weights)
+        except ValueError as e:
+            raise SearchError(f"{e} ({parsed.describe()})") from e
 
     def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10,
-                     target: str = "images", rerank_k: int | None = None, **filters) -> list[SearchHit]:
+                     target: str = "images", rerank_k: int | None = None, *, text: str | None = None,
+                     **filters) -> list[SearchHit]:
+        """`text`: words to combine with the photo (`in winter`, `-people`): the photo's unit vector plus the
+        terms' (query algebra), renormalised. Image -> texts reranks by the photo alone."""
         if not isinstance(image, Image.Image):
             try:
                 image = read_image(os.fspath(image)).image
             except DecodeError as e:
                 raise SearchError(f"cannot use {e.path} as a query image: {e.reason}") from e
-        return self._search(lambda: self.encoder.encode_images([image])[0],
-                            lambda backend: backend.image_query(image),
-                            "i2t", k, target, rerank_k, filters)
+        parsed = self.parse_query(text, with_photo=True) if text is not None else None
+        if parsed is None:
+            return self._search(lambda: self.encoder.encode_images([image])[0],
+                                lambda backend: backend.image_query(image),
+                                "i2t", k, target, rerank_k, filters)
+
+        def rerank_query(backend):
+            vector, rq = backend.image_query(image)
+            return self._combined(parsed, vector), rq
+
+        return self._search(lambda: self._combined(parsed, self.encoder.encode_images([image])[0]),
+                            rerank_query, "i2t", k, target, rerank_k, filters)
 
     def similar(self, image_id: int, k: int = 10, target: str = "images", rerank_k: int | None = None,
                 exclude_self: bool = False, **filters) -> list[SearchHit]:
@@ -225,6 +269,21 @@ class SearchEngine:
                 break
             fetch = min(index.ntotal, fetch * 4)
         return [SearchHit(rank=n + 1, score=s, id=r.id, path=r.path) for n, (s, r) in enumerate(kept[:k])]
+
+    # ------------------------------------------------------------------ duplicates
+    def find_duplicates(self, threshold: float | None = None, k: int | None = None) -> "DuplicateReport":
+        """Groups of exact and near copies among the library's photos, each with the copy to keep and why
+        (engine/duplicates). `threshold` in [0, 1]: the pixel confirmation a near copy needs (lower it to
+        group bursts too); `k`: neighbours searched per photo. Reads only files in candidate pairs; deletes nothing."""
+        from xmodal.engine.duplicates import candidates, confirm
+        from xmodal.engine.duplicates.finder import find_duplicates
+
+        threshold = confirm.DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise SearchError(f"threshold must be between 0 and 1, got {threshold}")
+        if k is not None and k < 1:
+            raise SearchError(f"k must be at least 1, got {k}")
+        return find_duplicates(self.library.store, self._index("images"), threshold, k or candidates.DEFAULT_K)
 
     # ------------------------------------------------------------------ explain
     def explain(self, query: str, image: int | str | os.PathLike | Image.Image):

@@ -212,13 +212,17 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
                f: dict = Depends(filters)):
         started = time.perf_counter()
         hits = call(engine.search_text, q, k, target, rerank_k=rerank_k, exemplar=exemplar, **_active(f))
-        return answer(hits, started, target, call(engine.notice, q))
+        return {**answer(hits, started, target, call(engine.notice, q)), "parsed": call(engine.parse_query, q).to_json()}
 
     @api.post("/search/image", summary="Search by an uploaded image (multipart field `file`)")
     def search_image(file: UploadFile = File(..., description="A photo (JPEG, PNG, WebP, HEIC...)."),
                      k: int = K, target: str = TARGET, rerank_k: int | None = RERANK_K,
+                     q: str | None = Query(None, max_length=MAX_QUERY_CHARS,
+                                           description="Words to add to the photo (`in winter`, `-people`)."),
                      f: dict = Depends(filters)):
         started = time.perf_counter()
+        q = q if q and q.strip() else None
+        parsed = call(engine.parse_query, q, with_photo=True).to_json() if q else None  # a bad query is a 400 before the upload is read
         with decoding:  # bounds the memory that uploads being read and decoded hold at once
             data = file.file.read(max_upload_bytes + 1)
             if len(data) > max_upload_bytes:
@@ -227,7 +231,8 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
                 raise HTTPProblem(400, "the uploaded file is empty; choose a photo")
             image = decoder.submit(decode_upload, data, file.filename or "upload", max_upload_pixels).result()
             del data
-        return answer(call(engine.search_image, image, k, target, rerank_k=rerank_k, **_active(f)), started, target)
+        hits = call(engine.search_image, image, k, target, rerank_k=rerank_k, text=q, **_active(f))
+        return {**answer(hits, started, target), "parsed": parsed}
 
     @api.get("/images/{image_id}", summary="One photo's metadata")
     def image(image_id: int):
@@ -284,6 +289,14 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
         name = path_json(os.path.basename(record.path), "name")["name"]  # a header carries no undecodable bytes
         return FileResponse(record.path, filename=name, content_disposition_type="inline")
 
+    @api.get("/duplicates", summary="Groups of exact and near duplicate photos, with the copy to keep")
+    def duplicates(threshold: float | None = Query(None, ge=0.0, le=1.0, description="Pixel confirmation a "
+                                                   "near copy needs (lower: also bursts); default: the engine's."),
+                   k: int | None = Query(None, ge=1, le=MAX_K, description="Neighbours searched per photo.")):
+        started = time.perf_counter()
+        report = call(engine.find_duplicates, threshold, k)
+        return {**report.to_json(), "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+
     @api.get("/folders", summary="Folders that hold photos, with counts")
     def folders():
         with folders_lock:  # recounted when an indexer has committed since (the images generation moved on)
@@ -309,6 +322,10 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
                 raise HTTPProblem(401, "wrong token: open the page as /?token=TOKEN with the server's token")
             clean.set_cookie(SESSION_COOKIE, sessions.issue(), httponly=True, samesite="strict", path="/")
         return clean
+
+    @app.get("/duplicates", include_in_schema=False)
+    def duplicates_page():  # the page carries no library data: it asks /api/duplicates
+        return FileResponse(STATIC_DIR / "duplicates.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

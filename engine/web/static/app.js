@@ -110,7 +110,7 @@
     try {
       const data = await request(controller.signal);
       if (mine !== generation) return;
-      render(data, label, photo);
+      render(data, data.label || label, photo);
       if (focusAfter && grid.firstElementChild && grid.firstElementChild.tabIndex === 0) grid.firstElementChild.focus();
     } catch (e) {
       if (mine !== generation || e.name === "AbortError") return;
@@ -123,7 +123,12 @@
   let last = null; // the last search, re-run when the target or a filter changes
   function searchText(q) {
     last = () => searchText(q);
-    return run(`“${q}”`, (signal) => api(`/api/search?${query({ q })}`, { signal }));
+    // The status line shows the query as the server parsed it ("dog, without grass").
+    return run(`“${q}”`, async (signal) => {
+      const data = await api(`/api/search?${query({ q })}`, { signal });
+      if (data.parsed && data.parsed.text) data.label = `“${data.parsed.text}”`;
+      return data;
+    });
   }
   // A photo or "more like this" search clears the box (its words are not the query) and shows the photo.
   let queryPhotoURL = null;

@@ -1,0 +1,117 @@
+"""The query algebra end to end (SearchEngine, `xmodal search`, the web API) with the deterministic fake
+colour encoder: a photo is its mean colour, a text the colour it names. Photos that mix red and blue
+stand for photos that show both concepts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import COLOURS, draw
+from xmodal.engine.cli.main import cli
+from xmodal.engine.search.engine import SearchEngine, SearchError
+from xmodal.indexer.ingest.pipeline import index_images
+from xmodal.indexer.storage.library import Library
+
+
+def mixed(path: Path, red_share: float) -> Path:
+    """Left part red, the rest blue: a photo with both concepts in it."""
+    a = np.zeros((48, 64, 3), np.uint8)
+    cut = int(round(64 * red_share))
+    a[:, :cut] = COLOURS["red"]
+    a[:, cut:] = COLOURS["blue"]
+    Image.fromarray(a).save(path)
+    return path
+
+
+@pytest.fixture
+def both(tmp_path, library, fake_encoder) -> Path:
+    """Red, yellow (red with green, no blue), blue and green photos, and photos with both red and blue
+    (mostly red, half, mostly blue)."""
+    root = tmp_path / "photos"
+    draw(root / "red.png", "red")
+    draw(root / "yellow.png", "yellow")
+    draw(root / "blue.png", "blue")
+    draw(root / "green.png", "green")
+    mixed(root / "mostly-red.png", 0.75)
+    mixed(root / "half.png", 0.5)
+    mixed(root / "mostly-blue.png", 0.25)
+    with Library(library, create=True) as lib:
+        index_images(lib, [str(root)], fake_encoder)
+    return library
+
+
+def names(hits) -> list[str]:
+    return [Path(h.path).name for h in hits]
+
+
+def test_excluding_a_concept_removes_photos_that_have_it_from_the_top(both):
+    with SearchEngine(both) as eng:
+        plain = names(eng.search_text("red", k=3))
+        excluded = names(eng.search_text("red -blue", k=3))
+    assert plain == ["red.png", "mostly-red.png", "half.png"]  # red alone: photos that are also blue rank high
+    assert excluded[:2] == ["red.png", "yellow.png"]  # without blue: the red photos that have no blue
+
+
+def test_adding_a_term_finds_photos_with_both(both):
+    with SearchEngine(both) as eng:
+        assert names(eng.search_text("red", k=1)) == ["red.png"]
+        assert names(eng.search_text("red +blue", k=1)) == ["half.png"]
+
+
+def test_a_weight_pulls_towards_its_term(both):
+    with SearchEngine(both) as eng:
+        assert names(eng.search_text("red + 3:blue", k=1)) == ["mostly-blue.png"]
+        assert names(eng.search_text("3:red + blue", k=1)) == ["mostly-red.png"]
+
+
+def test_words_added_to_a_query_photo(both, tmp_path):
+    query = draw(tmp_path / "query.png", "red")
+    with SearchEngine(both) as eng:
+        assert names(eng.search_image(query, k=1)) == ["red.png"]
+        assert names(eng.search_image(query, k=1, text="blue")) == ["half.png"]
+        assert names(eng.search_image(query, k=1, text="-green")) == ["red.png"]
+
+
+def test_a_query_of_exclusions_only_is_a_search_error(both):
+    with SearchEngine(both) as eng, pytest.raises(SearchError, match="only excludes"):
+        eng.search_text("-blue")
+
+
+def test_cli_says_how_it_read_the_query_and_takes_a_photo_with_words(both, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["search", "red -blue", "-k", "1", "--library", str(both), "--json"])
+    assert r.exit_code == 0, r.output
+    assert Path(json.loads(r.stdout)[0]["path"]).name == "red.png"
+    assert "searching for: red, without blue" in r.stderr
+    query = draw(tmp_path / "query.png", "red")
+    r = runner.invoke(cli, ["search", "--image", str(query), "blue", "-k", "1", "--library", str(both), "--json"])
+    assert r.exit_code == 0, r.output
+    assert Path(json.loads(r.stdout)[0]["path"]).name == "half.png"
+    r = runner.invoke(cli, ["search", "--library", str(both), "--", "-blue"])  # `--`: a query that starts with -
+    assert r.exit_code == 1 and "only excludes" in r.output
+
+
+def test_web_search_answers_the_parsed_query(both, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from xmodal.engine.web.server import create_app
+
+    with TestClient(create_app(both, allowed_hosts=("testserver",))) as client:
+        r = client.get("/api/search", params={"q": "red -blue", "k": 1})
+        assert r.status_code == 200
+        assert r.json()["parsed"] == {"terms": [{"text": "red", "weight": 1.0}, {"text": "blue", "weight": -1.0}],
+                                      "text": "red, without blue"}
+        assert Path(r.json()["hits"][0]["path"]).name == "red.png"
+        bad = client.get("/api/search", params={"q": "-blue"})
+        assert bad.status_code == 400 and "only excludes" in bad.json()["detail"]
+        png = (tmp_path / "q.png")
+        draw(png, "red")
+        r = client.post("/api/search/image", params={"q": "blue", "k": 1}, files={"file": ("q.png", png.read_bytes())})
+        assert r.status_code == 200, r.text
+        assert r.json()["parsed"]["text"] == "blue" and Path(r.json()["hits"][0]["path"]).name == "half.png"
