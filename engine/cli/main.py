@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from xmodal.engine.cli import bench, index, library, search, serve, train
+from xmodal.engine.cli import bench, index, library, search, serve, train, watch
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,7 +24,8 @@ def cli(verbose: int) -> None:
 
 
 for command in (index.index, index.index_texts_cmd, index.remove, index.reindex, search.search, search.explain,
-                library.info, library.check, library.models, bench.bench, train.train, serve.serve):
+                library.info, library.check, library.models, bench.bench, train.train, serve.serve,
+                watch.watch):
     cli.add_command(command)
 
 

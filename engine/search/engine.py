@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
+from xmodal.indexer.ingest.watch import watch_status
 from xmodal.indexer.models.base import Encoder, ModelUnavailable
 from xmodal.indexer.models.encoders import get_encoder
 from xmodal.indexer.storage.library import Library, LibraryError
@@ -373,6 +374,7 @@ def library_info(library: Library) -> dict:
         "text_sources": store.text_sources(),
         "indexes": {},
         "bytes": library.sizes(),
+        "watch": watch_status(library.root),  # the heartbeat of a running `xmodal watch`, else None
     }
     for modality in ("images", "texts"):
         path = library.index_path(modality)
