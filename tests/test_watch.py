@@ -154,3 +154,22 @@ def test_events_are_debounced_per_root_and_the_library_and_hidden_files_are_igno
     assert owning_root("/p/q/r.jpg", ["/p", "/p/q"]) == "/p/q" and owning_root("/z.jpg", ["/p"]) is None
     assert ignored("/p/lib/library.db-wal", "/p", "/p/lib")
     assert ignored("/p/.cache/x.jpg", "/p", "/lib") and not ignored("/home/.pics/x.jpg", "/home/.pics", "/lib")
+
+
+def test_when_the_inotify_limit_runs_out_it_says_so_once_and_rescans_instead(photos, library, fake_encoder,
+                                                                              monkeypatch, caplog):
+    import errno
+
+    from watchdog.observers import Observer
+
+    def limit_reached(*args, **kwargs):  # what inotify_add_watch answers past fs.inotify.max_user_watches
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(Observer, "schedule", limit_reached)
+    with caplog.at_level("WARNING", logger="xmodal.indexer.ingest.watch"):
+        with Running(library, [photos], poll_seconds=0.5) as watcher:
+            assert watcher.report.mode == "polling"
+            draw(photos / "white.jpg", "white")
+            until(lambda: "white.jpg" in rows(library), "a photo found by a rescan")
+    warnings = [r.message for r in caplog.records if "file events unavailable" in r.message]
+    assert len(warnings) == 1 and "inotify watch limit" in warnings[0]
