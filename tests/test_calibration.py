@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from xmodal.engine.search.calibration import (FEATURES, Calibration, Logistic, expected_calibration_error,
-                                              fit_logistic, hit_features, load_calibration, reliability_bins,
+                                              feature_matrix, fit_logistic, hit_features, load_calibration, reliability_bins,
                                               with_probs)
 from xmodal.indexer.records import SearchHit
 
@@ -54,15 +54,24 @@ def test_reranked_hits_get_the_reranked_model_and_the_tail_the_cosine_model_with
             SearchHit(2, 1.0, 2, "b", similarity=0.5, match=0.2, hubness=0.0),
             SearchHit(3, 0.4, 3, "c")]  # beyond the reranked head: cosine only
 
-    rr, dual, reranked = hit_features(hits)
+    table, reranked = hit_features(hits)
     assert reranked.tolist() == [True, True, False]
-    assert rr[1].tolist() == pytest.approx([0.5, 0.0, 0.2, 0.1, 0.8])
-    assert dual[2].tolist() == pytest.approx([0.4, 0.2])
+    assert feature_matrix(table, FEATURES["reranked"])[1].tolist() == pytest.approx([0.5, 0.0, 0.2, 0.1, 0.8])
+    assert feature_matrix(table, FEATURES["dual"])[2].tolist() == pytest.approx([0.4, 0.2])
 
     probs = [h.prob for h in with_probs(hits, CAL)]
     assert probs[0] == pytest.approx(1 / (1 + np.exp(-5)))  # match 1, gap 0
     assert probs[1] == pytest.approx(1 / (1 + np.exp(-(2 - 8 - 5))))
     assert probs[2] == pytest.approx(1 / (1 + np.exp(-(4 - 2 - 5))))
+
+
+def test_a_model_reads_only_the_features_it_names():
+    hits = [SearchHit(1, 2.0, 1, "a", similarity=0.6, match=1.0, hubness=0.1), SearchHit(2, 0.5, 2, "b")]
+    absolute = Calibration(_model(("match",), (10,), -5), _model(("similarity",), (10,), -5), 0.5)
+
+    probs = [h.prob for h in with_probs(hits, absolute)]
+
+    assert probs == pytest.approx([1 / (1 + np.exp(-5)), 0.5])
 
 
 def test_hits_reranked_by_another_reranker_get_the_cosine_model():

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "lite-calibration.json"
 FEATURES = {"reranked": ("similarity", "hubness", "match", "sim_gap", "match_gap"), "dual": ("similarity", "sim_gap")}
+#: the same without the gaps to the best candidate: absolute scores only (benchmarks/calibration.py compares both)
+ABSOLUTE = {"reranked": ("similarity", "hubness", "match"), "dual": ("similarity",)}
 
 
 @dataclass(frozen=True)
@@ -122,17 +124,22 @@ def expected_calibration_error(prob: np.ndarray, label: np.ndarray, bins: int = 
                      for b in reliability_bins(prob, label, bins) if b["count"]))
 
 
-def hit_features(hits: Sequence[SearchHit]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(reranked features (n, 5), dual features (n, 2), reranked mask (n,)) of one query's candidate hits,
-    all of them (the gaps are to the best candidate: compute them before cutting the list to k)."""
+def hit_features(hits: Sequence[SearchHit]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({feature name: (n,) values}, reranked mask (n,)) of one query's candidate hits, all of them (the gaps
+    are to the best candidate: compute them before cutting the list to k)."""
     sims = np.array([h.similarity if h.similarity is not None else h.score for h in hits], np.float64)
-    reranked = np.array([h.match is not None for h in hits])
+    reranked = np.array([h.match is not None for h in hits], bool)
     match = np.array([h.match if h.match is not None else np.nan for h in hits], np.float64)
     hub = np.array([h.hubness or 0.0 for h in hits], np.float64)
     sim_gap = sims.max() - sims if len(hits) else sims
     match_gap = (np.nanmax(match) - match) if reranked.any() else np.zeros(len(hits))
-    rr = np.column_stack([sims, hub, np.nan_to_num(match), sim_gap, np.nan_to_num(match_gap)])
-    return rr, np.column_stack([sims, sim_gap]), reranked
+    return {"similarity": sims, "hubness": hub, "match": np.nan_to_num(match), "sim_gap": sim_gap,
+            "match_gap": np.nan_to_num(match_gap)}, reranked
+
+
+def feature_matrix(table: dict[str, np.ndarray], features: Sequence[str]) -> np.ndarray:
+    """The (n, len(features)) matrix of these features, in this order."""
+    return np.column_stack([table[f] for f in features])
 
 
 def with_probs(hits: Sequence[SearchHit], calibration: Calibration, reranked_ok: bool = True) -> list[SearchHit]:
@@ -140,10 +147,10 @@ def with_probs(hits: Sequence[SearchHit], calibration: Calibration, reranked_ok:
     `reranked_ok`), the cosine model otherwise."""
     if not hits:
         return []
-    rr, dual, reranked = hit_features(hits)
-    p = calibration.dual.prob(dual)
+    table, reranked = hit_features(hits)
+    p = calibration.dual.prob(feature_matrix(table, calibration.dual.features))
     if reranked_ok and reranked.any():
-        p = np.where(reranked, calibration.reranked.prob(rr), p)
+        p = np.where(reranked, calibration.reranked.prob(feature_matrix(table, calibration.reranked.features)), p)
     return [replace(h, prob=float(v)) for h, v in zip(hits, p)]
 
 
