@@ -4,8 +4,11 @@ A hit's `prob` is P(this photo is one the query describes), from a logistic mode
 about the hit anyway:
 
 * reranked hits (the bundled lite reranker): the dual cosine, the hubness prior, the reranker's match score,
-  and how far the hit's cosine and match fall behind the best candidate's (`sim_gap`, `match_gap`);
-* other hits (no reranker, beyond the reranked K, or another reranker such as BLIP): the cosine and its gap.
+  optionally how far the hit's cosine and match fall behind the best candidate's (`sim_gap`, `match_gap`);
+* other hits (no reranker, beyond the reranked K, or another reranker such as BLIP): the cosine (and its gap).
+
+Each model names its features; the shipped one uses absolute scores only (ABSOLUTE): with the gaps, every
+query's best candidate looks alike, so out-of-domain queries cannot be told apart (benchmarks/RESULTS.md).
 
 The exemplar term is left out on purpose: it draws on the Flickr8k train captions, so on train queries it
 would point at the answer (and `--no-exemplar` changes it). The coefficients are fitted by
