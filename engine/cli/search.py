@@ -76,9 +76,9 @@ class _Shown:
         threshold = self.min_prob if self.min_prob is not None else (engine.default_cutoff if self.cutoff else None)
         cut = engine.refine(hits, threshold, self.sort)
         if threshold is not None and not cut.hits and hits:
-            best = f"{cut.best_prob:.2f}" if cut.best_prob is not None else "unknown"
+            best = f"{cut.best_prob:.3f}" if cut.best_prob is not None else "unknown"
             click.echo(f"{label}nothing matched well: the best hit's probability of a match was {best}, under "
-                       f"{threshold:.2f}", err=True)
+                       f"{threshold:g}", err=True)
         return cut.hits
 
 
