@@ -12,6 +12,6 @@ setup(
     package_dir={f"xmodal.{name}": folder for name, folder in ROOTS.items()},
     package_data={
         "xmodal.engine": ["web/static/*"],
-        "xmodal.data": ["*.pt", "MODEL_CARD.md", "samples/*"],
+        "xmodal.data": ["*.pt", "*.json", "MODEL_CARD.md", "samples/*"],
     },
 )

@@ -12,6 +12,8 @@ _API = {
     "index_text_corpus": "xmodal.indexer.api",
     "library_model": "xmodal.indexer.api",
     "library_encoder": "xmodal.indexer.api",
+    "watch_folders": "xmodal.indexer.ingest.watch",
+    "watch_status": "xmodal.indexer.ingest.watch",
     "Library": "xmodal.indexer.storage.library",
     "LibraryError": "xmodal.indexer.storage.library",
     "get_encoder": "xmodal.indexer.models.encoders",

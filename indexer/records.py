@@ -95,6 +95,7 @@ class SearchHit:
     match: float | None = None  # set when reranked
     hubness: float | None = None  # set when reranked
     exemplar: float | None = None  # set when reranked with the exemplar term (text -> image)
+    prob: float | None = None  # calibrated P(match), text -> image with a calibrated model (engine.search.calibration)
 
     def to_json(self) -> dict:
         d = {"rank": self.rank, "score": round(float(self.score), 6), "id": self.id}
@@ -104,6 +105,8 @@ class SearchHit:
             d["hubness"] = round(float(self.hubness or 0.0), 6)
             if self.exemplar is not None:
                 d["exemplar"] = round(float(self.exemplar), 6)
+        if self.prob is not None:
+            d["prob"] = round(float(self.prob), 4)
         if self.path is not None:
             d.update(path_json(self.path))
         if self.text is not None:

@@ -51,7 +51,8 @@ def installed(dists, tmp_path_factory) -> Path:
 
 def test_the_wheel_carries_the_weights_samples_and_page_under_our_namespace_only(dists):
     names = zipfile.ZipFile(dists["wheel"]).namelist()
-    for needed in ("xmodal/data/lite-align.pt", "xmodal/data/lite-rerank.pt", "xmodal/data/samples/cat-chelsea.jpg",
+    for needed in ("xmodal/data/lite-align.pt", "xmodal/data/lite-rerank.pt", "xmodal/data/lite-calibration.json",
+                   "xmodal/data/samples/cat-chelsea.jpg",
                    "xmodal/engine/web/static/index.html", "xmodal/engine/cli/main.py",
                    "xmodal/indexer/models/lite_encoder.py"):
         assert needed in names

@@ -31,6 +31,11 @@ def info(library, as_json):
     for modality, idx in data["indexes"].items():
         click.echo(f"index     {modality}: {idx['factory']}, {idx['vectors']} vectors")
     click.echo(f"on disk   {data['bytes_total'] / 1e6:.2f} MB (" + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in data["bytes"].items()) + ")")
+    w = data.get("watch")
+    if w:
+        state = (f"running (pid {w['pid']}, {w['mode']}, last beat {w['age_seconds']:.0f}s ago)" if w["running"]
+                 else f"not running: the watcher (pid {w['pid']}) stopped without a clean exit")
+        click.echo(f"watch     {state}: " + ", ".join(w.get("roots") or []))
 
 
 

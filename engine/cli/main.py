@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from xmodal.engine.cli import bench, duplicates, index, library, search, serve, train
+from xmodal.engine.cli import bench, duplicates, index, library, search, serve, train, watch
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,7 +25,7 @@ def cli(verbose: int) -> None:
 
 for command in (index.index, index.index_texts_cmd, index.remove, index.reindex, search.search, search.explain,
                 library.info, library.check, library.models, duplicates.duplicates, bench.bench, train.train,
-                serve.serve):
+                serve.serve, watch.watch):
     cli.add_command(command)
 
 

@@ -27,10 +27,16 @@ from xmodal.engine.cli.common import library_dir, emit, edge, library_option, js
 @click.option("--queries", "queries_file", type=click.File("r", encoding="utf-8", errors="replace"), default=None,
               help="Run every line of this file as a text query ('-': standard input), models loaded once; "
                    "with --json, one JSON object a line: {\"query\": ..., \"hits\": [...]}.")
+@click.option("--cutoff", is_flag=True, help="Text -> images: keep only good matches (calibrated probability at least "
+              "the default threshold chosen on Flickr8k dev; see docs/cli.md).")
+@click.option("--min-prob", "min_prob", default=None, type=click.FloatRange(0.0, 1.0),
+              help="Text -> images: keep only hits whose calibrated probability of a match is at least P.")
+@click.option("--sort", "sort", type=click.Choice(["score", "date"]), default="score", show_default=True,
+              help="Order the hits by score, or by date taken (else file time), newest first.")
 @library_option
 @json_option
-def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, reranker, queries_file, library,
-           as_json):
+def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, reranker, queries_file, cutoff, min_prob,
+           sort, library, as_json):
     """Search the library by text QUERY or by --image, for images or --target texts. Text -> image and
     image -> text searches rerank the top --rerank-k with the cross-attention reranker.
 
@@ -43,8 +49,9 @@ def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, rer
         raise click.UsageError("give one of: a text QUERY, --image FILE (with words to add: --image FILE "
                                "QUERY), or --queries FILE")
     rk = 0 if no_rerank else rerank_k
+    shown = _Shown(cutoff, min_prob, sort)
     if queries_file is not None:
-        return _batch(queries_file, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json)
+        return _batch(queries_file, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json, shown)
     with edge():
         with SearchEngine(library_dir(library), model=model, reranker=None if no_rerank else reranker) as engine:
             if query:
@@ -56,13 +63,33 @@ def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, rer
                 notice = engine.notice(query)
                 if notice:
                     click.echo(f"note: {notice}", err=True)
+            hits = shown(engine, hits)
     if as_json:
         emit([h.to_json() for h in hits])
         return
-    _table(hits, target)
+    if hits or not shown.cuts:  # nothing passed a cutoff: nothing on stdout (stderr said why)
+        _table(hits, target)
 
 
-def _batch(lines, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json) -> None:
+class _Shown:
+    """--cutoff / --min-prob / --sort applied to a search's hits (SearchEngine.refine); says on stderr when
+    nothing passed the cutoff, with the best hit's probability."""
+
+    def __init__(self, cutoff: bool, min_prob: float | None, sort: str):
+        self.cutoff, self.min_prob, self.sort = cutoff, min_prob, sort
+        self.cuts = cutoff or min_prob is not None
+
+    def __call__(self, engine, hits, label: str = ""):
+        threshold = self.min_prob if self.min_prob is not None else (engine.default_cutoff if self.cutoff else None)
+        cut = engine.refine(hits, threshold, self.sort)
+        if threshold is not None and not cut.hits and hits:
+            best = f"{cut.best_prob:.3f}" if cut.best_prob is not None else "unknown"
+            click.echo(f"{label}nothing matched well: the best hit's probability of a match was {best}, under "
+                       f"{threshold:g}", err=True)
+        return cut.hits
+
+
+def _batch(lines, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json, shown) -> None:
     """`--queries FILE`: every non-blank line a text query, one engine (models loaded once) for all."""
     import json
 
@@ -73,7 +100,8 @@ def _batch(lines, target, k, model, rk, no_exemplar, no_rerank, reranker, librar
             query = line.strip()
             if not query:
                 continue
-            hits = engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar)
+            hits = shown(engine, engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar),
+                         f"({query}) ")
             notice = engine.notice(query)
             if notice:
                 click.echo(f"note ({query}): {notice}", err=True)
@@ -81,7 +109,8 @@ def _batch(lines, target, k, model, rk, no_exemplar, no_rerank, reranker, librar
                 click.echo(json.dumps({"query": query, "hits": [h.to_json() for h in hits]}, ensure_ascii=False))
             else:
                 click.echo(f"== {query}")
-                _table(hits, target)
+                if hits or not shown.cuts:
+                    _table(hits, target)
 
 
 def _say_parsed(engine, query: str, prefix: str = "") -> None:
@@ -100,13 +129,16 @@ def _table(hits, target: str) -> None:
     # reranked: score = cosine - hubness (+ beta * exemplar, text -> image) + alpha * match
     extra = (f"  {'cosine':>6}  {'hubness':>7}" + (f"  {'exemplar':>8}" if expanded else "") + f"  {'match':>6}"
              if reranked else "")
+    probs = any(h.prob is not None for h in hits)
+    extra += f"  {'prob':>5}" if probs else ""
     click.echo(f"{'rank':>4}  {'score':>6}{extra}  {'id':>6}  {'path' if target == 'images' else 'text'}")
     for h in hits:  # full paths, never shortened: people copy them
         if h.match is not None:
             ex = f"  {h.exemplar or 0.0:>8.3f}" if expanded else ""
             cols = f"  {h.similarity:>6.3f}  {h.hubness or 0.0:>7.3f}{ex}  {h.match:>6.2f}"
         else:
-            cols = " " * len(extra)
+            cols = " " * (len(extra) - (7 if probs else 0))
+        cols += f"  {h.prob:>5.2f}" if probs and h.prob is not None else ("       " if probs else "")
         click.echo(f"{h.rank:>4}  {h.score:>6.3f}{cols}  {h.id:>6}  {h.path if target == 'images' else h.text}")
 
 

@@ -18,12 +18,14 @@ import numpy as np
 from PIL import Image
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
+from xmodal.indexer.ingest.watch import watch_status
 from xmodal.indexer.models.base import Encoder, ModelUnavailable
 from xmodal.indexer.models.encoders import get_query_encoder
 from xmodal.indexer.storage.library import Library, LibraryError
 from xmodal.indexer.records import ImageRecord, SearchHit
 from xmodal.indexer.storage.store import StoreError
 
+from xmodal.engine.search.cutoff import SORTS, Cut, apply_cutoff, by_date
 from xmodal.engine.search.errors import SearchError
 from xmodal.engine.search.filters import image_filter, language_notice
 from xmodal.engine.search.query_terms import ParsedQuery, QueryParseError, combine, parse_query
@@ -67,6 +69,7 @@ class SearchEngine:
         self._backend = None
         self._flagged = False  # impossible similarities seen (logged once)
         self._lock = threading.RLock()  # lazy loads and index reloads; never held during a query's work
+        self._calibration: tuple = ()  # (Calibration | None,) once looked up
 
     @property
     def encoder(self) -> Encoder:
@@ -100,6 +103,56 @@ class SearchEngine:
             raise SearchError(f"cannot load reranker {self.reranker_name!r}: {e}") from e
         if self._backend is None:
             self.reranker_name = None
+    @property
+    def calibration(self):
+        """The shipped calibration (engine.search.calibration) when the library's model and the bundled
+        checkpoints are the ones it was fitted with, else None (hits then carry no `prob`)."""
+        if not self._calibration:
+            from xmodal.engine.search.calibration import load_calibration
+            from xmodal.indexer.models.patch_projector import LITE_RERANK
+            from xmodal.indexer.resources import data_file
+
+            self._calibration = (load_calibration(self.model_name, {"lite-align.pt": data_file("lite-align.pt"),
+                                                                    "lite-rerank.pt": LITE_RERANK}),)
+        return self._calibration[0]
+
+    @property
+    def default_cutoff(self) -> float:
+        """The probability `--cutoff` keeps from: chosen on Flickr8k dev (benchmarks/calibration.py)."""
+        if self.calibration is None:
+            raise SearchError(f"library {self.library.root} was built with {self.model_name!r}, which has no "
+                              "calibrated probabilities: a cutoff needs the lite model")
+        return self.calibration.default_cutoff
+
+    def _probs(self, hits: list[SearchHit], direction: str, target: str) -> list[SearchHit]:
+        """Text -> image hits with their calibrated `prob` (all candidates at once: the features compare each
+        to the best), when the engine has a calibration."""
+        if direction != "t2i" or target != "images" or self.calibration is None:
+            return hits
+        from xmodal.engine.search.calibration import with_probs
+
+        lite = self._backend is not None and self._backend.name == "lite"
+        return with_probs(hits, self.calibration, reranked_ok=lite)
+
+    def refine(self, hits: list[SearchHit], min_prob: float | None = None, sort: str = "score") -> Cut:
+        """What to show of a search's hits: those with `prob` >= min_prob (None: all), ordered by score or,
+        with sort="date", newest first by date taken (else file time). Cut.best_prob says how close the best
+        hit came when none passed."""
+        if sort not in SORTS:
+            raise SearchError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
+        if min_prob is not None:
+            if not 0.0 <= min_prob <= 1.0:
+                raise SearchError(f"a minimum probability lies between 0 and 1, got {min_prob}")
+            if any(h.prob is None for h in hits):
+                raise SearchError("a probability cutoff applies to text -> image searches of a library built with "
+                                  "the lite model (the only calibrated one)")
+        cut = apply_cutoff(hits, min_prob)
+        if sort == "date" and cut.hits:
+            if any(h.path is None for h in cut.hits):
+                raise SearchError("sorting by date applies to image hits; drop --sort date for --target texts")
+            records = {r.id: r for r in self.library.store.get_images([h.id for h in cut.hits])}
+            cut = replace(cut, hits=by_date(cut.hits, records))
+        return cut
 
     def _rerank_k(self, rerank_k: int | None) -> int:
         """How many candidates to rerank: the default when None, 0 when reranking is off."""
@@ -120,7 +173,7 @@ class SearchEngine:
         prior, exemplar = backend.priors(query, hits[:rk], direction)
         head = rerank_hits(hits[:rk], match, backend.alpha[direction], prior, exemplar, backend.beta[direction])
         tail = [replace(h, rank=len(head) + n + 1) for n, h in enumerate(hits[rk:])]
-        return (head + tail)[:k]
+        return self._probs(head + tail, direction, "images" if direction == "t2i" else "texts")[:k]
 
     def close(self) -> None:
         self.library.close()
@@ -138,23 +191,26 @@ class SearchEngine:
     # Text -> image and image -> text queries rerank the top `rerank_k` candidates (None: the default,
     # 0: off) when the engine has a reranker; image -> image and text -> text are not reranked.
     def search_text(self, query: str, k: int = 10, target: str = "images", rerank_k: int | None = None,
-                    exemplar: bool = True, **filters) -> list[SearchHit]:
+                    exemplar: bool = True, min_prob: float | None = None, sort: str = "score",
+                    **filters) -> list[SearchHit]:
         """exemplar=False leaves the reranker's exemplar term out (it draws on the Flickr8k train captions,
-        whose photos may not resemble what a query about other things asks for).
+        whose photos may not resemble what a query about other things asks for). Image hits carry `prob`;
+        min_prob and sort: see refine (the cutoff applies to the top k).
         The query may use the query algebra (engine/search/query_terms.py): `a dog -grass`,
         `beach + 2:sunset`; retrieval uses the terms' combined vector, the reranker scores the positive terms."""
         parsed = self.parse_query(query)
         if parsed.simple:
             text = parsed.terms[0].text
-            return self._search(lambda: self.encoder.encode_texts([text])[0],
+            hits = self._search(lambda: self.encoder.encode_texts([text])[0],
                                 lambda backend: backend.text_query(text, exemplar),
                                 "t2i", k, target, rerank_k, filters)
+        else:
+            def rerank_query(backend):
+                _, rq = backend.text_query(parsed.positive_text, exemplar)
+                return self._combined(parsed), rq
 
-        def rerank_query(backend):
-            _, rq = backend.text_query(parsed.positive_text, exemplar)
-            return self._combined(parsed), rq
-
-        return self._search(lambda: self._combined(parsed), rerank_query, "t2i", k, target, rerank_k, filters)
+            hits = self._search(lambda: self._combined(parsed), rerank_query, "t2i", k, target, rerank_k, filters)
+        return self.refine(hits, min_prob, sort).hits if min_prob is not None or sort != "score" else hits
 
     def parse_query(self, query: str, with_photo: bool = False) -> "ParsedQuery":
         """A text query's weighted terms (engine/search/query_terms.py); a SearchError when none is positive
@@ -237,7 +293,7 @@ class SearchEngine:
         reranks = target == ("images" if direction == "t2i" else "texts")
         rk = self._rerank_k(rerank_k) if reranks else 0
         if not rk:
-            return self.search_vector(embed(), k, target, **filters)
+            return self._probs(self.search_vector(embed(), k, target, **filters), direction, target)
         backend = self.reranker
         vector, query = rerank_query(backend)
         hits = self.search_vector(vector, max(k, rk), target, **filters)
@@ -391,6 +447,7 @@ def library_info(library: Library) -> dict:
         "text_sources": store.text_sources(),
         "indexes": {},
         "bytes": library.sizes(),
+        "watch": watch_status(library.root),  # the heartbeat of a running `xmodal watch`, else None
     }
     for modality in ("images", "texts"):
         path = library.index_path(modality)

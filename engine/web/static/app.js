@@ -77,6 +77,7 @@
         cap.innerHTML = `<span class="name"></span> <span class="score"></span>`;
         cap.querySelector(".name").textContent = img.alt;
         cap.querySelector(".score").textContent = scoreText(h, data);
+        if (h.prob !== undefined) cap.querySelector(".score").title = `probability of a match: ${h.prob.toFixed(2)}`;
         if (h.reranked === false && data.hits.some((x) => x.reranked)) cap.querySelector(".score").title = NOT_RERANKED;
         // Its name is its visible words ("red.jpg 0.812"); Enter or Space opens the photo.
         fig.setAttribute("aria-label", `${img.alt} ${cap.querySelector(".score").textContent}`);
@@ -94,7 +95,13 @@
         grid.append(row);
       }
     }
-    say(`${data.hits.length} ${data.target} for ${label} · ${data.took_ms} ms` + (data.notice ? ` · ${data.notice}` : ""), false, photo);
+    const cut = data.cutoff && data.cutoff.min_prob !== null && data.cutoff.min_prob !== undefined;
+    if (cut && !data.hits.length) {
+      const best = data.cutoff.best_prob === null ? "" : ` (the best hit's probability of a match: ${data.cutoff.best_prob.toFixed(2)})`;
+      say(`no good match for ${label}${best}`, false, photo);
+      return;
+    }
+    say(`${data.hits.length} ${data.target} for ${label} · ${data.took_ms} ms` + (cut && data.cutoff.dropped ? ` · ${data.cutoff.dropped} weak matches hidden` : "") + (data.notice ? ` · ${data.notice}` : ""), false, photo);
   }
 
   // Only the newest search may show its answer: starting one aborts the one before, and an answer that
@@ -124,8 +131,10 @@
   function searchText(q) {
     last = () => searchText(q);
     // The status line shows the query as the server parsed it ("dog, without grass").
+    const extra = { q, sort: $("#sort").value };
+    if ($("#good-only").checked && target() === "images") extra.cutoff = "true";
     return run(`“${q}”`, async (signal) => {
-      const data = await api(`/api/search?${query({ q })}`, { signal });
+      const data = await api(`/api/search?${query(extra)}`, { signal });
       if (data.parsed && data.parsed.text) data.label = `“${data.parsed.text}”`;
       return data;
     });
@@ -196,7 +205,7 @@
   const imageFilters = document.querySelectorAll("#folder, #taken-after, #taken-before");
   function enableFilters() { for (const el of imageFilters) el.disabled = target() !== "images"; }
   enableFilters();
-  for (const el of document.querySelectorAll('input[name="target"], #folder, #taken-after, #taken-before, #k')) {
+  for (const el of document.querySelectorAll('input[name="target"], #folder, #taken-after, #taken-before, #k, #good-only, #sort')) {
     el.addEventListener("change", () => { enableFilters(); if (last) last(); });
   }
   // Drag and drop a photo anywhere on the page.
@@ -220,6 +229,9 @@
       $("#folder").append(o);
     }
   }).catch((e) => say(e.message, true));
-  api("/api/info").then((i) => { if (!status.textContent) say(`${i.images} photos and ${i.texts} texts indexed with model ${i.model}`); })
+  api("/api/info").then((i) => {
+    const w = i.watch && i.watch.running ? ` · watching ${i.watch.roots.length} folder(s) for changes` : "";
+    if (!status.textContent) say(`${i.images} photos and ${i.texts} texts indexed with model ${i.model}${w}`);
+  })
     .catch(() => {});
 })();
