@@ -55,4 +55,14 @@ def _lite() -> Encoder:
     return LiteEncoder()
 
 
+def _base() -> Encoder:
+    from xmodal.indexer.models.lite_encoder import LiteEncoder
+    from xmodal.indexer.models.towers import BUNDLED
+    from xmodal.indexer.resources import data_file
+
+    spec = BUNDLED["base"]
+    return LiteEncoder(data_file(spec.heads), name="base", extra=spec.extra)
+
+
 register_encoder("lite", _lite)
+register_encoder("base", _base)
