@@ -251,6 +251,7 @@ def load_mpnet(extra: str = "base"):
                                "folder to unpack it again") from None
     state.pop("embeddings.position_ids", None)
     state = {k: v for k, v in state.items() if not k.startswith("pooler.")}
-    model = MPNet(config)
-    model.load_state_dict(state, strict=True)
+    with torch.device("meta"):  # no random initialisation of 110M parameters (about a second): the checkpoint's
+        model = MPNet(config)   # tensors are assigned in place
+    model.load_state_dict(state, strict=True, assign=True)
     return tokenizer, model.eval()
