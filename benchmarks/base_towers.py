@@ -12,6 +12,7 @@ Steps (features go to --cache, outside the repo; text features in bf16 autocast,
 
     python benchmarks/base_towers.py extract img efficientnet-lite2 224
     python benchmarks/base_towers.py extract txt all-mpnet-base-v2
+    python benchmarks/base_towers.py extract imgflip efficientnet-lite0 224   # optional: flip TTA on dev
     python benchmarks/base_towers.py proxy           # text -> text on dev captions, towers alone
     python benchmarks/base_towers.py train --seeds 0 1 2 --out benchmarks/base_towers.json
     # or one process per pair and seed (--pairs A+B --seeds S --out runs/A-B-S.json), then:
@@ -53,17 +54,28 @@ def _subset(split: str, n: int, k: int):
     return ds, keep, ci
 
 
+class FlippedPreprocess(Preprocess):
+    """The same pixels mirrored left-right: the flip test-time feature."""
+
+    def array(self, images):
+        return np.ascontiguousarray(super().array(images)[:, :, ::-1])
+
+
 def extract(kind: str, tower: str, size: int, cache: Path, ntrain: int) -> None:
+    """kind: img (train and dev), imgflip (dev only, mirrored) or txt."""
     torch.set_num_threads(1)
     for split, n, k in (("dev", NDEV, 5), ("train", ntrain, KCAP)):
+        if kind == "imgflip" and split == "train":
+            continue
         ds, keep, ci = _subset(split, n, k)
         t0, c0 = time.time(), time.process_time()
-        if kind == "img":
-            out = cache / f"img-{tower}-{size}-{split}{n}.npy"
+        if kind in ("img", "imgflip"):
+            out = cache / f"img{'' if kind == 'img' else 'flip'}-{tower}-{size}-{split}{n}.npy"
             if out.exists():
                 continue
             ds.images = ds.images[:n]
-            _cache_images(ds, out, Preprocess(size=size), 32, tower)
+            pre = (Preprocess if kind == "img" else FlippedPreprocess)(size=size)
+            _cache_images(ds, out, pre, 32, tower)
             count = n
         else:
             out = cache / f"txt-{tower}-{split}{n}k{k}.npy"
@@ -112,13 +124,25 @@ def train(cache: Path, pairs: list[tuple[str, str]], seeds: list[int], ntrain: i
         for seed in seeds:
             cfg = AlignConfig(seed=seed, image_tower=image, text_tower=text, size=224, **SMALL_DATA)
             t0 = time.time()
-            _, report = train_align(tr, dv, cfg)
+            state, report = train_align(tr, dv, cfg)
             best = max(cfg.history, key=lambda h: h["dev"]["t2i"]["R@1"] + h["dev"]["i2t"]["R@1"])
             runs.append({"image_tower": image, "text_tower": text, "seed": seed, "dev": report,
                          "best_epoch": best["epoch"], "seconds": round(time.time() - t0, 1)})
+            flip = cache / f"imgflip-{image}-224-dev{NDEV}.npy"
+            if flip.exists():  # flip TTA: the mean of the photo's and its mirror's pooled features, same heads
+                runs[-1]["dev_flip_tta"] = flip_tta(state, cfg, dv, np.load(flip))
             log.info("%s + %s seed %d: t2i R@1 %.2f i2t R@1 %.2f", image, text, seed, report["t2i"]["R@1"],
                      report["i2t"]["R@1"])
     return runs
+
+
+def flip_tta(state: dict, cfg: AlignConfig, dev: FeatureCache, flipped: np.ndarray) -> dict:
+    from xmodal.engine.training.align import build_model, evaluate, patch_maps
+
+    model = build_model(cfg)
+    model.load_state_dict(state, strict=False)
+    pooled = [patch_maps(t, image_tower=cfg.image_tower).float().mean((2, 3)) for t in (dev.trunk, flipped)]
+    return evaluate(model, (pooled[0] + pooled[1]) / 2, dev)
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -130,6 +154,9 @@ def summarise(runs: list[dict]) -> list[dict]:
             for k in ("R@1", "R@5", "R@10"):
                 v = [r["dev"][d][k] for r in rs]
                 row[f"{d} {k}"] = [round(float(np.mean(v)), 2), round(float(np.std(v)), 2)]
+                if all("dev_flip_tta" in r for r in rs):
+                    v = [r["dev_flip_tta"][d][k] for r in rs]
+                    row[f"flip TTA {d} {k}"] = [round(float(np.mean(v)), 2), round(float(np.std(v)), 2)]
         rows.append(row)
     return rows
 
@@ -151,7 +178,7 @@ def main() -> None:
     a.cache.mkdir(parents=True, exist_ok=True)
     if a.step == "extract":
         kind, tower = a.args[0], a.args[1]
-        extract(kind, tower, int(a.args[2]) if kind == "img" else 0, a.cache, a.ntrain)
+        extract(kind, tower, int(a.args[2]) if kind.startswith("img") else 0, a.cache, a.ntrain)
         return
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with 5 other "
                          "sessions (load average 12-17): times are not speed figures",
