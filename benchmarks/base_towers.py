@@ -90,8 +90,8 @@ def extract(kind: str, tower: str, size: int, cache: Path, ntrain: int) -> None:
                  time.time() - t0, 1000 * (time.process_time() - c0) / count)
 
 
-def _cache(cache: Path, image: str, text: str, split: str, n: int, k: int) -> FeatureCache:
-    trunk = np.load(cache / f"img-{image}-224-{split}{n}.npy", mmap_mode="r")
+def _cache(cache: Path, image: str, text: str, split: str, n: int, k: int, size: int = 224) -> FeatureCache:
+    trunk = np.load(cache / f"img-{image}-{size}-{split}{n}.npy", mmap_mode="r")
     return FeatureCache([str(i) for i in range(n)], trunk, np.load(cache / f"txt-{text}-{split}{n}k{k}.npy"),
                         np.load(cache / f"capimg-{split}{n}k{k}.npy").astype(np.int64))
 
@@ -115,20 +115,20 @@ def proxy(cache: Path) -> dict:
 SMALL_DATA = {"batch_size": 256, "warmup_steps": 20}
 
 
-def train(cache: Path, pairs: list[tuple[str, str]], seeds: list[int], ntrain: int) -> list[dict]:
+def train(cache: Path, pairs: list[tuple[str, str]], seeds: list[int], ntrain: int, size: int = 224) -> list[dict]:
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     runs = []
     for image, text in pairs:
-        tr = _cache(cache, image, text, "train", ntrain, KCAP)
-        dv = _cache(cache, image, text, "dev", NDEV, 5)
+        tr = _cache(cache, image, text, "train", ntrain, KCAP, size)
+        dv = _cache(cache, image, text, "dev", NDEV, 5, size)
         for seed in seeds:
-            cfg = AlignConfig(seed=seed, image_tower=image, text_tower=text, size=224, **SMALL_DATA)
+            cfg = AlignConfig(seed=seed, image_tower=image, text_tower=text, size=size, **SMALL_DATA)
             t0 = time.time()
             state, report = train_align(tr, dv, cfg)
             best = max(cfg.history, key=lambda h: h["dev"]["t2i"]["R@1"] + h["dev"]["i2t"]["R@1"])
-            runs.append({"image_tower": image, "text_tower": text, "seed": seed, "dev": report,
+            runs.append({"image_tower": image, "text_tower": text, "size": size, "seed": seed, "dev": report,
                          "best_epoch": best["epoch"], "seconds": round(time.time() - t0, 1)})
-            flip = cache / f"imgflip-{image}-224-dev{NDEV}.npy"
+            flip = cache / f"imgflip-{image}-{size}-dev{NDEV}.npy"
             if flip.exists():  # flip TTA: the mean of the photo's and its mirror's pooled features, same heads
                 runs[-1]["dev_flip_tta"] = flip_tta(state, cfg, dv, np.load(flip))
             log.info("%s + %s seed %d: t2i R@1 %.2f i2t R@1 %.2f", image, text, seed, report["t2i"]["R@1"],
@@ -147,9 +147,12 @@ def flip_tta(state: dict, cfg: AlignConfig, dev: FeatureCache, flipped: np.ndarr
 
 def summarise(runs: list[dict]) -> list[dict]:
     rows = []
-    for key in dict.fromkeys((r["image_tower"], r["text_tower"]) for r in runs):
-        rs = [r for r in runs if (r["image_tower"], r["text_tower"]) == key]
-        row = {"image_tower": key[0], "text_tower": key[1], "seeds": len(rs)}
+    def key_of(r: dict) -> tuple:
+        return r["image_tower"], r["text_tower"], r.get("size", 224)
+
+    for key in dict.fromkeys(key_of(r) for r in runs):
+        rs = [r for r in runs if key_of(r) == key]
+        row = {"image_tower": key[0], "text_tower": key[1], "size": key[2], "seeds": len(rs)}
         for d in ("t2i", "i2t"):
             for k in ("R@1", "R@5", "R@10"):
                 v = [r["dev"][d][k] for r in rs]
@@ -168,6 +171,7 @@ def main() -> None:
     ap.add_argument("args", nargs="*")
     ap.add_argument("--cache", type=Path, default=Path("/work/cache-base/feat"))
     ap.add_argument("--ntrain", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=224, help="input pixels of the image features to train on")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--pairs", nargs="+", default=["efficientnet-lite0+all-minilm-l6-v2",
                                                    "efficientnet-lite2+all-minilm-l6-v2",
@@ -183,14 +187,14 @@ def main() -> None:
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with 5 other "
                          "sessions (load average 12-17): times are not speed figures",
               "protocol": {"train": f"first {a.ntrain} Flickr8k train photos x {KCAP} captions",
-                           "dev": f"first {NDEV} dev photos x 5 captions", "input": "224 px, squashed",
+                           "dev": f"first {NDEV} dev photos x 5 captions", "input": f"{a.size} px, squashed (per run: size)",
                            "heads": f"lite config with {SMALL_DATA}"}}
     result["text_to_text_R@1"] = proxy(a.cache)
     if a.step == "merge":  # runs of `train` made in parallel (one process per pair and seed), into one file
         runs = [r for f in a.args for r in json.loads(Path(f).read_text())["runs"]]
         result["runs"], result["summary"] = runs, summarise(runs)
     if a.step == "train":
-        runs = train(a.cache, [tuple(p.split("+")) for p in a.pairs], a.seeds, a.ntrain)
+        runs = train(a.cache, [tuple(p.split("+")) for p in a.pairs], a.seeds, a.ntrain, a.size)
         result["runs"], result["summary"] = runs, summarise(runs)
     print(json.dumps(result, indent=1))
     if a.out:
