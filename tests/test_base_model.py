@@ -133,7 +133,7 @@ def test_train_align_model_base_writes_heads_the_base_encoder_loads(tiny_dataset
     assert report["config"]["image_tower"] == "efficientnet-lite2"
     assert report["config"]["text_tower"] == "all-mpnet-base-v2"
     enc = LiteEncoder(out, name="base", extra="base")
-    assert enc.name == "base" and enc.preprocess.size == 224
+    assert enc.name == "base" and enc.preprocess.size == 260
     iv = enc.encode_images([Image.open(tiny_dataset / "images" / f"{next(iter(COLOURS))}1.jpg")])
     tv = enc.encode_texts(["a red picture"])
     assert iv.shape == tv.shape == (1, report["config"]["dim"])
