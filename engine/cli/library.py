@@ -100,15 +100,16 @@ def models(as_json):
     from xmodal.indexer.models.encoders import available_encoders, get_encoder
     from xmodal.indexer.models.clip import KNOWN, local_status
 
+    FAMILY = {"lite": "EfficientNet-Lite0 + MiniLM", "base": "EfficientNet-Lite2 + MPNet"}  # the bundled models
     rows = []
     for name in available_encoders():
-        if name != "lite":
+        if name not in FAMILY:
             continue
         try:
             dim, present = get_encoder(name).dim, True
         except ModelUnavailable:
             dim, present = None, False
-        rows.append({"name": name, "local": present, "dim": dim, "family": "EfficientNet-Lite0 + MiniLM",
+        rows.append({"name": name, "local": present, "dim": dim, "family": FAMILY[name],
                      "licence": "Apache-2.0 towers; heads trained on Flickr8k (non-commercial research data)"})
     for name, (dim, licence) in KNOWN.items():
         rows.append({"name": name, "local": local_status(name), "dim": dim, "family": "CLIP family",

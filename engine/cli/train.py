@@ -49,8 +49,10 @@ def _train(run, summary, data_dir, out, cache_dir, epochs, seed, as_json, **extr
 
 
 @train.command("align")
-@training_options("the bundled lite-align.pt")
-def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
+@training_options("the bundled model's heads: lite-align.pt, or base-align.pt with --model base")
+@click.option("--model", type=click.Choice(["lite", "base"]), default="lite", show_default=True,
+              help="Which bundled model's heads: lite (EfficientNet-Lite0 + MiniLM) or base (Lite2 + MPNet).")
+def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json, model):
     """Train the alignment heads on the train split, select on dev (LiT-style, towers locked)."""
     from xmodal.engine.training.align import run_align
 
@@ -59,7 +61,7 @@ def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json):
         yield (f"best epochs {report['epochs']}: dev t2i R@1/5/10 " + "/".join(f"{v:.1f}" for v in dev["t2i"].values())
                + ", i2t R@1/5/10 " + "/".join(f"{v:.1f}" for v in dev["i2t"].values()) + f" -> {report['out']}")
 
-    _train(run_align, summary, data_dir, out, cache_dir, epochs, seed, as_json)
+    _train(run_align, summary, data_dir, out, cache_dir, epochs, seed, as_json, model=model)
 
 
 @train.command("rerank")

@@ -25,9 +25,10 @@ from xmodal.engine.eval.recall import recall_report
 from xmodal.engine.training.checkpoint import write_checkpoint
 from xmodal.engine.training.features import FeatureCache, build_cache
 from xmodal.indexer.models.base import Preprocess
-from xmodal.indexer.models.lite_encoder import LITE_HEADS, load_efficientnet_lite0, load_minilm
 from xmodal.indexer.models.lite import LiteDualEncoder
 from xmodal.indexer.models.text_tower import TextTower
+from xmodal.indexer.models.towers import BUNDLED, IMAGE_TOWERS, load_image_tower, load_text_tower
+from xmodal.indexer.resources import data_file
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,15 @@ class AlignConfig:
     text_hidden: int = 1024  # 0: linear text head; else an MLP of this width
     text_dropout: float = 0.1
     seed: int = 0
+    image_tower: str = "efficientnet-lite0"  # indexer.models.towers names
+    text_tower: str = "all-minilm-l6-v2"
+    size: int = 224  # input pixels
     history: list = field(default_factory=list)
 
 
-def patch_maps(trunk: np.ndarray, batch: int = 250) -> torch.Tensor:
+def patch_maps(trunk: np.ndarray, batch: int = 250, image_tower: str = "efficientnet-lite0") -> torch.Tensor:
     """(N, 320, 7, 7) cached trunk -> (N, 1280, 7, 7) float16 patch maps through the locked head conv."""
-    tower = load_efficientnet_lite0()
+    tower = load_image_tower(image_tower)
     with torch.inference_mode():
         return torch.cat([tower.forward_head(torch.from_numpy(np.asarray(trunk[s:s + batch], np.float32))).half()
                           for s in range(0, len(trunk), batch)])
@@ -73,10 +77,11 @@ def random_window_pool(maps: torch.Tensor, min_side: int, rng: np.random.Generat
 
 def build_model(cfg: AlignConfig) -> LiteDualEncoder:
     torch.manual_seed(cfg.seed)
-    _, bert = load_minilm()
+    _, bert = load_text_tower(cfg.text_tower)
     model = LiteDualEncoder(TextTower(bert), dim=cfg.dim, hidden=cfg.hidden, dropout=cfg.dropout,
-                            members=cfg.members, text_hidden=cfg.text_hidden, text_dropout=cfg.text_dropout)
-    model.image_tower.load_state_dict(load_efficientnet_lite0().state_dict())
+                            members=cfg.members, text_hidden=cfg.text_hidden, text_dropout=cfg.text_dropout,
+                            image_variant=IMAGE_TOWERS[cfg.image_tower].variant)
+    model.image_tower.load_state_dict(load_image_tower(cfg.image_tower).state_dict())
     return model
 
 
@@ -106,8 +111,8 @@ def train_align(train: FeatureCache, dev: FeatureCache, cfg: AlignConfig) -> tup
     model = build_model(cfg)
     for p in model.parameters():
         p.requires_grad_(False)
-    maps = patch_maps(train.trunk)  # (N, 1280, 7, 7)
-    dev_pooled = patch_maps(dev.trunk).float().mean((2, 3))
+    maps = patch_maps(train.trunk, image_tower=cfg.image_tower)  # (N, 1280, 7, 7)
+    dev_pooled = patch_maps(dev.trunk, image_tower=cfg.image_tower).float().mean((2, 3))
     pooled = maps.float().mean((2, 3))
     for head in model.image_heads:
         head.mean.copy_(pooled.mean(0))
@@ -176,7 +181,8 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
 
 def save_checkpoint(path: Path, state: dict, cfg: AlignConfig, report: dict, data: str) -> None:
     """Head weights (float16: half the size, dev recall unchanged) + config + preprocessing + dev figures."""
-    write_checkpoint(path, "xmodal-lite-align/1", state, cfg, preprocess=asdict(Preprocess()), dev=report, data=data)
+    write_checkpoint(path, "xmodal-lite-align/1", state, cfg, preprocess=asdict(Preprocess(size=cfg.size)), dev=report,
+                     data=data)
 
 
 def default_cache_dir() -> Path:
@@ -185,10 +191,15 @@ def default_cache_dir() -> Path:
 
 
 def run_align(data_dir: Path, out: Path | None = None, cache_dir: Path | None = None, epochs: int | None = None,
-              seed: int = 0, **overrides) -> dict:
-    """`xmodal train align`: cache features of the train and dev splits, train, keep the best dev epoch."""
+              seed: int = 0, model: str = "lite", **overrides) -> dict:
+    """`xmodal train align`: cache features of the train and dev splits, train, keep the best dev epoch.
+    `model`: the bundled model whose heads to train ("lite" or "base": its towers and input size)."""
     from xmodal.engine.eval.datasets import load_captions_csv
 
+    spec = BUNDLED.get(model)
+    if spec is None:
+        raise ValueError(f"unknown bundled model {model!r}; choose one of {', '.join(BUNDLED)}")
+    overrides = {"image_tower": spec.image_tower, "text_tower": spec.text_tower, "size": spec.size, **overrides}
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     caches = {}
@@ -196,12 +207,13 @@ def run_align(data_dir: Path, out: Path | None = None, cache_dir: Path | None = 
         ds = load_captions_csv(data_dir, data_dir / "splits" / f"{split}.txt")
         ds.name = f"{data_dir.name}-{split}"
         logger.info("%s: %d images, %d captions", ds.name, len(ds.images), len(ds.captions))
-        caches[split] = build_cache(ds, cache_dir)
+        caches[split] = build_cache(ds, cache_dir, Preprocess(size=overrides["size"]),
+                                    towers=(overrides["image_tower"], overrides["text_tower"]))
     cfg = AlignConfig(seed=seed, **overrides)
     if epochs is not None:
         cfg.epochs = epochs
     state, report = train_align(caches["train"], caches["dev"], cfg)
-    out = Path(out) if out else LITE_HEADS
+    out = Path(out) if out else data_file(spec.heads)
     save_checkpoint(out, state, cfg, report, data=f"{data_dir.name}: train split ({len(caches['train'].images)} "
                     f"images), selected on dev ({len(caches['dev'].images)} images)")
     best_epochs = [max((h for h in cfg.history if h["member"] == m), key=lambda h: _r1(h["dev"]))["epoch"]

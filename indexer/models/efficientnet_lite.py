@@ -70,33 +70,51 @@ class MBConvBlock(nn.Module):
         return h + x if self.skip else h
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0. `forward_features` gives the 1280-channel head map (B, 1280, H/32, W/32)."""
+# Lite1 and Lite2 (TF efficientnet_lite_builder: width x1.0 / x1.1, depth x1.1 / x1.2, 240 / 260 pixels; stem,
+# head and the first and last stage's repeats fixed, as "fix_head_stem" does), read off the package weights.
+_LITE12_REPEATS = (1, 3, 3, 4, 4, 5, 1)
+LITE_STAGES = {
+    "lite0": LITE0_STAGES,
+    "lite1": tuple((r, k, s, e, cin, cout) for r, (_, k, s, e, cin, cout) in zip(_LITE12_REPEATS, LITE0_STAGES)),
+    "lite2": tuple((r, k, s, e, cin, cout) for r, (k, s, e), cin, cout in zip(
+        _LITE12_REPEATS, [(3, 1, 1), (3, 2, 6), (5, 2, 6), (3, 2, 6), (5, 1, 6), (5, 2, 6), (3, 1, 6)],
+        (32, 16, 24, 48, 88, 120, 208), (16, 24, 48, 88, 120, 208, 352))),
+}
+LITE_RESOLUTION = {"lite0": 224, "lite1": 240, "lite2": 260}  # the ImageNet training resolution of each
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0/1/2 (`variant`). `forward_features` gives the 1280-channel head map (B, 1280, H/32, W/32)."""
 
     width = 1280
 
-    def __init__(self, num_classes: int = 1000):
+    def __init__(self, variant: str = "lite0", num_classes: int = 1000):
         super().__init__()
+        if variant not in LITE_STAGES:
+            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(LITE_STAGES)}")
+        self.variant = variant
+        stages = LITE_STAGES[variant]
         self._conv_stem = Conv2dSame(3, 32, 3, stride=2, bias=False)
         self._bn0 = _bn(32)
         blocks = []
-        for repeats, k, s, e, cin, cout in LITE0_STAGES:
+        for repeats, k, s, e, cin, cout in stages:
             for i in range(repeats):
                 blocks.append(MBConvBlock(cin if i == 0 else cout, cout, k, s if i == 0 else 1, e))
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = Conv2dSame(320, 1280, 1, bias=False)
+        self.trunk_width = stages[-1][-1]  # 320 (Lite0/1) or 352 (Lite2)
+        self._conv_head = Conv2dSame(self.trunk_width, 1280, 1, bias=False)
         self._bn1 = _bn(1280)
         self._fc = nn.Linear(1280, num_classes)
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised pixels -> (B, 320, H/32, W/32): the last block's output."""
+        """(B, 3, H, W) normalised pixels -> (B, trunk_width, H/32, W/32): the last block's output."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
         return x
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 320, h, w) -> (B, 1280, h, w)."""
+        """(B, trunk_width, h, w) -> (B, 1280, h, w)."""
         return F.relu6(self._bn1(self._conv_head(x)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,3 +124,10 @@ class EfficientNetLite0(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, num_classes) ImageNet logits."""
         return self._fc(self.forward_features(x).mean(dim=(2, 3)))
+
+
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0 (the lite model's image tower)."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__("lite0", num_classes)

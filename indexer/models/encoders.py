@@ -104,5 +104,15 @@ def _lite_query() -> Encoder:
     return LiteQueryEncoder(manifest)
 
 
+def _base() -> Encoder:
+    from xmodal.indexer.models.lite_encoder import LiteEncoder
+    from xmodal.indexer.models.towers import BUNDLED
+    from xmodal.indexer.resources import data_file
+
+    spec = BUNDLED["base"]
+    return LiteEncoder(data_file(spec.heads), name="base", extra=spec.extra)
+
+
 register_encoder("lite", _lite)
+register_encoder("base", _base)
 register_query_encoder("lite", _lite_query)

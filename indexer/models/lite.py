@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmodal.indexer.models.efficientnet_lite import EfficientNetLite0
+from xmodal.indexer.models.efficientnet_lite import EfficientNetLite
 from xmodal.indexer.models.text_tower import TextTower, mean_pool
 
 
@@ -45,14 +45,15 @@ class TextHead(nn.Module):
 
 
 class LiteDualEncoder(nn.Module):
-    """Both towers and heads. Inputs: preprocessed pixels (B, 3, 224, 224); token ids and mask (B, T)."""
+    """Both towers and heads. Inputs: preprocessed pixels (B, 3, S, S) (S = 224 for Lite0); token ids and mask
+    (B, T). `image_variant`: the EfficientNet-Lite variant of the image tower (lite0, the lite model's)."""
 
     def __init__(self, text_tower: TextTower, dim: int = 512, hidden: int = 4096, dropout: float = 0.0,
-                 members: int = 1, text_hidden: int = 0, text_dropout: float = 0.0):
+                 members: int = 1, text_hidden: int = 0, text_dropout: float = 0.0, image_variant: str = "lite0"):
         super().__init__()
-        self.image_tower = EfficientNetLite0()
+        self.image_tower = EfficientNetLite(image_variant)
         self.text_tower = text_tower
-        self.image_heads = nn.ModuleList(ImageHead(EfficientNetLite0.width, dim, hidden, dropout)
+        self.image_heads = nn.ModuleList(ImageHead(EfficientNetLite.width, dim, hidden, dropout)
                                          for _ in range(members))
         self.text_heads = nn.ModuleList(TextHead(text_tower.width, dim, text_hidden, text_dropout)
                                         for _ in range(members))

