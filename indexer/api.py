@@ -43,16 +43,30 @@ def library_encoder(library_dir: str | os.PathLike, model: str | Encoder | None 
 def index_folders(library_dir: str | os.PathLike, paths: Sequence[str | os.PathLike] = (),
                   model: str | Encoder | None = None,
                   batch_size: int = 16, patches: bool = True, progress: Callable[[int, int], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, verify: bool = False) -> IndexReport:
+                  should_stop: Callable[[], bool] | None = None, verify: bool = False,
+                  ocr: bool | None = None) -> IndexReport:
     """Index the photos under `paths` (recursively) into the library at `library_dir` (made if new); with no
     paths, refresh every folder it knows. A leading "~" means the home folder, as in a shell. Only new or edited files are embedded; moved files keep their
     vectors, deleted ones are dropped; every batch is committed, so a stopped run resumes where it ended.
-    With `verify` every known file's content is hashed again, whatever its size, times and inode say."""
+    With `verify` every known file's content is hashed again, whatever its size, times and inode say.
+    `ocr`: True reads the text in the photos (photos indexed before included) and keeps OCR on for later
+    runs, False turns it off, None (default) follows the library's setting."""
     encoder = library_encoder(library_dir, model)
     projector = default_projector(encoder.name) if patches else None
     with Library(library_dir, create=True) as lib:
+        reader = text_reader(lib, ocr)
         return index_images(lib, [os.path.expanduser(os.fspath(p)) for p in paths], encoder, batch_size=batch_size, progress=progress,
-                            should_stop=should_stop, patches=projector, verify=verify)
+                            should_stop=should_stop, patches=projector, verify=verify, ocr=reader, ocr_setting=ocr)
+
+
+def text_reader(lib: Library, ocr: bool | None):
+    """The OCR reader to use: when `ocr` is True, or None and the library has OCR on; else None.
+    Raises OcrUnavailable (with what to install) when OCR is asked for and not installed."""
+    if ocr is False or (ocr is None and not lib.store.get_meta("ocr", False)):
+        return None
+    from xmodal.indexer.ingest.ocr import get_reader
+
+    return get_reader()
 
 
 def index_text_corpus(library_dir: str | os.PathLike, path: str | os.PathLike, model: str | Encoder | None = None,

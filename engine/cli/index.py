@@ -20,8 +20,11 @@ from xmodal.engine.cli.common import (library_dir, emit, console, progress_bar, 
               help="Store each photo's patch tokens for the reranker (lite model; 12.5 KB per photo).")
 @click.option("--verify", is_flag=True,
               help="Hash every known file again (reads them all) and re-embed those whose content changed.")
+@click.option("--ocr/--no-ocr", "ocr", default=None,
+              help="Read the text in the photos (OCR; photos indexed before too) for keyword search, and keep it "
+                   "on for later runs; --no-ocr turns it off [default: the library's setting, off when new].")
 @json_option
-def index(paths, library, model, batch_size, patches, verify, as_json):
+def index(paths, library, model, batch_size, patches, verify, as_json, ocr):
     """Index the photos under PATHS (recursive); with no PATHS, refresh every folder the library knows.
     Re-runs embed only new or edited files, keep the vectors of moved ones and drop deleted ones.
     Ctrl-C stops after the current batch; running the same command again resumes."""
@@ -45,7 +48,8 @@ def index(paths, library, model, batch_size, patches, verify, as_json):
             encoder = library_encoder(library_dir(library), model)
             with progress_bar("indexing") as progress:
                 report = index_folders(library_dir(library), paths, encoder, batch_size=batch_size,
-                                       patches=patches, progress=progress, should_stop=stop.is_set, verify=verify)
+                                       patches=patches, progress=progress, should_stop=stop.is_set, verify=verify,
+                                       ocr=ocr)
     except KeyboardInterrupt:
         if not stop.is_set():  # a Ctrl-C before the handler was in place, or not on the main thread
             raise
@@ -63,6 +67,8 @@ def index(paths, library, model, batch_size, patches, verify, as_json):
                    f"in {report.seconds:.1f}s ({rate:.1f} files/s)")
         if report.patched:
             click.echo(f"stored reranker patch tokens for {report.patched} photos indexed before")
+        if report.ocr_read:
+            click.echo(f"read the text in {report.ocr_read} photos (OCR)")
         for s in report.skipped:
             click.echo(f"  skipped {s.path}: {s.reason}")
     if report.interrupted:

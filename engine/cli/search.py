@@ -27,10 +27,13 @@ from xmodal.engine.cli.common import library_dir, emit, edge, library_option, js
 @click.option("--queries", "queries_file", type=click.File("r", encoding="utf-8", errors="replace"), default=None,
               help="Run every line of this file as a text query ('-': standard input), models loaded once; "
                    "with --json, one JSON object a line: {\"query\": ..., \"hits\": [...]}.")
+@click.option("--mode", type=click.Choice(["semantic", "keyword", "hybrid"]), default=None,
+              help="Text -> images: by meaning, by the words in the photos' names, descriptions and OCR text, or "
+                   "both in one ranking [default: hybrid].")
 @library_option
 @json_option
 def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, reranker, queries_file, library,
-           as_json):
+           as_json, mode):
     """Search the library by text QUERY or by --image, for images or --target texts. Text -> image and
     image -> text searches rerank the top --rerank-k with the cross-attention reranker."""
     from xmodal.engine.search.engine import SearchEngine
@@ -39,11 +42,11 @@ def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, rer
         raise click.UsageError("give one of: a text QUERY, --image FILE, or --queries FILE")
     rk = 0 if no_rerank else rerank_k
     if queries_file is not None:
-        return _batch(queries_file, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json)
+        return _batch(queries_file, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json, mode)
     with edge():
         with SearchEngine(library_dir(library), model=model, reranker=None if no_rerank else reranker) as engine:
             if query:
-                hits = engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar)
+                hits = engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar, mode=mode)
                 notice = engine.notice(query)
                 if notice:
                     click.echo(f"note: {notice}", err=True)
@@ -55,7 +58,7 @@ def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, rer
     _table(hits, target)
 
 
-def _batch(lines, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json) -> None:
+def _batch(lines, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json, mode=None) -> None:
     """`--queries FILE`: every non-blank line a text query, one engine (models loaded once) for all."""
     import json
 
@@ -66,7 +69,7 @@ def _batch(lines, target, k, model, rk, no_exemplar, no_rerank, reranker, librar
             query = line.strip()
             if not query:
                 continue
-            hits = engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar)
+            hits = engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar, mode=mode)
             notice = engine.notice(query)
             if notice:
                 click.echo(f"note ({query}): {notice}", err=True)
@@ -94,6 +97,8 @@ def _table(hits, target: str) -> None:
         else:
             cols = " " * len(extra)
         click.echo(f"{h.rank:>4}  {h.score:>6.3f}{cols}  {h.id:>6}  {h.path if target == 'images' else h.text}")
+        if h.matched:  # why it matched by its words: the field and the words around them
+            click.echo("      matched " + "; ".join(f"{f}: {v}" for f, v in h.matched.items() if f != "words"))
 
 
 

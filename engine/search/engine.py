@@ -123,15 +123,26 @@ class SearchEngine:
     # Text -> image and image -> text queries rerank the top `rerank_k` candidates (None: the default,
     # 0: off) when the engine has a reranker; image -> image and text -> text are not reranked.
     def search_text(self, query: str, k: int = 10, target: str = "images", rerank_k: int | None = None,
-                    exemplar: bool = True, **filters) -> list[SearchHit]:
+                    exemplar: bool = True, mode: str | None = None, **filters) -> list[SearchHit]:
         """exemplar=False leaves the reranker's exemplar term out (it draws on the Flickr8k train captions,
-        whose photos may not resemble what a query about other things asks for)."""
+        whose photos may not resemble what a query about other things asks for). `mode`: "semantic",
+        "keyword" (the photos' names, descriptions and OCR text) or "hybrid" (both in one ranking, the
+        default for photos; see keyword_search.py); image hits with matched words carry `matched`."""
+        from xmodal.engine.search.keyword_search import check_mode, fused_search
+
         query = valid_text(query)
         if not query or not query.strip():
             raise SearchError("empty query: give some words to search for")
-        return self._search(lambda: self.encoder.encode_texts([query])[0],
-                            lambda backend: backend.text_query(query, exemplar),
-                            "t2i", k, target, rerank_k, filters)
+        mode = check_mode(mode, target)
+
+        def semantic(n: int) -> list[SearchHit]:
+            return self._search(lambda: self.encoder.encode_texts([query])[0],
+                                lambda backend: backend.text_query(query, exemplar),
+                                "t2i", n, target, rerank_k, filters)
+
+        if mode == "semantic":
+            return semantic(k)
+        return fused_search(self.library.store, query, k, mode, semantic, filters)
 
     def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10,
                      target: str = "images", rerank_k: int | None = None, **filters) -> list[SearchHit]:
