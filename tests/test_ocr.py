@@ -131,3 +131,20 @@ def test_keyword_mode_for_texts_is_refused_with_a_clear_error(printed_photos, li
             eng.search_text("zorvik", target="texts", mode="keyword")
         with pytest.raises(SearchError, match="unknown mode"):
             eng.search_text("zorvik", mode="both")
+
+
+def test_the_web_api_fuses_by_mode_and_says_what_matched(printed_photos, library, fake_encoder):
+    from fastapi.testclient import TestClient
+
+    from xmodal.engine.web.server import create_app
+
+    index_folders(library, [printed_photos], fake_encoder, ocr=True)
+    with TestClient(create_app(library, allowed_hosts=("testserver",))) as client:
+        r = client.get("/api/search", params={"q": "Zorvik", "mode": "keyword", "rerank_k": 0})
+        assert r.status_code == 200, r.text
+        hits = r.json()["hits"]
+        assert Path(hits[0]["path"]).name == "a.jpg" and hits[0]["matched"]["words"] == ["zorvik"]
+        r = client.get("/api/search", params={"q": "kilimanjaro", "mode": "nonsense"})
+        assert r.status_code == 400 and "unknown mode" in r.json()["detail"]
+        page = client.get("/static/app.js").text
+        assert "matchedLine" in page and 'id="mode"' in client.get("/").text

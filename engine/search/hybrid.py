@@ -3,8 +3,9 @@
 A photo's keyword strength is the share of the query's information its words hold: each query term
 weighs its inverse document frequency (a word on every photo says nothing), and counts 1 when the photo
 holds it as a word or the start of one, 0.6 when only inside a word (``Store.keyword_matches``). The
-fused score is the semantic score scaled to [0, 1] over the semantic candidates (the first 1, the last 0)
-plus ``weight * strength ** power``: with the defaults a photo holding every word of the query comes
+fused score is the semantic rank scaled to (0, 1] over the n semantic candidates (1 - rank0 / n; ranks,
+not scores, because a reranked head and its dual-encoder tail score on different scales; photos found by
+their words alone count 0) plus ``weight * strength ** power``: with the defaults a photo holding every word of the query comes
 first, while one holding a minor word of a long description moves up a little (calibrated on Flickr8k
 dev: ``benchmarks/ocr.py``)."""
 from __future__ import annotations
@@ -58,12 +59,10 @@ def fuse(semantic: Sequence[tuple[int, float]], strength: dict[int, float], mode
     if mode == "keyword":
         found = sorted(strength, key=lambda i: (-strength[i], order.get(i, len(order)), i))
         return [Fused(i, strength[i], scores.get(i), strength[i]) for i in found]
-    values = [s for _, s in semantic]
-    top, bottom = (max(values), min(values)) if values else (0.0, 0.0)
-    span = top - bottom
+    n = len(semantic)
     fused = []
     for i in set(scores) | set(strength):
-        scaled = ((scores[i] - bottom) / span if span > 0 else 1.0) if i in scores else 0.0
+        scaled = 1.0 - order[i] / n if i in order else 0.0
         kw = strength.get(i, 0.0)
         fused.append(Fused(i, scaled + weight * kw ** power, scores.get(i), kw))
     fused.sort(key=lambda f: (-f.score, order.get(f.id, len(order)), f.id))

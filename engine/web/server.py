@@ -211,9 +211,11 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
                target: str = TARGET,
                rerank_k: int | None = RERANK_K,
                exemplar: bool = Query(True, description="Text -> image: include the reranker's exemplar term."),
+               mode: str | None = Query(None, description="Text -> images: `semantic`, `keyword` (names, "
+                                        "descriptions, OCR text) or `hybrid` (default); hits say what `matched`."),
                f: dict = Depends(filters)):
         started = time.perf_counter()
-        hits = call(engine.search_text, q, k, target, rerank_k=rerank_k, exemplar=exemplar, **_active(f))
+        hits = call(engine.search_text, q, k, target, rerank_k=rerank_k, exemplar=exemplar, mode=mode, **_active(f))
         return answer(hits, started, target, call(engine.notice, q))
 
     @api.post("/search/image", summary="Search by an uploaded image (multipart field `file`)")
