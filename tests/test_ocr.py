@@ -148,3 +148,13 @@ def test_the_web_api_fuses_by_mode_and_says_what_matched(printed_photos, library
         assert r.status_code == 400 and "unknown mode" in r.json()["detail"]
         page = client.get("/static/app.js").text
         assert "matchedLine" in page and 'id="mode"' in client.get("/").text
+
+
+def test_a_reindexed_library_keeps_ocr_on_and_its_photos_text(printed_photos, library, fake_encoder):
+    from xmodal.indexer.storage.reindex import reindex
+
+    index_folders(library, [printed_photos], fake_encoder, ocr=True)
+    assert reindex(library, fake_encoder).images.ocr_read == 5
+    with SearchEngine(library, reranker=None) as eng:
+        assert names(eng.search_text("zorvik", k=1, mode="keyword")) == ["a.jpg"]
+        assert eng.library.store.get_meta("ocr") is True
