@@ -26,8 +26,8 @@ def store(tmp_path):
 
 
 def ids_for(store: Store, query: str) -> set[int]:
-    total, matches = store.keyword_matches(query_terms(query))
-    return set(keyword_strength(total, matches))
+    total, matches, counts = store.keyword_matches(query_terms(query))
+    return set(keyword_strength(total, matches, counts))
 
 
 # -- words
@@ -147,3 +147,10 @@ def test_matched_fields_say_where_the_words_are():
     assert matched_fields(fields, ["nothing"]) is None
     long = "x " * 100 + "ZORVIK" + " y" * 100
     assert "ZORVIK" in snippet(long, "zorvik") and len(snippet(long, "zorvik")) < 90
+
+
+def test_a_term_held_by_more_photos_than_are_fetched_is_counted_in_full(store):
+    ids = store.add_images([decoded(f"/p/x/beach_{i}.jpg") for i in range(12)] + [decoded("/p/x/zebra.jpg")], "m")
+    total, matches, counts = store.keyword_matches(["beach", "zebra"], limit=5)
+    assert total == 13 and len(matches[0]) == 5 and counts == [12, 1]
+    assert keyword_strength(total, matches, counts)[ids[-1]] > 0.7  # the rare word weighs most

@@ -27,14 +27,17 @@ class Fused:
     keyword: float  # the keyword strength in [0, 1]
 
 
-def term_weights(total: int, matches: Sequence[dict[int, float]]) -> list[float]:
-    """Each term's weight: its smoothed inverse document frequency over `total` photos with words."""
-    return [math.log(1.0 + (total + 1) / (len(m) + 0.5)) for m in matches]
+def term_weights(total: int, matches: Sequence[dict[int, float]], counts: Sequence[int] | None = None) -> list[float]:
+    """Each term's weight: its smoothed inverse document frequency over `total` photos with words (`counts`:
+    how many photos hold each term, when more than `matches` lists)."""
+    counts = [len(m) for m in matches] if counts is None else counts
+    return [math.log(1.0 + (total + 1) / (max(c, len(m)) + 0.5)) for m, c in zip(matches, counts)]
 
 
-def keyword_strength(total: int, matches: Sequence[dict[int, float]]) -> dict[int, float]:
+def keyword_strength(total: int, matches: Sequence[dict[int, float]],
+                     counts: Sequence[int] | None = None) -> dict[int, float]:
     """{photo id: strength in [0, 1]} for every photo holding at least one term."""
-    weights = term_weights(total, matches)
+    weights = term_weights(total, matches, counts)
     whole = sum(weights)
     if not whole:
         return {}

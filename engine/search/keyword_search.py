@@ -62,8 +62,8 @@ def fused_search(store, query: str, k: int, mode: str, semantic: Callable[[int],
     """The top `k` photos for `query` in `mode` ("keyword" or "hybrid"). `semantic(n)` gives the first n
     semantic hits (already filtered); keyword-only matches pass the same `filters`."""
     terms = query_terms(query)
-    total, matches = store.keyword_matches(terms) if terms else (0, [])
-    strength = keyword_strength(total, matches)
+    total, matches, counts = store.keyword_matches(terms) if terms else (0, [], [])
+    strength = keyword_strength(total, matches, counts)
     hits = semantic(max(k, CANDIDATES)) if mode == "hybrid" else []
     by_id = {h.id: h for h in hits}
     ranked = fuse([(h.id, h.score) for h in hits], strength, mode)

@@ -665,11 +665,13 @@ class Store:
         with self._read() as conn:
             return [(int(r.id), os.fsdecode(r.raw_path), r.sha256) for r in conn.execute(query)]
 
-    def keyword_matches(self, terms: Sequence[str], limit: int = 1000) -> tuple[int, list[dict[int, float]]]:
-        """``(photos with words, [{id: weight} per term])``: for each folded term, the photos holding it as a
-        word or the start of one (weight 1; the best `limit` by BM25) or, for terms of 3+ letters, inside
-        a word (trigram index, weight 0.6)."""
+    def keyword_matches(self, terms: Sequence[str], limit: int = 1000
+                        ) -> tuple[int, list[dict[int, float]], list[int]]:
+        """``(photos with words, [{id: weight} per term], [photos holding each term])``: for each folded term,
+        the photos holding it as a word or the start of one (weight 1; the best `limit` by BM25) or, for
+        terms of 3+ letters, inside a word (trigram index, weight 0.6), and how many photos hold it."""
         out: list[dict[int, float]] = []
+        counts: list[int] = []
         with self._read() as conn:
             total = int(conn.exec_driver_sql("SELECT count(*) FROM image_text").scalar_one())
             for term in terms:
@@ -685,7 +687,13 @@ class Store:
                         "SELECT rowid FROM keywords WHERE keywords MATCH ? ORDER BY rank LIMIT ?", (query, limit)):
                     found[int(rowid)] = 1.0
                 out.append(found)
-        return total, out
+                count = len(found)
+                if count >= limit:  # more than were fetched: count them all (its weight depends on it)
+                    table = "keywords_tri" if len(term) >= 3 else "keywords"
+                    count = int(conn.exec_driver_sql(f"SELECT count(*) FROM {table} WHERE {table} MATCH ?",
+                                                     (phrase if len(term) >= 3 else query,)).scalar_one())
+                counts.append(count)
+        return total, out, counts
 
     def image_words(self, ids: Sequence[int]) -> dict[int, dict[str, str]]:
         """``{id: {"name": ..., "meta": ..., "ocr": ...}}`` (the text as read, not folded) for ``ids``."""
