@@ -154,3 +154,13 @@ def test_a_term_held_by_more_photos_than_are_fetched_is_counted_in_full(store):
     total, matches, counts = store.keyword_matches(["beach", "zebra"], limit=5)
     assert total == 13 and len(matches[0]) == 5 and counts == [12, 1]
     assert keyword_strength(total, matches, counts)[ids[-1]] > 0.7  # the rare word weighs most
+
+
+def test_a_word_ocr_misread_by_a_letter_or_split_in_two_is_still_found(store):
+    a, b, c = store.add_images([decoded("/p/1.jpg"), decoded("/p/2.jpg"), decoded("/p/3.jpg")], "m")
+    store.set_ocr([(a, "Tipzan bakery", [], "o"), (b, "WOBBLE FOX", [], "o"), (c, "mip", [], "o")])
+    assert ids_for(store, "mipzan") == {a}  # one letter wrong in a word of 6
+    assert ids_for(store, "wobblefox") == {b}  # two neighbouring words run together
+    assert ids_for(store, "mipzon") == set()  # exact words are never fuzzy-matched: "mip" is not near
+    total, matches, _ = store.keyword_matches(["mipzan"])
+    assert matches[0][a] < 1.0  # a near match weighs less than the word itself

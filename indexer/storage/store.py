@@ -669,7 +669,8 @@ class Store:
                         ) -> tuple[int, list[dict[int, float]], list[int]]:
         """``(photos with words, [{id: weight} per term], [photos holding each term])``: for each folded term,
         the photos holding it as a word or the start of one (weight 1; the best `limit` by BM25) or, for
-        terms of 3+ letters, inside a word (trigram index, weight 0.6), and how many photos hold it."""
+        terms of 3+ letters, inside a word (trigram index, weight 0.8), or, found nowhere and of 5+
+        letters, with a letter or two misread (weight 0.7), and how many photos hold it."""
         out: list[dict[int, float]] = []
         counts: list[int] = []
         with self._read() as conn:
@@ -681,11 +682,18 @@ class Store:
                     for (rowid,) in conn.exec_driver_sql(
                             "SELECT rowid FROM keywords_tri WHERE keywords_tri MATCH ? ORDER BY rank LIMIT ?",
                             (phrase, limit)):
-                        found[int(rowid)] = 0.6
+                        found[int(rowid)] = 0.8
                 query = phrase + ("*" if len(term) >= 2 and not words.fold(term).count(" ") else "")
                 for (rowid,) in conn.exec_driver_sql(
                         "SELECT rowid FROM keywords WHERE keywords MATCH ? ORDER BY rank LIMIT ?", (query, limit)):
                     found[int(rowid)] = 1.0
+                if not found and words.misread_allowance(term):  # maybe misread by OCR: near words
+                    trigrams = " OR ".join(words.fts_phrase(term[i:i + 3]) for i in range(len(term) - 2))
+                    for rowid, *fields in conn.exec_driver_sql(
+                            "SELECT rowid, name, meta, ocr FROM keywords_tri WHERE keywords_tri MATCH ? "
+                            "ORDER BY rank LIMIT ?", (trigrams, min(limit, 200))):
+                        if words.near_word(term, " ".join(fields)):
+                            found[int(rowid)] = 0.7
                 out.append(found)
                 count = len(found)
                 if count >= limit:  # more than were fetched: count them all (its weight depends on it)

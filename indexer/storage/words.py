@@ -87,3 +87,34 @@ def find_words(text: str, terms: list[str]) -> list[str]:
         if hit:
             found.append(t)
     return found
+
+
+def edit_distance(a: str, b: str, limit: int) -> int:
+    """Levenshtein distance of `a` and `b`, or `limit + 1` as soon as it must exceed `limit`."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        if min(current) > limit:
+            return limit + 1
+        previous = current
+    return previous[-1]
+
+
+def misread_allowance(term: str) -> int:
+    """How many letters OCR may have misread in a word of the query's length (none under 5 letters)."""
+    return 0 if len(term) < 5 else 1 if len(term) < 9 else 2
+
+
+def near_word(term: str, folded_text: str) -> bool:
+    """Whether folded text holds `term` with at most `misread_allowance` letters wrong, as one word or as
+    two neighbouring words run together (OCR reads "ZORVIK" as "Z0RVIK" or "ZOR VIK")."""
+    allowance = misread_allowance(term)
+    if not allowance:
+        return False
+    found = _WORD.findall(folded_text)
+    candidates = found + [a + b for a, b in zip(found, found[1:])]
+    return any(edit_distance(term, w, allowance) <= allowance for w in candidates)
