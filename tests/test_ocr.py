@@ -83,6 +83,7 @@ def test_the_library_keeps_ocr_on_and_reads_photos_indexed_before(printed_photos
     assert index_folders(library, [], fake_encoder).ocr_read == 0  # read once
     with SearchEngine(library, reranker=None) as eng:
         assert names(eng.search_text("wobblefox", k=1)) == ["w.jpg"]
+        assert eng.info()["ocr"] == {"on": True, "photos_read": 6}
     index_folders(library, [], fake_encoder, ocr=False)
     draw(first / "red.jpg", "red")
     assert index_folders(library, [], fake_encoder).ocr_read == 0

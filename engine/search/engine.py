@@ -326,6 +326,7 @@ def library_info(library: Library) -> dict:
         "dim": store.get_meta("dim"),
         "schema_version": store.schema_version,
         "text_sources": store.text_sources(),
+        "ocr": {"on": bool(store.get_meta("ocr", False)), "photos_read": store.count_read_by_ocr()},
         "indexes": {},
         "bytes": library.sizes(),
     }

@@ -713,6 +713,11 @@ class Store:
                     found[int(r.image_id)] = {"name": r.name or "", "meta": r.meta or "", "ocr": r.ocr or ""}
         return found
 
+    def count_read_by_ocr(self) -> int:
+        """How many photos have been read by OCR (with or without text found)."""
+        with self._read() as conn:
+            return int(conn.exec_driver_sql("SELECT count(*) FROM image_text WHERE ocr IS NOT NULL").scalar_one())
+
     def ocr_boxes(self, image_id: int) -> list | None:
         """The OCR boxes stored for a photo (None: not read by OCR yet)."""
         with self._read() as conn:
