@@ -117,7 +117,7 @@ def candidates(eng, query: str) -> tuple[list[tuple[int, float]], dict[int, floa
     """A query's semantic top 50 (reranked head, as search_text gives it) and its keyword strengths."""
     from xmodal.engine.search.hybrid import keyword_strength
     from xmodal.engine.search.keyword_search import CANDIDATES
-    from xmodal.indexer.storage.words import fold
+    from xmodal.indexer.storage.words import query_terms
 
     sem = eng.search_text(query, k=CANDIDATES, mode="semantic")
     total, matches, counts = eng.library.store.keyword_matches(query_terms(query))
