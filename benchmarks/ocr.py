@@ -56,7 +56,7 @@ def made_up_words(n: int, rng: random.Random) -> list[str]:
     while len(words) < n:
         w = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice([2, 2, 3])))
         words.add(w)
-    return sorted(words, key=lambda _: rng.random())
+    return sorted(sorted(words), key=lambda _: rng.random())  # sorted first: a set's order varies by process
 
 
 def printed_photo(photo: Path, word: str, out: Path, rng: random.Random) -> dict:
