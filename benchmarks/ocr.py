@@ -176,7 +176,7 @@ def main() -> None:
                  "ocr_model": None}
 
     # -- printed words on dev photos
-    printed_dir = work / "printed"
+    printed_dir = work / ("printed" if "printed" not in args.skip else "printed-for-cost")  # parts may run at once
     specs = []
     if not {"cost", "printed"} <= set(args.skip):
         shutil.rmtree(printed_dir, ignore_errors=True)
