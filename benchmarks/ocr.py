@@ -165,7 +165,8 @@ def main() -> None:
     from xmodal.engine.search.hybrid import fuse
     from xmodal.indexer.api import index_folders
     from xmodal.indexer.ingest.ocr import RapidReader
-    from xmodal.indexer.storage.words import fold
+    from xmodal.engine.search.hybrid import keyword_strength
+    from xmodal.indexer.storage.words import fold, query_terms
 
     work = Path(args.work or tempfile.mkdtemp(prefix="xmodal-ocr-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -257,35 +258,46 @@ def main() -> None:
         dev_lib = work / "lib-dev"
         index_folders(dev_lib, [dev_dir], "lite", ocr=True)  # resumes a library left by an earlier run
         chosen = captions if not args.captions else captions[: args.captions]
+        # Hybrid ranks exactly as semantic where no photo holds a word of the caption (fuse keeps the order), so
+        # only the captions with keyword matches are searched (a full semantic search per caption costs ~0.5 s
+        # on this shared machine); the R@1 difference is over every caption
         runs, agree, checked = [], 0, 0
         t0 = time.perf_counter()
         with SearchEngine(dev_lib) as eng:
             store = eng.library.store
             files = {r.id: Path(r.path).name for r in store.get_images(store.all_image_ids().tolist())}
             with_text = sum(1 for w in store.image_words(list(files)).values() if w["ocr"])
-            for n_caption, (image, caption) in enumerate(chosen):
+            for image, caption in chosen:
+                total, matches, counts = store.keyword_matches(query_terms(caption))
+                strength = keyword_strength(total, matches, counts)
+                if not strength:
+                    continue
                 cand = candidates(eng, caption)
                 runs.append((cand, image))
-                if n_caption < args.check:
+                if checked < args.check:
                     direct = eng.search_text(caption, k=1, mode="hybrid")
                     fused = fuse(cand[0], cand[1], "hybrid")
                     checked += 1
                     agree += bool(direct) and bool(fused) and direct[0].id == fused[0].id
         seconds = time.perf_counter() - t0
-        r1_sem = top1(runs, files, "semantic")
-        grid_dev = {f"{w}/{p}": round(100 * (top1(runs, files, "hybrid", w, p) - r1_sem), 2) for w, p in GRID}
+        m = len(chosen)
+
+        def delta(weight=None, power=None) -> float:
+            gained = (top1(runs, files, "hybrid", weight, power) - top1(runs, files, "semantic")) * len(runs)
+            return round(100 * gained / m, 2)
+
         changed = []
         for (sem, strength), image in runs:
-            a = fuse(sem, strength, "semantic")
-            b = fuse(sem, strength, "hybrid")
-            if a and b and a[0].id != b[0].id:
-                changed.append({"semantic": files.get(a[0].id), "hybrid": files.get(b[0].id), "truth": image})
-        r1_hyb = top1(runs, files, "hybrid")
+            a_, b_ = fuse(sem, strength, "semantic"), fuse(sem, strength, "hybrid")
+            if a_ and b_ and a_[0].id != b_[0].id:
+                changed.append({"semantic": files.get(a_[0].id), "hybrid": files.get(b_[0].id), "truth": image})
         out["dev_recall"] = {
-            "captions": len(chosen), "photos": len(names), "photos_with_ocr_text": with_text,
-            "r1_semantic": round(100 * r1_sem, 2), "r1_hybrid": round(100 * r1_hyb, 2),
-            "delta_points": round(100 * (r1_hyb - r1_sem), 2), "target": "|delta| <= 0.3 points",
-            "delta_points_by_weight_power": grid_dev,
+            "captions": m, "photos": len(names), "photos_with_ocr_text": with_text,
+            "captions_with_keyword_matches": len(runs),
+            "r1_semantic_on_those": round(100 * top1(runs, files, "semantic"), 2),
+            "r1_hybrid_on_those": round(100 * top1(runs, files, "hybrid"), 2),
+            "delta_points": delta(), "target": "|delta| <= 0.3 points over all captions",
+            "delta_points_by_weight_power": {f"{w}/{p}": delta(w, p) for w, p in GRID},
             "top1_changed": len(changed), "changed_examples": changed[:15],
             "hybrid_path_agrees": f"{agree}/{checked}", "seconds": round(seconds, 1)}
         print(json.dumps({k: v for k, v in out["dev_recall"].items() if k != "changed_examples"}), flush=True)

@@ -164,3 +164,14 @@ def test_a_word_ocr_misread_by_a_letter_or_split_in_two_is_still_found(store):
     assert ids_for(store, "mipzon") == set()  # exact words are never fuzzy-matched: "mip" is not near
     total, matches, _ = store.keyword_matches(["mipzan"])
     assert matches[0][a] < 1.0  # a near match weighs less than the word itself
+
+
+def test_the_word_itself_outranks_a_longer_word_that_starts_with_it(store):
+    a, b = store.add_images([decoded("/p/1.jpg"), decoded("/p/2.jpg")], "m")
+    store.set_ocr([(a, "ZORDREVIK", [], "o"), (b, "ZORDRE", [], "o")])
+    total, matches, counts = store.keyword_matches(["zordre"])
+    strength = keyword_strength(total, matches, counts)
+    assert strength[b] > strength[a] > 0
+    semantic = [(100 + n, 0.5 - n / 100) for n in range(50)]
+    semantic[2], semantic[9] = (a, semantic[2][1]), (b, semantic[9][1])  # the longer word ranks 7 places higher
+    assert [f.id for f in fuse(semantic, strength, "hybrid")][0] == b

@@ -2,7 +2,7 @@
 
 A photo's keyword strength is the share of the query's information its words hold: each query term
 weighs its inverse document frequency (a word on every photo says nothing), and counts 1 when the photo
-holds it as a word or the start of one, 0.8 when only inside a word, 0.7 when found only with a letter
+holds it as a word, 0.9 as the start of one ("zordre" in "zordrevik"), 0.8 when only inside a word, 0.7 when found only with a letter
 or two misread (OCR; ``Store.keyword_matches``). The
 fused score is the semantic rank scaled to (0, 1] over the n semantic candidates (1 - rank0 / n; ranks,
 not scores, because a reranked head and its dual-encoder tail score on different scales; photos found by

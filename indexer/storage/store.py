@@ -668,7 +668,7 @@ class Store:
     def keyword_matches(self, terms: Sequence[str], limit: int = 1000
                         ) -> tuple[int, list[dict[int, float]], list[int]]:
         """``(photos with words, [{id: weight} per term], [photos holding each term])``: for each folded term,
-        the photos holding it as a word or the start of one (weight 1; the best `limit` by BM25) or, for
+        the photos holding it as a word (weight 1) or the start of one (0.9; the best `limit` by BM25) or, for
         terms of 3+ letters, inside a word (trigram index, weight 0.8), or, found nowhere and of 5+
         letters, with a letter or two misread (weight 0.7), and how many photos hold it."""
         out: list[dict[int, float]] = []
@@ -686,7 +686,11 @@ class Store:
                 query = phrase + ("*" if len(term) >= 2 and not words.fold(term).count(" ") else "")
                 for (rowid,) in conn.exec_driver_sql(
                         "SELECT rowid FROM keywords WHERE keywords MATCH ? ORDER BY rank LIMIT ?", (query, limit)):
-                    found[int(rowid)] = 1.0
+                    found[int(rowid)] = 0.9  # the start of a word...
+                if query != phrase:
+                    for (rowid,) in conn.exec_driver_sql(
+                            "SELECT rowid FROM keywords WHERE keywords MATCH ? ORDER BY rank LIMIT ?", (phrase, limit)):
+                        found[int(rowid)] = 1.0  # ...weighs less than the word itself
                 if not found and words.misread_allowance(term):  # maybe misread by OCR: near words
                     trigrams = " OR ".join(words.fts_phrase(term[i:i + 3]) for i in range(len(term) - 2))
                     for rowid, *fields in conn.exec_driver_sql(
