@@ -47,7 +47,7 @@ def index_folders(library_dir: str | os.PathLike, paths: Sequence[str | os.PathL
                   batch_size: int = 16, patches: bool = True, progress: Callable[[int, int], None] | None = None,
                   should_stop: Callable[[], bool] | None = None, verify: bool = False, engine: str = "local",
                   ray_address: str | None = None, workers: int | None = None, device: str = "cpu",
-                  shard_size: int | None = None) -> IndexReport:
+                  shard_size: int | None = None, ocr: bool | None = None) -> IndexReport:
     """Index the photos under `paths` (recursively) into the library at `library_dir` (made if new); with no
     paths, refresh every folder it knows. A leading "~" means the home folder, as in a shell. Only new or edited files are embedded; moved files keep their
     vectors, deleted ones are dropped; every batch is committed, so a stopped run resumes where it ended.
@@ -55,7 +55,10 @@ def index_folders(library_dir: str | os.PathLike, paths: Sequence[str | os.PathL
 
     `engine="ray"` embeds on Ray workers (`pip install 'xmodal[ray]'`; indexer.distributed.ray_runner): a
     local Ray instance, or the cluster at `ray_address`, with `workers` actors (default: one per CPU) and
-    shards of `shard_size` photos. `device` ("cpu", "cuda", "cuda:N") is where torch encoders run."""
+    shards of `shard_size` photos. `device` ("cpu", "cuda", "cuda:N") is where torch encoders run.
+    `ocr`: True reads the text in the photos (photos indexed before included) and keeps OCR on for later
+    runs, False turns it off, None (default) follows the library's setting (with Ray: read by the driver
+    after the workers' embeddings are merged)."""
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
     encoder = library_encoder(library_dir, model)
@@ -68,17 +71,38 @@ def index_folders(library_dir: str | os.PathLike, paths: Sequence[str | os.PathL
 
         device = check_device(device, here=False)  # the workers (with the GPUs) place their own encoders
         with Library(library_dir, create=True) as lib:
-            return index_images_ray(lib, paths, encoder, address=ray_address, workers=workers, device=device,
-                                    batch_size=batch_size, shard_size=shard_size or SHARD_SIZE,
-                                    progress=progress, should_stop=should_stop, patches=projector, verify=verify)
+            reader = text_reader(lib, ocr)
+            report = index_images_ray(lib, paths, encoder, address=ray_address, workers=workers, device=device,
+                                      batch_size=batch_size, shard_size=shard_size or SHARD_SIZE,
+                                      progress=progress, should_stop=should_stop, patches=projector, verify=verify)
+            if (reader is not None or ocr is not None) and not report.interrupted:
+                from xmodal.indexer.ingest.ocr_pass import read_library_text
+
+                with lib.writing():
+                    if ocr is not None:
+                        lib.store.set_meta("ocr", bool(ocr))
+                    if reader is not None:
+                        report.ocr_read = read_library_text(lib, reader, 2, should_stop, report.skipped)
+            return report
     if device != "cpu":
         from xmodal.indexer.models.device import batch_size_for, place
 
         encoder = place(encoder, device)
         batch_size = batch_size_for(device, batch_size)
     with Library(library_dir, create=True) as lib:
+        reader = text_reader(lib, ocr)
         return index_images(lib, paths, encoder, batch_size=batch_size, progress=progress,
-                            should_stop=should_stop, patches=projector, verify=verify)
+                            should_stop=should_stop, patches=projector, verify=verify, ocr=reader, ocr_setting=ocr)
+
+
+def text_reader(lib: Library, ocr: bool | None):
+    """The OCR reader to use: when `ocr` is True, or None and the library has OCR on; else None.
+    Raises OcrUnavailable (with what to install) when OCR is asked for and not installed."""
+    if ocr is False or (ocr is None and not lib.store.get_meta("ocr", False)):
+        return None
+    from xmodal.indexer.ingest.ocr import get_reader
+
+    return get_reader()
 
 
 def index_text_corpus(library_dir: str | os.PathLike, path: str | os.PathLike, model: str | Encoder | None = None,

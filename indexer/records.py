@@ -48,6 +48,7 @@ class DecodedImage:
     image: Image.Image = field(repr=False)
     ctime: float | None = None  # the file's change time and inode when read (None: not known)
     inode: int | None = None
+    description: str = ""  # its embedded EXIF/XMP/IPTC titles, descriptions and keywords, for the keyword index
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class SearchHit:
     hubness: float | None = None  # set when reranked
     exemplar: float | None = None  # set when reranked with the exemplar term (text -> image)
     prob: float | None = None  # calibrated P(match), text -> image with a calibrated model (engine.search.calibration)
+    matched: dict | None = None  # keyword search: the fields whose words matched the query ({"ocr": "...", "words": [...]})
 
     def to_json(self) -> dict:
         d = {"rank": self.rank, "score": round(float(self.score), 6), "id": self.id}
@@ -111,4 +113,6 @@ class SearchHit:
             d.update(path_json(self.path))
         if self.text is not None:
             d["text"] = self.text
+        if self.matched:
+            d["matched"] = self.matched
         return d

@@ -29,8 +29,10 @@ def test_index_then_search_by_text_and_image_as_json(run, photos):
     assert (report["indexed"], report["unchanged"], report["removed"], report["skipped"]) == (4, 0, 0, [])
 
     hits = json.loads(run("search", "blue", "-k", "2", "--json").stdout)
-    assert [set(h) for h in hits] == [{"rank", "score", "id", "path"}] * 2
+    assert [set(h) - {"matched"} for h in hits] == [{"rank", "score", "id", "path"}] * 2
     assert Path(hits[0]["path"]).name == "blue.jpg"
+    assert hits[0]["matched"]["words"] == ["blue"]  # its file name holds the word
+    assert hits[0]["matched"]["name"].endswith("photos blue")
 
     hits = json.loads(run("search", "--image", str(photos / "green.png"), "-k", "1", "--json").stdout)
     assert Path(hits[0]["path"]).name == "green.png"

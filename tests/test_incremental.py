@@ -248,6 +248,8 @@ def test_a_schema_1_library_is_upgraded_and_back_filled_without_embedding(photos
     db = sqlite3.connect(library / "library.db")  # turn it into what version 1 wrote
     db.executescript("ALTER TABLE images DROP COLUMN vector; ALTER TABLE texts DROP COLUMN vector;"
                      "ALTER TABLE images DROP COLUMN ctime; ALTER TABLE images DROP COLUMN inode;"
+                     "DROP TRIGGER images_words_delete; DROP TABLE image_text; DROP TABLE keywords;"
+                     "DROP TABLE keywords_tri;"
                      "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
                      "DELETE FROM meta WHERE key LIKE 'generation.%' OR key = 'roots';")
     db.close()
@@ -256,7 +258,7 @@ def test_a_schema_1_library_is_upgraded_and_back_filled_without_embedding(photos
     del meta["generation"]
     sidecar.write_text(json.dumps(meta))
     with Library(library) as lib:
-        assert lib.store.schema_version == store_module.SCHEMA_VERSION == 3
+        assert lib.store.schema_version == store_module.SCHEMA_VERSION == 4
         assert not check_library(lib).ok  # rows without a stored vector
     fake_encoder.calls["images"] = 0
     report = _index(library, [photos], fake_encoder)

@@ -75,7 +75,7 @@ def test_text_search_returns_ranked_image_hits(client):
     hits = r.json()["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3]
     assert Path(hits[0]["path"]).name == "blue.jpg"
-    assert set(hits[0]) == {"rank", "score", "id", "path", "reranked"}
+    assert set(hits[0]) == {"rank", "score", "id", "path", "reranked", "matched"}  # blue.jpg: "blue" in its name
     assert not any(h["reranked"] for h in hits)  # the fake encoder has no reranker
     assert hits[0]["score"] >= hits[1]["score"]
 

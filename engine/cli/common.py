@@ -15,6 +15,7 @@ logger = logging.getLogger("xmodal")
 
 def _domain_errors() -> tuple[type[Exception], ...]:
     from xmodal.engine.eval.datasets import DatasetError
+    from xmodal.indexer.ingest.ocr import OcrUnavailable
     from xmodal.indexer.models.base import ModelUnavailable
     from xmodal.indexer.storage.library import LibraryError
     from xmodal.indexer.storage.store import StoreError
@@ -25,7 +26,7 @@ def _domain_errors() -> tuple[type[Exception], ...]:
     from xmodal.engine.search.engine import SearchError
 
     return (DatasetError, ModelUnavailable, LibraryError, StoreError, TextCorpusError, VectorIndexError,
-            BenchError, SearchError, FileNotFoundError)
+            BenchError, SearchError, FileNotFoundError, OcrUnavailable)
 
 
 @contextmanager

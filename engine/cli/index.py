@@ -28,9 +28,12 @@ from xmodal.engine.cli.common import (library_dir, emit, console, progress_bar, 
 @click.option("--shard-size", default=None, type=click.IntRange(1, 100000),
               help="Photos per Ray shard, the unit a worker embeds and the driver commits [default: 256].")
 @click.option("--device", default="cpu", show_default=True, help="Where torch encoders run: cpu, cuda or cuda:N.")
+@click.option("--ocr/--no-ocr", "ocr", default=None,
+              help="Read the text in the photos (OCR; photos indexed before too) for keyword search, and keep it "
+                   "on for later runs; --no-ocr turns it off [default: the library's setting, off when new].")
 @json_option
 def index(paths, library, model, batch_size, patches, verify, engine, ray_address, workers, shard_size, device,
-          as_json):
+          as_json, ocr):
     """Index the photos under PATHS (recursive); with no PATHS, refresh every folder the library knows.
     Re-runs embed only new or edited files, keep the vectors of moved ones and drop deleted ones.
     Ctrl-C stops after the current batch; running the same command again resumes."""
@@ -56,7 +59,7 @@ def index(paths, library, model, batch_size, patches, verify, engine, ray_addres
                 report = index_folders(library_dir(library), paths, encoder, batch_size=batch_size,
                                        patches=patches, progress=progress, should_stop=stop.is_set, verify=verify,
                                        engine=engine, ray_address=ray_address, workers=workers, device=device,
-                                       shard_size=shard_size)
+                                       shard_size=shard_size, ocr=ocr)
             if not report.interrupted:
                 from xmodal.engine.search.runtime import prepare_query_runtime
 
@@ -78,6 +81,8 @@ def index(paths, library, model, batch_size, patches, verify, engine, ray_addres
                    f"in {report.seconds:.1f}s ({rate:.1f} files/s)")
         if report.patched:
             click.echo(f"stored reranker patch tokens for {report.patched} photos indexed before")
+        if report.ocr_read:
+            click.echo(f"read the text in {report.ocr_read} photos (OCR)")
         for s in report.skipped:
             click.echo(f"  skipped {s.path}: {s.reason}")
     if report.interrupted:

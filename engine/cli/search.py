@@ -33,10 +33,13 @@ from xmodal.engine.cli.common import library_dir, emit, edge, library_option, js
               help="Text -> images: keep only hits whose calibrated probability of a match is at least P.")
 @click.option("--sort", "sort", type=click.Choice(["score", "date"]), default="score", show_default=True,
               help="Order the hits by score, or by date taken (else file time), newest first.")
+@click.option("--mode", type=click.Choice(["semantic", "keyword", "hybrid"]), default=None,
+              help="Text -> images: by meaning, by the words in the photos' names, descriptions and OCR text, or "
+                   "both in one ranking [default: hybrid].")
 @library_option
 @json_option
 def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, reranker, queries_file, cutoff, min_prob,
-           sort, library, as_json):
+           sort, mode, library, as_json):
     """Search the library by text QUERY or by --image, for images or --target texts. Text -> image and
     image -> text searches rerank the top --rerank-k with the cross-attention reranker.
 
@@ -51,7 +54,8 @@ def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, rer
     rk = 0 if no_rerank else rerank_k
     shown = _Shown(cutoff, min_prob, sort)
     if queries_file is not None:
-        return _batch(queries_file, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json, shown)
+        return _batch(queries_file, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json, shown,
+                      mode)
     with edge():
         with SearchEngine(library_dir(library), model=model, reranker=None if no_rerank else reranker) as engine:
             if query:
@@ -59,7 +63,7 @@ def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, rer
             if image:
                 hits = engine.search_image(image, k, target, rerank_k=rk, text=query or None)
             else:
-                hits = engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar)
+                hits = engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar, mode=mode)
                 notice = engine.notice(query)
                 if notice:
                     click.echo(f"note: {notice}", err=True)
@@ -89,7 +93,8 @@ class _Shown:
         return cut.hits
 
 
-def _batch(lines, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json, shown) -> None:
+def _batch(lines, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json, shown,
+           mode=None) -> None:
     """`--queries FILE`: every non-blank line a text query, one engine (models loaded once) for all."""
     import json
 
@@ -100,8 +105,8 @@ def _batch(lines, target, k, model, rk, no_exemplar, no_rerank, reranker, librar
             query = line.strip()
             if not query:
                 continue
-            hits = shown(engine, engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar),
-                         f"({query}) ")
+            hits = shown(engine, engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar,
+                                                    mode=mode), f"({query}) ")
             notice = engine.notice(query)
             if notice:
                 click.echo(f"note ({query}): {notice}", err=True)
@@ -140,6 +145,8 @@ def _table(hits, target: str) -> None:
             cols = " " * (len(extra) - (7 if probs else 0))
         cols += f"  {h.prob:>5.2f}" if probs and h.prob is not None else ("       " if probs else "")
         click.echo(f"{h.rank:>4}  {h.score:>6.3f}{cols}  {h.id:>6}  {h.path if target == 'images' else h.text}")
+        if h.matched:  # why it matched by its words: the field and the words around them
+            click.echo("      matched " + "; ".join(f"{f}: {v}" for f, v in h.matched.items() if f != "words"))
 
 
 

@@ -143,7 +143,7 @@ class SearchEngine:
         if min_prob is not None:
             if not 0.0 <= min_prob <= 1.0:
                 raise SearchError(f"a minimum probability lies between 0 and 1, got {min_prob}")
-            if any(h.prob is None for h in hits):
+            if any(h.prob is None and not h.matched for h in hits):
                 raise SearchError("a probability cutoff applies to text -> image searches of a library built with "
                                   "the lite model (the only calibrated one)")
         cut = apply_cutoff(hits, min_prob)
@@ -192,24 +192,37 @@ class SearchEngine:
     # 0: off) when the engine has a reranker; image -> image and text -> text are not reranked.
     def search_text(self, query: str, k: int = 10, target: str = "images", rerank_k: int | None = None,
                     exemplar: bool = True, min_prob: float | None = None, sort: str = "score",
-                    **filters) -> list[SearchHit]:
+                    mode: str | None = None, **filters) -> list[SearchHit]:
         """exemplar=False leaves the reranker's exemplar term out (it draws on the Flickr8k train captions,
         whose photos may not resemble what a query about other things asks for). Image hits carry `prob`;
         min_prob and sort: see refine (the cutoff applies to the top k).
         The query may use the query algebra (engine/search/query_terms.py): `a dog -grass`,
-        `beach + 2:sunset`; retrieval uses the terms' combined vector, the reranker scores the positive terms."""
+        `beach + 2:sunset`; retrieval uses the terms' combined vector, the reranker scores the positive terms.
+        `mode`: "semantic", "keyword" (the photos' names, descriptions and OCR text, matched against the
+        positive terms) or "hybrid" (both in one ranking, the default for photos; see keyword_search.py);
+        image hits with matched words carry `matched`."""
+        from xmodal.engine.search.keyword_search import check_mode, fused_search
+
         parsed = self.parse_query(query)
-        if parsed.simple:
-            text = parsed.terms[0].text
-            hits = self._search(lambda: self.encoder.encode_texts([text])[0],
-                                lambda backend: backend.text_query(text, exemplar),
-                                "t2i", k, target, rerank_k, filters)
-        else:
+        mode = check_mode(mode, target)
+
+        def semantic(n: int) -> list[SearchHit]:
+            if parsed.simple:
+                text = parsed.terms[0].text
+                return self._search(lambda: self.encoder.encode_texts([text])[0],
+                                    lambda backend: backend.text_query(text, exemplar),
+                                    "t2i", n, target, rerank_k, filters)
+
             def rerank_query(backend):
                 _, rq = backend.text_query(parsed.positive_text, exemplar)
                 return self._combined(parsed), rq
 
-            hits = self._search(lambda: self._combined(parsed), rerank_query, "t2i", k, target, rerank_k, filters)
+            return self._search(lambda: self._combined(parsed), rerank_query, "t2i", n, target, rerank_k, filters)
+
+        if mode == "semantic":
+            hits = semantic(k)
+        else:
+            hits = fused_search(self.library.store, parsed.positive_text, k, mode, semantic, filters)
         return self.refine(hits, min_prob, sort).hits if min_prob is not None or sort != "score" else hits
 
     def parse_query(self, query: str, with_photo: bool = False) -> "ParsedQuery":
@@ -445,6 +458,7 @@ def library_info(library: Library) -> dict:
         "dim": store.get_meta("dim"),
         "schema_version": store.schema_version,
         "text_sources": store.text_sources(),
+        "ocr": {"on": bool(store.get_meta("ocr", False)), "photos_read": store.count_read_by_ocr()},
         "indexes": {},
         "bytes": library.sizes(),
         "watch": watch_status(library.root),  # the heartbeat of a running `xmodal watch`, else None

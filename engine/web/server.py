@@ -213,12 +213,15 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
                min_prob: float | None = Query(None, ge=0, le=1, description="Text -> images: hits with at least "
                                               "this calibrated probability of a match only."),
                sort: str = Query("score", description="`score`, or `date` (taken, else file time; newest first)."),
+               mode: str | None = Query(None, description="Text -> images: `semantic`, `keyword` (names, "
+                                        "descriptions, OCR text) or `hybrid` (default); hits say what `matched`."),
                f: dict = Depends(filters)):
         started = time.perf_counter()
-        hits = call(engine.search_text, q, k, target, rerank_k=rerank_k, exemplar=exemplar, **_active(f))
+        hits = call(engine.search_text, q, k, target, rerank_k=rerank_k, exemplar=exemplar, mode=mode, **_active(f))
         threshold = min_prob if min_prob is not None else (call(lambda: engine.default_cutoff) if cutoff else None)
         cut = call(engine.refine, hits, threshold, sort)
-        return {**answer(cut.hits, started, target, call(engine.notice, q)), "parsed": call(engine.parse_query, q).to_json(),
+        return {**answer(cut.hits, started, target, call(engine.notice, q)),
+                "parsed": call(engine.parse_query, q).to_json(),
                 "cutoff": {"min_prob": threshold, "dropped": cut.dropped, "best_prob": cut.best_prob}}
 
     @api.post("/search/image", summary="Search by an uploaded image (multipart field `file`)")

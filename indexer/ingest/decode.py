@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from xmodal.indexer.ingest import jpeg_array
+from xmodal.indexer.ingest.embedded_text import embedded_text
 from xmodal.indexer.records import DecodedImage, Skipped
 from xmodal.indexer.ingest.stages import ordered_map
 
@@ -123,6 +124,7 @@ def read_image(path: str, target_size: int = 224, max_pixels: int = DEFAULT_MAX_
             if getattr(im, "is_animated", False):
                 im.seek(0)
             orientation, taken_at = _read_exif(im)
+            description = embedded_text(im)
             if orientation in (5, 6, 7, 8):
                 width, height = height, width
             if prepare is not None and jpeg_array.fast_path_applies(im, target_size):
@@ -146,7 +148,8 @@ def read_image(path: str, target_size: int = 224, max_pixels: int = DEFAULT_MAX_
             im.close()
 
     return DecodedImage(path=path, size=size, mtime=mtime, sha256=sha256, width=width, height=height,
-                        taken_at=taken_at, image=rgb if prepare is None else prepare(rgb), ctime=ctime, inode=inode)
+                        taken_at=taken_at, image=rgb if prepare is None else prepare(rgb), ctime=ctime, inode=inode,
+                        description=description)
 
 
 def iter_decoded(

@@ -60,6 +60,7 @@ class IndexReport:
     roots: list[str] = field(default_factory=list)
     rebuilt: dict | None = None  # the library outgrew its index type: what it was rebuilt into
     patched: int = 0  # photos indexed earlier that got their reranker patch tokens this run
+    ocr_read: int = 0  # photos whose text was read by OCR this run
 
     @property
     def indexed(self) -> int:
@@ -71,7 +72,7 @@ class IndexReport:
                 "unchanged": self.unchanged, "removed": self.removed,
                 "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
                 "interrupted": self.interrupted, "roots": self.roots, "rebuilt": self.rebuilt, "patched": self.patched,
-                "seconds": round(self.seconds, 3)}
+                "ocr_read": self.ocr_read, "seconds": round(self.seconds, 3)}
 
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -218,7 +219,8 @@ def input_fit(encoder: Encoder) -> Callable | None:
 def index_images(library: Library, roots: Sequence[str] | None, encoder: Encoder, batch_size: int = BATCH_SIZE,
                  progress: Progress | None = None, workers: int = 2,
                  should_stop: Callable[[], bool] | None = None,
-                 patches: PatchProjector | None = None, verify: bool = False) -> IndexReport:
+                 patches: PatchProjector | None = None, verify: bool = False, ocr=None,
+                 ocr_setting: bool | None = None) -> IndexReport:
     """Index every photo under `roots` (None or empty: every root the library knows) into `library`.
 
     New files are embedded, files edited in place re-embedded, renamed or moved files (same content, old
@@ -230,13 +232,22 @@ def index_images(library: Library, roots: Sequence[str] | None, encoder: Encoder
     forward pass, and photos indexed before without them get them at the end (``patched``).
 
     With `verify` every known file's content is hashed again (not only those whose ctime or inode moved), and
-    the ones whose hash changed are embedded again."""
+    the ones whose hash changed are embedded again.
+
+    With `ocr` (a `TextReader`, indexer.ocr) every photo not yet read by it is read at the end (``ocr_read``);
+    `ocr_setting` (True/False) is kept in the library as its OCR setting (`Library` meta "ocr")."""
     t0 = time.perf_counter()
     report = IndexReport()
     with library.writing():
         try:
+            if ocr_setting is not None:
+                library.store.set_meta("ocr", bool(ocr_setting))
             _index_images(library, roots, encoder, batch_size, progress, workers, should_stop, report, patches,
                           verify)
+            if ocr is not None and not report.interrupted:
+                from xmodal.indexer.ingest.ocr_pass import read_library_text
+
+                report.ocr_read = read_library_text(library, ocr, workers, should_stop, report.skipped)
         except (OSError, StoreError, VectorIndexError) as e:
             if isinstance(e, OSError) and e.errno not in WRITE_ERRNOS:
                 raise

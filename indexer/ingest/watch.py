@@ -200,11 +200,26 @@ class Watcher:
             self._beat()
             time.sleep(TICK)
 
+    def _text_reader(self):
+        """The OCR reader when the library's `ocr` setting is on (`xmodal index --ocr`), made once; None when
+        it is off, or when OCR is not installed (said once: the photos are still indexed)."""
+        if not self._lib.store.get_meta("ocr", False):
+            return None
+        if getattr(self, "_reader", None) is None:
+            from xmodal.indexer.ingest.ocr import OcrUnavailable, get_reader
+
+            try:
+                self._reader = get_reader()
+            except OcrUnavailable as e:
+                logger.warning("the library reads text in photos (OCR) but %s; watching without it", e)
+                self._reader = False
+        return self._reader or None
+
     def _cycle(self, roots: Sequence[str] | None, should_stop: Callable[[], bool]) -> None:
         """One rescan of `roots` (None: all the library's) through the indexing pipeline."""
         try:
             report = index_images(self._lib, roots, self._encoder, batch_size=self.batch_size,
-                                  should_stop=should_stop, patches=self._projector,
+                                  should_stop=should_stop, patches=self._projector, ocr=self._text_reader(),
                                   progress=lambda done, total: self._beat(busy=(done, total)))
         except OSError as e:  # e.g. a root removed in the middle of its walk: try again on the next event
             if e.errno in WRITE_ERRNOS:

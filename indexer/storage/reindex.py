@@ -46,7 +46,13 @@ def reindex(root: str | os.PathLike, encoder: Encoder, progress: Progress | None
                 shutil.rmtree(staging)
         with Library(staging, create=True) as new:
             patches = default_projector(encoder.name)
-            images = index_images(new, roots, encoder, progress=progress, patches=patches) if roots else IndexReport()
+            ocr = None
+            if old.store.get_meta("ocr", False):  # the library reads the text in its photos: so does the new one
+                from xmodal.indexer.ingest.ocr import get_reader
+
+                ocr = get_reader()
+            images = (index_images(new, roots, encoder, progress=progress, patches=patches, ocr=ocr,
+                                   ocr_setting=True if ocr is not None else None) if roots else IndexReport())
             report = ReindexReport(before, encoder.name, images)
             for source in sources:
                 if os.path.exists(source):

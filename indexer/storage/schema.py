@@ -19,6 +19,7 @@ from sqlalchemy import Column, Connection, Float, Integer, LargeBinary, MetaData
 from sqlalchemy.types import TypeDecorator
 
 from xmodal.indexer.records import DecodedImage, ImageRecord
+from xmodal.indexer.storage.words import fold, name_words
 
 
 # --------------------------------------------------------------------------------------------- migrations
@@ -71,10 +72,49 @@ def _migration_3_file_identity(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE images ADD COLUMN inode INTEGER")
 
 
+def _migration_4_keywords(conn: Connection) -> None:
+    """Version 4: the words of each photo (its file and folder names, its embedded description, the text
+    read in it by OCR with boxes and confidences) in ``image_text``, and two FTS5 indexes over their folded
+    form: ``keywords`` (whole words, unicode61) and ``keywords_tri`` (trigrams, for parts of words). A
+    trigger drops a photo's words with its row. Existing photos get their names indexed here; their
+    description and OCR text come with the next run that reads them."""
+    conn.exec_driver_sql(
+        """
+        CREATE TABLE image_text (
+            image_id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL DEFAULT '',
+            meta TEXT NOT NULL DEFAULT '',
+            ocr TEXT,
+            ocr_boxes TEXT,
+            ocr_model TEXT
+        )
+        """
+    )
+    conn.exec_driver_sql("CREATE VIRTUAL TABLE keywords USING fts5(name, meta, ocr, "
+                         "tokenize = 'unicode61 remove_diacritics 2')")
+    conn.exec_driver_sql("CREATE VIRTUAL TABLE keywords_tri USING fts5(name, meta, ocr, tokenize = 'trigram')")
+    conn.exec_driver_sql(
+        """
+        CREATE TRIGGER images_words_delete AFTER DELETE ON images BEGIN
+            DELETE FROM keywords WHERE rowid = old.id;
+            DELETE FROM keywords_tri WHERE rowid = old.id;
+            DELETE FROM image_text WHERE image_id = old.id;
+        END
+        """
+    )
+    rows = conn.exec_driver_sql("SELECT id, raw_path FROM images").fetchall()
+    for image_id, raw in rows:
+        name = name_words(os.fsdecode(raw))
+        conn.exec_driver_sql("INSERT INTO image_text (image_id, name) VALUES (?, ?)", (image_id, name))
+        for table in ("keywords", "keywords_tri"):
+            conn.exec_driver_sql(f"INSERT INTO {table} (rowid, name, meta, ocr) VALUES (?, ?, '', '')",
+                                 (image_id, fold(name)))
+
+
 #: Ordered schema migrations; ``MIGRATIONS[i]`` takes a library from version ``i`` to ``i + 1``.
 MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1_initial, _migration_2_vectors,
-                                                   _migration_3_file_identity]
-SCHEMA_VERSION = 3
+                                                   _migration_3_file_identity, _migration_4_keywords]
+SCHEMA_VERSION = 4
 
 META_DDL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
@@ -128,6 +168,16 @@ TEXTS = Table(
     Column("vector", LargeBinary),
 )
 TABLES = {"images": IMAGES, "texts": TEXTS}
+IMAGE_TEXT = Table(
+    "image_text",
+    METADATA,
+    Column("image_id", Integer, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("meta", Text, nullable=False),
+    Column("ocr", Text),
+    Column("ocr_boxes", Text),
+    Column("ocr_model", Text),
+)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

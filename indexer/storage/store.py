@@ -53,7 +53,8 @@ from sqlalchemy.exc import DatabaseError, IntegrityError
 from xmodal.indexer.records import DecodedImage, ImageRecord, TextRecord
 from xmodal.indexer.storage.recovery import (BACKUP_FILENAME, DB_FILENAME, DatabaseDamaged, StoreError,
                                              database_problem)
-from xmodal.indexer.storage.schema import (IMAGE_COLUMNS, IMAGES, META, META_DDL, MIGRATIONS, SCHEMA_VERSION, TABLES,
+from xmodal.indexer.storage import words
+from xmodal.indexer.storage.schema import (IMAGE_COLUMNS, IMAGE_TEXT, IMAGES, META, META_DDL, MIGRATIONS, SCHEMA_VERSION, TABLES,
                                           TEXTS, display_path, from_blob, image_record, image_row, raw_path_of,
                                           to_blob)
 
@@ -418,7 +419,10 @@ class Store:
             result = conn.execute(insert(IMAGES).returning(IMAGES.c.id, sort_by_parameter_order=True), rows)
         except IntegrityError as exc:
             raise StoreError(f"could not insert {len(rows)} image rows ({exc.orig}); this is a bug") from exc
-        return [int(i) for i in result.scalars()]
+        ids = [int(i) for i in result.scalars()]
+        for image_id, im in zip(ids, images):  # their words, in the same transaction (schema 4)
+            Store._put_words(conn, image_id, name=words.name_words(im.path), meta=im.description)
+        return ids
 
     def get_images(self, ids: Sequence[int]) -> list[ImageRecord]:
         """Records for ``ids``, in the order given; ids not in the store are dropped."""
@@ -477,6 +481,7 @@ class Store:
                 row = image_row(image, "", _now())
                 del row["model"], row["indexed_at"]
                 conn.execute(IMAGES.update().where(IMAGES.c.id == int(image_id)).values(**row))
+                self._put_words(conn, int(image_id), name=words.name_words(image.path), meta=image.description)
             self._bump(conn, "images")
 
     def images_by_sha256(self, digests: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
@@ -621,6 +626,108 @@ class Store:
     def all_text_ids(self) -> np.ndarray:
         """All text ids, ascending, as an int64 array."""
         return self._all_ids(TEXTS)
+
+    # -- words (schema 4): names, embedded descriptions and OCR text, and their FTS5 indexes
+
+    @staticmethod
+    def _put_words(conn: Connection, image_id: int, **fields: Any) -> None:
+        """Set some of a photo's word fields (name, meta, ocr, ocr_boxes, ocr_model) and rewrite its rows in
+        both FTS5 tables from the result, in the caller's transaction."""
+        conn.exec_driver_sql("INSERT OR IGNORE INTO image_text (image_id) VALUES (?)", (int(image_id),))
+        if fields:
+            conn.execute(IMAGE_TEXT.update().where(IMAGE_TEXT.c.image_id == int(image_id)).values(**fields))
+        row = conn.execute(select(IMAGE_TEXT.c.name, IMAGE_TEXT.c.meta, IMAGE_TEXT.c.ocr)
+                           .where(IMAGE_TEXT.c.image_id == int(image_id))).one()
+        folded = (words.fold(row.name or ""), words.fold(row.meta or ""), words.fold(row.ocr or ""))
+        for table in ("keywords", "keywords_tri"):
+            conn.exec_driver_sql(f"DELETE FROM {table} WHERE rowid = ?", (int(image_id),))
+            conn.exec_driver_sql(f"INSERT INTO {table} (rowid, name, meta, ocr) VALUES (?, ?, ?, ?)",
+                                 (int(image_id), *folded))
+
+    def set_ocr(self, results: Sequence[tuple[int, str, list, str]]) -> None:
+        """Store ``(image_id, text, boxes, model)`` of photos read by OCR (boxes: JSON-able, e.g. ``[[x0, y0,
+        x1, y1, confidence, text], ...]``) and index their words; one transaction. Unknown ids are ignored."""
+        if not results:
+            return
+        with self._write() as conn:
+            known = set(conn.execute(select(IMAGES.c.id).where(IMAGES.c.id.in_([int(r[0]) for r in results])))
+                        .scalars())
+            for image_id, text, boxes, model in results:
+                if int(image_id) in known:
+                    self._put_words(conn, int(image_id), ocr=text, ocr_boxes=json.dumps(boxes), ocr_model=model)
+
+    def images_without_ocr(self, model: str) -> list[tuple[int, str, str]]:
+        """``(id, path, sha256)`` of the photos not yet read by OCR model ``model``, in id order."""
+        query = (select(IMAGES.c.id, IMAGES.c.raw_path, IMAGES.c.sha256)
+                 .select_from(IMAGES.outerjoin(IMAGE_TEXT, IMAGE_TEXT.c.image_id == IMAGES.c.id))
+                 .where((IMAGE_TEXT.c.ocr_model.is_(None)) | (IMAGE_TEXT.c.ocr_model != model))
+                 .order_by(IMAGES.c.id))
+        with self._read() as conn:
+            return [(int(r.id), os.fsdecode(r.raw_path), r.sha256) for r in conn.execute(query)]
+
+    def keyword_matches(self, terms: Sequence[str], limit: int = 1000
+                        ) -> tuple[int, list[dict[int, float]], list[int]]:
+        """``(photos with words, [{id: weight} per term], [photos holding each term])``: for each folded term,
+        the photos holding it as a word (weight 1) or the start of one (0.9; the best `limit` by BM25) or, for
+        terms of 3+ letters, inside a word (trigram index, weight 0.8), or, found nowhere and of 5+
+        letters, with a letter or two misread (weight 0.7), and how many photos hold it."""
+        out: list[dict[int, float]] = []
+        counts: list[int] = []
+        with self._read() as conn:
+            total = int(conn.exec_driver_sql("SELECT count(*) FROM image_text").scalar_one())
+            for term in terms:
+                phrase = words.fts_phrase(term)
+                found: dict[int, float] = {}
+                if len(term) >= 3:
+                    for (rowid,) in conn.exec_driver_sql(
+                            "SELECT rowid FROM keywords_tri WHERE keywords_tri MATCH ? ORDER BY rank LIMIT ?",
+                            (phrase, limit)):
+                        found[int(rowid)] = 0.8
+                query = phrase + ("*" if len(term) >= 2 and not words.fold(term).count(" ") else "")
+                for (rowid,) in conn.exec_driver_sql(
+                        "SELECT rowid FROM keywords WHERE keywords MATCH ? ORDER BY rank LIMIT ?", (query, limit)):
+                    found[int(rowid)] = 0.9  # the start of a word...
+                if query != phrase:
+                    for (rowid,) in conn.exec_driver_sql(
+                            "SELECT rowid FROM keywords WHERE keywords MATCH ? ORDER BY rank LIMIT ?", (phrase, limit)):
+                        found[int(rowid)] = 1.0  # ...weighs less than the word itself
+                if not found and words.misread_allowance(term):  # maybe misread by OCR: near words
+                    trigrams = " OR ".join(words.fts_phrase(term[i:i + 3]) for i in range(len(term) - 2))
+                    for rowid, *fields in conn.exec_driver_sql(
+                            "SELECT rowid, name, meta, ocr FROM keywords_tri WHERE keywords_tri MATCH ? "
+                            "ORDER BY rank LIMIT ?", (trigrams, min(limit, 200))):
+                        if words.near_word(term, " ".join(fields)):
+                            found[int(rowid)] = 0.7
+                out.append(found)
+                count = len(found)
+                if count >= limit:  # more than were fetched: count them all (its weight depends on it)
+                    table = "keywords_tri" if len(term) >= 3 else "keywords"
+                    count = int(conn.exec_driver_sql(f"SELECT count(*) FROM {table} WHERE {table} MATCH ?",
+                                                     (phrase if len(term) >= 3 else query,)).scalar_one())
+                counts.append(count)
+        return total, out, counts
+
+    def image_words(self, ids: Sequence[int]) -> dict[int, dict[str, str]]:
+        """``{id: {"name": ..., "meta": ..., "ocr": ...}}`` (the text as read, not folded) for ``ids``."""
+        found: dict[int, dict[str, str]] = {}
+        with self._read() as conn:
+            for part in _chunks(ids):
+                for r in conn.execute(select(IMAGE_TEXT.c.image_id, IMAGE_TEXT.c.name, IMAGE_TEXT.c.meta,
+                                             IMAGE_TEXT.c.ocr).where(IMAGE_TEXT.c.image_id.in_(part))):
+                    found[int(r.image_id)] = {"name": r.name or "", "meta": r.meta or "", "ocr": r.ocr or ""}
+        return found
+
+    def count_read_by_ocr(self) -> int:
+        """How many photos have been read by OCR (with or without text found)."""
+        with self._read() as conn:
+            return int(conn.exec_driver_sql("SELECT count(*) FROM image_text WHERE ocr IS NOT NULL").scalar_one())
+
+    def ocr_boxes(self, image_id: int) -> list | None:
+        """The OCR boxes stored for a photo (None: not read by OCR yet)."""
+        with self._read() as conn:
+            value = conn.execute(select(IMAGE_TEXT.c.ocr_boxes).where(IMAGE_TEXT.c.image_id == int(image_id))
+                                 ).scalar()
+        return None if value is None else json.loads(value)
 
     # -- shared
 

@@ -55,6 +55,39 @@
     const mixed = data.hits.some((x) => x.reranked);
     return !mixed || h.reranked ? h.score.toFixed(3) : `#${h.rank}`;
   }
+  // Why a photo matched by its words: the field's text with the query's words marked (built as nodes, never HTML).
+  function matchedLine(matched) {
+    const line = document.createElement("p");
+    line.className = "matched";
+    line.append(" "); // a word break after the caption in the figure's text (its accessible name)
+    const fold = (t) => t.normalize("NFKD").replace(/[\u0300-\u036f]/g, "").toLowerCase();
+    const words = (matched.words || []).filter((w) => w).map(fold);
+    for (const field of ["ocr", "name", "meta"]) {
+      if (!matched[field]) continue;
+      const text = matched[field];
+      const label = document.createElement("span");
+      label.className = "field";
+      label.textContent = { ocr: "text", name: "name", meta: "description" }[field] + ": ";
+      line.append(label);
+      const folded = fold(text);
+      let at = 0;
+      while (at < text.length) {
+        let next = -1, len = 0;
+        for (const w of words) {
+          const i = folded.indexOf(w, at);
+          if (i >= 0 && (next < 0 || i < next)) { next = i; len = w.length; }
+        }
+        if (next < 0 || folded.length !== text.length) { line.append(text.slice(at)); break; }
+        line.append(text.slice(at, next));
+        const mark = document.createElement("mark");
+        mark.textContent = text.slice(next, next + len);
+        line.append(mark);
+        at = next + len;
+      }
+      line.append(" ");
+    }
+    return line;
+  }
   const NOT_RERANKED = "not reranked: below the reranked head, in the order of the first search";
 
   function render(data, label, photo) {
@@ -82,6 +115,11 @@
         // Its name is its visible words ("red.jpg 0.812"); Enter or Space opens the photo.
         fig.setAttribute("aria-label", `${img.alt} ${cap.querySelector(".score").textContent}`);
         fig.append(img, cap);
+        if (h.matched) {  // the words that matched are visible text: they are part of its name too
+          const line = matchedLine(h.matched);
+          fig.append(line);
+          fig.setAttribute("aria-label", fig.textContent.replace(/\s+/g, " ").trim());
+        }
         fig.addEventListener("click", () => open(h, fig));
         onActivate(fig, () => open(h, fig));
         grid.append(fig);
@@ -131,7 +169,7 @@
   function searchText(q) {
     last = () => searchText(q);
     // The status line shows the query as the server parsed it ("dog, without grass").
-    const extra = { q, sort: $("#sort").value };
+    const extra = target() === "images" ? { q, mode: $("#mode").value, sort: $("#sort").value } : { q };
     if ($("#good-only").checked && target() === "images") extra.cutoff = "true";
     return run(`“${q}”`, async (signal) => {
       const data = await api(`/api/search?${query(extra)}`, { signal });
@@ -202,10 +240,10 @@
   });
   $("#file-input").addEventListener("change", (e) => { if (e.target.files[0]) searchFile(e.target.files[0]); });
   // Folder and date filters apply to images only: off while the toggle says texts.
-  const imageFilters = document.querySelectorAll("#folder, #taken-after, #taken-before");
+  const imageFilters = document.querySelectorAll("#mode, #folder, #taken-after, #taken-before");
   function enableFilters() { for (const el of imageFilters) el.disabled = target() !== "images"; }
   enableFilters();
-  for (const el of document.querySelectorAll('input[name="target"], #folder, #taken-after, #taken-before, #k, #good-only, #sort')) {
+  for (const el of document.querySelectorAll('input[name="target"], #mode, #folder, #taken-after, #taken-before, #k, #good-only, #sort')) {
     el.addEventListener("change", () => { enableFilters(); if (last) last(); });
   }
   // Drag and drop a photo anywhere on the page.
