@@ -56,8 +56,8 @@ def test_search_reranks_with_blip_through_the_same_interface(blip_folder, librar
         index_images(lib, [str(photos)], fake_encoder)
         index_texts(lib, str(photos / "captions.txt"), fake_encoder)
     with SearchEngine(library, reranker=str(blip_folder)) as eng:
-        hits = eng.search_text("red", k=4, rerank_k=3)
-        dual = eng.search_text("red", k=4, rerank_k=0)
+        hits = eng.search_text("red", k=4, rerank_k=3, mode="semantic")
+        dual = eng.search_text("red", k=4, rerank_k=0, mode="semantic")
         to_texts = eng.search_image(photos / "red.jpg", k=2, target="texts")
     assert {h.id for h in hits[:3]} == {h.id for h in dual[:3]} and hits[3].match is None
     probs = BlipReranker(str(blip_folder)).score("red", [read_image(h.path).image for h in hits[:3]])
@@ -65,7 +65,7 @@ def test_search_reranks_with_blip_through_the_same_interface(blip_folder, librar
     for h in hits[:3]:
         assert h.score == pytest.approx(h.similarity + 1.0 * h.match)
     assert all(h.match is not None for h in to_texts)
-    out = CliRunner().invoke(cli, ["search", "red", "--library", str(library), "--reranker", str(blip_folder),
+    out = CliRunner().invoke(cli, ["search", "red", "--mode", "semantic", "--library", str(library), "--reranker", str(blip_folder),
                                    "--rerank-k", "2", "--json"])
     assert out.exit_code == 0, out.output
     assert [("match" in h) for h in json.loads(out.stdout)] == [True, True, False, False]

@@ -45,28 +45,30 @@ def both(tmp_path, library, fake_encoder) -> Path:
     return library
 
 
+# The tests below are about the dual encoder's vector algebra (mode="semantic"): the photos' file names hold
+# the colour words, which hybrid mode's keyword match would count too.
 def names(hits) -> list[str]:
     return [Path(h.path).name for h in hits]
 
 
 def test_excluding_a_concept_removes_photos_that_have_it_from_the_top(both):
     with SearchEngine(both) as eng:
-        plain = names(eng.search_text("red", k=3))
-        excluded = names(eng.search_text("red -blue", k=3))
+        plain = names(eng.search_text("red", k=3, mode="semantic"))
+        excluded = names(eng.search_text("red -blue", k=3, mode="semantic"))
     assert plain == ["red.png", "mostly-red.png", "half.png"]  # red alone: photos that are also blue rank high
     assert excluded[:2] == ["red.png", "yellow.png"]  # without blue: the red photos that have no blue
 
 
 def test_adding_a_term_finds_photos_with_both(both):
     with SearchEngine(both) as eng:
-        assert names(eng.search_text("red", k=1)) == ["red.png"]
-        assert names(eng.search_text("red +blue", k=1)) == ["half.png"]
+        assert names(eng.search_text("red", k=1, mode="semantic")) == ["red.png"]
+        assert names(eng.search_text("red +blue", k=1, mode="semantic")) == ["half.png"]
 
 
 def test_a_weight_pulls_towards_its_term(both):
     with SearchEngine(both) as eng:
-        assert names(eng.search_text("red + 3:blue", k=1)) == ["mostly-blue.png"]
-        assert names(eng.search_text("3:red + blue", k=1)) == ["mostly-red.png"]
+        assert names(eng.search_text("red + 3:blue", k=1, mode="semantic")) == ["mostly-blue.png"]
+        assert names(eng.search_text("3:red + blue", k=1, mode="semantic")) == ["mostly-red.png"]
 
 
 def test_words_added_to_a_query_photo(both, tmp_path):

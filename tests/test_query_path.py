@@ -155,8 +155,13 @@ print(json.dumps({{"torch": "torch" in sys.modules, "transformers": "transformer
     assert "cat" in got["t2i"][0]
 
 
-def test_the_query_encoder_of_a_fake_model_is_the_registered_fake(fake_encoder):
-    assert get_query_encoder("fake-colour") is fake_encoder
+def test_a_model_without_a_query_form_is_searched_with_its_registered_encoder():
+    from fake_encoders import ColourEncoder
+    from xmodal.indexer.models.encoders import register_encoder
+
+    mine = ColourEncoder()
+    register_encoder("fake-colour-query", lambda: mine)
+    assert get_query_encoder("fake-colour-query") is mine
 
 
 def test_xmodal_info_loads_no_model(photos, library, fake_encoder):

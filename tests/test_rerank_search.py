@@ -49,8 +49,8 @@ def test_indexing_stores_compact_patch_tokens_for_every_photo(lite_library):
 
 def test_text_search_reranks_the_top_k_and_no_rerank_keeps_the_dual_order(lite_library):
     with SearchEngine(lite_library) as eng:
-        dual = eng.search_text("a cat", k=8, rerank_k=0)
-        reranked = eng.search_text("a cat", k=8, rerank_k=5)
+        dual = eng.search_text("a cat", k=8, rerank_k=0, mode="semantic")
+        reranked = eng.search_text("a cat", k=8, rerank_k=5, mode="semantic")
     assert all(h.match is None for h in dual)
     assert [h.score for h in dual] == sorted((h.score for h in dual), reverse=True)
     head = reranked[:5]
@@ -76,7 +76,7 @@ def test_reranking_opens_no_image_file_when_tokens_are_stored(lite_library, monk
 
     monkeypatch.setattr(reranking_module, "read_image", no_files)
     with SearchEngine(lite_library) as eng:
-        hits = eng.search_text("a cup of coffee", k=3)
+        hits = eng.search_text("a cup of coffee", k=3, mode="semantic")
         assert hits[0].match is not None
         assert eng.similar(hits[0].id, k=2, target="texts")[0].match is not None
 
@@ -96,7 +96,7 @@ def test_a_library_without_tokens_gets_them_on_the_next_index(lite_library, tmp_
     with Library(root) as lib:
         assert len(missing_patches(lib, default_projector("lite").spec)) == len(PHOTOS)
         with SearchEngine(root) as eng:  # until then, reranking reads the photos themselves
-            assert eng.search_text("a cat", k=2)[0].match is not None
+            assert eng.search_text("a cat", k=2, mode="semantic")[0].match is not None
         report = index_images(lib, None, get_encoder("lite"), patches=default_projector("lite"))
         assert report.patched == len(PHOTOS) and report.indexed == 0
         assert missing_patches(lib, default_projector("lite").spec) == []
@@ -104,7 +104,7 @@ def test_a_library_without_tokens_gets_them_on_the_next_index(lite_library, tmp_
 
 def test_no_exemplar_leaves_the_exemplar_term_out(lite_library):
     runner = CliRunner()
-    args = ["search", "a horse", "--library", str(lite_library), "--json", "-k", "3"]
+    args = ["search", "a horse", "--mode", "semantic", "--library", str(lite_library), "--json", "-k", "3"]
     with_ex = json.loads(runner.invoke(cli, args).output)
     without = json.loads(runner.invoke(cli, args + ["--no-exemplar"]).output)
     assert all("exemplar" in h for h in with_ex) and not any("exemplar" in h for h in without)
@@ -119,7 +119,7 @@ def test_no_exemplar_leaves_the_exemplar_term_out(lite_library):
 
 def test_search_cli_rerank_options(lite_library):
     runner = CliRunner()
-    args = ["search", "a horse", "--library", str(lite_library), "--json", "-k", "3"]
+    args = ["search", "a horse", "--mode", "semantic", "--library", str(lite_library), "--json", "-k", "3"]
     reranked = json.loads(runner.invoke(cli, args).output)
     plain = json.loads(runner.invoke(cli, args + ["--no-rerank"]).output)
     small = json.loads(runner.invoke(cli, args + ["--rerank-k", "2"]).output)
@@ -139,7 +139,7 @@ def test_search_cli_rerank_options(lite_library):
 
 def test_explain_writes_pngs_of_the_photos_size(lite_library, tmp_path):
     with SearchEngine(lite_library) as eng:
-        cat = next(h.id for h in eng.search_text("a cat", k=8) if h.path.endswith("cat-chelsea.jpg"))
+        cat = next(h.id for h in eng.search_text("a cat", k=8, mode="semantic") if h.path.endswith("cat-chelsea.jpg"))
         exp, photo = eng.explain("a tabby cat", cat)
     assert exp.words == ["a", "tabby", "cat"] and exp.word_maps.shape == (3, 7, 7)
     np.testing.assert_allclose(exp.word_maps.sum(axis=(1, 2)), 1.0, rtol=1e-5)
@@ -177,7 +177,7 @@ def test_the_lite_reranker_is_refused_for_a_library_of_another_model(library, ph
     with pytest.raises(SearchError, match="lite model"):
         SearchEngine(library, reranker="lite")
     with SearchEngine(library) as eng:  # auto: no reranker for this model, plain dual search
-        assert eng.reranker is None and eng.search_text("red", k=1)[0].match is None
+        assert eng.reranker is None and eng.search_text("red", k=1, mode="semantic")[0].match is None
 
 
 def test_web_api_reranks_and_explains(lite_library):

@@ -27,13 +27,12 @@ class Cut:
 
 def apply_cutoff(hits: Sequence[SearchHit], min_prob: float | None) -> Cut:
     """Keep the hits whose `prob` is at least `min_prob` (None: keep all), in their order, ranks renumbered.
-    A hit whose words matched the query (`matched`: keyword search) passes: the query's words are in its name,
-    description or printed text. Any other hit without a probability never passes a cutoff."""
+    A hit without a probability (a keyword-only hit of a hybrid search) never passes a cutoff."""
     probs = [h.prob for h in hits if h.prob is not None]
     best = max(probs) if probs else None
     if min_prob is None:
         return Cut(list(hits), 0, best)
-    kept = [h for h in hits if (h.prob is not None and h.prob >= min_prob) or h.matched]
+    kept = [h for h in hits if h.prob is not None and h.prob >= min_prob]
     return Cut([replace(h, rank=n + 1) for n, h in enumerate(kept)], len(hits) - len(kept), best)
 
 

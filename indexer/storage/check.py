@@ -131,8 +131,13 @@ def missing_files(paths: Iterable[str], roots: Sequence[str], exists: Callable[[
 
 
 def check_library(library: Library) -> CheckReport:
-    """Verify `library` without changing anything (see module doc)."""
+    """Verify `library` without changing anything (see module doc). A damaged library.db raises
+    DatabaseDamaged (SQLite's quick_check reads every page, the tables this check reads no rows of too)."""
     store = library.store
+    verdict = store.quick_check()  # a page SQLite cannot read raises DatabaseDamaged itself
+    if verdict != "ok":
+        raise DatabaseDamaged(f"{store.db_path} is damaged (SQLite's quick_check: {verdict}); run `xmodal check "
+                              "--repair` to put back its backup, then `xmodal index` to catch up")
     report = CheckReport(library=str(library.root), model=library.model, dim=library.dim,
                          schema_version=store.schema_version, writer=library.writer_pid())
     for modality in MODALITIES:
