@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xmodal.indexer.models.onnx_runtime import cache_dir, cpu_threads, file_stamp, query_runtime, session
+from xmodal.indexer.models.onnx_runtime import cache_dir, file_stamp, query_runtime, query_threads, session
 from xmodal.indexer.models.patch_projector import LITE_RERANK
 
 from xmodal.engine.rerank.banks import RerankBanks, TextTokens
@@ -58,7 +58,7 @@ class RerankSession(RerankBanks):
                                     "images": a["ex_images"], "m": meta["ex_m"], "tau": meta["ex_tau"]}
         self._set_banks(checkpoint, meta["config"], meta.get("dev"), meta["alpha"], meta.get("beta"), pca, hub)
         self.arch = meta["config"].get("arch", "itm")
-        self.session = session(files.graph, cpu_threads())
+        self.session = session(files.graph, query_threads())
 
     def _run(self, states, mask, patches) -> np.ndarray:
         out = self.session.run(None, {"text": np.ascontiguousarray(states, np.float32),

@@ -79,6 +79,17 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
     or a `model` that is not the library's), so `xmodal serve` fails fast with a one-line reason.
     allowed_hosts: Host names answered besides localhost, 127.0.0.1 and [::1] (the bound address, names
     from --allow-host); any other Host header is a 400."""
+    from threadpoolctl import threadpool_limits
+
+    from xmodal.indexer.models.onnx_runtime import set_query_threads
+
+    # One thread per request for its model sessions and numpy's BLAS: concurrent requests then fill the cores
+    # instead of contending for them (each BLAS call's threads spin; measured: 4 clients got 0.8x the
+    # requests/s of one with every core per request, 1.8x with one; benchmarks/load_test.py --suite).
+    # XMODAL_QUERY_THREADS overrides.
+    per_request = int(os.environ.get("XMODAL_QUERY_THREADS") or 1)
+    set_query_threads(per_request)
+    threadpool_limits(limits=per_request, user_api="blas")
     engine = SearchEngine(library_dir, model=model)
     folders_lock = threading.Lock()
     thumbs = ThumbnailCache(engine.library.root, **({"size": thumbnail_size} if thumbnail_size else {}))

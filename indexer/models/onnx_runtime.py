@@ -45,6 +45,21 @@ def file_stamp(path: str | os.PathLike, *extra) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+_QUERY_THREADS: int | None = None  # threads of each query-time session; None: every core (set_query_threads)
+
+
+def set_query_threads(n: int | None) -> None:
+    """How many threads each query-time session (text, image, reranker) runs on, for sessions made after this
+    call: None (default) every core, the fastest for one query at a time (a CLI search); 1 for a server, whose
+    concurrent requests then fill the cores instead of contending for them (benchmarks/load_test.py)."""
+    global _QUERY_THREADS
+    _QUERY_THREADS = None if n is None else max(1, int(n))
+
+
+def query_threads() -> int:
+    return _QUERY_THREADS or cpu_threads()
+
+
 def cpu_threads() -> int:
     """Cores this process may run on (its affinity mask), at least 1."""
     try:
@@ -97,7 +112,7 @@ class OnnxImagePath:
     def __init__(self, path: Path, kind: str = "float32", threads: int | None = None):
         self.path = Path(path)
         self.kind = kind
-        self.threads = threads or cpu_threads()
+        self.threads = threads or query_threads()
         self.session = session(self.path, self.threads)  # one batch at a time on every core: the latency path
         self._lanes: list = []
         self._lock = threading.Lock()
@@ -130,7 +145,7 @@ class OnnxTextPath:
 
     def __init__(self, path: Path, threads: int | None = None):
         self.path = Path(path)
-        self.session = session(self.path, threads or cpu_threads())
+        self.session = session(self.path, threads or query_threads())
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         emb, states = self.session.run(None, {"ids": np.ascontiguousarray(ids, np.int64),
