@@ -166,7 +166,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--note", default="")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--build-sim", nargs=3, metavar=("REAL", "TARGET", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.build_sim:
+        build_simulated(Path(args.build_sim[0]), Path(args.build_sim[1]), int(args.build_sim[2]))
+        return
     if not (DATA / "captions.txt").exists():
         raise SystemExit(f"needs the Flickr8k data at {DATA}")
     with tempfile.TemporaryDirectory(prefix="xmodal-cli-") as tmp:
@@ -186,7 +190,10 @@ def main() -> None:
                         env=child_env(XMODAL_QUERY_RUNTIME="torch"))]
         sim_index = None
         if args.sim:
-            big = build_simulated(lib, work / "lib100k", args.sim)
+            # built in a child process: a parent holding the simulated arrays would inflate every measured
+            # child's peak memory (Linux carries the forking process's high-water mark into ru_maxrss)
+            big = work / "lib100k"
+            subprocess.run([sys.executable, __file__, "--build-sim", str(lib), str(big), str(args.sim)], check=True)
             info = json.loads(subprocess.run([XMODAL, "info", "--library", str(big), "--json"], check=True,
                                              capture_output=True, text=True).stdout)
             sim_index = info["indexes"]["images"]["factory"]
