@@ -111,6 +111,12 @@ def test_a_shard_of_another_model_is_refused(tmp_path, photos, fake_encoder):
 
 
 def test_plugins_named_in_the_environment_are_imported(monkeypatch):
+    from xmodal.indexer.models import encoders
+
+    # importing fake_xmodal registers its own "fake-colour": the registry is put back after this test, or
+    # later tests' `fake_encoder` would no longer be the encoder their searches get
+    for name in ("_REGISTRY", "_CACHE", "_QUERY", "_QUERY_CACHE"):
+        monkeypatch.setattr(encoders, name, dict(getattr(encoders, name)))
     monkeypatch.setenv("XMODAL_PLUGINS", "fake_xmodal, json")
     assert load_plugins() == ["fake_xmodal", "json"]
     with pytest.raises(ModuleNotFoundError):
