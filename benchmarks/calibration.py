@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+from xmodal.engine.eval.machine import cpu_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
@@ -126,16 +126,6 @@ def plot(path: Path, bins_rr: list[dict], bins_dual: list[dict], ece: dict) -> N
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from xmodal.engine.eval.machine import cpu_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "flickr8k"
@@ -35,13 +36,6 @@ OUT = REPO / "benchmarks" / "cli_latency.json"
 SECTION = "## Cold CLI search"
 XMODAL = str(Path(sys.executable).with_name("xmodal"))
 QUERY = "a dog jumping into a lake"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def child_env(**extra) -> dict:

@@ -26,11 +26,9 @@ decode per photo in a candidate pair (measured above on real files, per pair).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -40,20 +38,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance
+from xmodal.engine.eval.machine import cpu_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
 EDITS = ("resize", "jpeg", "crop", "brighten", "colour")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def edit(im: Image.Image, kind: str, n: int) -> tuple[Image.Image, int]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+from xmodal.engine.eval.machine import cpu_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FLICKR = REPO.parent / "shared" / "data" / "flickr8k"
@@ -39,16 +39,6 @@ ANGLES = [-20, -10, -5, 0, 0, 5, 10, 20]
 STYLES = [("white", "black"), ("black", "white"), ("yellow", "black"), ("red", None), ("black", None)]
 SYLLABLES = ["zor", "vik", "qua", "lom", "bri", "tex", "fal", "gun", "dre", "mip", "sto", "wab", "kel", "yun",
              "rax", "plo", "nib", "cha", "jor", "fet", "hux", "zan", "obb", "wim"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def made_up_words(n: int, rng: random.Random) -> list[str]:

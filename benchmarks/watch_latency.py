@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import sqlite3
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from xmodal.engine.eval.machine import cpu_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
@@ -51,16 +51,6 @@ def wait_for(cond, limit: float, what: str, every: float = 0.05):
             return time.monotonic()
         time.sleep(every)
     raise SystemExit(f"timed out after {limit:.0f}s waiting for {what}")
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

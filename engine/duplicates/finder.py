@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
 from xmodal.indexer.records import ImageRecord, Skipped, path_json

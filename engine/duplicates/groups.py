@@ -5,7 +5,7 @@ then the sharpest (variance of the Laplacian), then the first indexed; `why` say
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import resource
 import statistics
 import tempfile
@@ -29,6 +28,7 @@ from xmodal.engine.eval.sources import Base, base_embeddings
 from xmodal.indexer.ingest.pipeline import index_images
 from xmodal.indexer.models.base import Encoder
 from xmodal.indexer.storage.library import Library
+from xmodal.engine.eval.machine import machine  # noqa: F401 - also imported from here (benchmarks/scale.py)
 
 logger = logging.getLogger(__name__)
 
@@ -169,17 +169,6 @@ def stage_latencies(encoder: Encoder, captions: list[str], photo_vectors: np.nda
         rerank.append(time.perf_counter() - t)
     out["rerank32_ms"] = ms(rerank[5:] or rerank)
     return out
-
-
-def machine() -> dict:
-    """{"cpu": the CPU model name, "cores": logical cores} of this machine."""
-    name = ""
-    try:
-        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"cpu": name or platform.processor() or platform.machine(), "cores": os.cpu_count()}
 
 
 def bench_speed(encoder: Encoder, photos: Path, scale: int = 10_000, index_runs: int = 3, data: Path | None = None,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 from typing import Callable, Sequence
 
 import faiss

@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 
 from xmodal.indexer.ingest.pipeline import IndexReport, WRITE_ERRNOS, index_images
 from xmodal.indexer.models.base import Encoder
-from xmodal.indexer.storage.library import Library, LibraryError, _under
+from xmodal.indexer.storage.library import Library, _under
 
 logger = logging.getLogger(__name__)
 

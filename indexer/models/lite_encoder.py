@@ -3,7 +3,6 @@ packages) with the trained alignment heads shipped as package data (xmodal.data:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from pathlib import Path
