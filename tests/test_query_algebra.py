@@ -117,3 +117,19 @@ def test_web_search_answers_the_parsed_query(both, tmp_path):
         r = client.post("/api/search/image", params={"q": "blue", "k": 1}, files={"file": ("q.png", png.read_bytes())})
         assert r.status_code == 200, r.text
         assert r.json()["parsed"]["text"] == "blue" and Path(r.json()["hits"][0]["path"]).name == "half.png"
+
+
+def _id(eng: SearchEngine, name: str) -> int:
+    return next(s.id for s in eng.library.store.image_states() if Path(s.path).name == name)
+
+
+def test_words_added_to_more_like_this(both):
+    """similar(text=): the indexed photo's vector plus the words', as for a query photo."""
+    with SearchEngine(both) as eng:
+        red = _id(eng, "red.png")
+        assert names(eng.similar(red, k=1, exclude_self=True)) == ["mostly-red.png"]  # most red, though blue too
+        assert names(eng.similar(red, k=1, exclude_self=True, text="-blue")) == ["yellow.png"]  # red with no blue
+        assert names(eng.similar(red, k=1, exclude_self=True, text="blue")) == ["half.png"]
+        assert names(eng.similar(red, k=1, exclude_self=True, text="3:blue")) == ["mostly-blue.png"]
+        with pytest.raises(SearchError, match="must be above 0"):
+            eng.similar(red, k=1, text="200:blue")
