@@ -117,3 +117,68 @@ def test_web_search_answers_the_parsed_query(both, tmp_path):
         r = client.post("/api/search/image", params={"q": "blue", "k": 1}, files={"file": ("q.png", png.read_bytes())})
         assert r.status_code == 200, r.text
         assert r.json()["parsed"]["text"] == "blue" and Path(r.json()["hits"][0]["path"]).name == "half.png"
+
+
+def _id(eng: SearchEngine, name: str) -> int:
+    return next(s.id for s in eng.library.store.image_states() if Path(s.path).name == name)
+
+
+def test_words_added_to_more_like_this(both):
+    """similar(text=): the indexed photo's vector plus the words', as for a query photo."""
+    with SearchEngine(both) as eng:
+        red = _id(eng, "red.png")
+        assert names(eng.similar(red, k=1, exclude_self=True)) == ["mostly-red.png"]  # most red, though blue too
+        assert names(eng.similar(red, k=1, exclude_self=True, text="-blue")) == ["yellow.png"]  # red with no blue
+        assert names(eng.similar(red, k=1, exclude_self=True, text="blue")) == ["half.png"]
+        assert names(eng.similar(red, k=1, exclude_self=True, text="3:blue")) == ["mostly-blue.png"]
+        with pytest.raises(SearchError, match="must be above 0"):
+            eng.similar(red, k=1, text="200:blue")
+
+
+def test_web_more_like_this_takes_words(both):
+    """GET /api/images/{id}/similar?q=: the words change the ranking, the answer says how they were read, and
+    a query the algebra cannot use is a 400 with its message."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from xmodal.engine.web.server import create_app
+
+    with TestClient(create_app(both, allowed_hosts=("testserver",))) as client:
+        red = _id(client.app.state.engine, "red.png")
+        plain = client.get(f"/api/images/{red}/similar", params={"k": 1})
+        assert plain.status_code == 200 and plain.json()["parsed"] is None
+        assert Path(plain.json()["hits"][0]["path"]).name == "mostly-red.png"
+        r = client.get(f"/api/images/{red}/similar", params={"k": 1, "q": "-blue"})
+        assert r.status_code == 200, r.text
+        assert r.json()["parsed"] == {"terms": [{"text": "blue", "weight": -1.0}], "text": "without blue"}
+        assert Path(r.json()["hits"][0]["path"]).name == "yellow.png"
+        r = client.get(f"/api/images/{red}/similar", params={"k": 1, "q": "3:blue"})
+        assert [Path(h["path"]).name for h in r.json()["hits"]] == ["mostly-blue.png"]
+        assert r.json()["parsed"]["text"] == "blue (x3)"
+        assert client.get(f"/api/images/{red}/similar", params={"q": "  "}).json()["parsed"] is None
+        bad = client.get(f"/api/images/{red}/similar", params={"q": "200:blue"})
+        assert bad.status_code == 400 and "must be above 0" in bad.json()["detail"]
+        assert client.get("/api/images/999999/similar", params={"q": "200:blue"}).status_code == 404
+        long = client.get(f"/api/images/{red}/similar", params={"q": "blue " * 300})
+        assert long.status_code == 400
+
+
+def test_cli_more_like_an_indexed_photo_with_words(both):
+    with SearchEngine(both) as eng:
+        red = _id(eng, "red.png")
+    runner = CliRunner()
+    base = ["search", "--like", str(red), "-k", "1", "--library", str(both), "--json"]
+    r = runner.invoke(cli, base)
+    assert r.exit_code == 0, r.output
+    assert [Path(h["path"]).name for h in json.loads(r.stdout)] == ["mostly-red.png"]  # the photo itself left out
+    r = runner.invoke(cli, base + ["--", "-blue"])
+    assert r.exit_code == 0, r.output
+    assert [Path(h["path"]).name for h in json.loads(r.stdout)] == ["yellow.png"]
+    assert f"searching for: photo {red}, without blue" in r.stderr
+    r = runner.invoke(cli, base + ["200:blue"])
+    assert r.exit_code == 1 and "must be above 0" in r.output
+    r = runner.invoke(cli, ["search", "--like", "999999", "--library", str(both)])
+    assert r.exit_code == 1 and "no image with id 999999" in r.output
+    query = draw(both.parent / "q.png", "red")
+    r = runner.invoke(cli, ["search", "--like", str(red), "--image", str(query), "--library", str(both)])
+    assert r.exit_code == 2 and "--like ID" in r.output

@@ -163,6 +163,7 @@ def test_a_slow_older_search_never_replaces_a_newer_ones_results(browser, server
     Image.new("RGB", (50, 40), COLOURS["blue"]).save(buf, format="PNG")
     page.set_input_files("#file-input", files=[{"name": "slow.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
     page.wait_for_function("() => document.querySelector('#status').textContent.includes('slow.png')")
+    page.click("#query-photo .remove")  # back to text search (words typed with the photo would be added to it)
     page.fill("#q", "red")
     page.press("#q", "Enter")
     page.wait_for_function("() => document.querySelector('#status').textContent.includes('red')"
@@ -319,6 +320,16 @@ def test_phone_layout(browser, server):
     assert page.evaluate("document.querySelector('header').getBoundingClientRect().top") == 0
     page.evaluate("window.scrollTo(0, 0)")
     _shoot(page, "web-phone.png")
+    buf = io.BytesIO()  # with a query photo's chip beside the box: still no horizontal scroll, still a low header
+    Image.new("RGB", (50, 40), COLOURS["blue"]).save(buf, format="PNG")
+    page.set_input_files("#file-input", files=[{"name": "a-long-photo-name.png", "mimeType": "image/png",
+                                                "buffer": buf.getvalue()}])
+    _settled(page, "a-long-photo-name.png")
+    assert page.is_visible("#query-photo .remove")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.evaluate("document.querySelector('header').getBoundingClientRect().height") <= 0.2 * 844
+    assert page.evaluate("document.querySelector('#q').getBoundingClientRect().width") >= 120  # room to type
+    _shoot(page, "web-phone-photo.png")
     page.context.close()
 
 
@@ -345,6 +356,76 @@ def test_photo_searches_show_the_query_photo_and_more_like_this_leaves_the_photo
     assert src.endswith("/thumbnail")
     page.wait_for_function("() => document.querySelector('#status img.query-photo').naturalWidth > 0")
     assert errors == []
+    page.close()
+
+
+def test_words_added_to_the_query_photo_and_to_more_like_this(browser, server):
+    """A chosen photo becomes the query photo (a chip with a remove button): words typed then are sent with it
+    and shown as the server read them; a bad query shows the API's message; "More like this" makes its photo
+    the query photo; removing the chip (from the keyboard) goes back to text search."""
+    page = _open_page(browser, server)
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    assert page.is_hidden("#query-photo")
+    text_placeholder = page.get_attribute("#q", "placeholder")
+    red = io.BytesIO()
+    Image.new("RGB", (50, 40), COLOURS["red"]).save(red, format="PNG")
+    page.set_input_files("#file-input", files=[{"name": "query.png", "mimeType": "image/png", "buffer": red.getvalue()}])
+    _settled(page, "query.png")
+    assert page.is_visible("#query-photo") and page.inner_text("#query-photo .name") == "query.png"
+    assert page.get_attribute("#query-photo .remove", "aria-label") == "Remove the query photo query.png"
+    assert page.get_attribute("#q", "placeholder") == "add words: in winter, -people"
+    assert page.locator("#grid figure.hit .name").first.inner_text() == "red.jpg"
+
+    page.fill("#q", "blue")  # red + blue: purple
+    page.press("#q", "Enter")
+    _settled(page, "photo query.png + “blue”")
+    assert page.locator("#grid figure.hit .name").first.inner_text() == "purple.jpg"
+    assert "/api/search/image?" in urls[-1] and "q=blue" in urls[-1]
+    _shoot(page, "web-photo-words.png")
+
+    page.fill("#q", "200:blue")  # a weight out of range: the API's 400, shown on the page
+    page.press("#q", "Enter")
+    page.wait_for_selector("#status.error")
+    assert "must be above 0" in page.inner_text("#status") and page.locator("#grid figure.hit").count() == 0
+    assert page.is_visible("#query-photo")  # still the query photo: the words can be fixed
+
+    page.fill("#q", "")
+    page.press("#q", "Enter")  # the photo alone again
+    _settled(page, "photo query.png")
+    page.locator("#grid figure.hit").first.click()
+    page.wait_for_selector("#viewer[open]")
+    page.click("#more-like-this")
+    _settled(page, "more like red.jpg")
+    assert page.inner_text("#query-photo .name") == "red.jpg"  # "More like this" replaced the uploaded photo
+    assert page.input_value("#q") == ""
+    assert page.locator("#grid figure.hit .name").first.inner_text() == "dark-red.png"
+    page.fill("#q", "blue")
+    page.press("#q", "Enter")
+    _settled(page, "more like red.jpg + “blue”")
+    assert "/similar?" in urls[-1] and "q=blue" in urls[-1]
+    assert page.locator("#grid figure.hit .name").first.inner_text() == "purple.jpg"
+    page.fill("#q", "-red")  # the photo of red without red: nothing left (the API's 400)
+    page.press("#q", "Enter")
+    page.wait_for_selector("#status.error")
+    assert "cancel out" in page.inner_text("#status") and page.locator("#grid figure.hit").count() == 0
+
+    green = io.BytesIO()  # another photo replaces it
+    Image.new("RGB", (50, 40), COLOURS["green"]).save(green, format="PNG")
+    page.set_input_files("#file-input", files=[{"name": "other.png", "mimeType": "image/png", "buffer": green.getvalue()}])
+    _settled(page, "photo other.png")
+    assert page.inner_text("#query-photo .name") == "other.png" and page.input_value("#q") == ""
+
+    page.focus("#q")  # the remove button from the keyboard: Shift+Tab from the box, Enter
+    page.keyboard.type("blue")
+    page.keyboard.press("Shift+Tab")
+    assert _focused(page, "#query-photo .remove")
+    page.keyboard.press("Enter")
+    assert page.is_hidden("#query-photo") and _focused(page, "#q")
+    assert page.get_attribute("#q", "placeholder") == text_placeholder
+    _settled(page, "“blue”")  # the box's words, searched as text
+    assert "/api/search?" in urls[-1] and page.locator("#status img.query-photo").count() == 0
+    assert page.locator("#grid figure.hit .name").first.inner_text() == "blue.jpg"
     page.close()
 
 
@@ -413,7 +494,9 @@ def test_no_serious_accessibility_violations(browser, server):
     page.wait_for_selector("#viewer[open]")
     page.wait_for_function("() => document.querySelector('#viewer-meta').textContent.includes('×')")
     problems["viewer"] = _axe_violations(page)
-    page.keyboard.press("Escape")
+    page.click("#more-like-this")  # the photo becomes the query photo: its chip and remove button
+    _settled(page, "more like")
+    problems["query photo"] = _axe_violations(page)
     page.check('input[name="target"][value="texts"]')
     page.wait_for_selector("#grid.texts", state="attached")
     problems["texts"] = _axe_violations(page)

@@ -14,6 +14,8 @@ from xmodal.engine.cli.common import library_dir, emit, edge, library_option, js
 @click.argument("query", required=False)
 @click.option("--image", "image", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="Search by this photo instead of text.")
+@click.option("--like", "like", type=click.IntRange(0), default=None, metavar="ID",
+              help="More like the indexed photo with this id (the photo itself left out).")
 @click.option("--target", type=click.Choice(["images", "texts"]), default="images", show_default=True)
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--model", default=None, help="Refuse to run unless the library was built with this model.")
@@ -38,19 +40,20 @@ from xmodal.engine.cli.common import library_dir, emit, edge, library_option, js
                    "both in one ranking [default: hybrid].")
 @library_option
 @json_option
-def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, reranker, queries_file, cutoff, min_prob,
-           sort, mode, library, as_json):
-    """Search the library by text QUERY or by --image, for images or --target texts. Text -> image and
+def search(query, image, like, target, k, model, rerank_k, no_rerank, no_exemplar, reranker, queries_file, cutoff,
+           min_prob, sort, mode, library, as_json):
+    """Search the library by text QUERY, by --image or --like (more like an indexed photo), for images or --target texts. Text -> image and
     image -> text searches rerank the top --rerank-k with the cross-attention reranker.
 
     QUERY takes operators: `a dog -grass` pushes grass away, `beach + 2:sunset` adds a term weighted x2,
     `-"red car"` excludes a phrase (a hyphen inside a word, as in t-shirt, is not one). `--image PHOTO
-    "in winter"` adds words to a photo."""
+    "in winter"` adds words to a photo, `--like ID "in winter"` to an indexed one."""
     from xmodal.engine.search.engine import SearchEngine
 
-    if sum(map(bool, (query or image, queries_file))) != 1 or (queries_file and image):
-        raise click.UsageError("give one of: a text QUERY, --image FILE (with words to add: --image FILE "
-                               "QUERY), or --queries FILE")
+    photo = image is not None or like is not None
+    if sum(map(bool, (query or photo, queries_file))) != 1 or (image and like is not None):
+        raise click.UsageError("give one of: a text QUERY, --image FILE or --like ID (with words to add: --image "
+                               "FILE QUERY), or --queries FILE")
     rk = 0 if no_rerank else rerank_k
     shown = _Shown(cutoff, min_prob, sort)
     if queries_file is not None:
@@ -59,9 +62,11 @@ def search(query, image, target, k, model, rerank_k, no_rerank, no_exemplar, rer
     with edge():
         with SearchEngine(library_dir(library), model=model, reranker=None if no_rerank else reranker) as engine:
             if query:
-                _say_parsed(engine, query, "photo, " if image else "")
+                _say_parsed(engine, query, "photo, " if image else f"photo {like}, " if like is not None else "")
             if image:
                 hits = engine.search_image(image, k, target, rerank_k=rk, text=query or None)
+            elif like is not None:
+                hits = engine.similar(like, k, target, rerank_k=rk, exclude_self=True, text=query or None)
             else:
                 hits = engine.search_text(query, k, target, rerank_k=rk, exemplar=not no_exemplar, mode=mode)
                 notice = engine.notice(query)

@@ -271,14 +271,17 @@ class SearchEngine:
                             rerank_query, "i2t", k, target, rerank_k, filters)
 
     def similar(self, image_id: int, k: int = 10, target: str = "images", rerank_k: int | None = None,
-                exclude_self: bool = False, **filters) -> list[SearchHit]:
+                exclude_self: bool = False, *, text: str | None = None, **filters) -> list[SearchHit]:
         """'More like this' for an indexed image, from its exact vector in the store (a memory-mapped IVF index
         cannot reconstruct one, and a PQ index only approximately; no file is opened when its patch tokens
         are stored). The photo itself comes first (its own nearest neighbour) unless `exclude_self`, which
-        leaves it out of image hits and still returns k of the others (ranks from 1)."""
+        leaves it out of image hits and still returns k of the others (ranks from 1). `text`: words to add,
+        as in search_image (`in winter`, `-people`): the photo's unit vector plus the terms', renormalised."""
         if exclude_self and target == "images":
-            hits = [h for h in self.similar(image_id, k + 1, target, rerank_k, **filters) if h.id != int(image_id)]
+            hits = [h for h in self.similar(image_id, k + 1, target, rerank_k, text=text, **filters)
+                    if h.id != int(image_id)]
             return [replace(h, rank=n + 1) for n, h in enumerate(hits[:k])]
+        parsed = self.parse_query(text, with_photo=True) if text is not None else None
         index = self._index("images")
         vector = self.library.store.get_vectors("images", [int(image_id)], index.dim).get(int(image_id))
         if vector is None:
@@ -286,13 +289,16 @@ class SearchEngine:
                 raise SearchError(f"no image with id {image_id} in {self.library.root}")
             vector = index.reconstruct([image_id])[0]  # a row from before vectors were stored
 
+        def embed():
+            return vector if parsed is None else self._combined(parsed, vector)
+
         def rerank_query(backend):
             try:
-                return vector, backend.indexed_image_query(self.image_record(image_id))
+                return embed(), backend.indexed_image_query(self.image_record(image_id))
             except DecodeError as e:
                 raise SearchError(f"cannot rerank for {e.path}: {e.reason}") from e
 
-        return self._search(lambda: vector, rerank_query, "i2t", k, target, rerank_k, filters)
+        return self._search(embed, rerank_query, "i2t", k, target, rerank_k, filters)
 
     def notice(self, query: str) -> str | None:
         """A warning to show beside the results of text `query`, or None (see filters.language_notice)."""

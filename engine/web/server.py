@@ -265,11 +265,16 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
     @api.get("/images/{image_id}/similar", summary="More like this")
     def similar(image_id: int, k: int = K, target: str = TARGET, rerank_k: int | None = RERANK_K,
                 exclude_self: bool = Query(True, description="Leave the photo itself out of the image hits."),
+                q: str | None = Query(None, max_length=MAX_QUERY_CHARS,
+                                      description="Words to add to the photo (`in winter`, `-people`)."),
                 f: dict = Depends(filters)):
         started = time.perf_counter()
         record_or_404(image_id)
-        return answer(call(engine.similar, image_id, k, target, rerank_k=rerank_k, exclude_self=exclude_self,
-                           **_active(f)), started, target)
+        q = q if q and q.strip() else None
+        parsed = call(engine.parse_query, q, with_photo=True).to_json() if q else None
+        hits = call(engine.similar, image_id, k, target, rerank_k=rerank_k, exclude_self=exclude_self, text=q,
+                    **_active(f))
+        return {**answer(hits, started, target), "parsed": parsed}
 
     @api.get("/images/{image_id}/explain", summary="Where the photo matched each word of a query (7x7 grids)")
     def explain(image_id: int, q: str = Query(..., max_length=MAX_QUERY_CHARS, description="The query to explain.")):

@@ -177,26 +177,64 @@
       return data;
     });
   }
-  // A photo or "more like this" search clears the box (its words are not the query) and shows the photo.
-  let queryPhotoURL = null;
-  function searchFile(file) {
-    last = () => searchFile(file);
-    $("#q").value = "";
-    if (!queryPhotoURL || queryPhotoURL.file !== file) {
-      if (queryPhotoURL) URL.revokeObjectURL(queryPhotoURL.url);
-      queryPhotoURL = { file, url: URL.createObjectURL(file) };
+  // The active query photo (an uploaded one, or the photo of "more like this"), shown as a chip by the search
+  // box: words typed in the box are added to it (`in winter`, `-people`) until the chip is removed.
+  // {name, url, file | id, search(words)}; choosing another photo replaces it.
+  let queryPhoto = null;
+  const chip = $("#query-photo"), box = $("#q"), textPlaceholder = box.placeholder;
+  function setQueryPhoto(photo) {
+    if (queryPhoto && queryPhoto.file && queryPhoto.url !== (photo && photo.url)) URL.revokeObjectURL(queryPhoto.url);
+    queryPhoto = photo;
+    chip.hidden = !photo;
+    box.placeholder = photo ? "add words: in winter, -people" : textPlaceholder;
+    if (!photo) return;
+    chip.querySelector("img").src = photo.url;
+    chip.querySelector(".name").textContent = photo.name;
+    chip.setAttribute("aria-label", `query photo ${photo.name}`);
+    chip.querySelector(".remove").setAttribute("aria-label", `Remove the query photo ${photo.name}`);
+    chip.title = `Searching by ${photo.name}: words in the box are added to it`;
+  }
+  // The label of a photo search, with its words as the server read them (“without people”).
+  function withWords(label) {
+    return (data) => {
+      if (data.parsed && data.parsed.text) data.label = `${label} + “${data.parsed.text}”`;
+      return data;
+    };
+  }
+  function searchFile(file, words = "") {
+    if (!queryPhoto || queryPhoto.file !== file) {
+      setQueryPhoto({ file, name: file.name, url: URL.createObjectURL(file), search: (w) => searchFile(file, w) });
     }
+    last = () => searchFile(file, words);
     const form = new FormData();
-    form.append("file", file);
-    return run(`photo ${file.name}`, (signal) => api(`/api/search/image?${query()}`, { method: "POST", body: form, signal }),
-      queryPhotoURL.url);
+    form.append("file", file); // the kept File, sent again with each new set of words
+    const label = `photo ${file.name}`;
+    return run(label, (signal) => api(`/api/search/image?${query(words ? { q: words } : {})}`,
+      { method: "POST", body: form, signal }).then(withWords(label)), queryPhoto.url);
   }
-  function similar(hit) {
-    last = () => similar(hit);
-    $("#q").value = "";
-    return run(`more like ${hit.path.split(/[\\/]/).pop()}`, (signal) => api(`/api/images/${hit.id}/similar?${query()}`, { signal }),
-      `/api/images/${hit.id}/thumbnail`);
+  function similar(hit, words = "") {
+    const name = hit.path.split(/[\\/]/).pop();
+    if (!queryPhoto || queryPhoto.id !== hit.id) {
+      setQueryPhoto({ id: hit.id, name, url: `/api/images/${hit.id}/thumbnail`, search: (w) => similar(hit, w) });
+    }
+    last = () => similar(hit, words);
+    const label = `more like ${name}`;
+    return run(label, (signal) => api(`/api/images/${hit.id}/similar?${query(words ? { q: words } : {})}`, { signal })
+      .then(withWords(label)), queryPhoto.url);
   }
+  // Removing the chip goes back to text search: the box's words, if any, are searched as text.
+  chip.querySelector(".remove").addEventListener("click", () => {
+    setQueryPhoto(null);
+    box.focus();
+    const q = box.value.trim();
+    if (q) return searchText(q);
+    if (current) current.abort();
+    generation++;
+    last = null;
+    grid.replaceChildren();
+    grid.dataset.count = 0;
+    say("type words to search, or drop a photo");
+  });
 
   // Enter or Space on a focusable element that acts as a button (a tile, the drop zone).
   function onActivate(el, action) {
@@ -215,7 +253,7 @@
     $("#viewer-img").src = `/api/images/${hit.id}/file`;
     $("#viewer-img").alt = hit.path.split(/[\\/]/).pop();
     $("#viewer-meta").textContent = hit.path;
-    $("#more-like-this").onclick = () => { opener = null; focusFirstTile = true; viewer.close(); similar(hit); };
+    $("#more-like-this").onclick = () => { opener = null; focusFirstTile = true; viewer.close(); box.value = ""; similar(hit); };
     viewer.showModal();
     try {
       const m = await api(`/api/images/${hit.id}`);
@@ -235,10 +273,20 @@
 
   $("#search-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    const q = $("#q").value.trim();
-    if (q) searchText(q);
+    const q = box.value.trim();
+    if (queryPhoto) queryPhoto.search(q); // words added to the query photo (none: the photo alone)
+    else if (q) searchText(q);
   });
-  $("#file-input").addEventListener("change", (e) => { if (e.target.files[0]) searchFile(e.target.files[0]); });
+  // A new query photo (chosen, dropped, or "more like this") starts without words: the box's were another query's.
+  function newPhoto(file) {
+    box.value = "";
+    searchFile(file);
+  }
+  $("#file-input").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    e.target.value = ""; // choosing the same file again (after removing its chip) is a change too
+    if (file) newPhoto(file);
+  });
   // Folder and date filters apply to images only: off while the toggle says texts.
   const imageFilters = document.querySelectorAll("#mode, #folder, #taken-after, #taken-before");
   function enableFilters() { for (const el of imageFilters) el.disabled = target() !== "images"; }
@@ -254,7 +302,7 @@
     e.preventDefault();
     document.body.classList.remove("dragging");
     const file = e.dataTransfer && e.dataTransfer.files[0];
-    if (file) searchFile(file);
+    if (file) newPhoto(file);
   });
   onActivate(zone, () => $("#file-input").click());
 
