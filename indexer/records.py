@@ -76,6 +76,16 @@ class TextRecord:
     text: str
     source: str
     model: str
+    image_id: int | None = None  # the photo the text describes, when its corpus named one (schema 5)
+
+
+@dataclass(frozen=True)
+class CorpusText:
+    """One text read from a corpus file, with the photo it describes as the file names it (the ``image``
+    column or field: a path or a file name, resolved against the library when indexed), or None."""
+
+    text: str
+    image: str | None = None
 
 
 @dataclass(frozen=True)
