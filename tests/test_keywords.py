@@ -147,7 +147,8 @@ def test_an_unknown_mode_is_refused():
 
 def test_matched_fields_say_where_the_words_are():
     fields = {"name": "Trips kilimanjaro summit", "meta": "", "ocr": "WELCOME TO ZORVIK"}
-    assert matched_fields(fields, ["zorvik"]) == {"ocr": "WELCOME TO ZORVIK", "words": ["zorvik"]}
+    assert matched_fields(fields, ["zorvik"]) == {"ocr": "WELCOME TO ZORVIK", "words": ["zorvik"],
+                                                  "spans": {"ocr": [[11, 17]]}}
     assert matched_fields(fields, ["nothing"]) is None
     long = "x " * 100 + "ZORVIK" + " y" * 100
     assert "ZORVIK" in snippet(long, "zorvik") and len(snippet(long, "zorvik")) < 90
