@@ -107,7 +107,7 @@ class SearchHit:
     hubness: float | None = None  # set when reranked
     exemplar: float | None = None  # set when reranked with the exemplar term (text -> image)
     prob: float | None = None  # calibrated P(match), text -> image with a calibrated model (engine.search.calibration)
-    matched: dict | None = None  # keyword search: the fields whose words matched the query ({"ocr": "...", "words": [...]})
+    matched: dict | None = None  # keyword search: the fields whose words matched ({"ocr"|"captions"|...: "...", "words": [...], "spans": {...}})
 
     def to_json(self) -> dict:
         d = {"rank": self.rank, "score": round(float(self.score), 6), "id": self.id}

@@ -214,3 +214,21 @@ def test_the_page_marks_the_spans_it_is_given_counting_code_points(tmp_path):
     parts = json.loads(out.stdout)
     assert ["mark", "Tromsø"] in parts and ["mark", "Zorvik"] in parts
     assert ["span", "caption: "] in parts and "🌌 " in parts
+
+
+def test_check_repair_embeds_a_caption_again_without_losing_its_photo(album, library, fake_encoder, tmp_path):
+    from xmodal.indexer.storage.check import repair
+
+    index_folders(library, [album], fake_encoder)
+    index_text_corpus(library, corpus(tmp_path / "captions.csv", CAPTIONS[:1]), fake_encoder)
+    db = sqlite3.connect(library / "library.db")
+    db.execute("UPDATE texts SET vector = NULL")  # a row that lost its vector, and no index to take it from
+    db.commit()
+    db.close()
+    for index_file in library.glob("texts.faiss*"):
+        index_file.unlink()
+    with Library(library) as lib:
+        assert repair(lib, lambda: fake_encoder).reembedded == 1
+        (text,) = lib.store.get_texts(lib.store.all_text_ids())
+        assert text.image_id is not None
+    assert keyword_names(library, "zorvik") == ["trips/IMG_0001.jpg"]
