@@ -76,6 +76,16 @@ class TextRecord:
     text: str
     source: str
     model: str
+    image_id: int | None = None  # the photo the text describes, when its corpus named one (schema 5)
+
+
+@dataclass(frozen=True)
+class CorpusText:
+    """One text read from a corpus file, with the photo it describes as the file names it (the ``image``
+    column or field: a path or a file name, resolved against the library when indexed), or None."""
+
+    text: str
+    image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +107,7 @@ class SearchHit:
     hubness: float | None = None  # set when reranked
     exemplar: float | None = None  # set when reranked with the exemplar term (text -> image)
     prob: float | None = None  # calibrated P(match), text -> image with a calibrated model (engine.search.calibration)
-    matched: dict | None = None  # keyword search: the fields whose words matched the query ({"ocr": "...", "words": [...]})
+    matched: dict | None = None  # keyword search: the fields whose words matched ({"ocr"|"captions"|...: "...", "words": [...], "spans": {...}})
 
     def to_json(self) -> dict:
         d = {"rank": self.rank, "score": round(float(self.score), 6), "id": self.id}

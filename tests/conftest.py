@@ -2,6 +2,8 @@
 drawn with Pillow at test time, and paths to the optional real dataset."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,18 @@ register_encoder("fake-colour", lambda: _FAKE)
 def fake_encoder() -> ColourEncoder:
     _FAKE.calls = {"images": 0, "texts": 0}
     return _FAKE
+
+
+@contextmanager
+def older_schema(version: int) -> Iterator[None]:
+    """Inside the block, the store writes libraries as an xmodal of schema `version` did: only the first
+    `version` migrations (frozen SQL) exist. A library made there is what that release left on disk."""
+    from xmodal.indexer.storage import store
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store, "MIGRATIONS", store.MIGRATIONS[:version])
+        mp.setattr(store, "SCHEMA_VERSION", version)
+        yield
 
 
 def draw(path: Path, colour: str, size=(64, 48), fmt=None) -> Path:

@@ -249,6 +249,7 @@ def test_a_schema_1_library_is_upgraded_and_back_filled_without_embedding(photos
     db.executescript("ALTER TABLE images DROP COLUMN vector; ALTER TABLE texts DROP COLUMN vector;"
                      "ALTER TABLE images DROP COLUMN ctime; ALTER TABLE images DROP COLUMN inode;"
                      "DROP TRIGGER images_words_delete; DROP TABLE image_text; DROP TABLE keywords;"
+                     "DROP INDEX ix_texts_image_id; ALTER TABLE texts DROP COLUMN image_id;"
                      "DROP TABLE keywords_tri;"
                      "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
                      "DELETE FROM meta WHERE key LIKE 'generation.%' OR key = 'roots';")
@@ -258,7 +259,7 @@ def test_a_schema_1_library_is_upgraded_and_back_filled_without_embedding(photos
     del meta["generation"]
     sidecar.write_text(json.dumps(meta))
     with Library(library) as lib:
-        assert lib.store.schema_version == store_module.SCHEMA_VERSION == 4
+        assert lib.store.schema_version == store_module.SCHEMA_VERSION == 5
         assert not check_library(lib).ok  # rows without a stored vector
     fake_encoder.calls["images"] = 0
     report = _index(library, [photos], fake_encoder)

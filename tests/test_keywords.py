@@ -7,6 +7,8 @@ import sqlite3
 import pytest
 from PIL import Image
 
+from conftest import older_schema
+
 from xmodal.engine.search.hybrid import fuse, keyword_strength
 from xmodal.engine.search.keyword_search import matched_fields, snippet
 from xmodal.indexer.records import DecodedImage
@@ -101,14 +103,16 @@ def test_deleting_or_replacing_a_photo_drops_its_words_and_a_move_renames_them(s
 
 
 def test_a_schema_3_library_gets_its_photos_names_indexed_on_opening(tmp_path):
-    with Store(tmp_path / "lib", create=True) as s:
-        (a,) = s.add_images([decoded("/p/x/snow_leopard.jpg")], "m")
-    db = sqlite3.connect(tmp_path / "lib" / "library.db")  # what schema 3 wrote
-    db.executescript("DROP TRIGGER images_words_delete; DROP TABLE image_text; DROP TABLE keywords;"
-                     "DROP TABLE keywords_tri; UPDATE meta SET value = '3' WHERE key = 'schema_version';")
+    with older_schema(3), Store(tmp_path / "lib", create=True):  # the tables schema 3 made
+        pass
+    db = sqlite3.connect(tmp_path / "lib" / "library.db")  # and a photo as it wrote one
+    a = db.execute("INSERT INTO images (raw_path, path, size, mtime, sha256, width, height, model, indexed_at) "
+                   "VALUES (?, ?, 1, 1.0, 'h', 4, 4, 'm', '2024-01-01T00:00:00')",
+                   (b"/p/x/snow_leopard.jpg", "/p/x/snow_leopard.jpg")).lastrowid
+    db.commit()
     db.close()
     with Store(tmp_path / "lib") as s:
-        assert s.schema_version == SCHEMA_VERSION == 4
+        assert s.schema_version == SCHEMA_VERSION
         assert ids_for(s, "leopard") == {a}
         assert [i for i, _, _ in s.images_without_ocr("o")] == [a]
 
@@ -143,7 +147,8 @@ def test_an_unknown_mode_is_refused():
 
 def test_matched_fields_say_where_the_words_are():
     fields = {"name": "Trips kilimanjaro summit", "meta": "", "ocr": "WELCOME TO ZORVIK"}
-    assert matched_fields(fields, ["zorvik"]) == {"ocr": "WELCOME TO ZORVIK", "words": ["zorvik"]}
+    assert matched_fields(fields, ["zorvik"]) == {"ocr": "WELCOME TO ZORVIK", "words": ["zorvik"],
+                                                  "spans": {"ocr": [[11, 17]]}}
     assert matched_fields(fields, ["nothing"]) is None
     long = "x " * 100 + "ZORVIK" + " y" * 100
     assert "ZORVIK" in snippet(long, "zorvik") and len(snippet(long, "zorvik")) < 90

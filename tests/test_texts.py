@@ -7,7 +7,8 @@ import types
 
 import pytest
 
-from xmodal.indexer.ingest.texts import TextCorpusError, read_texts
+from xmodal.indexer.ingest.texts import TextCorpusError, read_corpus, read_texts
+from xmodal.indexer.records import CorpusText
 
 
 def write(path, content: str, encoding: str = "utf-8") -> str:
@@ -134,3 +135,33 @@ def test_reads_lazily_as_a_stream(tmp_path):
     assert isinstance(stream, types.GeneratorType)
     assert next(stream) == "line 0"
     stream.close()
+
+
+# -- texts that name the photo they describe
+
+
+def test_a_csv_image_column_names_the_photo_each_caption_describes_as_in_flickr8k(tmp_path):
+    path = write(tmp_path / "captions.csv", "image,caption\n1000.jpg,A child in pink\n1001.jpg,\n,no photo here\n")
+
+    assert list(read_corpus(path)) == [CorpusText("A child in pink", "1000.jpg"), CorpusText("no photo here", None)]
+    assert list(read_texts(path)) == ["A child in pink", "no photo here"]  # callers wanting strings see strings
+
+
+def test_a_csv_without_an_image_column_but_with_a_path_column_uses_it(tmp_path):
+    path = write(tmp_path / "c.csv", "Path,Text\ntrips/a.jpg,harbour at dawn\n")
+
+    assert list(read_corpus(path)) == [CorpusText("harbour at dawn", "trips/a.jpg")]
+
+
+def test_jsonl_image_field_names_the_photo_and_a_non_string_one_skips_the_line(tmp_path, caplog):
+    path = write(tmp_path / "c.jsonl", '{"text": "a", "image": "x/a.jpg"}\n{"text": "b"}\n{"text": "c", "image": 7}\n')
+
+    with caplog.at_level(logging.WARNING):
+        assert list(read_corpus(path)) == [CorpusText("a", "x/a.jpg"), CorpusText("b", None)]
+    assert "c.jsonl:3" in caplog.text and "'image' field is not a string" in caplog.text
+
+
+def test_plain_text_lines_name_no_photo(tmp_path):
+    path = write(tmp_path / "t.txt", "image,caption\n")
+
+    assert list(read_corpus(path)) == [CorpusText("image,caption", None)]

@@ -28,6 +28,7 @@ def info(library, as_json):
     click.echo(f"model     {data['model']} ({data['dim']} dims)")
     click.echo(f"images    {data['images']}")
     click.echo(f"ocr       {'on' if data['ocr']['on'] else 'off'}, {data['ocr']['photos_read']} photos read")
+    click.echo(f"captions  {data['captions']['photos']} photos have captions from a text corpus")
     click.echo(f"texts     {data['texts']}" + "".join(f"\n          {n:6d}  {s}" for s, n in data["text_sources"].items()))
     for modality, idx in data["indexes"].items():
         click.echo(f"index     {modality}: {idx['factory']}, {idx['vectors']} vectors")

@@ -151,7 +151,8 @@ def _table(hits, target: str) -> None:
         cols += f"  {h.prob:>5.2f}" if probs and h.prob is not None else ("       " if probs else "")
         click.echo(f"{h.rank:>4}  {h.score:>6.3f}{cols}  {h.id:>6}  {h.path if target == 'images' else h.text}")
         if h.matched:  # why it matched by its words: the field and the words around them
-            click.echo("      matched " + "; ".join(f"{f}: {v}" for f, v in h.matched.items() if f != "words"))
+            click.echo("      matched " + "; ".join(f"{f}: {v}" for f, v in h.matched.items()
+                                                  if f not in ("words", "spans")))
 
 
 

@@ -465,6 +465,7 @@ def library_info(library: Library) -> dict:
         "schema_version": store.schema_version,
         "text_sources": store.text_sources(),
         "ocr": {"on": bool(store.get_meta("ocr", False)), "photos_read": store.count_read_by_ocr()},
+        "captions": {"photos": store.count_captioned()},  # photos with texts of a corpus linked to them
         "indexes": {},
         "bytes": library.sizes(),
         "watch": watch_status(library.root),  # the heartbeat of a running `xmodal watch`, else None

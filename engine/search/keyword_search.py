@@ -1,6 +1,7 @@
 """Text -> image search through the keyword index, alone or fused with the semantic ranking
 (`SearchEngine.search_text(..., mode=...)`): the store's keyword matches, the fusion in `hybrid.py`, the
-image filters, and each hit's `matched` (the fields whose words matched, as snippets, and the words)."""
+image filters, and each hit's `matched` (the fields whose words matched, as snippets, the words, and where
+they are in each snippet)."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,7 @@ from dataclasses import replace
 from typing import Callable
 
 from xmodal.indexer.records import SearchHit
-from xmodal.indexer.storage.words import find_words, query_terms
+from xmodal.indexer.storage.words import find_words, query_terms, word_spans
 
 from xmodal.engine.search.errors import SearchError
 from xmodal.engine.search.filters import image_filter
@@ -16,7 +17,7 @@ from xmodal.engine.search.hybrid import MODES, fuse, keyword_strength
 
 logger = logging.getLogger(__name__)
 CANDIDATES = 50  # semantic candidates fused with the keyword matches (at least k)
-FIELDS = ("ocr", "name", "meta")
+FIELDS = ("ocr", "captions", "name", "meta")
 SNIPPET = 80  # characters of a matched field shown around its first matched word
 
 
@@ -42,18 +43,28 @@ def snippet(text: str, word: str, width: int = SNIPPET) -> str:
 
 
 def matched_fields(fields: dict[str, str], terms: list[str]) -> dict | None:
-    """{"ocr": snippet, "name": snippet, "words": [terms found]}, the fields that hold query words only."""
+    """{"ocr": snippet, "captions": snippet, ..., "words": [terms found], "spans": {field: [[start, end],
+    ...]}}, the fields that hold query words only; a photo's captions (one per line) show the caption holding
+    the first word found. `spans` are where the words are in each snippet, in characters (code points), so
+    that a page marks them without folding."""
     out: dict = {}
+    spans: dict[str, list[list[int]]] = {}
     found_words: list[str] = []
     for field in FIELDS:
         text = fields.get(field) or ""
         found = find_words(text, terms) if text else []
         if found:
-            out[field] = snippet(text, found[0])
+            if field == "captions":
+                text = next((line for line in text.splitlines() if find_words(line, found[:1])), text)
+            at = word_spans(text, found[:1])
+            shown = snippet(text, text[at[0][0]:at[0][1]] if at else found[0])
+            out[field] = shown
+            spans[field] = [list(span) for span in word_spans(shown, found)]
             found_words.extend(w for w in found if w not in found_words)
     if not out:
         return None
     out["words"] = found_words
+    out["spans"] = spans
     return out
 
 

@@ -33,7 +33,8 @@ from xmodal.indexer.records import DecodedImage, Skipped
 from xmodal.indexer.ingest.stages import LaneIds, ordered_map
 from xmodal.indexer.storage.store import FileState, StoreError
 from xmodal.indexer.storage.text_tokens import TextTokenStore
-from xmodal.indexer.ingest.texts import read_texts
+from xmodal.indexer.ingest.caption_links import PhotoFinder, warn_unlinked
+from xmodal.indexer.ingest.texts import read_corpus
 from xmodal.indexer.storage.vector_index import VectorIndexError
 from xmodal.indexer.ingest.walk import iter_image_files
 
@@ -388,9 +389,13 @@ class TextReport:
     replaced: int = 0
     source: str = ""
     seconds: float = 0.0
+    linked: int = 0  # texts linked to the library photo they name (their captions)
+    unresolved: int = 0  # texts naming a photo not in the library: unlinked
+    ambiguous: int = 0  # texts naming a file name several photos share: unlinked
 
     def to_json(self) -> dict:
         return {"indexed": self.indexed, "replaced": self.replaced, "source": self.source,
+                "linked": self.linked, "unresolved": self.unresolved, "ambiguous": self.ambiguous,
                 "seconds": round(self.seconds, 3)}
 
 
@@ -398,7 +403,11 @@ def index_texts(library: Library, path: str, encoder: Encoder, batch_size: int =
                 progress: Progress | None = None, tokens: bool = False) -> TextReport:
     """Index a text corpus file; indexing the same file again replaces its earlier texts. With `tokens` (and
     an encoder that has them) each text's token states are stored too, from the same text-tower pass, for
-    reranking image -> text searches without a text-tower pass at query time (indexer.text_tokens)."""
+    reranking image -> text searches without a text-tower pass at query time (indexer.text_tokens).
+
+    Texts that name a photo (indexer.ingest.texts) are linked to it when the library has it
+    (indexer.ingest.caption_links), and become its captions, keywords of the photo, in the same transaction
+    as the texts; replacing the corpus's texts recomputes the captions of the photos they described."""
     t0 = time.perf_counter()
     source = os.path.abspath(path)
     report = TextReport(source=source)
@@ -409,19 +418,27 @@ def index_texts(library: Library, path: str, encoder: Encoder, batch_size: int =
             if source in library.store.text_sources():
                 report.replaced = len(library.delete_texts_from_source(source))
             store = TextTokenStore(library.root) if tokens and hasattr(encoder, "encode_text_states") else None
-            for batch in batched(read_texts(path), batch_size):
+            finder: PhotoFinder | None = None
+            for items in batched(read_corpus(path), batch_size):
+                batch = [item.text for item in items]
+                if finder is None and any(item.image for item in items):  # the library's paths, read once
+                    finder = PhotoFinder(((i, p) for i, p, _ in library.store.image_paths()), library.roots)
+                links = [finder.resolve(item.image) for item in items] if finder is not None else None
                 if store is not None:
                     vectors, states, mask, _ = encoder.encode_text_states(batch)
-                    ids = library.add_texts(batch, vectors, source, encoder.name)
+                    ids = library.add_texts(batch, vectors, source, encoder.name, image_ids=links)
                     lengths = mask.sum(1).tolist()
                     store.write(ids, batch, [st[:n].numpy() for st, n in zip(states, lengths)])
                 else:
                     vectors = encoder.encode_texts(batch)
-                    library.add_texts(batch, vectors, source, encoder.name)
+                    library.add_texts(batch, vectors, source, encoder.name, image_ids=links)
                 report.indexed += len(batch)
                 if progress:
                     progress(report.indexed, 0)
             library.save("texts")
+            if finder is not None:
+                report.linked, report.unresolved, report.ambiguous = finder.linked, finder.unresolved, finder.ambiguous
+                warn_unlinked(source, finder)
         except (OSError, StoreError, VectorIndexError) as e:
             if isinstance(e, OSError) and e.errno not in WRITE_ERRNOS:
                 raise

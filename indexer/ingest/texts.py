@@ -5,10 +5,15 @@ Supported formats, chosen by extension (case-insensitive):
 * ``.txt``   one text per line; lines are stripped and blank lines skipped.
 * ``.csv``   a header row, then one text per row from the ``caption`` column, or the ``text`` column if
   there is no ``caption`` (header names matched ignoring case and surrounding spaces). Rows whose cell
-  is blank or missing are skipped.
-* ``.jsonl`` one JSON object per line with a string ``text`` field. A line that is not valid JSON, not
-  an object, or has no string ``text`` is *logged as a warning naming file:line and skipped*: one bad
+  is blank or missing are skipped. An ``image`` column (else ``file``, ``path`` or ``photo``) names the
+  photo each text describes (Flickr8k's ``image,caption`` layout).
+* ``.jsonl`` one JSON object per line with a string ``text`` field, and optionally a string ``image``
+  field naming the photo it describes. A line that is not valid JSON, not an object, or has no string
+  ``text`` (or a non-string ``image``) is *logged as a warning naming file:line and skipped*: one bad
   line in a large scraped corpus should not cost the rest of it. Blank lines are ignored.
+
+Plain ``.txt`` texts describe no photo. `read_texts` yields the texts as strings; `read_corpus` yields
+`CorpusText` records (the text and the photo it names, or None).
 
 Files must be UTF-8 (a leading byte-order mark is tolerated). Anything else raises `TextCorpusError`
 with the file name, the reason and what to do about it.
@@ -22,11 +27,14 @@ import os
 from collections.abc import Iterator
 from typing import TextIO
 
+from xmodal.indexer.records import CorpusText
+
 logger = logging.getLogger(__name__)
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".txt", ".csv", ".jsonl")
 
 _CSV_COLUMNS = ("caption", "text")  # in order of preference
+IMAGE_COLUMNS = ("image", "file", "path", "photo")  # the photo a text describes, in order of preference
 _MAX_LINE_WARNINGS = 20  # per file; after that only a summary is logged
 
 
@@ -41,6 +49,12 @@ def read_texts(path: str) -> Iterator[str]:
     without a usable column, bytes that are not UTF-8) raise `TextCorpusError` during iteration, when
     they are reached. Texts already yielded before such an error stay valid.
     """
+    return (item.text for item in read_corpus(path))
+
+
+def read_corpus(path: str) -> Iterator[CorpusText]:
+    """Like `read_texts`, yielding `CorpusText` records: each text with the photo it names (None in a
+    ``.txt`` file, a CSV without an image column, a JSONL line without ``image``, or a blank cell)."""
     path = os.fsdecode(os.fspath(path))
     ext = os.path.splitext(path)[1].lower()
     if ext not in SUPPORTED_EXTENSIONS:
@@ -55,7 +69,7 @@ def read_texts(path: str) -> Iterator[str]:
     return _guarded(path, reader)
 
 
-def _guarded(path: str, reader) -> Iterator[str]:
+def _guarded(path: str, reader) -> Iterator[CorpusText]:
     """Run `reader` on the opened file, turning I/O and encoding errors into `TextCorpusError`."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -72,14 +86,14 @@ def _guarded(path: str, reader) -> Iterator[str]:
         raise TextCorpusError(f"{path}: is a folder; pass a .txt, .csv or .jsonl file") from None
 
 
-def _read_txt(path: str, f: TextIO) -> Iterator[str]:
+def _read_txt(path: str, f: TextIO) -> Iterator[CorpusText]:
     for line in f:
         text = line.strip()
         if text:
-            yield text
+            yield CorpusText(text)
 
 
-def _read_csv(path: str, f: TextIO) -> Iterator[str]:
+def _read_csv(path: str, f: TextIO) -> Iterator[CorpusText]:
     reader = csv.reader(f)
     try:
         header = next(reader, None)
@@ -93,16 +107,18 @@ def _read_csv(path: str, f: TextIO) -> Iterator[str]:
                 f"{path}: no 'caption' or 'text' column in the CSV header (found columns: {found}); "
                 "rename the column holding the texts to 'caption' or 'text'")
         index = names.index(column)
+        image = next((names.index(c) for c in IMAGE_COLUMNS if c in names), None)
         for row in reader:
             if index < len(row):
                 text = row[index].strip()
                 if text:
-                    yield text
+                    ref = row[image].strip() if image is not None and image < len(row) else ""
+                    yield CorpusText(text, ref or None)
     except csv.Error as exc:
         raise TextCorpusError(f"{path}:{reader.line_num}: malformed CSV ({exc}); fix or re-export the file") from None
 
 
-def _read_jsonl(path: str, f: TextIO) -> Iterator[str]:
+def _read_jsonl(path: str, f: TextIO) -> Iterator[CorpusText]:
     bad = 0
     for lineno, line in enumerate(f, start=1):
         line = line.strip()
@@ -118,6 +134,8 @@ def _read_jsonl(path: str, f: TextIO) -> Iterator[str]:
                 problem = f"expected a JSON object, got {type(obj).__name__}"
             elif not isinstance(obj.get("text"), str):
                 problem = "no 'text' field" if "text" not in obj else "the 'text' field is not a string"
+            elif obj.get("image") is not None and not isinstance(obj["image"], str):
+                problem = "the 'image' field is not a string (a path or file name of the photo)"
         if problem is not None:
             bad += 1
             if bad <= _MAX_LINE_WARNINGS:
@@ -125,7 +143,7 @@ def _read_jsonl(path: str, f: TextIO) -> Iterator[str]:
             continue
         text = obj["text"].strip()
         if text:
-            yield text
+            yield CorpusText(text, (obj.get("image") or "").strip() or None)
     if bad > _MAX_LINE_WARNINGS:
         logger.warning("%s: %d malformed lines skipped in all (only the first %d were listed)",
                        path, bad, _MAX_LINE_WARNINGS)

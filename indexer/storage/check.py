@@ -275,7 +275,8 @@ def repair(library: Library, load_encoder: Callable[[], Encoder],
             for source, texts in by_source.items():
                 store.delete_texts([t.id for t in texts])
                 index.remove(np.asarray([t.id for t in texts], np.int64))
-                library.add_texts([t.text for t in texts], encoder.encode_texts([t.text for t in texts]), source, model)
+                library.add_texts([t.text for t in texts], encoder.encode_texts([t.text for t in texts]), source, model,
+                                  image_ids=[t.image_id for t in texts])  # they keep the photos they describe
                 out.reembedded += len(texts)
         for modality in MODALITIES:
             library.save(modality)

@@ -467,9 +467,11 @@ class Library:
         index.remove(np.asarray(ids, np.int64))
         self._advance("images")
 
-    def add_texts(self, texts: Sequence[str], vectors: np.ndarray, source: str, model: str) -> list[int]:
+    def add_texts(self, texts: Sequence[str], vectors: np.ndarray, source: str, model: str,
+                  image_ids: Sequence[int | None] | None = None) -> list[int]:
+        """Add texts with their vectors (store, then index), each linked to the photo ``image_ids[i]`` if given."""
         index = self.vector_index("texts")
-        ids = self.store.add_texts(texts, source, model, vectors)
+        ids = self.store.add_texts(texts, source, model, vectors, image_ids=image_ids)
         index.add(np.asarray(ids, np.int64), np.asarray(vectors, np.float32))
         self._advance("texts")
         return ids

@@ -111,10 +111,44 @@ def _migration_4_keywords(conn: Connection) -> None:
                                  (image_id, fold(name)))
 
 
+def _migration_5_captions(conn: Connection) -> None:
+    """Version 5: a text may describe a photo (``texts.image_id``, NULL: none), and the texts linked to a
+    photo are its ``captions``, a fourth keyword field. FTS5 tables cannot be altered: both are made again
+    with the new column and refilled from ``image_text`` (no photo has captions yet). The delete trigger
+    also unlinks the texts of a deleted photo."""
+    conn.exec_driver_sql("ALTER TABLE texts ADD COLUMN image_id INTEGER")
+    conn.exec_driver_sql("CREATE INDEX ix_texts_image_id ON texts (image_id)")
+    conn.exec_driver_sql("ALTER TABLE image_text ADD COLUMN captions TEXT NOT NULL DEFAULT ''")
+    conn.exec_driver_sql("DROP TRIGGER images_words_delete")
+    conn.exec_driver_sql("DROP TABLE keywords")
+    conn.exec_driver_sql("DROP TABLE keywords_tri")
+    conn.exec_driver_sql("CREATE VIRTUAL TABLE keywords USING fts5(name, meta, ocr, captions, "
+                         "tokenize = 'unicode61 remove_diacritics 2')")
+    conn.exec_driver_sql("CREATE VIRTUAL TABLE keywords_tri USING fts5(name, meta, ocr, captions, "
+                         "tokenize = 'trigram')")
+    conn.exec_driver_sql(
+        """
+        CREATE TRIGGER images_words_delete AFTER DELETE ON images BEGIN
+            DELETE FROM keywords WHERE rowid = old.id;
+            DELETE FROM keywords_tri WHERE rowid = old.id;
+            DELETE FROM image_text WHERE image_id = old.id;
+            UPDATE texts SET image_id = NULL WHERE image_id = old.id;
+        END
+        """
+    )
+    rows = conn.exec_driver_sql("SELECT image_id, name, meta, ocr FROM image_text ORDER BY image_id")
+    for image_id, name, meta, ocr in rows.fetchall():
+        folded = (fold(name or ""), fold(meta or ""), fold(ocr or ""))
+        for table in ("keywords", "keywords_tri"):
+            conn.exec_driver_sql(f"INSERT INTO {table} (rowid, name, meta, ocr, captions) VALUES (?, ?, ?, ?, '')",
+                                 (image_id, *folded))
+
+
 #: Ordered schema migrations; ``MIGRATIONS[i]`` takes a library from version ``i`` to ``i + 1``.
 MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1_initial, _migration_2_vectors,
-                                                   _migration_3_file_identity, _migration_4_keywords]
-SCHEMA_VERSION = 4
+                                                   _migration_3_file_identity, _migration_4_keywords,
+                                                   _migration_5_captions]
+SCHEMA_VERSION = 5
 
 META_DDL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
@@ -166,6 +200,7 @@ TEXTS = Table(
     Column("model", Text, nullable=False),
     Column("indexed_at", IsoDateTime, nullable=False),
     Column("vector", LargeBinary),
+    Column("image_id", Integer),
 )
 TABLES = {"images": IMAGES, "texts": TEXTS}
 IMAGE_TEXT = Table(
@@ -177,6 +212,7 @@ IMAGE_TEXT = Table(
     Column("ocr", Text),
     Column("ocr_boxes", Text),
     Column("ocr_model", Text),
+    Column("captions", Text, nullable=False),
 )
 
 

@@ -7,7 +7,8 @@ What lives here:
   bytes of the path (``os.fsencode``) so file names that are not valid UTF-8 round-trip; ``path`` is a
   display copy (UTF-8 with ``backslashreplace``). Records handed out carry ``os.fsdecode(raw_path)``, i.e.
   the very ``str`` the walker produced.
-* ``texts`` — indexed texts (captions, corpus lines) and the file they came from.
+* ``texts`` — indexed texts (captions, corpus lines), the file they came from and (schema 5) the photo
+  they describe, if any (``image_id``); a photo's linked texts are its ``captions`` keyword field.
 * ``meta`` — key/value settings, values JSON-encoded; ``schema_version`` lives here.
 
 Since schema 2 the store is the single source of truth for vectors too: each ``images``/``texts`` row holds
@@ -382,9 +383,18 @@ class Store:
             self._check_batch_paths(images)
             existing = self._ids_by_raw_path(conn, [raw_path_of(im.path) for im in images])
             replaced = sorted(existing.values())
+            linked = self._linked_texts(conn, replaced)  # the deletion unlinks them (trigger): kept for the new row
             self._delete(conn, IMAGES, replaced)
             self._bump(conn, "images")
-            return self._insert_images(conn, images, model, vectors), replaced
+            new_ids = self._insert_images(conn, images, model, vectors)
+            new_by_old = {existing[raw_path_of(im.path)]: i for im, i in zip(images, new_ids)
+                          if raw_path_of(im.path) in existing}
+            relinked = {new_by_old[old]: texts for old, texts in linked.items()}
+            for image_id, text_ids in relinked.items():
+                for part in _chunks(text_ids):
+                    conn.execute(TEXTS.update().where(TEXTS.c.id.in_(part)).values(image_id=image_id))
+            self._set_captions(conn, relinked)
+            return new_ids, replaced
 
     @staticmethod
     def _check_batch_paths(images: Sequence[DecodedImage]) -> None:
@@ -573,17 +583,24 @@ class Store:
     # -- texts
 
     def add_texts(self, texts: Sequence[str], source: str, model: str,
-                  vectors: np.ndarray | None = None) -> list[int]:
-        """Insert ``texts`` (all from file ``source``, with their ``vectors`` if given) in one transaction;
-        returns their new ids in order."""
+                  vectors: np.ndarray | None = None, image_ids: Sequence[int | None] | None = None) -> list[int]:
+        """Insert ``texts`` (all from file ``source``, with their ``vectors`` if given, each linked to the
+        photo of ``image_ids[i]`` if given and not None) in one transaction, with the ``captions`` of the
+        photos they link to; returns their new ids in order. A link to an id not in the store is dropped."""
         if not texts:
             return []
+        if image_ids is not None and len(image_ids) != len(texts):
+            raise StoreError(f"got {len(image_ids)} photo links for {len(texts)} texts; pass one (or None) per text")
         now = _now()
-        rows = [{"text": t, "source": source, "model": model, "indexed_at": now,
-                 "vector": None if vectors is None else to_blob(vectors[i])} for i, t in enumerate(texts)]
         with self._write() as conn:
+            links = list(image_ids) if image_ids is not None else [None] * len(texts)
+            known = self._known_images(conn, [i for i in links if i is not None])
+            links = [int(i) if i is not None and int(i) in known else None for i in links]
+            rows = [{"text": t, "source": source, "model": model, "indexed_at": now, "image_id": links[i],
+                     "vector": None if vectors is None else to_blob(vectors[i])} for i, t in enumerate(texts)]
             self._bump(conn, "texts")
             result = conn.execute(insert(TEXTS).returning(TEXTS.c.id, sort_by_parameter_order=True), rows)
+            self._set_captions(conn, known)
             return [int(i) for i in result.scalars()]
 
     def get_texts(self, ids: Sequence[int]) -> list[TextRecord]:
@@ -591,16 +608,23 @@ class Store:
         by_id: dict[int, TextRecord] = {}
         with self._read() as conn:
             for part in _chunks(ids):
-                for row in conn.execute(select(TEXTS.c.id, TEXTS.c.text, TEXTS.c.source, TEXTS.c.model)
-                                        .where(TEXTS.c.id.in_(part))):
-                    by_id[row.id] = TextRecord(id=row.id, text=row.text, source=row.source, model=row.model)
+                for row in conn.execute(select(TEXTS.c.id, TEXTS.c.text, TEXTS.c.source, TEXTS.c.model,
+                                               TEXTS.c.image_id).where(TEXTS.c.id.in_(part))):
+                    by_id[row.id] = TextRecord(id=row.id, text=row.text, source=row.source, model=row.model,
+                                               image_id=row.image_id)
         return [by_id[int(i)] for i in ids if int(i) in by_id]
 
     def delete_texts(self, ids: Sequence[int]) -> int:
         """Delete the texts with these ids (unknown ids are ignored); returns how many rows went."""
         with self._write() as conn:
             self._bump(conn, "texts")
-            return self._delete(conn, TEXTS, ids)
+            affected: set[int] = set()
+            for part in _chunks(ids):
+                affected.update(conn.execute(select(TEXTS.c.image_id).where(TEXTS.c.id.in_(part) &
+                                                                           TEXTS.c.image_id.is_not(None))).scalars())
+            deleted = self._delete(conn, TEXTS, ids)
+            self._set_captions(conn, affected)
+            return deleted
 
     def text_sources(self) -> dict[str, int]:
         """How many texts each source file contributed."""
@@ -615,7 +639,10 @@ class Store:
         with self._write() as conn:
             query = select(TEXTS.c.id).where(TEXTS.c.source == source).order_by(TEXTS.c.id)
             ids = list(conn.execute(query).scalars())
+            affected = set(conn.execute(select(TEXTS.c.image_id).distinct().where(
+                (TEXTS.c.source == source) & TEXTS.c.image_id.is_not(None))).scalars())
             conn.execute(delete(TEXTS).where(TEXTS.c.source == source))
+            self._set_captions(conn, affected)  # the photos those texts described lose them as captions
             self._bump(conn, "texts")
             return [int(i) for i in ids]
 
@@ -627,21 +654,58 @@ class Store:
         """All text ids, ascending, as an int64 array."""
         return self._all_ids(TEXTS)
 
-    # -- words (schema 4): names, embedded descriptions and OCR text, and their FTS5 indexes
+    def count_captioned(self) -> int:
+        """How many photos have texts linked to them (captions from a corpus that names its photos)."""
+        with self._read() as conn:
+            return int(conn.exec_driver_sql("SELECT count(DISTINCT image_id) FROM texts WHERE image_id IS NOT NULL")
+                       .scalar_one())
+
+    @staticmethod
+    def _known_images(conn: Connection, ids: Sequence[int]) -> set[int]:
+        known: set[int] = set()
+        for part in _chunks(sorted(set(ids))):
+            known.update(int(i) for i in conn.execute(select(IMAGES.c.id).where(IMAGES.c.id.in_(part))).scalars())
+        return known
+
+    @staticmethod
+    def _linked_texts(conn: Connection, image_ids: Sequence[int]) -> dict[int, list[int]]:
+        """``{image id: [ids of the texts linked to it]}`` for those of ``image_ids`` that have any."""
+        out: dict[int, list[int]] = {}
+        for part in _chunks(image_ids):
+            for text_id, image_id in conn.execute(select(TEXTS.c.id, TEXTS.c.image_id)
+                                                  .where(TEXTS.c.image_id.in_(part)).order_by(TEXTS.c.id)):
+                out.setdefault(int(image_id), []).append(int(text_id))
+        return out
+
+    @staticmethod
+    def _set_captions(conn: Connection, image_ids: Any) -> None:
+        """Recompute the ``captions`` field (the linked texts, one per line, in id order) of each photo of
+        ``image_ids`` still in the store, in the caller's transaction."""
+        known = Store._known_images(conn, list(image_ids))
+        lines: dict[int, list[str]] = {i: [] for i in known}
+        for part in _chunks(sorted(known)):
+            for image_id, text in conn.execute(select(TEXTS.c.image_id, TEXTS.c.text)
+                                               .where(TEXTS.c.image_id.in_(part)).order_by(TEXTS.c.id)):
+                lines[int(image_id)].append(" ".join(text.split()))  # one line each, whatever the corpus held
+        for image_id, texts in lines.items():
+            Store._put_words(conn, image_id, captions="\n".join(texts))
+
+    # -- words (schema 4): names, embedded descriptions and OCR text, and their FTS5 indexes; (schema 5)
+    #    the captions of the texts linked to a photo
 
     @staticmethod
     def _put_words(conn: Connection, image_id: int, **fields: Any) -> None:
-        """Set some of a photo's word fields (name, meta, ocr, ocr_boxes, ocr_model) and rewrite its rows in
-        both FTS5 tables from the result, in the caller's transaction."""
+        """Set some of a photo's word fields (name, meta, ocr, ocr_boxes, ocr_model, captions) and rewrite its
+        rows in both FTS5 tables from the result, in the caller's transaction."""
         conn.exec_driver_sql("INSERT OR IGNORE INTO image_text (image_id) VALUES (?)", (int(image_id),))
         if fields:
             conn.execute(IMAGE_TEXT.update().where(IMAGE_TEXT.c.image_id == int(image_id)).values(**fields))
-        row = conn.execute(select(IMAGE_TEXT.c.name, IMAGE_TEXT.c.meta, IMAGE_TEXT.c.ocr)
+        row = conn.execute(select(IMAGE_TEXT.c.name, IMAGE_TEXT.c.meta, IMAGE_TEXT.c.ocr, IMAGE_TEXT.c.captions)
                            .where(IMAGE_TEXT.c.image_id == int(image_id))).one()
-        folded = (words.fold(row.name or ""), words.fold(row.meta or ""), words.fold(row.ocr or ""))
+        folded = tuple(words.fold(v or "") for v in (row.name, row.meta, row.ocr, row.captions))
         for table in ("keywords", "keywords_tri"):
             conn.exec_driver_sql(f"DELETE FROM {table} WHERE rowid = ?", (int(image_id),))
-            conn.exec_driver_sql(f"INSERT INTO {table} (rowid, name, meta, ocr) VALUES (?, ?, ?, ?)",
+            conn.exec_driver_sql(f"INSERT INTO {table} (rowid, name, meta, ocr, captions) VALUES (?, ?, ?, ?, ?)",
                                  (int(image_id), *folded))
 
     def set_ocr(self, results: Sequence[tuple[int, str, list, str]]) -> None:
@@ -694,7 +758,7 @@ class Store:
                 if not found and words.misread_allowance(term):  # maybe misread by OCR: near words
                     trigrams = " OR ".join(words.fts_phrase(term[i:i + 3]) for i in range(len(term) - 2))
                     for rowid, *fields in conn.exec_driver_sql(
-                            "SELECT rowid, name, meta, ocr FROM keywords_tri WHERE keywords_tri MATCH ? "
+                            "SELECT rowid, name, meta, ocr, captions FROM keywords_tri WHERE keywords_tri MATCH ? "
                             "ORDER BY rank LIMIT ?", (trigrams, min(limit, 200))):
                         if words.near_word(term, " ".join(fields)):
                             found[int(rowid)] = 0.7
@@ -708,13 +772,16 @@ class Store:
         return total, out, counts
 
     def image_words(self, ids: Sequence[int]) -> dict[int, dict[str, str]]:
-        """``{id: {"name": ..., "meta": ..., "ocr": ...}}`` (the text as read, not folded) for ``ids``."""
+        """``{id: {"name": ..., "meta": ..., "ocr": ..., "captions": ...}}`` (the text as read, not folded;
+        captions one per line) for ``ids``."""
         found: dict[int, dict[str, str]] = {}
         with self._read() as conn:
             for part in _chunks(ids):
                 for r in conn.execute(select(IMAGE_TEXT.c.image_id, IMAGE_TEXT.c.name, IMAGE_TEXT.c.meta,
-                                             IMAGE_TEXT.c.ocr).where(IMAGE_TEXT.c.image_id.in_(part))):
-                    found[int(r.image_id)] = {"name": r.name or "", "meta": r.meta or "", "ocr": r.ocr or ""}
+                                             IMAGE_TEXT.c.ocr, IMAGE_TEXT.c.captions)
+                                      .where(IMAGE_TEXT.c.image_id.in_(part))):
+                    found[int(r.image_id)] = {"name": r.name or "", "meta": r.meta or "", "ocr": r.ocr or "",
+                                              "captions": r.captions or ""}
         return found
 
     def count_read_by_ocr(self) -> int:

@@ -89,6 +89,38 @@ def find_words(text: str, terms: list[str]) -> list[str]:
     return found
 
 
+def word_spans(text: str, terms: list[str]) -> list[tuple[int, int]]:
+    """Where `terms` (folded) occur in `text`, as ``(start, end)`` positions in `text` itself (code points),
+    in order and never overlapping: what a page marks, so that it need not fold ("Tromsø" for "tromso").
+    A term of one or two letters counts only at the start of a word; a longer one anywhere, as in
+    `find_words`."""
+    folded_parts, origin = [], []
+    for i, c in enumerate(text):  # fold letter by letter, remembering which letter each folded one came from
+        f = fold(c, space_cjk=False)
+        folded_parts.append(f)
+        origin.extend([i] * len(f))
+    folded = "".join(folded_parts)
+    needles = sorted({"".join(fold(t, space_cjk=False).split()) for t in terms if t.strip()}, key=len, reverse=True)
+    spans: list[tuple[int, int]] = []
+    at = 0
+    while at < len(folded):
+        best = None
+        for needle in needles:
+            i = folded.find(needle, at)
+            while i >= 0 and len(needle) < 3 and i > 0 and folded[i - 1].isalnum():
+                i = folded.find(needle, i + 1)
+            if i >= 0 and (best is None or i < best[0]):
+                best = (i, i + len(needle))
+        if best is None:
+            break
+        start, end = origin[best[0]], origin[best[1] - 1] + 1
+        while end < len(text) and not folded_parts[end]:  # combining marks after the last letter go with it
+            end += 1
+        spans.append((start, end))
+        at = best[1]
+    return spans
+
+
 def edit_distance(a: str, b: str, limit: int) -> int:
     """Levenshtein distance of `a` and `b`, or `limit + 1` as soon as it must exceed `limit`."""
     if abs(len(a) - len(b)) > limit:

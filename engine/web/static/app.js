@@ -56,34 +56,29 @@
     return !mixed || h.reranked ? h.score.toFixed(3) : `#${h.rank}`;
   }
   // Why a photo matched by its words: the field's text with the query's words marked (built as nodes, never HTML).
+  // The server says where the words are (`matched.spans`, in code points), so the page never folds letters itself.
   function matchedLine(matched) {
     const line = document.createElement("p");
     line.className = "matched";
     line.append(" "); // a word break after the caption in the figure's text (its accessible name)
-    const fold = (t) => t.normalize("NFKD").replace(/[\u0300-\u036f]/g, "").toLowerCase();
-    const words = (matched.words || []).filter((w) => w).map(fold);
-    for (const field of ["ocr", "name", "meta"]) {
+    const labels = { ocr: "text", captions: "caption", name: "name", meta: "description" };
+    for (const field of ["ocr", "captions", "name", "meta"]) {
       if (!matched[field]) continue;
-      const text = matched[field];
+      const chars = Array.from(matched[field]); // code points, as the spans count them
       const label = document.createElement("span");
       label.className = "field";
-      label.textContent = { ocr: "text", name: "name", meta: "description" }[field] + ": ";
+      label.textContent = labels[field] + ": ";
       line.append(label);
-      const folded = fold(text);
       let at = 0;
-      while (at < text.length) {
-        let next = -1, len = 0;
-        for (const w of words) {
-          const i = folded.indexOf(w, at);
-          if (i >= 0 && (next < 0 || i < next)) { next = i; len = w.length; }
-        }
-        if (next < 0 || folded.length !== text.length) { line.append(text.slice(at)); break; }
-        line.append(text.slice(at, next));
+      for (const [start, end] of (matched.spans && matched.spans[field]) || []) {
+        if (start < at || end > chars.length) continue;
+        line.append(chars.slice(at, start).join(""));
         const mark = document.createElement("mark");
-        mark.textContent = text.slice(next, next + len);
+        mark.textContent = chars.slice(start, end).join("");
         line.append(mark);
-        at = next + len;
+        at = end;
       }
+      line.append(chars.slice(at).join(""));
       line.append(" ");
     }
     return line;
