@@ -88,6 +88,17 @@ def test_embedded_descriptions_and_ocr_text_are_searchable_and_kept_with_their_b
     assert [i for i, _, _ in store.images_without_ocr("ocr-y")] == [a, b]  # another model reads them again
 
 
+def test_a_reader_of_the_same_family_reads_again_only_the_photos_the_other_found_no_text_in(store):
+    a, b, c = store.add_images([decoded("/p/1.jpg"), decoded("/p/2.jpg"), decoded("/p/3.jpg")], "m")
+    store.set_ocr([(a, "ZORVIK", [[1, 2, 30, 12, 0.98, "ZORVIK"]], "rapid-1"), (b, "", [], "rapid-1")])
+    store.set_ocr([(c, "", [], "rapid-1/quick640")])
+    # a new quick pass of the family: b (nothing found by the old one) again, a's text stands, c is its own
+    assert [i for i, _, _ in store.images_without_ocr("rapid-1/quick640", "rapid-1")] == [b]
+    assert [i for i, _, _ in store.images_without_ocr("rapid-1/quick640")] == [a, b]  # no family: all others
+    assert [i for i, _, _ in store.images_without_ocr("other-2", "other")] == [a, b, c]  # another family
+    assert [i for i, _, _ in store.images_without_ocr("rapid-10/x", "rapid-10")] == [a, b, c]  # not a prefix match
+
+
 def test_deleting_or_replacing_a_photo_drops_its_words_and_a_move_renames_them(store):
     a, b = store.add_images([decoded("/p/x/pelican.jpg"), decoded("/p/x/walrus.jpg")], "m")
     store.set_ocr([(a, "HARBOUR", [], "o")])

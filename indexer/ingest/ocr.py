@@ -4,7 +4,13 @@ detection and recognition models (Chinese and English) ship inside its wheel; no
 
 Cost follows the text: a quick detection pass on a small copy of the photo (long side `PRECHECK_SIDE`)
 says whether there is text at all; only then does the full pass run (detection at the reading size, then
-recognition of each text box found). A photo without text costs one small detection pass."""
+recognition of each text box found). A photo without text costs one small detection pass.
+
+The quick pass's side was 480 px until it was measured to miss text the full pass reads (`benchmarks/ocr.py`:
+289 of 300 printed-word photos kept against 297 at 640 px; 13 of 18 Flickr8k originals with text against all
+18; 640 px costs 14% more per photo). Readers of one `family` share their recognition models: the text one
+found stands for the others, and a photo one found no text in is read again by another (so libraries read
+with the 480 px quick pass catch up on what it missed, without reading again what it found)."""
 from __future__ import annotations
 
 import copy
@@ -18,7 +24,7 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 READ_SIDE = 1280  # the photo's long side for the full pass (larger photos are reduced to it)
-PRECHECK_SIDE = 480  # the long side of the quick detection pass
+PRECHECK_SIDE = 640  # the long side of the quick detection pass (see the module doc)
 MIN_CONFIDENCE = 0.5  # recognised text below this is dropped
 
 
@@ -39,7 +45,8 @@ class TextBox:
 
 
 class TextReader(Protocol):
-    name: str  # identifies the model: photos read by another one are read again
+    name: str  # identifies the reader: photos read by another one are read again...
+    family: str  # ...except those another reader of this family found text in (same recognition models)
 
     def read(self, image: Image.Image) -> list[TextBox]: ...
 
@@ -67,7 +74,8 @@ class RapidReader:
             from importlib.metadata import version as dist_version
 
             version = dist_version("rapidocr-onnxruntime")
-        self.name = f"rapidocr-{version}"
+        self.family = f"rapidocr-{version}"  # "rapidocr-1.4.4" alone: read with the 480 px quick pass
+        self.name = f"{self.family}/" + (f"quick{PRECHECK_SIDE}" if precheck else "full")
         self.precheck = precheck
         self._engine = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
         # the quick pass shares the detection session; "max" reads the small copy at its own size

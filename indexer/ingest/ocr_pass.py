@@ -41,7 +41,8 @@ def read_library_text(library: Library, reader: TextReader, workers: int = 2,
                       progress: Callable[[int, int], None] | None = None) -> int:
     """Read the text of every photo not yet read by `reader` (files not there are left for later). Returns
     how many photos were read (with or without text found)."""
-    todo = [row for row in library.store.images_without_ocr(reader.name) if os.path.exists(row[1])]
+    todo = [row for row in library.store.images_without_ocr(reader.name, getattr(reader, "family", None))
+            if os.path.exists(row[1])]
     if not todo:
         return 0
     logger.info("%s: reading the text in %d photos (OCR: %s)", library.root, len(todo), reader.name)

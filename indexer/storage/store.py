@@ -720,11 +720,18 @@ class Store:
                 if int(image_id) in known:
                     self._put_words(conn, int(image_id), ocr=text, ocr_boxes=json.dumps(boxes), ocr_model=model)
 
-    def images_without_ocr(self, model: str) -> list[tuple[int, str, str]]:
-        """``(id, path, sha256)`` of the photos not yet read by OCR model ``model``, in id order."""
+    def images_without_ocr(self, model: str, family: str | None = None) -> list[tuple[int, str, str]]:
+        """``(id, path, sha256)`` of the photos not yet read by OCR model ``model``, in id order. With a
+        `family` (a model name prefix: the same recognition models), photos a model of that family found text
+        in count as read; those it found none in are read again."""
+        stale = IMAGE_TEXT.c.ocr_model != model
+        if family:
+            same = (IMAGE_TEXT.c.ocr_model == family) | IMAGE_TEXT.c.ocr_model.startswith(family + "/",
+                                                                                           autoescape=True)
+            stale = stale & ~(same & (func.coalesce(IMAGE_TEXT.c.ocr, "") != ""))
         query = (select(IMAGES.c.id, IMAGES.c.raw_path, IMAGES.c.sha256)
                  .select_from(IMAGES.outerjoin(IMAGE_TEXT, IMAGE_TEXT.c.image_id == IMAGES.c.id))
-                 .where((IMAGE_TEXT.c.ocr_model.is_(None)) | (IMAGE_TEXT.c.ocr_model != model))
+                 .where((IMAGE_TEXT.c.ocr_model.is_(None)) | stale)
                  .order_by(IMAGES.c.id))
         with self._read() as conn:
             return [(int(r.id), os.fsdecode(r.raw_path), r.sha256) for r in conn.execute(query)]
