@@ -6,12 +6,15 @@ and choose the default `--cutoff` on dev.
 Two libraries of 1,000 photos each are built with the lite model (cached in --work): a sample of the train
 split and the whole dev split. Every caption query's 16 reranked candidates are the examples; a candidate
 is a match when it is the photo the caption was written for (the strict Flickr8k label: another photo the
-caption would fit counts as a non-match, so probabilities are conservative). The logistic models are fitted
-on train candidates and measured on dev: expected calibration error (10 bins) and a reliability diagram
-(calibration.png). Then the cutoff: on dev, the in-domain keep rate (of the dev captions whose photo ranks
-first, the share whose top hit passes) and the out-of-domain rejection rate (of queries about things Flickr8k
-does not show, the share where no hit passes), for thresholds 0.01..0.95; the default is the highest
-threshold that keeps at least 90% of the in-domain first places.
+caption would fit counts as a non-match, so probabilities are conservative). The dev queries are cut in two
+halves: variants (feature sets: absolute scores, gaps to the best candidate, leads over the best other one)
+are fitted on train, or on the first half of dev (held-out captions: the towers never saw them), and all are
+measured on the second half: expected calibration error (10 bins), a reliability diagram (calibration.png),
+and the cutoff: the in-domain keep rate (of the held-out captions whose photo ranks first, the share whose top
+hit passes) and the out-of-domain rejection rate (of queries about things Flickr8k does not show, the share
+where no hit passes), for thresholds 0.01..0.95. A variant's default cutoff is the lowest threshold that
+leaves more than half of the out-of-domain queries with no hit; the variant shipped keeps the most in-domain
+first places at its default.
 
 Writes benchmarks/calibration.json (+ .png); with --write-data also data/lite-calibration.json (the shipped
 coefficients, keyed to the SHA-256 of lite-align.pt and lite-rerank.pt).
@@ -85,15 +88,29 @@ def library(work: Path, name: str, photos: list[str]) -> Path:
 
 
 def candidates(lib: Path, queries: list[tuple[str, str]], exemplar: bool) -> list[tuple[list, str]]:
-    """(hits, the caption's photo name) of each (caption, photo) query: all K reranked candidates."""
-    from xmodal.engine.search.engine import SearchEngine
+    """(hits, the caption's photo name) of each (caption, photo) query: all K reranked candidates (kept in the
+    work folder, keyed by the queries and the shipped checkpoints, so variants are compared without searching
+    again)."""
+    import hashlib
+    import pickle
 
+    from xmodal.engine.search.calibration import file_sha256
+    from xmodal.engine.search.engine import SearchEngine
+    from xmodal.indexer.models.patch_projector import LITE_RERANK
+    from xmodal.indexer.resources import data_file
+
+    key = hashlib.sha256(json.dumps([str(lib), queries, exemplar, K, file_sha256(data_file("lite-align.pt")),
+                                     file_sha256(LITE_RERANK)]).encode()).hexdigest()[:16]
+    cached = lib.parent / f"candidates-{lib.name}-{key}.pkl"
+    if cached.exists():
+        return pickle.loads(cached.read_bytes())
     out = []
     with SearchEngine(lib) as engine:
         for n, (text, photo) in enumerate(queries):
             out.append((engine.search_text(text, K, exemplar=exemplar), photo))
             if n and n % 100 == 0:
                 print(f"  {n} queries", flush=True)
+    cached.write_bytes(pickle.dumps(out))
     return out
 
 
@@ -129,7 +146,7 @@ def plot(path: Path, bins_rr: list[dict], bins_dual: list[dict], ece: dict) -> N
 
 
 def main() -> None:
-    from xmodal.engine.search.calibration import (ABSOLUTE, FEATURES, Calibration, expected_calibration_error,
+    from xmodal.engine.search.calibration import (ABSOLUTE, FEATURES, LEAD, Calibration, expected_calibration_error,
                                                   feature_matrix, file_sha256, fit_logistic, reliability_bins,
                                                   with_probs)
     from xmodal.indexer.models.patch_projector import LITE_RERANK
@@ -139,7 +156,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/xmodal-calibration"))
     ap.add_argument("--train-photos", type=int, default=1000)
     ap.add_argument("--train-queries", type=int, default=400)
-    ap.add_argument("--dev-queries", type=int, default=400)
+    ap.add_argument("--dev-queries", type=int, default=1000)
     ap.add_argument("--write-data", action="store_true", help="also write data/lite-calibration.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -158,18 +175,24 @@ def main() -> None:
     # leave it out anyway, it changes only the order
     train = candidates(train_lib, pairs(train_photos, args.train_queries), exemplar=False)
     dev = candidates(dev_lib, pairs(dev_photos, args.dev_queries), exemplar=True)
+    # dev is cut in two halves of queries: "fit" (where the dev-fitted variants learn) and "held" (where every
+    # variant's ECE, reliability and cutoff sweep are measured: held out from all of them)
+    dev_fit, dev_held = dev[0::2], dev[1::2]
     x, y = examples(train)
-    d_x, d_y = examples(dev)
+    f_x, f_y = examples(dev_fit)
+    d_x, d_y = examples(dev_held)
     ood = candidates(dev_lib, [(q, "") for q in OUT_OF_DOMAIN], exemplar=True)
-    dev_first = [(hits, photo) for hits, photo in dev if os.path.basename(hits[0].path) == photo]
+    dev_first = [(hits, photo) for hits, photo in dev_held if os.path.basename(hits[0].path) == photo]
     variants = {}
-    for variant, features in (("gaps", FEATURES), ("absolute", ABSOLUTE)):
-        reranked = fit_logistic(feature_matrix(x, features["reranked"]), y, features["reranked"])
-        dual = fit_logistic(feature_matrix(x, features["dual"]), y, features["dual"])
+    for variant, features, (fx, fy) in (("gaps", FEATURES, (x, y)), ("absolute", ABSOLUTE, (x, y)),
+                                        ("lead", LEAD, (x, y)), ("absolute, fitted on dev", ABSOLUTE, (f_x, f_y)),
+                                        ("lead, fitted on dev", LEAD, (f_x, f_y))):
+        reranked = fit_logistic(feature_matrix(fx, features["reranked"]), fy, features["reranked"])
+        dual = fit_logistic(feature_matrix(fx, features["dual"]), fy, features["dual"])
         p_rr, p_dual = reranked.prob(feature_matrix(d_x, reranked.features)), dual.prob(feature_matrix(d_x, dual.features))
         provisional = Calibration(reranked, dual, 0.5)
         top1_correct = [max(with_probs(hits, provisional), key=lambda h: h.score).prob for hits, _ in dev_first]
-        top1_all = [max(with_probs(hits, provisional), key=lambda h: h.score) for hits, _ in dev]
+        top1_all = [max(with_probs(hits, provisional), key=lambda h: h.score) for hits, _ in dev_held]
         ood_best = [max(h.prob for h in with_probs(hits, provisional)) for hits, _ in ood]
         sweep = []
         for t in np.round(np.arange(0.01, 0.96, 0.01), 2):
@@ -180,15 +203,19 @@ def main() -> None:
         ok = [s for s in sweep if s["out_of_domain_rejected"] > OOD_TARGET]
         chosen = min(ok, key=lambda s: s["threshold"]) if ok else sweep[-1]
         variants[variant] = {
+            "fitted_on": "Flickr8k train" if fx is x else "Flickr8k dev, the fitting half",
             "models": {"reranked": reranked.to_json(), "dual": dual.to_json()},
             "ece_dev": {"reranked": expected_calibration_error(p_rr, d_y), "dual": expected_calibration_error(p_dual, d_y)},
-            "ece_train": {"reranked": expected_calibration_error(reranked.prob(feature_matrix(x, reranked.features)), y),
-                          "dual": expected_calibration_error(dual.prob(feature_matrix(x, dual.features)), y)},
+            "ece_fit": {"reranked": expected_calibration_error(reranked.prob(feature_matrix(fx, reranked.features)), fy),
+                        "dual": expected_calibration_error(dual.prob(feature_matrix(fx, dual.features)), fy)},
             "ece_dev_top_hit": expected_calibration_error(np.array([h.prob for h in top1_all]),
                                                           np.array([float(os.path.basename(h.path) == p)
-                                                                    for h, (_, p) in zip(top1_all, dev)])),
+                                                                    for h, (_, p) in zip(top1_all, dev_held)])),
             "reliability_dev": {"reranked": reliability_bins(p_rr, d_y), "dual": reliability_bins(p_dual, d_y)},
             "cutoff_sweep": sweep, "default_cutoff": chosen,
+            "keep_at_ood_rejected": {f"{r:.2f}": max((s["in_domain_keep"] for s in sweep
+                                                     if s["out_of_domain_rejected"] >= r), default=0.0)
+                                     for r in (0.5, 0.6, 0.7, 0.8)},
             "out_of_domain_best_prob": dict(zip(OUT_OF_DOMAIN, [round(p, 4) for p in ood_best])),
             "_objects": (reranked, dual),
         }
@@ -201,11 +228,12 @@ def main() -> None:
     for v in variants.values():
         del v["_objects"]
     out = {
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, shared with 5 other "
-                   "engineers (timings are indicative only)",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores (timings are indicative only)",
         "label": "a candidate matches when it is the photo its caption was written for (strict Flickr8k label)",
         "libraries": {"train": len(train_photos), "dev": len(dev_photos)},
-        "queries": {"train": len(train), "dev": len(dev), "out_of_domain": len(OUT_OF_DOMAIN)},
+        "queries": {"train": len(train), "dev_fit": len(dev_fit), "dev_held_out": len(dev_held),
+                    "out_of_domain": len(OUT_OF_DOMAIN)},
+        "measured_on": "the held-out half of the dev queries (every variant), and the out-of-domain queries",
         "candidates_per_query": K,
         "keep_target": KEEP_TARGET, "shipped": best, "variants": variants,
         "dev_r_at_1": float(np.mean([os.path.basename(h[0].path) == p for h, p in dev])),
@@ -217,14 +245,16 @@ def main() -> None:
     plot(here / "calibration.png", variants[best]["reliability_dev"]["reranked"],
          variants[best]["reliability_dev"]["dual"], variants[best]["ece_dev"])
     if args.write_data:
-        doc = {"model": "lite", "fitted_on": "Flickr8k train (benchmarks/calibration.py)",
+        doc = {"model": "lite", "fitted_on": f"{variants[best]['fitted_on']} (benchmarks/calibration.py, "
+                                             f"variant {best!r})",
                "checkpoints": {"lite-align.pt": file_sha256(data_file("lite-align.pt")),
                                "lite-rerank.pt": file_sha256(LITE_RERANK)},
                "reranked": reranked.to_json(), "dual": dual.to_json(),
                "default_cutoff": chosen["threshold"]}
         data_file("lite-calibration.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps({"shipped": best, "dev_r_at_1": out["dev_r_at_1"], "seconds": out["seconds"],
-                      **{v: {k: variants[v][k] for k in ("ece_dev", "ece_train", "ece_dev_top_hit", "default_cutoff")}
+                      **{v: {k: variants[v][k] for k in ("ece_dev", "ece_fit", "ece_dev_top_hit", "default_cutoff",
+                                                         "keep_at_ood_rejected")}
                          for v in variants}}, indent=2))
 
 

@@ -112,3 +112,15 @@ def test_a_damaged_calibration_file_gives_no_probability_and_no_traceback(tmp_pa
 
     assert load_calibration("lite", {}, path) is None
     assert load_calibration("lite", {}, tmp_path / "missing.json") is None
+
+
+def test_a_hits_lead_is_its_margin_over_the_best_other_candidate():
+    from xmodal.engine.search.calibration import hit_features, lead_over_others
+
+    np.testing.assert_allclose(lead_over_others(np.array([0.5, 0.3, 0.45])), [0.05, -0.2, -0.05])
+    np.testing.assert_allclose(lead_over_others(np.array([0.5])), [0.0])  # no other candidate: no lead
+    hits = [SearchHit(rank=i + 1, score=s, id=i, path=f"/p/{i}.jpg", similarity=s, match=m)
+            for i, (s, m) in enumerate([(0.6, 0.9), (0.5, None), (0.4, 0.2)])]
+    table, _ = hit_features(hits)
+    np.testing.assert_allclose(table["lead"], [0.1, -0.1, -0.2])
+    np.testing.assert_allclose(table["match_lead"], [0.7, 0.0, -0.7])  # only reranked hits have a match to lead
