@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
+from xmodal.indexer.ingest.stages import ordered_map
 from xmodal.indexer.records import ImageRecord, Skipped, path_json
 from xmodal.indexer.storage.stored_vectors import StoredVectors
 
@@ -23,6 +24,7 @@ from xmodal.engine.duplicates.groups import DuplicateGroup, Member, choose_keep,
 logger = logging.getLogger(__name__)
 BATCH = 1024  # query vectors per kNN search
 DECODE_SIZE = 256  # fingerprints read a draft-mode decode of at least this many pixels a side
+WORKERS = 2  # threads reading photos for fingerprints (decoding releases the GIL)
 
 
 @dataclass
@@ -68,6 +70,7 @@ def find_duplicates(store, index, threshold: float = DEFAULT_THRESHOLD, k: int =
         chunk = pending[part:part + batch]
         want = {i for pair in chunk for i in pair} - records.keys()
         records.update({r.id: r for r in store.get_images(sorted(want))})
+        _fingerprint_all([records[i] for i in sorted(want) if i in records], prints, skipped)
         for a, b in chunk:
             fa, fb = _fingerprint(records.get(a), prints, skipped), _fingerprint(records.get(b), prints, skipped)
             if fa is None or fb is None or fa.blank or fb.blank:
@@ -93,6 +96,25 @@ def find_duplicates(store, index, threshold: float = DEFAULT_THRESHOLD, k: int =
         groups.append(DuplicateGroup(kind, members, keep, why, min(joined) if joined else None))
     groups.sort(key=lambda g: (g.kind != "exact", g.ids[0]))
     return DuplicateReport(groups, threshold, len(pending), len(near_pairs), skipped)
+
+
+def _read_print(record: ImageRecord) -> Fingerprint | DecodeError:
+    try:
+        return fingerprint(read_image(record.path, target_size=DECODE_SIZE).image)
+    except DecodeError as e:
+        return e
+
+
+def _fingerprint_all(records: list[ImageRecord], prints: dict, skipped: list) -> None:
+    """Fingerprint the photos not yet in `prints`, WORKERS at a time."""
+    todo = [r for r in records if r.id not in prints]
+    for r, fp in zip(todo, ordered_map(_read_print, todo, workers=WORKERS, prefetch=4 * WORKERS,
+                                       name="xmodal-duplicates")):
+        if isinstance(fp, DecodeError):
+            logger.warning("duplicates: cannot read %s (%s); its pairs are left unconfirmed", fp.path, fp.reason)
+            skipped.append(Skipped(r.path, fp.reason))
+            fp = None
+        prints[r.id] = fp
 
 
 def _fingerprint(record: ImageRecord | None, prints: dict, skipped: list) -> Fingerprint | None:
