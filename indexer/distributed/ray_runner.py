@@ -8,13 +8,14 @@
 
 Ray Data's batch inference does the scheduling. Its actor pool starts its actors with max_restarts=-1 and
 max_task_retries=-1: a worker process killed (SIGKILL, a lost node) is restarted by Ray and its shard retried;
-a shard is only staged whole (atomic rename), so a retry cannot leave half of one. A call that fails (a bug,
-a model the worker cannot load) returns its error in its row, so the driver stops the run naming the shard
-instead of Ray retrying or restarting it forever. A driver killed mid-run leaves the committed shards in the
-store and the finished ones staged: the next run merges those without embedding them again, then embeds the
-rest. Files must be on a path every node sees. Without an address a local Ray instance is started (and
-stopped at the end); with one, the run joins that cluster. The IVF-PQ build after a large run
-(ondisk.ray_pool) stays on plain Ray tasks. Ray is an optional extra: `pip install 'xmodal[ray]'`."""
+a shard is only staged whole (atomic rename), so a retry cannot leave half of one. An actor killed while it
+loads its model is restarted the same way. A call that fails (a bug, a model the worker cannot load) returns
+its error in its row, so the driver stops the run naming the shard instead of Ray retrying or restarting it
+forever. A driver killed mid-run leaves the committed shards in the store and the finished ones staged: the
+next run merges those without embedding them again, then embeds the rest. Files must be on a path every node
+sees. Without an address a local Ray instance is started (and stopped at the end); with one, the run joins
+that cluster. The IVF-PQ build after a large run (ondisk.ray_pool) stays on plain Ray tasks. Ray is an
+optional extra: `pip install 'xmodal[ray]'`."""
 from __future__ import annotations
 
 import logging
