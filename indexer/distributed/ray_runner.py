@@ -81,7 +81,7 @@ def connected(address: str | None, workers: int | None) -> Iterator[object]:
 class EmbedWorker:
     """Ray Data's callable class, one per actor of the pool: one encoder, loaded once; each call embeds one
     shard (a batch of one row) and stages it in the library. A failure comes back as the row's `error`, so
-    the driver names the shard: Ray would restart a failing actor forever, and retry only a killed one."""
+    the driver stops the run naming the shard (Ray retries the call of a killed actor, never a raised one)."""
 
     def __init__(self, model: str, device: str, patches: bool, batch_size: int, plugins: str | None,
                  folder: str):
