@@ -1,10 +1,11 @@
 """`xmodal index --engine ray` on an in-process Ray instance (ray.init(num_cpus=2), shared by the module):
 the library equals the local pipeline's (same rows, vectors to 1e-5, same search results, same skips), a
 rerun embeds nothing and recognises moves and edits, and a worker process SIGKILLed mid-run changes nothing
-in the result (Ray restarts it and retries its shard)."""
+in the result (it is an actor of Ray Data's pool: Ray restarts it and retries its shard)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import shutil
@@ -109,7 +110,8 @@ def test_a_ray_run_over_an_indexed_library_embeds_only_edits_and_keeps_moved_pho
 
 
 def embed_workers() -> list:
-    """The Ray actor processes embedding shards now (their process title names the actor class)."""
+    """The actor processes of Ray Data's pool embedding shards now (their process title,
+    ray::MapWorker(MapBatches(EmbedWorker)), names the callable class)."""
     import psutil
 
     found = []
@@ -119,7 +121,7 @@ def embed_workers() -> list:
     return found
 
 
-def test_a_worker_sigkilled_mid_run_changes_nothing_in_the_result(ray_local, tmp_path):
+def test_a_worker_sigkilled_mid_run_changes_nothing_in_the_result(ray_local, tmp_path, caplog):
     photos = collection(tmp_path / "photos")
     killed = []
 
@@ -127,12 +129,15 @@ def test_a_worker_sigkilled_mid_run_changes_nothing_in_the_result(ray_local, tmp
         if done and not killed:
             victims = embed_workers()
             assert victims, "no EmbedWorker process found to kill"
+            killed.append(" ".join(victims[0].cmdline()))
             os.kill(victims[0].pid, signal.SIGKILL)
-            killed.append(victims[0].pid)
 
+    caplog.set_level(logging.INFO, logger="xmodal.indexer.distributed.ray_runner")
     report = index_folders(tmp_path / "ray", [photos], model="fake-colour", engine="ray", workers=2,
                            shard_size=4, progress=kill_one_worker)
     assert killed and report.added == 40 and report.processed == 41
+    assert "MapWorker(MapBatches(EmbedWorker))" in killed[0]  # an actor of Ray Data's pool, not a bare one
+    assert any("MapBatches(EmbedWorker): " in r.getMessage() for r in caplog.records)  # the dataset's stats
     index_folders(tmp_path / "local", [photos], model="fake-colour")
     assert_same_library(tmp_path / "ray", tmp_path / "local")
 

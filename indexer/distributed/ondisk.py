@@ -10,7 +10,8 @@ Nothing here holds the collection in memory: the driver streams the store's vect
 which FAISS memory-maps wherever the index is opened (a search process reads only the lists it probes).
 The index file is saved atomically with its sidecar like any other; the .ivfdata of the previous build is
 deleted only after the new index file is in place. Used by `--engine ray` when the collection calls for
-IVF-PQ (`index_choice`), and by `build_ondisk` directly for any IVF factory."""
+IVF-PQ (`index_choice`), and by `build_ondisk` directly for any IVF factory. On Ray the parts are filled by
+plain Ray tasks (`ray_pool`), not Ray Data as the embedding is: a few stateless calls, each given its page."""
 from __future__ import annotations
 
 import logging

@@ -1,21 +1,26 @@
 """`xmodal index --engine ray`: the photos embedded on a Ray cluster, merged into the library by the driver.
 
-    driver: walk + diff (indexer.ingest.pipeline.plan) -> shards (plan.cut) -> Ray actors, one encoder each
-    worker: read + decode + embed + project patch tokens -> <library>/staging/<shard>.shard.npz
-    driver: each staged shard -> store + FAISS index (merge.merge_shard, one transaction a shard) -> deleted
+    driver: walk + diff (indexer.ingest.pipeline.plan) -> shards (plan.cut) -> a Ray dataset, a row a shard
+    Ray Data: map_batches(EmbedWorker) on an actor pool, one encoder an actor, one shard a call:
+              read + decode + embed + project patch tokens -> <library>/staging/<shard>.shard.npz
+    driver: each shard's row as it streams back -> store + FAISS index (merge.merge_shard, one transaction a
+            shard) -> its staged file deleted
 
-Ray core actors with restarts do the scheduling: a worker process killed (SIGKILL, a lost node) is restarted
-by Ray and its shard retried; a shard is only staged whole (atomic rename), so a retry cannot leave half of
-one. A driver killed mid-run leaves the committed shards in the store and the finished ones staged: the next
-run merges those without embedding them again, then embeds the rest. Files must be on a path every node sees.
-Without an address a local Ray instance is started (and stopped at the end); with one, the run joins that
-cluster. Ray is an optional extra: `pip install 'xmodal[ray]'`."""
+Ray Data's batch inference does the scheduling. Its actor pool starts its actors with max_restarts=-1 and
+max_task_retries=-1: a worker process killed (SIGKILL, a lost node) is restarted by Ray and its shard retried;
+a shard is only staged whole (atomic rename), so a retry cannot leave half of one. An actor killed while it
+loads its model is restarted the same way. A call that fails (a bug, a model the worker cannot load) returns
+its error in its row, so the driver stops the run naming the shard instead of Ray retrying or restarting it
+forever. A driver killed mid-run leaves the committed shards in the store and the finished ones staged: the
+next run merges those without embedding them again, then embeds the rest. Files must be on a path every node
+sees. Without an address a local Ray instance is started (and stopped at the end); with one, the run joins
+that cluster. The IVF-PQ build after a large run (ondisk.ray_pool) stays on plain Ray tasks. Ray is an
+optional extra: `pip install 'xmodal[ray]'`."""
 from __future__ import annotations
 
 import logging
 import os
 import time
-from collections import deque
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
@@ -37,7 +42,7 @@ logger = logging.getLogger(__name__)
 #: environment the workers need from the driver's (plugins, model caches, the image runtime)
 PASSED_ENV = (PLUGINS_ENV, "PYTHONPATH", "XMODAL_IMAGE_RUNTIME", "XDG_CACHE_HOME", "HF_HOME", "HF_HUB_OFFLINE",
               "TRANSFORMERS_OFFLINE")
-IN_FLIGHT_PER_WORKER = 2  # shards queued on each actor: one running, one waiting, so a worker never idles
+IN_FLIGHT_PER_WORKER = 2  # shards handed to each actor: one running, one waiting, so a worker never idles
 
 
 def _ray():
@@ -74,9 +79,12 @@ def connected(address: str | None, workers: int | None) -> Iterator[object]:
 
 
 class EmbedWorker:
-    """A Ray actor: one encoder, loaded once; embeds shards and stages them in the library."""
+    """Ray Data's callable class, one per actor of the pool: one encoder, loaded once; each call embeds one
+    shard (a batch of one row) and stages it in the library. A failure comes back as the row's `error`, so
+    the driver stops the run naming the shard (Ray retries the call of a killed actor, never a raised one)."""
 
-    def __init__(self, model: str, device: str, patches: bool, batch_size: int, plugins: str | None):
+    def __init__(self, model: str, device: str, patches: bool, batch_size: int, plugins: str | None,
+                 folder: str):
         from xmodal.indexer.distributed.worker import load_plugins
         from xmodal.indexer.models.device import place
         from xmodal.indexer.models.encoders import get_encoder
@@ -87,19 +95,56 @@ class EmbedWorker:
             load_plugins(plugins)
             self.encoder = place(get_encoder(model), device)
             self.projector = default_projector(self.encoder.name) if patches else None
-        except Exception as e:  # kept for the first task to raise: Ray would restart a failing actor forever
-            self.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        self.batch_size = batch_size
+        except Exception as e:  # told on every call: an actor whose constructor raises would end Ray Data's
+            self.error = _one_line(e)  # run with no shard to name
+        self.batch_size, self.folder = batch_size, folder
 
-    def embed(self, name: str, paths: list[str], folder: str) -> tuple[str, int]:
+    def __call__(self, batch) -> dict[str, np.ndarray]:
         from xmodal.indexer.distributed.shards import write_shard
         from xmodal.indexer.distributed.worker import embed_shard
 
-        if self.error:
-            raise RuntimeError(f"the worker could not load its model: {self.error}")
+        name = batch.column("name")[0].as_py()
+        paths = [os.fsdecode(p) for p in batch.column("paths")[0].as_py()]
+        error = f"the worker could not load its model: {self.error}" if self.error else ""
+        if not error:
+            try:
+                write_shard(self.folder, embed_shard(name, paths, self.encoder, self.projector, self.batch_size))
+            except Exception as e:  # a bug: no retry would mend it
+                logger.exception("shard %s failed", name)
+                error = _one_line(e)
+        # arrow strings are UTF-8: a path's surrogate escapes in the message are shown, not refused
+        return {"name": np.array([name]), "pid": np.array([os.getpid()]),
+                "error": np.array([error.encode("utf-8", "backslashreplace").decode()])}
 
-        write_shard(folder, embed_shard(name, paths, self.encoder, self.projector, self.batch_size))
-        return name, os.getpid()
+
+def _one_line(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
+@contextmanager
+def quiet_data():
+    """Ray Data without its progress bars, execution banners and INFO lines on the driver's console (the CLI
+    prints its own progress); its errors still show, and its log file in the Ray session keeps the rest."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    quiet = dict(enable_progress_bars=False, enable_operator_progress_bars=False, print_on_execution_start=False,
+                 enable_auto_log_stats=False, verbose_stats_logs=False)
+    saved = {k: getattr(ctx, k) for k in quiet}
+    consoles = [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)]
+    levels = [h.level for h in consoles]
+    for k, v in quiet.items():
+        setattr(ctx, k, v)
+    for h in consoles:
+        h.setLevel(max(h.level, logging.ERROR))
+    try:
+        yield ctx
+    finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)
+        for h, level in zip(consoles, levels):
+            h.setLevel(level)
 
 
 def worker_count(ray, workers: int | None, device: str) -> int:
@@ -206,53 +251,52 @@ def _merge_staged(library: Library, folder, state: MergeState, report: IndexRepo
 
 def _embed_and_merge(ray, address, library, shards, folder, encoder, state, report, device, batch_size, n_workers,
                      with_patches, total, progress, should_stop) -> None:
-    options = dict(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0, max_restarts=-1,
-                   max_task_retries=-1)
+    from ray.data import ActorPoolStrategy
+
+    remote_args = {}
     if address:  # a cluster's workers get the driver's settings; a local instance's inherit them (and start sooner)
-        options["runtime_env"] = {"env_vars": {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}}
-    remote = ray.remote(EmbedWorker).options(**options)
-    plugins = os.environ.get(PLUGINS_ENV)
-    actors = [remote.remote(encoder.name, device, with_patches, batch_size, plugins) for _ in range(n_workers)]
-    logger.info("ray: %d shards of up to %d photos on %d workers (%s)", len(shards), len(shards[0].paths),
-                n_workers, device)
-    queue = deque(shards)
-    inflight: dict = {}
-
-    def submit(actor) -> None:
-        shard = queue.popleft()
-        inflight[actor.embed.remote(shard.name, list(shard.paths), str(folder))] = (shard, actor)
-
-    for _ in range(IN_FLIGHT_PER_WORKER):
-        for actor in actors:
-            if queue:
-                submit(actor)
+        remote_args["runtime_env"] = {"env_vars": {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}}
+    n_workers = min(n_workers, len(shards))  # an actor per shard at most: more would only load models
+    by_name = {s.name: s for s in shards}
+    logger.info("ray data: %d shards of up to %d photos on an actor pool of %d (%s)", len(shards),
+                len(shards[0].paths), n_workers, device)
     last_save = time.monotonic()
-    try:
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            shard, actor = inflight.pop(ready[0])
-            try:
-                ray.get(ready[0])
-            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:  # a bug, or a worker that
-                cause = getattr(e, "cause", None) or e                                  # cannot load its model
-                lines = [line for line in str(cause).splitlines() if line.strip()]
-                raise LibraryError(f"a Ray worker failed on shard {shard.name} ({shard.paths[0]}...): "
-                                   f"{lines[-1] if lines else type(e).__name__}") from e
-            path = shard_path(folder, shard.name)
-            merge_shard(library, read_shard(path), state, report, encoder.name)
-            path.unlink(missing_ok=True)
-            report.processed += len(shard.paths)
-            if progress:
-                progress(report.processed, total)
-            if should_stop is not None and should_stop():
-                report.interrupted = True  # shards in flight are dropped: the next run embeds them
-                return
-            if queue:
-                submit(actor)
-            if time.monotonic() - last_save > CHECKPOINT_SECONDS:
-                library.save("images")
-                library.store.checkpoint()
-                last_save = time.monotonic()
-    finally:
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
+    with quiet_data():
+        items = [{"name": s.name, "paths": [os.fsencode(p) for p in s.paths]} for s in shards]  # bytes: any name
+        # Ray Data starts the pool's actors with max_restarts=-1, max_task_retries=-1 (ActorPoolMapOperator's
+        # defaults): a killed actor is restarted and its shard retried; an exception in a call is not retried
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            EmbedWorker, batch_size=1, batch_format="pyarrow",
+            fn_constructor_args=(encoder.name, device, with_patches, batch_size, os.environ.get(PLUGINS_ENV),
+                                 str(folder)),
+            compute=ActorPoolStrategy(size=n_workers, max_tasks_in_flight_per_actor=IN_FLIGHT_PER_WORKER),
+            num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0, **remote_args)
+        rows = iter(dataset.iter_rows())
+        try:
+            for row in rows:
+                shard = by_name[row["name"]]
+                if row["error"]:
+                    raise LibraryError(f"a Ray worker failed on shard {shard.name} ({shard.paths[0]}...): "
+                                       f"{row['error']}")
+                path = shard_path(folder, shard.name)
+                merge_shard(library, read_shard(path), state, report, encoder.name)
+                path.unlink(missing_ok=True)
+                report.processed += len(shard.paths)
+                if progress:
+                    progress(report.processed, total)
+                if should_stop is not None and should_stop():
+                    report.interrupted = True  # shards in flight are dropped: the next run embeds them
+                    return
+                if time.monotonic() - last_save > CHECKPOINT_SECONDS:
+                    library.save("images")
+                    library.store.checkpoint()
+                    last_save = time.monotonic()
+        except ray.exceptions.RayError as e:  # Ray Data itself gave up (an actor that cannot even start)
+            raise LibraryError(f"the Ray Data run failed: {_one_line(getattr(e, 'cause', None) or e)}") from e
+        finally:
+            close = getattr(rows, "close", None)
+            if close:  # stops the run: its actors are killed, shards in flight dropped
+                close()
+    stats = dataset.stats()
+    logger.info("ray data: %s", next((line for line in stats.splitlines() if "MapBatches(" in line), "no stats"))
+    logger.debug("ray data: %s", stats)

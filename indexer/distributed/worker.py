@@ -1,5 +1,5 @@
 """What a worker does with one shard, without Ray: decode its files, embed them, project their patch
-tokens. The Ray actors (indexer.distributed.ray_runner) call this; tests call it in-process."""
+tokens. The actors of Ray Data's pool (indexer.distributed.ray_runner) call this; tests call it in-process."""
 from __future__ import annotations
 
 import importlib
