@@ -309,7 +309,9 @@ def main() -> None:
     names = (args.data / "splits" / "dev.txt").read_text().split()
     if args.photos:
         names = names[:args.photos]
-    result = {"cpu": cpu_name(), "cores": os.cpu_count(), "machine": "shared with 5 other engineers' jobs (2 cores)",
+    load = os.getloadavg()[0]
+    result = {"cpu": cpu_name(), "cores": os.cpu_count(),
+              "machine": f"{'quiet' if load < 1.5 else 'shared with other jobs'} (load average {load:.1f} at the start)",
               "date": time.strftime("%Y-%m-%d"), "data": "Flickr8k dev (224 x 224 photos)"}
     prev = json.loads(args.out.read_text()) if args.out.exists() else {}
     if args.confirm_cost_only:
@@ -341,6 +343,8 @@ def main() -> None:
                 real = StoredVectors(L.store, "images", ids[has], L.vector_index("images").dim).rows(ids[has])
             result["scale"] = scale(args.n, real, work, args.nprobe)
             print(json.dumps(result["scale"]), flush=True)
+    if "confirm_cost" in prev:  # measured on its own (--confirm-cost-only): kept
+        result["confirm_cost"] = prev["confirm_cost"]
     if not args.n and "scale" in prev:
         result["scale"] = prev["scale"]  # --n 0: the quality part again, the last scale run kept
         result["scale_date"] = prev.get("scale_date", prev.get("date"))
