@@ -71,19 +71,10 @@ def index_folders(library_dir: str | os.PathLike, paths: Sequence[str | os.PathL
 
         device = check_device(device, here=False)  # the workers (with the GPUs) place their own encoders
         with Library(library_dir, create=True) as lib:
-            reader = text_reader(lib, ocr)
-            report = index_images_ray(lib, paths, encoder, address=ray_address, workers=workers, device=device,
-                                      batch_size=batch_size, shard_size=shard_size or SHARD_SIZE,
-                                      progress=progress, should_stop=should_stop, patches=projector, verify=verify)
-            if (reader is not None or ocr is not None) and not report.interrupted:
-                from xmodal.indexer.ingest.ocr_pass import read_library_text
-
-                with lib.writing():
-                    if ocr is not None:
-                        lib.store.set_meta("ocr", bool(ocr))
-                    if reader is not None:
-                        report.ocr_read = read_library_text(lib, reader, 2, should_stop, report.skipped)
-            return report
+            return index_images_ray(lib, paths, encoder, address=ray_address, workers=workers, device=device,
+                                    batch_size=batch_size, shard_size=shard_size or SHARD_SIZE,
+                                    progress=progress, should_stop=should_stop, patches=projector, verify=verify,
+                                    ocr=text_reader(lib, ocr), ocr_setting=ocr)
     if device != "cpu":
         from xmodal.indexer.models.device import batch_size_for, place
 

@@ -179,3 +179,20 @@ def test_a_worker_that_cannot_load_the_model_stops_the_run_with_its_reason(ray_l
     photos = collection(tmp_path / "photos", n=3)
     with pytest.raises(LibraryError, match="could not load its model: ModelUnavailable: unknown model 'fake-driver-only'"):
         index_folders(tmp_path / "lib", [photos], model="fake-driver-only", engine="ray", workers=1)
+
+
+def test_a_ray_run_with_ocr_reads_the_text_on_the_driver_and_keeps_ocr_on(ray_local, tmp_path):
+    pytest.importorskip("rapidocr_onnxruntime")
+    from conftest import SAMPLES
+    from test_ocr import printed
+
+    photos = tmp_path / "photos"
+    printed(SAMPLES / "grass.jpg", "ZORVIK", photos / "a.jpg")
+    shutil.copy(SAMPLES / "cat-chelsea.jpg", photos / "b.jpg")
+    library = tmp_path / "lib"
+    report = index_folders(library, [photos], "fake-colour", engine="ray", workers=2, shard_size=1, ocr=True)
+    assert report.indexed == 2 and report.ocr_read == 2
+    with SearchEngine(library) as engine:
+        assert engine.library.store.get_meta("ocr") is True  # later runs (and xmodal watch) read text too
+        hits = engine.search_text("zorvik", k=1, mode="keyword")
+    assert [Path(h.path).name for h in hits] == ["a.jpg"] and "ZORVIK" in hits[0].matched["ocr"].upper()

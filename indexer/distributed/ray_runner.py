@@ -164,15 +164,22 @@ def index_images_ray(library: Library, roots: Sequence[str] | None, encoder: Enc
                      workers: int | None = None, device: str = "cpu", batch_size: int = BATCH_SIZE,
                      shard_size: int = SHARD_SIZE, progress: Callable[[int, int], None] | None = None,
                      should_stop: Callable[[], bool] | None = None, patches=None,
-                     verify: bool = False) -> IndexReport:
+                     verify: bool = False, ocr=None, ocr_setting: bool | None = None) -> IndexReport:
     """`index_images` with the embedding on Ray workers (see the module doc); the same report, the same
     library. `encoder` (on the driver) binds the model and encodes the tuning queries; each worker loads its
-    own by name. `patches`: the reranker's projector, or None."""
+    own by name. `patches`: the reranker's projector, or None. `ocr`, `ocr_setting`: as `index_images` (the
+    text is read by the driver once the workers' embeddings are merged)."""
     t0 = time.perf_counter()
     report = IndexReport()
     with library.writing():
+        if ocr_setting is not None:
+            library.store.set_meta("ocr", bool(ocr_setting))
         _run(library, roots, encoder, address, workers, device, batch_size, shard_size, progress, should_stop,
              patches, verify, report)
+        if ocr is not None and not report.interrupted:
+            from xmodal.indexer.ingest.ocr_pass import read_library_text
+
+            report.ocr_read = read_library_text(library, ocr, 2, should_stop, report.skipped)
     report.seconds = time.perf_counter() - t0
     logger.info("ray: added %d, re-embedded %d, moved %d, unchanged %d, removed %d, skipped %d in %.1fs",
                 report.added, report.reembedded, report.moved, report.unchanged, report.removed,
