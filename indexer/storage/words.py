@@ -74,26 +74,15 @@ def fts_phrase(term: str) -> str:
 
 
 def find_words(text: str, terms: list[str]) -> list[str]:
-    """Which of `terms` (folded) occur in `text`: as a word, the start of a word, or (3+ letters) inside one."""
-    folded = fold(text)
-    words = folded.split()
-    joined = " ".join(words)
-    found = []
-    for t in terms:
-        if " " in fold(t).strip():  # CJK: its characters in a row
-            hit = " ".join(fold(t).split()) in joined
-        else:
-            hit = any(w.startswith(t) for w in _WORD.findall(folded)) or (len(t) >= 3 and t in folded)
-        if hit:
-            found.append(t)
-    return found
+    """Which of `terms` (folded) occur in `text`: as a word, the start of a word, or (3+ letters) inside one
+    (where `word_spans` finds them)."""
+    return [t for t in terms if word_spans(text, [t])]
 
 
 def word_spans(text: str, terms: list[str]) -> list[tuple[int, int]]:
     """Where `terms` (folded) occur in `text`, as ``(start, end)`` positions in `text` itself (code points),
     in order and never overlapping: what a page marks, so that it need not fold ("Tromsø" for "tromso").
-    A term of one or two letters counts only at the start of a word; a longer one anywhere, as in
-    `find_words`."""
+    A term of one or two letters counts only at the start of a word; a longer one anywhere."""
     folded_parts, origin = [], []
     for i, c in enumerate(text):  # fold letter by letter, remembering which letter each folded one came from
         f = fold(c, space_cjk=False)
