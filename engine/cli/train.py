@@ -32,13 +32,13 @@ def training_options(checkpoint: str):
 
 @click.group()
 def train():
-    """Train the lite model's heads."""
+    """Train a bundled model's heads or its reranker."""
 
 
 def _train(run, summary, data_dir, out, cache_dir, epochs, seed, as_json, **extra) -> None:
     """Run a training job with its progress logged (per epoch) and domain errors made one line; print its
     report as JSON, or the lines `summary(report)` gives."""
-    logging.getLogger("engine").setLevel(logging.INFO)
+    logging.getLogger("xmodal.engine").setLevel(logging.INFO)
     with edge():
         report = run(data_dir, out=out, cache_dir=cache_dir, epochs=epochs, seed=seed, **extra)
     if as_json:
@@ -65,10 +65,16 @@ def train_align_cmd(data_dir, out, cache_dir, epochs, seed, as_json, model):
 
 
 @train.command("rerank")
-@training_options("the bundled lite-rerank.pt")
+@training_options("the bundled model's reranker: lite-rerank.pt, or base-rerank.pt with --model base")
+@click.option("--model", type=click.Choice(["lite", "base"]), default="lite", show_default=True,
+              help="Which bundled model's reranker: its towers' patch tokens and token states, its dual heads.")
+@click.option("--heads", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Dual heads checkpoint for mining and the first stage (default: the model's bundled heads).")
+@click.option("--patch-dim", type=click.IntRange(0, 1280), default=None,
+              help="PCA channels per stored patch token (default 128; base's 81 tokens need <= 96 to fit 16 KB).")
 @click.option("--refit", is_flag=True, help="Keep the weights of --out; rebuild its hubness and exemplar banks and "
               "choose the fusion weights again on dev (no training, minutes).")
-def train_rerank_cmd(data_dir, out, cache_dir, epochs, seed, as_json, refit):
+def train_rerank_cmd(data_dir, out, cache_dir, epochs, seed, as_json, model, heads, patch_dim, refit):
     """Train the cross-attention reranker (contrastive, with hard negatives) on train, select on dev."""
     from xmodal.engine.training.rerank import run_rerank
 
@@ -86,4 +92,6 @@ def train_rerank_cmd(data_dir, out, cache_dir, epochs, seed, as_json, refit):
         how = "refit, no training" if report["refit"] else f"{report['train_seconds']:.0f}s training"
         yield f"-> {report['out']} ({how})"
 
-    _train(run_rerank, summary, data_dir, out, cache_dir, epochs, seed, as_json, refit=refit)
+    extra = {} if patch_dim is None else {"patch_dim": patch_dim}
+    _train(run_rerank, summary, data_dir, out, cache_dir, epochs, seed, as_json, refit=refit, model=model,
+           heads=heads, **extra)

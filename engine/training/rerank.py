@@ -42,8 +42,9 @@ from xmodal.engine.training.checkpoint import write_checkpoint
 from xmodal.engine.training.rerank_data import (HUB_BANK_TEXTS, TokenCache, _sample_tokens, cache_tokens,  # noqa: F401
                                          dual_embeddings, exemplar_bank, expansion_matrix, fit_pca, hub_bank, mine,
                                          to_patch_tokens, token_states)  # (re-exported)
-from xmodal.indexer.models.patch_projector import LITE_RERANK
-from xmodal.indexer.resources import data_dir
+from xmodal.indexer.models.towers import BUNDLED
+from xmodal.indexer.storage.patch_tokens import MAX_SLOT_BYTES
+from xmodal.indexer.resources import data_dir, data_file
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class RerankConfig:
     warmup_steps: int = 50
     select_k: int = 16
     seed: int = 0
+    model: str = "lite"  # the bundled model (indexer.models.towers.BUNDLED) whose towers and dual heads it reads
+    text_dim: int = 384  # width of the text tower's token states (set by `prepare`: 384 MiniLM, 768 MPNet)
+    patches: int = 49  # patch tokens per photo (set by `prepare`: 49 for Lite0's 7x7, 81 for Lite2's 9x9)
     history: list = field(default_factory=list)
 
 
@@ -193,10 +197,12 @@ class RerankData:
     expansion: np.ndarray | None = None  # (N_cap, N_img) cosines with each caption's exemplar expansion (dev)
 
 
-def build_fusion(cfg: RerankConfig, patch_dim: int, text_dim: int = 384):
+def build_fusion(cfg: RerankConfig, patch_dim: int, text_dim: int | None = None):
     torch.manual_seed(cfg.seed)
+    text_dim = text_dim or cfg.text_dim
     if cfg.arch == "match":
-        return CrossAttentionMatcher(text_dim=text_dim, patch_dim=patch_dim, dim=cfg.dim, both=cfg.both)
+        return CrossAttentionMatcher(text_dim=text_dim, patch_dim=patch_dim, dim=cfg.dim, both=cfg.both,
+                                     patches=cfg.patches)
     if cfg.arch == "itm":
         return FusionReranker(text_dim=text_dim, patch_dim=patch_dim, dim=cfg.dim, layers=cfg.layers,
                               heads=cfg.heads, ffn=cfg.ffn, dropout=cfg.dropout)
@@ -325,36 +331,58 @@ def save_checkpoint(path: Path, state: dict, cfg: RerankConfig, pca: tuple | Non
                      hub=hub, beta=beta or {"t2i": 0.0, "i2t": 0.0})
 
 
-def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tuple | None = None
-            ) -> tuple[RerankData, RerankData, tuple, dict | None]:
+def fitting_patch_dim(dim: int, patches: int) -> int:
+    """The PCA width to store: `dim`, or the largest multiple of 16 whose float16 tokens fit a library's patch
+    slot (indexer.storage.patch_tokens.MAX_SLOT_BYTES): 128 fits Lite0's 49 tokens, 96 Lite2's 81."""
+    fit = MAX_SLOT_BYTES // (2 * patches) // 16 * 16
+    if dim > fit:
+        logger.info("patch tokens: %d channels x %d patches exceed the %d-byte slot; storing %d channels",
+                    dim, patches, MAX_SLOT_BYTES, fit)
+    return min(dim, fit)
+
+
+def bundled_spec(model: str):
+    spec = BUNDLED.get(model)
+    if spec is None:
+        raise ValueError(f"unknown bundled model {model!r}; choose one of {', '.join(BUNDLED)}")
+    return spec
+
+
+def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tuple | None = None,
+            heads: Path | None = None) -> tuple[RerankData, RerankData, tuple, dict | None]:
     """Caches -> train and dev RerankData (patch tokens, token states, neighbours, dev similarities, hubness
     priors and exemplar expansions), the patch PCA (fitted on train unless given) and the hubness bank with
-    its exemplars (None without cfg.hub)."""
+    its exemplars (None without cfg.hub). The towers, input size and dual heads (for mining, the banks and
+    dev's first stage) are cfg.model's; `heads` replaces its bundled heads checkpoint."""
     from xmodal.engine.training.align import default_cache_dir, patch_maps
     from xmodal.engine.training.features import build_cache
     from xmodal.engine.eval.datasets import load_captions_csv
+    from xmodal.indexer.models.base import Preprocess
     from xmodal.indexer.models.lite_encoder import LiteEncoder
 
+    spec = bundled_spec(cfg.model)
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    lite = LiteEncoder().model
+    dual = LiteEncoder(Path(heads) if heads else data_file(spec.heads), name=spec.name, extra=spec.extra).model
     out, bank = {}, None
     for split in ("train", "dev"):
         t0 = time.time()
         ds = load_captions_csv(data_dir, data_dir / "splits" / f"{split}.txt")
         ds.name = f"{data_dir.name}-{split}"
-        fc = build_cache(ds, cache_dir)
-        tokens = cache_tokens(list(ds.captions), ds.name, cache_dir)
-        maps = patch_maps(fc.trunk)  # (N, 1280, 7, 7) f16
-        img, txt = dual_embeddings(lite, maps, fc.text)
+        fc = build_cache(ds, cache_dir, Preprocess(size=spec.size), towers=(spec.image_tower, spec.text_tower))
+        tokens = cache_tokens(list(ds.captions), ds.name, cache_dir, spec.text_tower)
+        maps = patch_maps(fc.trunk, image_tower=spec.image_tower)  # (N, 1280, H, W) f16
+        img, txt = dual_embeddings(dual, maps, fc.text)
         if split == "train" and cfg.patch_dim and pca is None:
+            cfg.patch_dim = fitting_patch_dim(cfg.patch_dim, maps.shape[2] * maps.shape[3])
             pca = fit_pca(_sample_tokens(maps, 1500, cfg.seed), cfg.patch_dim, seed=cfg.seed)
         patches = to_patch_tokens(maps, *(pca if pca else (None, None)))
+        cfg.patches, cfg.text_dim = int(patches.shape[1]), int(tokens.states.shape[1])
         del maps
         d = RerankData(tokens, patches, np.asarray(fc.caption_image, np.int64))
         if split == "train":
             d.neg_img, d.neg_cap = mine(img, txt, d.caption_image, cfg.mine_k)
-            bank = hub_bank(lite, img, txt, cfg.seed) if cfg.hub else None
+            bank = hub_bank(dual, img, txt, cfg.seed) if cfg.hub else None
             if bank is not None and cfg.exemplar:
                 bank["exemplars"] = exemplar_bank(fc.text, d.caption_image, cfg.exemplar_m, cfg.exemplar_tau)
         else:
@@ -370,13 +398,17 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tupl
 
 
 def run_rerank(data_dir: Path, out: Path | None = None, cache_dir: Path | None = None, epochs: int | None = None,
-               seed: int = 0, refit: bool = False, **overrides) -> dict:
+               seed: int = 0, refit: bool = False, model: str = "lite", heads: Path | None = None,
+               **overrides) -> dict:
     """`xmodal train rerank`: train on the train split, select on dev, evaluate the best epoch on full dev.
 
-    refit: keep the weights (and patch PCA, config, history) of the checkpoint at `out`; rebuild its hubness
-    and exemplar banks from train and choose the fusion weights again on dev. No training: minutes."""
+    model: the bundled model whose reranker to train (its towers, its dual heads, or `heads`); out defaults
+    to its bundled reranker file. refit: keep the weights (and patch PCA, config, history) of the checkpoint
+    at `out`; rebuild its hubness and exemplar banks from train and choose the fusion weights again on dev.
+    No training: minutes."""
     t_start = time.time()
-    out = Path(out) if out else LITE_RERANK
+    spec = bundled_spec(model)
+    out = Path(out) if out else data_file(spec.rerank or f"{model}-rerank.pt")
     pca = state = None
     if refit:
         if not out.exists():
@@ -384,14 +416,16 @@ def run_rerank(data_dir: Path, out: Path | None = None, cache_dir: Path | None =
         ck = torch.load(out, map_location="cpu", weights_only=True)
         known = {f for f in RerankConfig.__dataclass_fields__ if f != "history"}
         cfg = RerankConfig(**{k: v for k, v in ck["config"].items() if k in known})
+        if cfg.model != model:
+            raise ValueError(f"{out} is {cfg.model}'s reranker; refit it with --model {cfg.model}")
         cfg.history = list(ck.get("history") or [])
         pca = None if ck.get("pca") is None else (ck["pca"]["mean"].float(), ck["pca"]["proj"].float())
         state = {k: v.float() for k, v in ck["state"].items()}
     else:
-        cfg = RerankConfig(seed=seed, **overrides)
+        cfg = RerankConfig(seed=seed, model=model, **overrides)
         if epochs is not None:
             cfg.epochs = epochs
-    train, dev, pca, bank = prepare(data_dir, cache_dir, cfg, pca=pca)
+    train, dev, pca, bank = prepare(data_dir, cache_dir, cfg, pca=pca, heads=heads)
     t_train = time.time()
     if not refit:
         state, _ = train_rerank(train, dev, cfg)

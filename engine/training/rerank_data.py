@@ -1,9 +1,10 @@
 """Inputs of reranker training (engine/training/rerank.py), cached or derived from engine/training/features.py:
 
-* `TokenCache`: MiniLM's final token states of every caption, flat float16 (sum of lengths, 384) with offsets
-  (N_cap + 1,); only real tokens ([CLS] ... [SEP]) are stored, so no padding is kept on disk;
-* patch tokens: 1280-channel 7x7 patch maps -> 49 tokens reduced by a whitened PCA fitted on train patches
-  (`fit_pca`, `to_patch_tokens`);
+* `TokenCache`: the text tower's final token states of every caption, flat float16 (sum of lengths, C) with
+  offsets (N_cap + 1,), C = 384 for MiniLM (lite), 768 for MPNet (base); only real tokens ([CLS] ... [SEP])
+  are stored, so no padding is kept on disk;
+* patch tokens: 1280-channel patch maps (7x7 for Lite0 at 224 px, 9x9 for Lite2 at 260) -> 49 or 81 tokens
+  reduced by a whitened PCA fitted on train patches (`fit_pca`, `to_patch_tokens`);
 * hard negatives: each caption's top dual-encoder images and each image's top captions, own ones excluded
   (`mine`);
 * the banks that travel with the checkpoint: the hubness bank (`hub_bank`) and the exemplar bank
@@ -32,14 +33,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TokenCache:
-    states: np.ndarray  # (sum T_i, 384) float16
+    states: np.ndarray  # (sum T_i, C) float16
     offsets: np.ndarray  # (N + 1,) int64
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
     def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
-        """Caption indices -> (B, T, 384) float32 padded states and (B, T) 0/1 mask."""
+        """Caption indices -> (B, T, C) float32 padded states and (B, T) 0/1 mask."""
         idx = np.asarray(idx)
         lens = self.offsets[idx + 1] - self.offsets[idx]
         t = int(lens.max())
@@ -53,31 +54,33 @@ class TokenCache:
 
 @torch.inference_mode()
 def token_states(tokenizer, tower, texts, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Texts -> flat (sum T, 384) float16 final token states of real tokens, offsets (N + 1,)."""
+    """Texts -> flat (sum T, C) float16 final token states of real tokens, offsets (N + 1,)."""
     from xmodal.indexer.models.lite_encoder import tokenize
 
     chunks, lens = [], []
     for s in range(0, len(texts), batch_size):
         ids, mask = tokenize(tokenizer, texts[s:s + batch_size])
-        states = tower(ids, mask)  # (B, T, 384)
+        states = tower(ids, mask)  # (B, T, C)
         for row, m in zip(states, mask):
             n = int(m.sum())
             chunks.append(row[:n].half().numpy())
             lens.append(n)
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    return np.concatenate(chunks) if chunks else np.zeros((0, 384), np.float16), offsets
+    return np.concatenate(chunks) if chunks else np.zeros((0, tower.width), np.float16), offsets
 
 
-def cache_tokens(captions: list[str], name: str, cache_dir: Path) -> TokenCache:
-    """MiniLM token states of `captions`, cached under cache_dir (keyed by the captions)."""
-    from xmodal.indexer.models.lite_encoder import load_minilm
+def cache_tokens(captions: list[str], name: str, cache_dir: Path, text_tower: str = "all-minilm-l6-v2") -> TokenCache:
+    """The named text tower's token states of `captions`, cached under cache_dir (keyed by the captions, and
+    by the tower unless it is MiniLM, whose keys stay as they were)."""
     from xmodal.indexer.models.text_tower import TextTower
+    from xmodal.indexer.models.towers import load_text_tower
 
-    key = hashlib.sha256(json.dumps(["tokens", 1, captions]).encode()).hexdigest()[:16]
+    tag = [] if text_tower == "all-minilm-l6-v2" else [text_tower]
+    key = hashlib.sha256(json.dumps(["tokens", 1, *tag, captions]).encode()).hexdigest()[:16]
     f = Path(cache_dir) / f"tokens-{name}-{key}.npz"
     if not f.exists():
         t0 = time.time()
-        tokenizer, bert = load_minilm()
+        tokenizer, bert = load_text_tower(text_tower)
         states, offsets = token_states(tokenizer, TextTower(bert), captions)
         tmp = f.with_suffix(".tmp.npz")
         np.savez(tmp, states=states, offsets=offsets)
@@ -103,7 +106,7 @@ def fit_pca(tokens: torch.Tensor, dim: int, sample: int = 60000, seed: int = 0) 
 
 
 def _sample_tokens(maps: torch.Tensor, images: int, seed: int) -> torch.Tensor:
-    """(N, C, 7, 7) maps -> (M * 49, C) float32 patch tokens of at most `images` seeded random images."""
+    """(N, C, H, W) maps -> (M * H * W, C) float32 patch tokens of at most `images` seeded random images."""
     if len(maps) > images:
         maps = maps[torch.from_numpy(np.random.default_rng(seed).choice(len(maps), images, replace=False))]
     return maps.float().flatten(2).transpose(1, 2).reshape(-1, maps.shape[1])
@@ -111,12 +114,12 @@ def _sample_tokens(maps: torch.Tensor, images: int, seed: int) -> torch.Tensor:
 
 def to_patch_tokens(maps: torch.Tensor, mean: torch.Tensor | None, proj: torch.Tensor | None,
                     batch: int = 500) -> torch.Tensor:
-    """(N, 1280, 7, 7) patch maps -> (N, 49, Cp) float16 tokens (row-major patches), PCA-reduced if given."""
+    """(N, 1280, H, W) patch maps -> (N, H * W, Cp) float16 tokens (row-major patches), PCA-reduced if given."""
     out = []
     for s in range(0, len(maps), batch):
-        t = maps[s:s + batch].float().flatten(2).transpose(1, 2)  # (B, 49, 1280)
+        t = maps[s:s + batch].float().flatten(2).transpose(1, 2)  # (B, H*W, 1280)
         if proj is not None:
-            t = (t - mean) @ proj  # (B, 49, Cp)
+            t = (t - mean) @ proj  # (B, H*W, Cp)
         out.append(t.half())
     return torch.cat(out)
 
@@ -137,7 +140,7 @@ def topk_neighbours(sim_fn, n_rows: int, k: int, exclude, chunk: int = 1000) -> 
 
 @torch.inference_mode()
 def dual_embeddings(model, maps: torch.Tensor, pooled_text: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lite dual encoder embeddings (images (N, D), captions (M, D)) from patch maps and pooled text."""
+    """Dual encoder embeddings (images (N, D), captions (M, D)) from patch maps and pooled text."""
     img = torch.cat([model.embed_pooled_image(maps[s:s + 500].float().mean((2, 3)))
                      for s in range(0, len(maps), 500)])
     txt = model.embed_pooled_text(torch.from_numpy(np.asarray(pooled_text, np.float32)))
@@ -168,7 +171,7 @@ def hub_bank(lite, img: torch.Tensor, txt: torch.Tensor, seed: int, texts: int =
 
 
 def exemplar_bank(pooled_text: np.ndarray, caption_image: np.ndarray, m: int, tau: float) -> dict:
-    """The exemplar bank: every train caption's MiniLM sentence vector (unit, int8 with per-row scales) and
+    """The exemplar bank: every train caption's sentence vector (the text tower's mean-pooled token states) (unit, int8 with per-row scales) and
     the index of its photo in the hubness bank's images (all train photos, in order)."""
     keys = torch.nn.functional.normalize(torch.as_tensor(np.asarray(pooled_text, np.float32)), dim=1)
     q, scale = pack_keys(keys)  # numpy; a checkpoint holds tensors (weights_only torch.load refuses arrays)
@@ -178,7 +181,7 @@ def exemplar_bank(pooled_text: np.ndarray, caption_image: np.ndarray, m: int, ta
 
 
 def expansion_matrix(bank: dict, pooled_text: np.ndarray, img: torch.Tensor) -> np.ndarray:
-    """Captions' MiniLM sentence vectors (N_cap, 384) and images' dual vectors (N_img, D) -> (N_cap, N_img)
+    """Captions' sentence vectors (N_cap, C) and images' dual vectors (N_img, D) -> (N_cap, N_img)
     cosines of each caption's exemplar expansion with each image, as the engine computes them at query time."""
     ex = bank["exemplars"]
     q = torch.nn.functional.normalize(torch.as_tensor(np.asarray(pooled_text, np.float32)), dim=1).numpy()
