@@ -54,19 +54,23 @@ class TokenCache:
 
 @torch.inference_mode()
 def token_states(tokenizer, tower, texts, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Texts -> flat (sum T, C) float16 final token states of real tokens, offsets (N + 1,)."""
+    """Texts -> flat (sum T, C) float16 final token states of real tokens, offsets (N + 1,), in `texts`'
+    order. Batches hold texts of similar length (sorted by characters), so little padding is computed."""
     from xmodal.indexer.models.lite_encoder import tokenize
 
-    chunks, lens = [], []
-    for s in range(0, len(texts), batch_size):
-        ids, mask = tokenize(tokenizer, texts[s:s + batch_size])
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    rows: list = [None] * len(texts)
+    for s in range(0, len(order), batch_size):
+        pick = order[s:s + batch_size]
+        ids, mask = tokenize(tokenizer, [texts[i] for i in pick])
         states = tower(ids, mask)  # (B, T, C)
-        for row, m in zip(states, mask):
-            n = int(m.sum())
-            chunks.append(row[:n].half().numpy())
-            lens.append(n)
+        for i, row, m in zip(pick, states, mask):
+            rows[i] = row[:int(m.sum())].half().numpy()
+        if (s // batch_size) % 20 == 0:
+            logger.info("token states %d/%d", s + len(pick), len(order))
+    lens = [len(r) for r in rows]
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    return np.concatenate(chunks) if chunks else np.zeros((0, tower.width), np.float16), offsets
+    return np.concatenate(rows) if rows else np.zeros((0, tower.width), np.float16), offsets
 
 
 def cache_tokens(captions: list[str], name: str, cache_dir: Path, text_tower: str = "all-minilm-l6-v2") -> TokenCache:
