@@ -28,7 +28,7 @@ from xmodal.indexer.models.base import Preprocess
 from xmodal.indexer.models.lite import LiteDualEncoder
 from xmodal.indexer.models.text_tower import TextTower
 from xmodal.indexer.models.towers import BUNDLED, IMAGE_TOWERS, load_image_tower, load_text_tower
-from xmodal.indexer.resources import data_file
+from xmodal.indexer.resources import data_dir as shipped_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def run_align(data_dir: Path, out: Path | None = None, cache_dir: Path | None = 
     if epochs is not None:
         cfg.epochs = epochs
     state, report = train_align(caches["train"], caches["dev"], cfg)
-    out = Path(out) if out else data_file(spec.heads)
+    out = Path(out) if out else shipped_data_dir() / spec.heads  # data/ in a checkout; never into xmodal_base
     save_checkpoint(out, state, cfg, report, data=f"{data_dir.name}: train split ({len(caches['train'].images)} "
                     f"images), selected on dev ({len(caches['dev'].images)} images)")
     best_epochs = [max((h for h in cfg.history if h["member"] == m), key=lambda h: _r1(h["dev"]))["epoch"]

@@ -408,7 +408,7 @@ def run_rerank(data_dir: Path, out: Path | None = None, cache_dir: Path | None =
     No training: minutes."""
     t_start = time.time()
     spec = bundled_spec(model)
-    out = Path(out) if out else data_file(spec.rerank or f"{model}-rerank.pt")
+    out = Path(out) if out else DATA_DIR / (spec.rerank or f"{model}-rerank.pt")  # never into xmodal_base
     pca = state = None
     if refit:
         if not out.exists():

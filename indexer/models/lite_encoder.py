@@ -14,7 +14,7 @@ from PIL import Image
 
 from xmodal.indexer.models.base import ModelUnavailable, Preprocess
 from xmodal.indexer.models.towers import load_minilm, minilm_path  # noqa: F401 - moved there, imported from here
-from xmodal.indexer.resources import data_file
+from xmodal.indexer.resources import COMPANION_HINT, data_file
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ class LiteEncoder:
         from xmodal.indexer.models.towers import IMAGE_TOWERS, load_image_tower, load_text_tower
 
         if not Path(checkpoint).exists():
-            raise ModelUnavailable(f"{name} model heads not found at {checkpoint}; reinstall xmodal or run "
+            install = "reinstall xmodal" if name == "lite" else f"install them: {COMPANION_HINT};"
+            raise ModelUnavailable(f"{name} model heads not found at {checkpoint}; {install} or run "
                                    f"`xmodal train align --model {name} --data DATASET` to train them")
         ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
         cfg = ck["config"]
