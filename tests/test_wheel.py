@@ -1,7 +1,8 @@
 """The package people install works: `python -m build` makes an sdist and, from it, a wheel; the wheel,
 installed into a fresh virtualenv in a folder outside the repository, carries the lite model's weights
-and sample photos, indexes 12 photos and searches them by text, by photo and for texts, explains a match,
-and serves the Python API, all from another folder. Its import names are ours alone (xmodal.*).
+and sample photos (never the base model's files: they ship in the companion wheel xmodal-base), indexes
+12 photos and searches them by text, by photo and for texts, explains a match, and serves the Python API,
+all from another folder. Its import names are ours alone (xmodal.*).
 
 Dependencies install the ordinary way (pip's cache, or the registry); torch is pinned to the CPU build
 first, as the Makefile does. Minutes, so marked slow."""
@@ -58,6 +59,8 @@ def test_the_wheel_carries_the_weights_samples_and_page_under_our_namespace_only
         assert needed in names
     tops = {n.split("/")[0] for n in names}
     assert tops == {"xmodal", f"{dists['wheel'].name.split('-py')[0]}.dist-info"}
+    # the base model's files ship in the companion wheel (packaging/xmodal-base, tests/test_base_wheel.py)
+    assert [n for n in names if n.rsplit("/", 1)[-1].startswith("base-") or "xmodal_base" in n] == []
 
 
 def test_the_sdist_carries_the_weights_too(dists):
@@ -66,6 +69,7 @@ def test_the_sdist_carries_the_weights_too(dists):
     with tarfile.open(dists["sdist"]) as tar:
         names = {n.split("/", 1)[-1] for n in tar.getnames()}
     assert {"data/lite-align.pt", "data/lite-rerank.pt", "setup.py", "setup.cfg"} <= names
+    assert [n for n in names if n.startswith("packaging/") or n.rsplit("/", 1)[-1].startswith("base-")] == []
 
 
 def test_the_installed_wheel_indexes_and_searches_from_any_folder(installed, tmp_path):
