@@ -1,6 +1,7 @@
-"""The reranker's patch projection, applied at index time: raw image-tower tokens (n, 49, 1280) -> the
-compact tokens a library stores (n, 49, 128) float16, read from the reranker checkpoint (lite-rerank.pt,
-shipped as package data). Stored by `xmodal.indexer.storage.patch_tokens.PatchStore`."""
+"""The reranker's patch projection, applied at index time: raw image-tower tokens (n, P, 1280) -> the
+compact tokens a library stores (n, P, 128) float16, read from the model's own reranker checkpoint (package
+data, `towers.bundled_reranker`: lite-rerank.pt for lite's 7 x 7 = 49 patches, base-rerank.pt for base's
+9 x 9 = 81). Stored by `xmodal.indexer.storage.patch_tokens.PatchStore`."""
 from __future__ import annotations
 
 import hashlib
@@ -8,10 +9,11 @@ import os
 
 import numpy as np
 
+from xmodal.indexer.models.towers import BUNDLED, bundled_reranker
 from xmodal.indexer.resources import data_file
 from xmodal.indexer.storage.patch_tokens import MAX_SLOT_BYTES, PatchSpec, PatchTokenError
 
-LITE_RERANK = data_file("lite-rerank.pt")  # the bundled reranker (package data)
+LITE_RERANK = data_file(BUNDLED["lite"].rerank)  # the lite model's reranker (package data); see bundled_reranker
 
 
 class PatchProjector:
@@ -19,7 +21,8 @@ class PatchProjector:
     fitted when the reranker was trained, read from its checkpoint (key "pca": {"mean", "proj"})."""
 
     def __init__(self, mean, proj, tokens: int = 49):
-        """mean (C,), proj (C, dim): numpy arrays or the tensors a checkpoint holds."""
+        """mean (C,), proj (C, dim): numpy arrays or the tensors a checkpoint holds; tokens: patches per photo
+        (the checkpoint's config "patches": 49 for a 7 x 7 map, 81 for 9 x 9)."""
         self.mean, self.proj = np.asarray(mean, np.float32), np.asarray(proj, np.float32)
         self._session = None  # ONNX Runtime, single-threaded, for numpy input (see _onnx_projection)
         digest = hashlib.sha256()
@@ -85,7 +88,7 @@ def _onnx_projection(mean: np.ndarray, proj: np.ndarray):
 
 
 def default_projector(model: str) -> PatchProjector | None:
-    """The projection `xmodal index` stores tokens with: the bundled reranker's, for lite libraries."""
-    if model != "lite" or not LITE_RERANK.exists():
-        return None
-    return PatchProjector.from_checkpoint(LITE_RERANK)
+    """The projection `xmodal index` stores tokens with: that of the model's own bundled reranker
+    (`bundled_reranker`), or None for a model without one (its library stores no patch tokens)."""
+    path = bundled_reranker(model)
+    return None if path is None else PatchProjector.from_checkpoint(path)

