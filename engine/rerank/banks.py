@@ -1,6 +1,7 @@
-"""What the bundled reranker carries besides its matcher, without torch: the fusion weights alpha and beta,
-the hubness bank, the exemplar bank and the patch projection (engine/rerank/lite.py reads them from
-lite-rerank.pt; engine/rerank/session.py from the cached arrays a search process loads instead).
+"""What a bundled reranker carries besides its matcher, without torch: the fusion weights alpha and beta,
+the hubness bank, the exemplar bank and the patch projection (engine/rerank/lite.py reads them from the
+checkpoint, lite-rerank.pt or base-rerank.pt; engine/rerank/session.py from the cached arrays a search
+process loads instead). Sizes (token state width, patches per photo) are the checkpoint's, never assumed.
 
 Fused score: (dual cosine - hubness prior) + beta * exemplar + alpha * match (scoring.py).
 """
@@ -16,10 +17,20 @@ from xmodal.indexer.models.patch_projector import PatchProjector
 from xmodal.engine.rerank.scoring import exemplar_expansion, hub_prior, key_norms
 
 
+TEXT_DIM, PATCHES = 384, 49  # what a config without "text_dim" / "patches" means: the lite model's sizes
+
+
+def checkpoint_sizes(config: dict) -> tuple[int, int]:
+    """(text_dim, patches) of a reranker checkpoint's config: the token state width its matcher reads and the
+    patch tokens per photo; lite's (384, 49) where it names none (checkpoints from before base)."""
+    return int(config.get("text_dim", TEXT_DIM)), int(config.get("patches", PATCHES))
+
+
 @dataclass
 class TextTokens:
-    """MiniLM token states of one or more texts: states (B, T, 384), mask (B, T), ids (B, T); numpy arrays on
-    the ONNX path, torch tensors where a torch model made them (both are read with np.asarray)."""
+    """Text-tower token states of one or more texts: states (B, T, C) (C: 384 for MiniLM, 768 for MPNet),
+    mask (B, T), ids (B, T); numpy arrays on the ONNX path, torch tensors where a torch model made them (both
+    are read with np.asarray)."""
 
     states: object
     mask: object
@@ -27,8 +38,8 @@ class TextTokens:
 
 
 def sentence_vectors(text: TextTokens) -> np.ndarray:
-    """MiniLM token states -> (B, 384) unit sentence vectors (mean over the real tokens, as
-    sentence-transformers pools all-MiniLM-L6-v2)."""
+    """Token states (B, T, C) -> (B, C) unit sentence vectors (mean over the real tokens, as
+    sentence-transformers pools all-MiniLM-L6-v2 and all-mpnet-base-v2)."""
     states = np.asarray(text.states, np.float32)  # (B, T, C)
     m = np.asarray(text.mask, np.float32)[..., None]  # (B, T, 1)
     pooled = (states * m).sum(1) / np.maximum(m.sum(1), 1e-9)  # (B, C)
@@ -39,18 +50,20 @@ class RerankBanks:
     """alpha, beta, hubness and exemplar banks and the patch projection of one reranker checkpoint, and the
     arithmetic on them. Subclasses add the matcher (`score`)."""
 
-    name = "lite"
+    name = "lite"  # the bundled model whose features the checkpoint reads (its config's "model")
 
     def _set_banks(self, checkpoint: Path, config: dict, dev, alpha, beta, pca, hub) -> None:
         """alpha: {"t2i", "i2t"} or one float (older checkpoints); beta: {"t2i", "i2t"} or None; pca: {"mean",
         "proj"} or None; hub: {"texts", "images", "tau", "exemplars"?} or None. Arrays or tensors."""
         self.checkpoint, self.config, self.dev = Path(checkpoint), config, dev
+        self.name = str(config.get("model", "lite"))
+        self.text_dim, self.patches = checkpoint_sizes(config)  # token state width, patch tokens per photo
         self.alpha = {"t2i": float(alpha["t2i"]), "i2t": float(alpha["i2t"])} if isinstance(alpha, dict) else \
             {"t2i": float(alpha), "i2t": float(alpha)}
         b = beta or {}  # weight of the exemplar term per direction (0: off)
         self.beta = {"t2i": float(b.get("t2i", 0.0)), "i2t": float(b.get("i2t", 0.0))}
         self.projector = None if pca is None else PatchProjector(pca["mean"], pca["proj"],
-                                                                 tokens=int(config.get("patches", 49)))
+                                                                 tokens=self.patches)
         self.patch_dim = self.projector.spec.dim if self.projector else 1280
         # banks stay as given: float16 and int8 from a checkpoint (28 MB instead of 80 in float32, converted a
         # slice at a time by scoring.py), float32 hubness banks memory-mapped from the query cache (session.py)
@@ -83,7 +96,7 @@ class RerankBanks:
         return np.asarray(vectors, np.float32) @ e[0]
 
     def exemplar_matrix(self, sentences: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-        """(Q, 384) MiniLM sentence vectors of text queries, (N, D) photos' dual vectors -> (Q, N) cosines of each
+        """(Q, C) text-tower sentence vectors of text queries, (N, D) photos' dual vectors -> (Q, N) cosines of each
         query's exemplar expansion with each photo (the benchmark's form of exemplar_scores)."""
         ex = self.exemplars
         q = np.asarray(sentences, np.float32)

@@ -1,7 +1,10 @@
 """Reranking the dual encoder's top-k with the cross-attention fusion model (model.py), in torch.
 
-`Reranker` loads lite-rerank.pt (package data: fusion weights, patch PCA, fusion weights alpha and beta,
-hubness and exemplar banks). The scoring arithmetic is pure and lives in scoring.py; the banks and their
+`Reranker` loads a bundled model's reranker checkpoint (format "xmodal-lite-rerank/2": lite-rerank.pt or
+base-rerank.pt, package data, found by `towers.bundled_reranker`: fusion weights, patch PCA, fusion weights
+alpha and beta, hubness and exemplar banks). Its config gives the sizes the matcher reads: `text_dim` (token
+state width: 384 for MiniLM, 768 for MPNet), `patches` (patch tokens per photo: 49 for Lite0's 7 x 7, 81 for
+Lite2's 9 x 9 at 260 px) and `model` (the bundled model whose features it reads), defaulting to lite's. The scoring arithmetic is pure and lives in scoring.py; the banks and their
 arithmetic in banks.py (shared with session.py, the torch-free form a search process runs).
 
 Fused score: (dual cosine similarity - hubness prior) + beta * exemplar + alpha * match score. The match
@@ -20,29 +23,31 @@ import torch
 
 from xmodal.indexer.models.patch_projector import LITE_RERANK
 
-from xmodal.engine.rerank.banks import RerankBanks, TextTokens, sentence_vectors
+from xmodal.engine.rerank.banks import RerankBanks, TextTokens, checkpoint_sizes, sentence_vectors
 from xmodal.engine.rerank.model import CrossAttentionMatcher, FusionReranker
 
 __all__ = ["Reranker", "TextTokens", "sentence_vectors", "build_matcher"]
 
 
 def build_matcher(config: dict, patch_dim: int) -> torch.nn.Module:
-    """The matcher module a checkpoint's config describes ("match": word-to-region, else the ITM transformer)."""
+    """The matcher module a checkpoint's config describes ("match": word-to-region, else the ITM transformer),
+    sized by its `text_dim` and `patches`."""
+    text_dim, patches = checkpoint_sizes(config)
     if config.get("arch", "itm") == "match":
-        return CrossAttentionMatcher(patch_dim=patch_dim, dim=config["dim"], both=config.get("both", False))
-    return FusionReranker(patch_dim=patch_dim, dim=config["dim"], layers=config["layers"], heads=config["heads"],
-                          ffn=config["ffn"], dropout=0.0)
+        return CrossAttentionMatcher(text_dim=text_dim, patch_dim=patch_dim, dim=config["dim"],
+                                     both=config.get("both", False), patches=patches)
+    return FusionReranker(text_dim=text_dim, patch_dim=patch_dim, dim=config["dim"], layers=config["layers"],
+                          heads=config["heads"], ffn=config["ffn"], dropout=0.0, patches=patches)
 
 
 class Reranker(RerankBanks):
-    """The bundled cross-attention reranker: fusion weights, the patch projection and the fusion weight alpha
-    from one checkpoint. score(query, candidates) -> ITM logits, one per candidate:
+    """A bundled cross-attention reranker: fusion weights, the patch projection and the fusion weight alpha
+    from one checkpoint. score(query, candidates) -> ITM logits, one per candidate (P patches and C-wide
+    token states as the checkpoint's config says, see `checkpoint_sizes`):
 
-    * a text query (TextTokens of one text) against candidate images' patch tokens (K, 49, Cp);
-    * an image query's patch tokens (49, Cp) against candidate texts (TextTokens of K texts).
+    * a text query (TextTokens of one text) against candidate images' patch tokens (K, P, Cp);
+    * an image query's patch tokens (P, Cp) against candidate texts (TextTokens of K texts).
     """
-
-    name = "lite"
 
     def __init__(self, checkpoint: Path = LITE_RERANK):
         if not Path(checkpoint).exists():
@@ -56,7 +61,7 @@ class Reranker(RerankBanks):
         self.model.eval()
 
     def patch_tokens(self, raw: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """(B, 49, 1280) raw tower tokens, or (B, 1280, 7, 7) patch maps -> (B, 49, Cp) the tokens the model
+        """(B, P, 1280) raw tower tokens, or (B, 1280, H, W) patch maps -> (B, P, Cp) the tokens the model
         reads (as stored)."""
         raw = torch.as_tensor(raw)
         if raw.dim() == 4:
@@ -68,7 +73,7 @@ class Reranker(RerankBanks):
     @torch.inference_mode()
     def score_text_to_images(self, text_states: torch.Tensor, text_mask: torch.Tensor,
                              patch_tokens: torch.Tensor) -> np.ndarray:
-        """One text (T, 384) / (T,) mask against K images' (K, 49, Cp) tokens -> (K,) ITM logits."""
+        """One text (T, C) / (T,) mask against K images' (K, P, Cp) tokens -> (K,) ITM logits."""
         text_states = torch.as_tensor(np.asarray(text_states, np.float32))
         text_mask = torch.as_tensor(np.asarray(text_mask))
         k = len(patch_tokens)
@@ -78,7 +83,7 @@ class Reranker(RerankBanks):
     @torch.inference_mode()
     def score_image_to_texts(self, patch_tokens: torch.Tensor, text_states: torch.Tensor,
                              text_mask: torch.Tensor) -> np.ndarray:
-        """One image's (49, Cp) tokens against K texts (K, T, 384) / (K, T) -> (K,) ITM logits."""
+        """One image's (P, Cp) tokens against K texts (K, T, C) / (K, T) -> (K,) ITM logits."""
         text_states = torch.as_tensor(np.asarray(text_states, np.float32))
         text_mask = torch.as_tensor(np.asarray(text_mask))
         k = len(text_states)

@@ -1,6 +1,6 @@
 """Cross-attention fusion reranker (ALBEF / BLIP image-text-matching style), a pure torch module.
 
-Text token states (MiniLM's final layer) are the queries; image patch tokens are the keys and values:
+Text token states (the text tower's final layer: MiniLM's 384 wide, MPNet's 768) are the queries; image patch tokens are the keys and values:
 
     Attention(Q_t, K_v, V_v) = softmax(Q_t K_v^T / sqrt(d_k)) V_v
 
@@ -72,9 +72,9 @@ class FusionReranker(nn.Module):
     def __init__(self, text_dim: int = 384, patch_dim: int = 128, dim: int = 256, layers: int = 2,
                  heads: int = 4, ffn: int = 1024, dropout: float = 0.1, patches: int = 49):
         super().__init__()
-        self.text_in = nn.Sequential(nn.Linear(text_dim, dim), nn.LayerNorm(dim))  # 384 -> d
+        self.text_in = nn.Sequential(nn.Linear(text_dim, dim), nn.LayerNorm(dim))  # text_dim -> d
         self.patch_in = nn.Sequential(nn.Linear(patch_dim, dim), nn.LayerNorm(dim))  # Cp -> d
-        self.patch_pos = nn.Parameter(torch.zeros(patches, dim))  # learned 7x7 position embedding
+        self.patch_pos = nn.Parameter(torch.zeros(patches, dim))  # learned position embedding, one per patch (7x7 or 9x9)
         nn.init.normal_(self.patch_pos, std=0.02)
         self.layers = nn.ModuleList(FusionLayer(dim, heads, ffn, dropout) for _ in range(layers))
         self.ln_out = nn.LayerNorm(dim)
@@ -82,7 +82,7 @@ class FusionReranker(nn.Module):
 
     def forward(self, text: torch.Tensor, text_mask: torch.Tensor, patches: torch.Tensor,
                 patch_mask: torch.Tensor | None = None, return_attention: bool = False):
-        """text (B, T, 384) token states; text_mask (B, T) 0/1; patches (B, P, Cp); patch_mask (B, P) 0/1.
+        """text (B, T, text_dim) token states; text_mask (B, T) 0/1; patches (B, P, Cp); patch_mask (B, P) 0/1.
         -> logits (B,); with return_attention also a list (one per layer) of (B, h, T, P) cross weights."""
         t = self.text_in(text)  # (B, T, d)
         v = self.patch_in(patches) + self.patch_pos[: patches.shape[1]]  # (B, P, d)
@@ -102,7 +102,7 @@ class CrossAttentionMatcher(nn.Module):
     finds what it describes:
 
         w = unit(W_t text)      (B, T, d)   queries
-        v = unit(W_v patches + pos)  (B, P, d)   keys and values (pos: a learned 7x7 position embedding)
+        v = unit(W_v patches + pos)  (B, P, d)   keys and values (pos: a learned position embedding per patch)
         A = softmax(lambda * w v^T)  = softmax(Q_t K_v^T / sqrt(d)) V_v with Q_t = lambda sqrt(d) w, K_v = V_v = v
         a_t = A_t v             the region each word attends to
         score = masked mean over words of cos(w_t, a_t), in [-1, 1]
@@ -116,7 +116,7 @@ class CrossAttentionMatcher(nn.Module):
     def __init__(self, text_dim: int = 384, patch_dim: int = 128, dim: int = 256, both: bool = False,
                  temperature: float = 10.0, patches: int = 49):
         super().__init__()
-        self.text_in = nn.Linear(text_dim, dim)  # 384 -> d
+        self.text_in = nn.Linear(text_dim, dim)  # text_dim -> d
         self.patch_in = nn.Linear(patch_dim, dim)  # Cp -> d
         self.patch_pos = nn.Parameter(torch.zeros(patches, dim))  # where a patch is; zero: position-blind start
         self.log_lambda = nn.Parameter(torch.tensor(math.log(temperature)))  # attention sharpness
@@ -162,7 +162,7 @@ class CrossAttentionMatcher(nn.Module):
 
     def forward(self, text: torch.Tensor, text_mask: torch.Tensor, patches: torch.Tensor,
                 patch_mask: torch.Tensor | None = None, return_attention: bool = False):
-        """Row-wise pairs: text (B, T, 384), text_mask (B, T), patches (B, P, Cp), patch_mask (B, P) ->
+        """Row-wise pairs: text (B, T, text_dim), text_mask (B, T), patches (B, P, Cp), patch_mask (B, P) ->
         scores (B,); with return_attention also [(B, 1, T, P)] (one layer, one head, rows sum to 1)."""
         w, v = self._features(text, patches)
         sim = w @ v.transpose(1, 2)  # (B, T, P) cosines
@@ -171,7 +171,7 @@ class CrossAttentionMatcher(nn.Module):
 
     def pairwise(self, text: torch.Tensor, text_mask: torch.Tensor, patches: torch.Tensor,
                  patch_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Every text against every image: text (B, T, 384), patches (C, P, Cp) -> scores (B, C)."""
+        """Every text against every image: text (B, T, text_dim), patches (C, P, Cp) -> scores (B, C)."""
         w, v = self._features(text, patches)
         sim = torch.einsum("btd,cpd->bctp", w, v)  # (B, C, T, P)
         return self._score(sim, w, v, text_mask, patch_mask, pairwise=True)[0]

@@ -33,9 +33,9 @@ class _Matcher(torch.nn.Module):
 def export_reranker(reranker, files) -> None:
     """reranker: a loaded lite.Reranker -> files (a session.CachedReranker: graph, arrays, meta) in the cache."""
     rr = reranker
-    p = rr.projector.spec.tokens if rr.projector else 49
-    example = (torch.randn(2, 5, 384), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]),
-               torch.randn(2, p, rr.patch_dim))  # text states, mask, patch tokens
+    # the checkpoint's sizes: token state width (384 MiniLM, 768 MPNet) and patches per photo (49, 81)
+    example = (torch.randn(2, 5, rr.text_dim), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]),
+               torch.randn(2, rr.patches, rr.patch_dim))  # text states, mask, patch tokens
 
     def graph(tmp: Path) -> None:
         with warnings.catch_warnings():

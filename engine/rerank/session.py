@@ -1,4 +1,4 @@
-"""The bundled reranker without torch: its matcher as an ONNX Runtime graph and its banks as arrays, both
+"""A bundled reranker (lite-rerank.pt, base-rerank.pt: `towers.bundled_reranker`) without torch: its matcher as an ONNX Runtime graph and its banks as arrays, both
 cached per checkpoint (engine/rerank/onnx_export.py writes them from the torch `Reranker` the first time),
 so that a search process loads neither torch nor the checkpoint (about 4 s of a cold `xmodal search`).
 
@@ -36,7 +36,8 @@ class CachedReranker:
 
     @classmethod
     def of(cls, checkpoint: str | os.PathLike) -> "CachedReranker":
-        stem = cache_dir() / f"lite-rerank-{file_stamp(checkpoint, 'rerank', FORMAT)}"
+        name = Path(checkpoint).stem  # lite-rerank, base-rerank: one cache entry per checkpoint file
+        stem = cache_dir() / f"{name}-{file_stamp(checkpoint, 'rerank', FORMAT)}"
         return cls(stem.with_suffix(".onnx"), stem.with_suffix(".arrays"), stem.with_suffix(".json"))
 
     def complete(self) -> bool:
@@ -67,8 +68,9 @@ class RerankSession(RerankBanks):
         return out.astype(np.float32)
 
     def score(self, query, candidates) -> np.ndarray:
-        """A text query (TextTokens of one text) against K images' (K, P, Cp) tokens, or an image query's
-        (P, Cp) tokens against K texts (TextTokens) -> (K,) match scores."""
+        """A text query (TextTokens of one text, (1, T, C) states) against K images' (K, P, Cp) tokens, or an
+        image query's (P, Cp) tokens against K texts (TextTokens) -> (K,) match scores; C and P as the
+        checkpoint's config says (banks.checkpoint_sizes)."""
         if isinstance(query, TextTokens):
             patches = np.asarray(candidates, np.float32)  # (K, P, Cp)
             k = len(patches)
