@@ -23,11 +23,12 @@ def bench():
               help="With a Karpathy dataset_*.json: which split to evaluate.")
 @click.option("--model", default="lite", show_default=True)
 @click.option("--rerank/--no-rerank", default=False, show_default=True,
-              help="Also rerank the dual encoder's top-K with the cross-attention reranker (the bundled lite-rerank.pt).")
+              help="Also rerank the dual encoder's top-K with the model's own cross-attention reranker "
+                   "(lite-rerank.pt for --model lite, base-rerank.pt for --model base).")
 @click.option("--rerank-k", "rerank_ks", type=click.IntRange(1, 10_000), multiple=True,
               help="How many dual-encoder candidates to rerank (repeatable) [default: 16].")
 @click.option("--reranker", "reranker_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Reranker checkpoint [default: the bundled lite-rerank.pt].")
+              default=None, help="Reranker checkpoint [default: the --model's own bundled reranker].")
 @json_option
 def bench_recall(dataset, split_file, karpathy_split, model, rerank, rerank_ks, reranker_path, as_json):
     """Recall@1/5/10 for text->image and image->text on DATASET (images/ + captions.txt, or Karpathy JSON)."""
@@ -41,12 +42,15 @@ def bench_recall(dataset, split_file, karpathy_split, model, rerank, rerank_ks, 
         encoder = get_encoder(model)
         if rerank:
             from xmodal.indexer.models.base import ModelUnavailable
+            from xmodal.indexer.models.towers import bundled_reranker
 
-            from xmodal.engine.rerank.lite import LITE_RERANK, Reranker
+            from xmodal.engine.rerank.choice import no_reranker_reason
+            from xmodal.engine.rerank.lite import Reranker
 
-            path = reranker_path or LITE_RERANK
-            if not Path(path).exists():
-                raise ModelUnavailable(f"reranker not found at {path}; train it with `xmodal train rerank --data DIR`")
+            path = reranker_path or bundled_reranker(model)
+            if path is None:
+                raise ModelUnavailable(f"model {model!r} has no bundled reranker ({no_reranker_reason(model)}); "
+                                       "give a checkpoint with --reranker PATH, or drop --rerank")
             reranker = Reranker(path)
         with progress_bar(f"embedding {ds.name}", unit="items") as progress:
             if rerank:

@@ -25,7 +25,9 @@ from xmodal.engine.cli.common import library_dir, emit, edge, library_option, js
 @click.option("--no-exemplar", is_flag=True, help="Text -> image: leave out the reranker's exemplar term (the photo "
               "of the Flickr8k train caption nearest to the query), e.g. for things those photos do not show.")
 @click.option("--reranker", default="auto", show_default=True,
-              help="'auto' (the bundled reranker for lite libraries), 'lite', or a BLIP ITM checkpoint (name or folder).")
+              help="'auto' (the library's model's own bundled reranker when it has one, else none), 'bundled' (that "
+                   "reranker, an error when the model has none), 'lite' (the same, for lite libraries), or a BLIP "
+                   "ITM checkpoint (name or folder).")
 @click.option("--queries", "queries_file", type=click.File("r", encoding="utf-8", errors="replace"), default=None,
               help="Run every line of this file as a text query ('-': standard input), models loaded once; "
                    "with --json, one JSON object a line: {\"query\": ..., \"hits\": [...]}.")
@@ -174,7 +176,7 @@ def explain(query, image, output, per_word, library, as_json):
 
     target = int(image) if image.isdigit() and not os.path.exists(image) else image
     with edge():
-        with SearchEngine(library_dir(library), reranker="lite") as engine:
+        with SearchEngine(library_dir(library), reranker="bundled") as engine:
             exp, photo = engine.explain(query, target)
         written = [output]
         try:

@@ -167,7 +167,7 @@ def run_scale(n: int, base: Base, workdir: Path, budget: int | None = BUDGET_BYT
     from xmodal.indexer.storage.index_choice import choose_index, estimated_index_bytes
     from xmodal.indexer.storage.index_tuning import tune_search_params
     from xmodal.indexer.storage.library import store_rescorer
-    from xmodal.indexer.models.patch_projector import LITE_RERANK, PatchProjector
+    from xmodal.indexer.models.patch_projector import default_projector
     from xmodal.indexer.storage.store import Store
     from xmodal.indexer.storage.vector_index import VectorIndex
 
@@ -248,7 +248,8 @@ def run_scale(n: int, base: Base, workdir: Path, budget: int | None = BUDGET_BYT
 
     out["search_process"] = measure(workdir, test_q, model)
     out["fetch_ms"] = out["search_process"]["fetch_ms"]
-    slot = PatchProjector.from_checkpoint(LITE_RERANK).spec.slot_bytes if model == "lite" and LITE_RERANK.exists() else 0
+    projector = default_projector(model)  # the model's own reranker's tokens, when it has one
+    slot = projector.spec.slot_bytes if projector is not None else 0
     disk = {"index": round(out["index_file_bytes"] / n, 1), "store": round(out["store_file_bytes"] / n, 1),
             "patch_tokens": slot}
     disk["total"] = round(sum(disk.values()), 1)

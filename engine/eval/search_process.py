@@ -5,8 +5,8 @@ from the benchmark that built them (whose own arrays must not count).
 
 opens WORKDIR/images.faiss (memory-mapped where the type allows) and WORKDIR's store, answers the queries
 (ANN + metadata fetch), loads the models a search process holds (the encoder, to encode a text query, and
-the lite reranker when the model is lite), and prints one JSON line: resident memory with and without the
-models, and fetch latency. `measure(workdir, queries, model)` runs it and returns that dict.
+the model's own bundled reranker when it has one), and prints one JSON line: resident memory with and
+without the models, and fetch latency. `measure(workdir, queries, model)` runs it and returns that dict.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def run(workdir: Path, queries: np.ndarray, model: str) -> dict:
         store.get_images([int(i) for i in ids[0] if i >= 0])
         fetch.append(time.perf_counter() - t)
     index_store = _mb(_status(), "VmRSS")
-    # and what `xmodal search` holds besides: the encoder (to encode the query) and, for lite, the reranker
+    # and what `xmodal search` holds besides: the encoder (to encode the query) and the model's own reranker
     from xmodal.indexer.models.base import ModelUnavailable
     from xmodal.indexer.models.encoders import get_encoder
 
@@ -73,12 +73,14 @@ def run(workdir: Path, queries: np.ndarray, model: str) -> dict:
         models.append(model)
     except ModelUnavailable:  # e.g. an encoder registered at run time by the benchmark's caller only
         pass
-    if model == "lite":
-        from xmodal.engine.rerank.lite import LITE_RERANK, Reranker
+    from xmodal.indexer.models.towers import bundled_reranker
 
-        if LITE_RERANK.exists():
-            held.append(Reranker())
-            models.append("reranker")
+    checkpoint = bundled_reranker(model)  # the model's own reranker, when it has one
+    if checkpoint is not None:
+        from xmodal.engine.rerank.lite import Reranker
+
+        held.append(Reranker(checkpoint))
+        models.append("reranker")
     st = _status()
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forked parent across exec
     return {"open_s": round(opened, 3), "rss_mb": _mb(st, "VmRSS"), "rss_index_store_mb": index_store,

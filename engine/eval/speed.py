@@ -134,11 +134,12 @@ def index_rate(encoder: Encoder, photos: Path, runs: int = 3) -> tuple[float, Li
 
 
 def stage_latencies(encoder: Encoder, captions: list[str], photo_vectors: np.ndarray, k: int = 32) -> dict:
-    """{"encode_ms": the encoder on one text query, "rerank32_ms": the lite reranker on its top `k` (stored-format
+    """{"encode_ms": the encoder on one text query, "rerank32_ms": the model's own reranker on its top `k` (stored-format
     patch tokens, with the hubness priors and the exemplar term of `k` real photo vectors; None without a
     reranker for this encoder)}: median / p95 over `captions`, after a warm-up of 5."""
-    from xmodal.indexer.models.patch_projector import LITE_RERANK
+    from xmodal.indexer.models.towers import bundled_reranker
 
+    checkpoint = bundled_reranker(encoder.name)
     states = hasattr(encoder, "encode_text_states")
     encode = encoder.encode_text_states if states else encoder.encode_texts
     for c in captions[:5]:
@@ -149,11 +150,11 @@ def stage_latencies(encoder: Encoder, captions: list[str], photo_vectors: np.nda
         encode([c])
         times.append(time.perf_counter() - t)
     out = {"encode_ms": ms(times), "rerank32_ms": None}
-    if not states or not LITE_RERANK.exists():
+    if not states or checkpoint is None:
         return out
     from xmodal.engine.rerank.lite import Reranker, TextTokens
 
-    rr = Reranker()
+    rr = Reranker(checkpoint)
     spec = rr.projector.spec
     tokens = torch.from_numpy(np.random.default_rng(0).standard_normal((k, spec.tokens, spec.dim)).astype(np.float16))
     vectors = np.ascontiguousarray(np.resize(photo_vectors, (k, photo_vectors.shape[1])), np.float32)

@@ -7,11 +7,12 @@ turn a query into its embedding and a `RerankQuery` (in one forward pass where t
 alpha * match` (engine.rerank), with `alpha[direction]` and `beta[direction]` for "t2i" (text -> images)
 and "i2t" (image -> texts):
 
-* `LiteBackend`: the bundled cross-attention reranker (engine.rerank.Reranker). Candidate photos' patch
+* `LiteBackend`: a bundled model's own cross-attention reranker (engine.rerank.Reranker: lite-rerank.pt,
+  base-rerank.pt). Candidate photos' patch
   tokens come from the library's token store (written at index time), so no image file is opened; a photo
   indexed without them (before the first `xmodal index` with this version) is read from disk once per query.
   Candidate texts' token states are stored when a corpus is indexed (indexer.text_tokens); texts indexed
-  without them get one MiniLM pass at query time.
+  without them get one text-tower pass at query time.
 * `BlipBackend`: BLIP's image-text matching head (engine.blip_rerank), which reads the candidate photos.
 
 A `RerankQuery` carries the query in every form a backend may need, computed once by the search engine.
@@ -98,20 +99,29 @@ def rerank_hits(hits: Sequence[SearchHit], match: np.ndarray, alpha: float,
 
 
 class LiteBackend:
-    """The bundled fusion reranker over a library's stored patch tokens."""
+    """A bundled model's own fusion reranker over a library's stored patch tokens."""
 
-    def __init__(self, library: Library, encoder, reranker=None):
+    def __init__(self, library: Library, encoder, reranker=None, checkpoint=None):
         """reranker: anything with the banks.RerankBanks surface and `score` (session.RerankSession, the
-        torch lite.Reranker); None: the bundled one, on ONNX Runtime where available (session.load_scorer)."""
+        torch lite.Reranker); None: the one in `checkpoint` (default: the library's model's own,
+        towers.bundled_reranker), on ONNX Runtime where available (session.load_scorer)."""
         if reranker is None:
+            from xmodal.indexer.models.towers import bundled_reranker
+
             from xmodal.engine.rerank.session import load_scorer
 
-            reranker = load_scorer()
+            checkpoint = checkpoint or bundled_reranker(library.model or "")
+            if checkpoint is None:
+                raise FileNotFoundError(f"model {library.model!r} has no bundled reranker")
+            reranker = load_scorer(checkpoint)
         self.reranker = reranker
         self._torch = reranker if hasattr(reranker, "attention") else None
         self._torch_lock = threading.Lock()
         self.library, self.encoder = library, encoder
-        self.name, self.alpha, self.beta = "lite", self.reranker.alpha, self.reranker.beta
+        self.name, self.alpha, self.beta = getattr(reranker, "name", "lite"), reranker.alpha, reranker.beta
+        if library.model is not None and self.name != library.model:
+            logger.warning("%s: the reranker says it reads the %r model's features, but the library was built "
+                           "with %r", library.root, self.name, library.model)
         self.explains = True
         self.projector = self.reranker.projector
         self._warned = False
@@ -155,7 +165,7 @@ class LiteBackend:
         return prior, exemplar
 
     def text_query(self, text: str, exemplar: bool = True) -> tuple[np.ndarray, RerankQuery]:
-        """One MiniLM pass gives both the embedding and the token states the reranker reads."""
+        """One text-tower pass gives both the embedding and the token states the reranker reads."""
         vectors, tokens = self.query_tokens([text])
         return vectors[0], RerankQuery(text=text, tokens=tokens, exemplar=exemplar)
 
@@ -210,7 +220,7 @@ class LiteBackend:
 
     def text_states(self, hits: Sequence[SearchHit]) -> TextTokens:
         """Candidate texts' token states: stored at indexing (indexer.text_tokens), else computed now."""
-        stored = TextTokenStore(self.library.root).read([h.id for h in hits], [h.text for h in hits])
+        stored = TextTokenStore(self.library.root, width=getattr(self.reranker, "text_dim", 384)).read([h.id for h in hits], [h.text for h in hits])
         missing = [j for j, s in enumerate(stored) if s is None]
         if missing:
             _, computed = self.query_tokens([hits[j].text for j in missing])

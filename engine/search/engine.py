@@ -21,10 +21,12 @@ from xmodal.indexer.ingest.decode import DecodeError, read_image
 from xmodal.indexer.ingest.watch import watch_status
 from xmodal.indexer.models.base import Encoder, ModelUnavailable
 from xmodal.indexer.models.encoders import get_query_encoder
+from xmodal.indexer.models.towers import bundled_reranker
 from xmodal.indexer.storage.library import Library, LibraryError
 from xmodal.indexer.records import ImageRecord, SearchHit
 from xmodal.indexer.storage.store import StoreError
 
+from xmodal.engine.rerank.choice import check_bundled_reranker, is_bundled_choice, no_reranker_reason
 from xmodal.engine.search.cutoff import SORTS, Cut, apply_cutoff, by_date
 from xmodal.engine.search.errors import SearchError
 from xmodal.engine.search.filters import image_filter, language_notice
@@ -48,8 +50,10 @@ class SearchEngine:
     runs concurrently, those libraries releasing the GIL."""
 
     def __init__(self, library_dir: str | os.PathLike, model: str | None = None, reranker: str | None = "auto"):
-        """`reranker`: "auto" (the bundled cross-attention reranker for libraries built with the lite model,
-        none otherwise), "lite", a BLIP image-text-matching checkpoint (name or folder), or None (off)."""
+        """`reranker`: "auto" (the library's model's own bundled cross-attention reranker when it has one
+        installed, none otherwise), "bundled" (that reranker, or an error when the model has none), the name of
+        the library's bundled model ("lite" for a lite library, as before), a BLIP image-text-matching
+        checkpoint (name or folder), or None (off)."""
         try:
             self.library = Library(library_dir)
         except StoreError as e:
@@ -62,9 +66,11 @@ class SearchEngine:
                               f"queries with {model!r} would be meaningless (use --model {built_with})")
         self.model_name = built_with
         self._encoder: Encoder | None = None
-        if reranker == "lite" and built_with != "lite":
-            raise SearchError(f"the bundled reranker reads the lite model's features, but library {self.library.root} "
-                              f"was built with {built_with!r}; use a BLIP checkpoint as --reranker, or none")
+        try:
+            check_bundled_reranker(reranker, built_with, self.library.root)
+        except SearchError:
+            self.library.close()
+            raise
         self.reranker_name = reranker
         self._backend = None
         self._flagged = False  # impossible similarities seen (logged once)
@@ -92,11 +98,10 @@ class SearchEngine:
         from xmodal.engine.rerank.backends import BlipBackend, LiteBackend
 
         try:
-            if self.reranker_name in ("auto", "lite"):
-                from xmodal.indexer.models.patch_projector import LITE_RERANK
-
-                if self.model_name == "lite" and (self.reranker_name == "lite" or LITE_RERANK.exists()):
-                    self._backend = LiteBackend(self.library, self.encoder)
+            if is_bundled_choice(self.reranker_name):
+                path = bundled_reranker(self.model_name)  # checked in __init__ unless "auto"
+                if path is not None:
+                    self._backend = LiteBackend(self.library, self.encoder, checkpoint=path)
             else:
                 self._backend = BlipBackend(self.reranker_name, self.encoder)
         except (OSError, ModelUnavailable) as e:
@@ -371,8 +376,8 @@ class SearchEngine:
             raise SearchError("empty query: give some words to explain")
         backend = self.reranker
         if backend is None or not backend.explains:
-            raise SearchError("explain needs the bundled cross-attention reranker (a library built with the lite "
-                              "model, and the bundled lite-rerank.pt)")
+            raise SearchError(f"explain needs the library's model's own cross-attention reranker; {self.model_name!r} "
+                              f"has none here ({no_reranker_reason(self.model_name)})")
         if isinstance(image, int):
             record = self.image_record(image)
             if record is None:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 
 from xmodal.indexer.models.onnx_runtime import query_runtime
-from xmodal.indexer.models.patch_projector import LITE_RERANK
+from xmodal.indexer.models.towers import bundled_reranker
 
 logger = logging.getLogger(__name__)
 
 
 def prepare_query_runtime(encoder) -> bool:
-    """Export the query graphs of `encoder` (when it has any: the lite model) and of the bundled reranker, where
-    they are not in the cache yet. -> whether the search path is ready to run without torch. Never raises: a
+    """Export the query graphs of `encoder` (when it has any: the bundled models) and of its model's own bundled
+    reranker (towers.bundled_reranker), where they are not in the cache yet. -> whether the search path is ready to run without torch. Never raises: a
     search can always export them itself, or run on torch."""
     if query_runtime() == "torch" or not hasattr(encoder, "export_query_graphs"):
         return False
@@ -23,15 +23,16 @@ def prepare_query_runtime(encoder) -> bool:
     try:
         if read_manifest(encoder.checkpoint) is None:
             encoder.export_query_graphs()
-        if LITE_RERANK.exists():
+        checkpoint = bundled_reranker(encoder.name)
+        if checkpoint is not None:
             from xmodal.engine.rerank.session import CachedReranker
 
-            files = CachedReranker.of(LITE_RERANK)
+            files = CachedReranker.of(checkpoint)
             if not files.complete():
                 from xmodal.engine.rerank.lite import Reranker
                 from xmodal.engine.rerank.onnx_export import export_reranker
 
-                export_reranker(Reranker(LITE_RERANK), files)
+                export_reranker(Reranker(checkpoint), files)
     except Exception as e:  # noqa: BLE001 - the index run succeeded; the first search will try again
         logger.warning("could not prepare the query graphs (%s); the first search will", str(e).splitlines()[0])
         return False
