@@ -77,28 +77,35 @@ def _lite() -> Encoder:
 
 
 def _lite_query() -> Encoder:
-    """The lite encoder for a search: `lite_query.LiteQueryEncoder` from the cached ONNX graphs, exported
-    first (with torch, once per checkpoint and machine) when they are missing; the torch encoder itself
-    where ONNX Runtime is unavailable or XMODAL_QUERY_RUNTIME=torch."""
+    return _bundled_query("lite")
+
+
+def _bundled_query(name: str) -> Encoder:
+    """A bundled model's encoder for a search: `lite_query.LiteQueryEncoder` from the cached ONNX graphs,
+    exported first (with torch, once per checkpoint and machine) when they are missing; the torch encoder
+    itself where ONNX Runtime is unavailable, XMODAL_QUERY_RUNTIME=torch, or the export fails."""
     import logging
 
     from xmodal.indexer.models.lite_query import LiteQueryEncoder, read_manifest
     from xmodal.indexer.models.onnx_runtime import cache_dir, query_runtime
+    from xmodal.indexer.models.towers import BUNDLED
+    from xmodal.indexer.resources import data_file
 
-    if query_runtime() == "torch":
-        return get_encoder("lite")
-    manifest = read_manifest()
+    heads = data_file(BUNDLED[name].heads)
+    if query_runtime() == "torch" or not heads.exists():  # no heads: get_encoder says what is missing
+        return get_encoder(name)
+    manifest = read_manifest(heads)
     if manifest is None:
         log = logging.getLogger(__name__)
-        log.warning("first search with the lite model on this machine: preparing its ONNX query graphs in %s "
-                    "(once; `xmodal index` does it too)", cache_dir())
-        encoder = get_encoder("lite")
+        log.warning("first search with the %s model on this machine: preparing its ONNX query graphs in %s "
+                    "(once; `xmodal index` does it too)", name, cache_dir())
+        encoder = get_encoder(name)
         try:
             encoder.export_query_graphs()
         except Exception as e:  # noqa: BLE001 - an export failure must not stop a search: torch still works
             log.warning("ONNX query graphs unavailable (%s); searching with torch", str(e).splitlines()[0])
             return encoder
-        manifest = read_manifest()
+        manifest = read_manifest(heads)
         if manifest is None:
             return encoder
     return LiteQueryEncoder(manifest)
@@ -116,3 +123,4 @@ def _base() -> Encoder:
 register_encoder("lite", _lite)
 register_encoder("base", _base)
 register_query_encoder("lite", _lite_query)
+register_query_encoder("base", lambda: _bundled_query("base"))

@@ -89,6 +89,12 @@ class LiteEncoder:
         self._onnx, self._onnx_lock = _NOT_YET, threading.Lock()
         self.device = torch.device("cpu")
 
+    @property
+    def patches(self) -> int:
+        """Patch tokens per photo: the image tower's final map (stride 32, TF-style SAME padding) at the input
+        size, (ceil(size / 32))^2: 49 at 224 px, 81 at 260 px."""
+        return patch_count(self.preprocess.size)
+
     def to_device(self, device: str) -> None:
         """Run on `device` ("cpu", "cuda", "cuda:N"; see indexer.models.device). Off the CPU the image path
         runs on torch (ONNX Runtime here is the CPU path); outputs come back to the CPU."""
@@ -132,7 +138,8 @@ class LiteEncoder:
             "preprocess": {"size": pre.size, "mean": list(pre.mean), "std": list(pre.std), "resize": pre.resize},
             "text": str(onnx_text.export(self.model, self._fingerprint)),
             "image": str(query_image),
-            "tokenizer": str(minilm_path() / "tokenizer.json"),
+            "tokenizer": str(getattr(self.tokenizer, "path", None) or minilm_path() / "tokenizer.json"),
+            "text_width": int(self.model.text_tower.width),  # token states: 384 MiniLM, 768 MPNet
             "checkpoint_sha256": self._fingerprint, "info": self.info,
         }
         return write_manifest(self.checkpoint, manifest)
@@ -174,30 +181,38 @@ class LiteEncoder:
     @torch.inference_mode()
     def encode_images_with_patches(self, images: Sequence[Image.Image],
                                    lane: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """One forward pass -> (n, dim) embeddings and (n, 49, 1280) float32 raw patch tokens: the locked
-        tower's 7x7 map in row-major order, what the cross-attention reranker attends to. `lane`: see `lanes`."""
+        """One forward pass -> (n, dim) embeddings and (n, P, 1280) float32 raw patch tokens: the locked
+        tower's final map in row-major order (P = 7 x 7 = 49 for lite's Lite0 at 224 px, 9 x 9 = 81 for base's
+        Lite2 at 260 px: `patches`), what the cross-attention reranker attends to. `lane`: see `lanes`."""
         vectors, tokens = [], []
         for s in range(0, len(images), self.batch_size):
-            emb, maps = self._image_path(images[s:s + self.batch_size], lane)  # (B, D), (B, 1280, 7, 7)
+            emb, maps = self._image_path(images[s:s + self.batch_size], lane)  # (B, D), (B, 1280, H, W)
             vectors.append(emb)
-            tokens.append(maps.flatten(2).transpose(1, 2))  # (B, 49, 1280), a strided view: no copy
+            tokens.append(maps.flatten(2).transpose(1, 2))  # (B, P, 1280), a strided view: no copy
         if len(tokens) == 1:
             raw = tokens[0].numpy()
         else:
-            raw = torch.cat(tokens).numpy() if tokens else np.zeros((0, 49, 1280), np.float32)
+            raw = torch.cat(tokens).numpy() if tokens else np.zeros((0, self.patches, 1280), np.float32)
         return _as_matrix(vectors, self.dim), raw
 
     @torch.inference_mode()
     def encode_text_states(self, texts: Sequence[str]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One forward pass -> (n, dim) embeddings, (n, T, 384) MiniLM token states, (n, T) mask, (n, T) ids:
-        the embedding for retrieval and the token states the reranker's queries come from."""
+        """One forward pass -> (n, dim) embeddings, (n, T, C) text-tower token states (C = 384 for lite's
+        MiniLM, 768 for base's MPNet), (n, T) mask, (n, T) ids: the embedding for retrieval and the token
+        states the reranker's queries come from."""
         from xmodal.indexer.models.text_tower import mean_pool
 
         ids, mask = tokenize(self.tokenizer, texts)
         on = mask.to(self.device)
-        states = self.model.text_tower(ids.to(self.device), on)  # (n, T, 384)
+        states = self.model.text_tower(ids.to(self.device), on)  # (n, T, C)
         vectors = self.model.embed_pooled_text(mean_pool(states, on))
         return _as_matrix([vectors.cpu()], self.dim), states.cpu(), mask, ids
+
+
+def patch_count(size: int) -> int:
+    """Patch tokens of an EfficientNet-Lite's final map for a square input of `size` pixels (stride 32)."""
+    side = -(-int(size) // 32)
+    return side * side
 
 
 def _as_matrix(chunks: list[torch.Tensor], dim: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The lite model at query time without torch: its text and image paths as ONNX Runtime graphs.
+"""A bundled model (lite, base) at query time without torch: its text and image paths as ONNX Runtime graphs.
 
 A search encodes one query: importing torch for it costs about 4 s and 300 MB, more than everything else a
 search does. `LiteQueryEncoder` runs the same graphs the indexer exports (`onnx_text.py`, `onnx_image.py`),
@@ -69,6 +69,7 @@ class LiteQueryEncoder:
         from xmodal.indexer.models.tokenizer import Tokenizer
 
         self.manifest = manifest
+        self.name = str(manifest.get("model", "lite"))  # the bundled model: "lite", "base"
         self.dim = int(manifest["dim"])
         self.languages = tuple(manifest.get("languages", ("en",)))
         self.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
@@ -95,23 +96,26 @@ class LiteQueryEncoder:
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def encode_text_states(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """-> (n, dim) embeddings, (n, T, 384) token states, (n, T) mask, (n, T) ids (as LiteEncoder's)."""
+        """-> (n, dim) embeddings, (n, T, C) token states, (n, T) mask, (n, T) ids (as LiteEncoder's)."""
         ids, mask = self.tokenizer.arrays(list(texts), max_length=64)
         if len(ids) == 0:
-            return np.zeros((0, self.dim), np.float32), np.zeros((0, 0, 384), np.float32), mask, ids
+            width = int(self.manifest.get("text_width", 384))
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, 0, width), np.float32), mask, ids
         emb, states = self.text_path(ids, mask)
         return np.ascontiguousarray(emb, np.float32), states, mask, ids
 
     def encode_images_with_patches(self, images: Sequence[Image.Image], lane: int | None = None
                                    ) -> tuple[np.ndarray, np.ndarray]:
-        """-> (n, dim) embeddings and (n, 49, 1280) raw patch tokens (row-major 7x7), as LiteEncoder's."""
+        """-> (n, dim) embeddings and (n, P, 1280) raw patch tokens (row-major: 7 x 7 at 224 px, 9 x 9 at
+        260 px), as LiteEncoder's."""
         vectors, tokens = [], []
         for s in range(0, len(images), self.batch_size):
             emb, maps = self.image_path(self.preprocess.array(images[s:s + self.batch_size]))  # (B, D), (B, C, 7, 7)
             vectors.append(emb)
-            tokens.append(maps.reshape(maps.shape[0], maps.shape[1], -1).transpose(0, 2, 1))  # (B, 49, C)
+            tokens.append(maps.reshape(maps.shape[0], maps.shape[1], -1).transpose(0, 2, 1))  # (B, P, C)
         if not vectors:
-            return np.zeros((0, self.dim), np.float32), np.zeros((0, 49, 1280), np.float32)
+            side = -(-self.preprocess.size // 32)  # the tower's stride
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, side * side, 1280), np.float32)
         return np.ascontiguousarray(np.concatenate(vectors), np.float32), np.concatenate(tokens)
 
     def encode_images(self, images: Sequence[Image.Image], lane: int | None = None) -> np.ndarray:

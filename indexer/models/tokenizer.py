@@ -27,6 +27,7 @@ class Tokenizer:
         from tokenizers import Tokenizer as RustTokenizer
 
         path = Path(tokenizer_json)
+        self.path = path  # the tokenizer.json it was read from (named in the query graphs' manifest)
         try:
             self._tok = RustTokenizer.from_file(str(path))
         except Exception as exc:  # noqa: BLE001 - the Rust side raises a bare Exception for a bad file
