@@ -220,7 +220,8 @@ class LiteBackend:
 
     def text_states(self, hits: Sequence[SearchHit]) -> TextTokens:
         """Candidate texts' token states: stored at indexing (indexer.text_tokens), else computed now."""
-        stored = TextTokenStore(self.library.root, width=getattr(self.reranker, "text_dim", 384)).read([h.id for h in hits], [h.text for h in hits])
+        width = getattr(self.reranker, "text_dim", 384)  # the text tower's: 384 MiniLM, 768 MPNet
+        stored = TextTokenStore(self.library.root, width=width).read([h.id for h in hits], [h.text for h in hits])
         missing = [j for j, s in enumerate(stored) if s is None]
         if missing:
             _, computed = self.query_tokens([hits[j].text for j in missing])

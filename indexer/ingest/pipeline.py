@@ -162,7 +162,7 @@ class _Job:
     moves: list[tuple[int, DecodedImage]]
     embed: list[DecodedImage]
     vectors: np.ndarray | None = None
-    raw: np.ndarray | None = None  # (n, 49, 1280) patch tokens, when asked for
+    raw: np.ndarray | None = None  # (n, P, 1280) patch tokens (P = 49 lite, 81 base), when asked for
 
 
 def _sorted_batches(library: Library, batches: Iterable[list], changed: dict[str, int], unembedded: set[int],
@@ -428,7 +428,8 @@ def index_texts(library: Library, path: str, encoder: Encoder, batch_size: int =
                     vectors, states, mask, _ = encoder.encode_text_states(batch)
                     ids = library.add_texts(batch, vectors, source, encoder.name, image_ids=links)
                     lengths = mask.sum(1).tolist()
-                    store.write(ids, batch, [st[:n].numpy() for st, n in zip(states, lengths)])
+                    store.width = int(states.shape[-1])  # the text tower's: 384 MiniLM, 768 MPNet
+                    store.write(ids, batch, [np.asarray(st[:n]) for st, n in zip(states, lengths)])
                 else:
                     vectors = encoder.encode_texts(batch)
                     library.add_texts(batch, vectors, source, encoder.name, image_ids=links)

@@ -1,6 +1,7 @@
-"""Per-text MiniLM token states for the cross-attention reranker, stored when a text corpus is indexed, so
-that reranking an image query's candidate texts needs no text-tower pass at query time (measured: the pass
-over 16 candidate texts is ~40 ms of a ~50 ms image -> text rerank on 2 cores; reading them is ~0.1 ms).
+"""Per-text token states (the text tower's: MiniLM 384 wide, MPNet 768) for the cross-attention reranker,
+stored when a text corpus is indexed, so that reranking an image query's candidate texts needs no text-tower
+pass at query time (measured: the pass over 16 candidate texts is ~40 ms of a ~50 ms image -> text rerank
+on 2 cores; reading them is ~0.1 ms).
 
 Layout: `text_tokens.f16` holds the states (float16, real tokens only, [CLS] ... [SEP]) appended one text
 after another; `text_tokens.v2.idx` holds one fixed 32-byte slot per text id: an 8-byte tag (the first 8
@@ -29,6 +30,9 @@ def text_tag(text: str) -> int:
 
 
 class TextTokenStore:
+    """`width`: the token states' width (the library's text tower: 384 for lite's MiniLM, 768 for base's
+    MPNet); read with another width, a slot fails its CRC and reads as missing."""
+
     def __init__(self, root: str | os.PathLike, width: int = 384):
         self.root, self.width = Path(root), width
         self.data, self.index = self.root / DATA, self.root / INDEX
@@ -37,6 +41,9 @@ class TextTokenStore:
         """states[i]: (T_i, width) token states of texts[i] (real tokens only)."""
         if not ids:
             return
+        wrong = {np.shape(s)[-1] for s in states} - {self.width}
+        if wrong:
+            raise ValueError(f"token states {sorted(wrong)} wide do not fit a store of width {self.width}")
         if (self.root / OLD_INDEX).exists():  # the layout without CRCs: its states are dropped, not misread
             for old in (self.root / OLD_INDEX, self.data, self.index):
                 old.unlink(missing_ok=True)
