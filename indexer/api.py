@@ -5,8 +5,8 @@
     report = index_folders("my-library", ["~/Pictures"])         # new or edited photos only, resumable
     index_text_corpus("my-library", "captions.txt")              # .txt / .csv / .jsonl
 
-The library's own model is used when it has one (else `model`, default "lite"), and for the lite model each
-photo's patch tokens are stored for the reranker."""
+The library's own model is used when it has one (else `model`, default "lite"), and for a model with its own
+bundled reranker (lite; base once base-rerank.pt ships) each photo's patch tokens are stored for it."""
 from __future__ import annotations
 
 import os
@@ -99,9 +99,9 @@ def text_reader(lib: Library, ocr: bool | None):
 def index_text_corpus(library_dir: str | os.PathLike, path: str | os.PathLike, model: str | Encoder | None = None,
                       progress: Callable[[int, int], None] | None = None) -> TextReport:
     """Index a text corpus (.txt one per line, .csv `caption` or `text` column, .jsonl `text`) into the
-    library, replacing an earlier import of the same file; for the lite model the texts' token states are
-    stored for the reranker."""
+    library, replacing an earlier import of the same file; for a model with its own reranker the texts'
+    token states are stored for it."""
     encoder = library_encoder(library_dir, model)
-    tokens = default_projector(encoder.name) is not None  # the bundled reranker will read them
+    tokens = default_projector(encoder.name) is not None  # the model's own reranker will read them
     with Library(library_dir, create=True) as lib:
         return index_texts(lib, os.fspath(path), encoder, progress=progress, tokens=tokens)

@@ -61,7 +61,8 @@ def recall_benchmark(ds: CaptionDataset, encoder: Encoder, ks=(1, 5, 10),
 
 def rerank_benchmark(ds: CaptionDataset, encoder, reranker, rerank_ks=(16,), batch_size: int = 16,
                      progress: Callable[[int, int], None] | None = None) -> dict:
-    """Recall@1/5/10 of the lite dual encoder alone and with its top-K reranked by the fusion model.
+    """Recall@1/5/10 of a bundled dual encoder (lite, base) alone and with its top-K reranked by a fusion model
+    (its own: `xmodal bench recall --rerank` passes `towers.bundled_reranker(model)`).
 
     For each caption the dual encoder's top-K images, and for each image its top-K captions, are reordered
     by (dual similarity - hubness prior) + beta * exemplar + alpha * match score (alpha, beta and the hubness
@@ -91,7 +92,7 @@ def rerank_benchmark(ds: CaptionDataset, encoder, reranker, rerank_ks=(16,), bat
             bad = [b for b in batch if isinstance(b, Skipped)]
             if bad:
                 raise BenchError(f"benchmark image {bad[0].path} cannot be read: {bad[0].reason}")
-            maps = model.image_patches(encoder.preprocess([b.image for b in batch]))  # (B, 1280, 7, 7)
+            maps = model.image_patches(encoder.preprocess([b.image for b in batch]))  # (B, 1280, H, W)
             img.append(model.embed_pooled_image(maps.mean((2, 3))))
             patches.append(reranker.patch_tokens(maps).half())
             done += len(batch)

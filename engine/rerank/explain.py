@@ -4,10 +4,10 @@
     exp.words, exp.word_maps (W, 7, 7), exp.overall (7, 7), exp.match
     overlay(photo, exp.overall).save("heat.png")                     # the photo's own size
 
-The attention of each text token over the 7x7 patches is averaged over the reranker's layers and heads;
-WordPiece pieces of one word are averaged into the word; [CLS] / [SEP] are left out; the query's map is
-the mean of its words' maps. The patch grid covers the whole photo (the model sees it squashed to a
-square), so a map stretches back over the photo as it is.
+The attention of each text token over the patches (7x7 for lite, 9x9 for base) is averaged over the
+reranker's layers and heads; WordPiece pieces of one word are averaged into the word; [CLS] / [SEP] are
+left out; the query's map is the mean of its words' maps. The patch grid covers the whole photo (the model
+sees it squashed to a square), so a map stretches back over the photo as it is.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Cross-attention fusion reranker (ALBEF / BLIP image-text-matching style), a pure torch module.
 
-Text token states (the text tower's final layer: MiniLM's 384 wide, MPNet's 768) are the queries; image patch tokens are the keys and values:
+Text token states (the text tower's final layer: MiniLM's 384 wide, MPNet's 768) are the queries; image
+patch tokens are the keys and values:
 
     Attention(Q_t, K_v, V_v) = softmax(Q_t K_v^T / sqrt(d_k)) V_v
 
@@ -74,7 +75,7 @@ class FusionReranker(nn.Module):
         super().__init__()
         self.text_in = nn.Sequential(nn.Linear(text_dim, dim), nn.LayerNorm(dim))  # text_dim -> d
         self.patch_in = nn.Sequential(nn.Linear(patch_dim, dim), nn.LayerNorm(dim))  # Cp -> d
-        self.patch_pos = nn.Parameter(torch.zeros(patches, dim))  # learned position embedding, one per patch (7x7 or 9x9)
+        self.patch_pos = nn.Parameter(torch.zeros(patches, dim))  # learned, one per patch (7x7 or 9x9)
         nn.init.normal_(self.patch_pos, std=0.02)
         self.layers = nn.ModuleList(FusionLayer(dim, heads, ffn, dropout) for _ in range(layers))
         self.ln_out = nn.LayerNorm(dim)

@@ -1,6 +1,7 @@
-"""A bundled reranker (lite-rerank.pt, base-rerank.pt: `towers.bundled_reranker`) without torch: its matcher as an ONNX Runtime graph and its banks as arrays, both
-cached per checkpoint (engine/rerank/onnx_export.py writes them from the torch `Reranker` the first time),
-so that a search process loads neither torch nor the checkpoint (about 4 s of a cold `xmodal search`).
+"""A bundled reranker (lite-rerank.pt, base-rerank.pt: `towers.bundled_reranker`) without torch: its
+matcher as an ONNX Runtime graph and its banks as arrays, both cached per checkpoint
+(engine/rerank/onnx_export.py writes them from the torch `Reranker` the first time), so that a search
+process loads neither torch nor the checkpoint (about 4 s of a cold `xmodal search`).
 
 `load_scorer(checkpoint)` returns this `RerankSession` (or, without onnxruntime or with
 XMODAL_QUERY_RUNTIME=torch, the torch `Reranker`): both have the same scoring surface (banks.RerankBanks

@@ -276,7 +276,8 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
                     **_active(f))
         return {**answer(hits, started, target), "parsed": parsed}
 
-    @api.get("/images/{image_id}/explain", summary="Where the photo matched each word of a query (7x7 grids)")
+    @api.get("/images/{image_id}/explain",
+             summary="Where the photo matched each word of a query (7x7 grids for lite, 9x9 for base)")
     def explain(image_id: int, q: str = Query(..., max_length=MAX_QUERY_CHARS, description="The query to explain.")):
         record_or_404(image_id)
         exp, _ = call(engine.explain, q, image_id)
