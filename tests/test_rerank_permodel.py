@@ -288,3 +288,15 @@ def test_the_real_base_model_gives_81_patches_and_768_wide_states_on_torch_and_o
     q_vectors, q_raw = query.encode_images_with_patches(photos)
     np.testing.assert_allclose(q_vectors, vectors, atol=1e-4)
     assert q_raw.shape == (2, 81, 1280)
+
+
+def test_weights_that_do_not_fit_their_configs_sizes_are_refused_in_one_line(tmp_path):
+    from xmodal.engine.rerank.lite import Reranker
+    from xmodal.indexer.models.base import ModelUnavailable
+
+    path = tiny_checkpoint(tmp_path / "r.pt", patches=49)  # trained for 49 patches...
+    ck = torch.load(path, weights_only=True)
+    ck["config"]["patches"] = 81  # ...but said to read 81
+    torch.save(ck, path)
+    with pytest.raises(ModelUnavailable, match=r"do not fit its config \(text_dim 768, patches 81"):
+        Reranker(path)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xmodal.indexer.models.base import ModelUnavailable
 from xmodal.indexer.models.patch_projector import LITE_RERANK
 
 from xmodal.engine.rerank.banks import RerankBanks, TextTokens, checkpoint_sizes, sentence_vectors
@@ -57,7 +58,12 @@ class Reranker(RerankBanks):
         self._set_banks(checkpoint, cfg, ck.get("dev"), ck["alpha"], ck.get("beta"), ck.get("pca"), ck.get("hub"))
         self.arch = cfg.get("arch", "itm")  # format 1 checkpoints: the ITM transformer
         self.model = build_matcher(cfg, self.patch_dim)
-        self.model.load_state_dict({k: v.float() for k, v in ck["state"].items()})
+        try:
+            self.model.load_state_dict({k: v.float() for k, v in ck["state"].items()})
+        except RuntimeError as e:  # e.g. weights for 49 patches under a config that says 81
+            raise ModelUnavailable(f"{checkpoint}: its weights do not fit its config (text_dim {self.text_dim}, "
+                                   f"patches {self.patches}, patch_dim {self.patch_dim}): "
+                                   f"{str(e).splitlines()[-1].strip()}") from None
         self.model.eval()
 
     def patch_tokens(self, raw: torch.Tensor | np.ndarray) -> torch.Tensor:
