@@ -207,6 +207,25 @@ def test_a_library_of_a_model_without_a_reranker_searches_without_one(bundled, t
     assert result.exit_code == 1 and "no bundled reranker" in result.output
 
 
+def test_the_web_app_serves_with_the_models_own_reranker_or_refuses_one_it_lacks(bundled, tmp_path):
+    from xmodal.engine.search.engine import SearchError
+    from xmodal.engine.web.server import create_app
+
+    app = create_app(_index(tmp_path, WITH))
+    try:
+        assert app.state.engine.reranker.name == WITH
+    finally:
+        app.state.engine.close()
+    library = _index(tmp_path / "other", WITHOUT)
+    with pytest.raises(SearchError, match=f"model '{WITHOUT}' has no bundled reranker"):
+        create_app(library, reranker="bundled")
+    app = create_app(library)  # auto: none, no error
+    try:
+        assert app.state.engine.reranker is None
+    finally:
+        app.state.engine.close()
+
+
 def test_bench_recall_reranks_with_the_models_own_reranker(bundled, tmp_path, monkeypatch):
     from xmodal.engine.cli.main import cli
     from xmodal.engine.eval import bench

@@ -23,7 +23,12 @@ MIN_TOKEN_CHARS = 16
               help="Also answer requests for this host name (repeatable); besides the --host address, "
                    "localhost, 127.0.0.1 and [::1] every other Host header is refused (DNS rebinding).")
 @click.option("--model", default=None, help="Refuse to run unless the library was built with this model.")
-def serve(library, host, port, token, allow_hosts, model):
+@click.option("--reranker", default="auto", show_default=True,
+              help="'auto' (the library's model's own bundled reranker when it has one, else none), 'bundled' (that "
+                   "reranker, an error when the model has none), 'lite' (the same, for lite libraries), or a BLIP "
+                   "ITM checkpoint (name or folder).")
+@click.option("--no-rerank", is_flag=True, help="Rank by dual-encoder similarity only.")
+def serve(library, host, port, token, allow_hosts, model, reranker, no_rerank):
     """Web UI and JSON API (OpenAPI schema at /openapi.json) for searching the library in a browser."""
     from xmodal.engine.web.server import create_app, is_loopback
 
@@ -35,7 +40,7 @@ def serve(library, host, port, token, allow_hosts, model):
                                "export XMODAL_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
     with edge():
         app = create_app(library_dir(library), token=token, model=model, allowed_hosts=(host, *allow_hosts),
-                         warm_up=True)
+                         warm_up=True, reranker=None if no_rerank else reranker)
     import uvicorn
 
     shown = f"[{host}]" if ":" in host else host

@@ -74,9 +74,11 @@ def is_loopback(host: str) -> bool:
 
 def create_app(library_dir: str | os.PathLike, token: str | None = None, *, model: str | None = None,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, max_upload_pixels: int = MAX_UPLOAD_PIXELS,
-               thumbnail_size: int | None = None, allowed_hosts=(), warm_up: bool = False) -> FastAPI:
+               thumbnail_size: int | None = None, allowed_hosts=(), warm_up: bool = False,
+               reranker: str | None = "auto") -> FastAPI:
     """The app for one library. Opens the engine now (raising `SearchError` for a missing or empty library,
-    or a `model` that is not the library's), so `xmodal serve` fails fast with a one-line reason.
+    a `model` that is not the library's, or a `reranker` it cannot use), so `xmodal serve` fails fast with a
+    one-line reason. `reranker`: as `SearchEngine`'s ("auto": the library's model's own, when it has one).
     allowed_hosts: Host names answered besides localhost, 127.0.0.1 and [::1] (the bound address, names
     from --allow-host); any other Host header is a 400."""
     from threadpoolctl import threadpool_limits
@@ -90,7 +92,7 @@ def create_app(library_dir: str | os.PathLike, token: str | None = None, *, mode
     per_request = int(os.environ.get("XMODAL_QUERY_THREADS") or 1)
     set_query_threads(per_request)
     threadpool_limits(limits=per_request, user_api="blas")
-    engine = SearchEngine(library_dir, model=model)
+    engine = SearchEngine(library_dir, model=model, reranker=reranker)
     folders_lock = threading.Lock()
     thumbs = ThumbnailCache(engine.library.root, **({"size": thumbnail_size} if thumbnail_size else {}))
     folders_cache: dict[str, Any] = {}
