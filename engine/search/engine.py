@@ -375,9 +375,13 @@ class SearchEngine:
         if not query or not query.strip():
             raise SearchError("empty query: give some words to explain")
         backend = self.reranker
-        if backend is None or not backend.explains:
-            raise SearchError(f"explain needs the library's model's own cross-attention reranker; {self.model_name!r} "
-                              f"has none here ({no_reranker_reason(self.model_name)})")
+        if backend is not None and not backend.explains:
+            raise SearchError(f"explain needs the library's model's own cross-attention reranker; {backend.name!r} "
+                              "cannot show which regions matched (use reranker='bundled')")
+        if backend is None:
+            why = ("reranking is off in this engine" if bundled_reranker(self.model_name) is not None
+                   else f"{self.model_name!r} has none here ({no_reranker_reason(self.model_name)})")
+            raise SearchError(f"explain needs the library's model's own cross-attention reranker; {why}")
         if isinstance(image, int):
             record = self.image_record(image)
             if record is None:
