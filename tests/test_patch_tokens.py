@@ -68,7 +68,7 @@ def test_wrong_shapes_and_oversized_tokens_are_refused(tmp_path):
     with pytest.raises(PatchTokenError, match="do not match"):
         PatchStore(tmp_path, proj.spec).write([0, 1], [sha(0)], proj(np.ones((1, 49, 32), np.float32)))
     with pytest.raises(PatchTokenError, match="budget"):
-        projector(dim=400, width=512)  # 49 x 400 x 2 bytes > 32 KB (base's 81 x 128 x 2 fit)
+        projector(dim=200, width=256)  # 49 x 200 x 2 bytes > 16 KB
 
 
 def test_empty_library_reads_nothing(tmp_path):

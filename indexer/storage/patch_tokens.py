@@ -3,14 +3,15 @@ opens no image file at query time.
 
     projector = PatchProjector.from_checkpoint(path)   # models/patch_projector.py: the reranker's PCA
     store = PatchStore(library_dir, projector.spec)    # one memory-mapped file per library
-    store.write(ids, sha256s, projector(raw_tokens))   # (n, P, 1280) -> (n, P, 128) float16
-    tokens, found = store.read(ids, sha256s)           # (n, P, 128) float16, (n,) bool
+    store.write(ids, sha256s, projector(raw_tokens))   # (n, P, 1280) -> (n, P, Cp) float16
+    tokens, found = store.read(ids, sha256s)           # (n, P, Cp) float16, (n,) bool
 
-P, the patches per photo, is the reranker checkpoint's: 49 (7 x 7) for the lite model, 81 (9 x 9) for base.
+P, the patches per photo, is the reranker checkpoint's: 49 (7 x 7) for the lite model, 81 (9 x 9) for base,
+whose reranker stores 96 channels instead of 128 so that a slot stays within 16 KB (81 x 96 x 2 = 15,552 bytes).
 
 Layout of `patches.f16` (layout 2): fixed-size slots addressed by image id, each a 16-byte header (an 8-byte
 tag: the first 8 bytes of the photo's SHA-256; the CRC-32 of the token bytes, little-endian; 4 zero bytes)
-followed by the tokens as float16: 49 x 128 x 2 = 12,544 bytes + 16 per image (base: 81 x 128 x 2 = 20,736). A slot is valid only when its
+followed by the tokens as float16: 49 x 128 x 2 = 12,544 bytes + 16 per image. A slot is valid only when its
 tag equals the stored photo's hash, so a crash between the store commit and the token write, an id reused
 after a delete, or a photo edited in place can never pair a photo with another's tokens: such slots read as
 missing and `xmodal index` fills them in. A slot whose tokens fail their CRC (bit rot) reads as missing
@@ -38,7 +39,7 @@ SPEC_FILENAME = "patches.json"
 TAG_BYTES = 8
 HEADER_BYTES = 16  # tag, CRC-32 of the tokens, 4 zero bytes
 LAYOUT = 2  # 1: an 8-byte tag and no CRC (files of that layout start afresh)
-MAX_SLOT_BYTES = 32 * 1024  # per photo: base's 81 x 128 float16 tokens (20,752 bytes with the header) fit
+MAX_SLOT_BYTES = 16 * 1024
 
 
 class PatchTokenError(Exception):
