@@ -1,7 +1,7 @@
 """The reranker's patch projection, applied at index time: raw image-tower tokens (n, P, 1280) -> the
-compact tokens a library stores (n, P, Cp) float16 (Cp: 128 for lite, 96 for base), read from the model's own reranker checkpoint (package
-data, `towers.bundled_reranker`: lite-rerank.pt for lite's 7 x 7 = 49 patches, base-rerank.pt for base's
-9 x 9 = 81). Stored by `xmodal.indexer.storage.patch_tokens.PatchStore`."""
+compact tokens a library stores (n, P, Cp) float16 (Cp: 128 for lite, 96 for base), read from the model's
+own reranker checkpoint (package data, `towers.bundled_reranker`: lite-rerank.pt for lite's 7 x 7 = 49
+patches, base-rerank.pt for base's 9 x 9 = 81). Stored by `xmodal.indexer.storage.patch_tokens.PatchStore`."""
 from __future__ import annotations
 
 import hashlib
