@@ -8,6 +8,7 @@ none), or a bundled model's name ("lite": kept for lite libraries; another model
 from __future__ import annotations
 
 from xmodal.indexer.models.towers import BUNDLED, bundled_reranker
+from xmodal.indexer.resources import COMPANION_HINT
 
 from xmodal.engine.search.errors import SearchError
 
@@ -27,7 +28,9 @@ def no_reranker_reason(model: str) -> str:
         return f"only the bundled models ({', '.join(BUNDLED)}) carry one"
     if not spec.rerank:
         return "none has been trained for it"
-    return f"{spec.rerank} is not installed with this xmodal"
+    if spec.name == "lite":
+        return f"{spec.rerank} is missing: reinstall xmodal"
+    return f"{spec.rerank} is not installed: {COMPANION_HINT}"
 
 
 def check_bundled_reranker(reranker: str | None, model: str, root) -> None:
