@@ -319,3 +319,19 @@ def test_weights_that_do_not_fit_their_configs_sizes_are_refused_in_one_line(tmp
     torch.save(ck, path)
     with pytest.raises(ModelUnavailable, match=r"do not fit its config \(text_dim 768, patches 81"):
         Reranker(path)
+
+
+def test_a_checkpoint_written_by_train_rerank_for_base_is_read_with_its_sizes(tmp_path):
+    """`xmodal train rerank --model base` writes config model/text_dim/patches (engine.training.rerank); the
+    loader reads them back: the contract between the two."""
+    from xmodal.engine.rerank.lite import Reranker
+    from xmodal.engine.training.rerank import RerankConfig, build_fusion, fit_pca, save_checkpoint
+
+    cfg = RerankConfig(arch="match", dim=32, patch_dim=8, model="base", text_dim=768, patches=81)
+    save_checkpoint(tmp_path / "base-rerank.pt", build_fusion(cfg, 8).state_dict(), cfg,
+                    fit_pca(torch.randn(300, 1280), 8), 0.05, {}, data="synthetic")
+    rr = Reranker(tmp_path / "base-rerank.pt")
+    assert (rr.name, rr.text_dim, rr.patches, rr.patch_dim) == ("base", 768, 81, 8)
+    tokens = rr.patch_tokens(torch.randn(2, 1280, 9, 9))
+    scores = rr.score_text_to_images(torch.randn(5, 768), torch.ones(5, dtype=torch.long), tokens)
+    assert scores.shape == (2,) and np.isfinite(scores).all()
