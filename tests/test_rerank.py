@@ -154,13 +154,13 @@ def test_reranked_matrix_keeps_order_beyond_k():
     assert t2i_ranks(out, np.array([2])).tolist() == [0]
 
 
-def _tiny_data(n_img=12, seed=0):
+def _tiny_data(n_img=12, seed=0, text_dim=384, patches=49):
     rng = np.random.default_rng(seed)
     ci = np.repeat(np.arange(n_img), 2)
     lens = rng.integers(3, 7, len(ci))
     offsets = np.concatenate([[0], np.cumsum(lens)])
-    states = rng.standard_normal((offsets[-1], 384)).astype(np.float16)
-    patches = torch.from_numpy(rng.standard_normal((n_img, 49, 8)).astype(np.float16))
+    states = rng.standard_normal((offsets[-1], text_dim)).astype(np.float16)
+    patches = torch.from_numpy(rng.standard_normal((n_img, patches, 8)).astype(np.float16))
     img = torch.nn.functional.normalize(torch.randn(n_img, 16, generator=torch.Generator().manual_seed(seed)), dim=1)
     txt = torch.nn.functional.normalize(img[ci] + 0.5 * torch.randn(len(ci), 16), dim=1)
     d = RerankData(TokenCache(states, offsets), patches, ci)
@@ -186,6 +186,34 @@ def test_training_runs_and_is_reproducible(arch):
         torch.testing.assert_close(s1[k], s2[k])
     assert rep1 == rep2
     assert set(rep1["K"][4]) >= {"alpha", "t2i", "i2t"}
+
+
+def test_a_base_shaped_reranker_trains_on_mpnet_states_and_81_patches_and_saves_its_shapes(tmp_path):
+    """base's reranker reads MPNet's 768-wide token states and Lite2's 9x9 patch map (81 tokens at 260 px); the
+    checkpoint's config says so, and the engine's loader builds the same module from it."""
+    from xmodal.engine.rerank.lite import Reranker
+    from xmodal.engine.training.rerank import fit_pca, save_checkpoint
+
+    data = _tiny_data(text_dim=768, patches=81)
+    cfg = RerankConfig(dim=32, epochs=1, batch_size=8, warmup_steps=2, select_k=4, model="base", text_dim=768,
+                       patches=81, patch_dim=8)
+    state, _ = train_rerank(data, None, cfg)
+    assert state["text_in.weight"].shape == (32, 768) and state["patch_pos"].shape == (81, 32)
+    save_checkpoint(tmp_path / "base-rerank.pt", state, cfg, fit_pca(torch.randn(400, 1280), 8), 0.1, {}, data="tiny")
+    r = Reranker(tmp_path / "base-rerank.pt")
+    tokens = r.patch_tokens(torch.randn(2, 1280, 9, 9))
+    assert tokens.shape == (2, 81, 8)
+    assert r.score_text_to_images(torch.randn(5, 768), torch.ones(5, dtype=torch.long), tokens).shape == (2,)
+
+
+def test_patch_tokens_are_narrowed_to_fit_a_librarys_slot():
+    from xmodal.engine.training.rerank import fitting_patch_dim
+    from xmodal.indexer.storage.patch_tokens import MAX_SLOT_BYTES
+
+    assert fitting_patch_dim(128, 49) == 128  # lite: 49 x 128 float16 = 12.5 KB
+    assert fitting_patch_dim(128, 81) == 96  # base: 81 x 96 float16 = 15.2 KB
+    assert 81 * 96 * 2 <= MAX_SLOT_BYTES < 81 * 112 * 2
+    assert fitting_patch_dim(64, 81) == 64
 
 
 def test_rerank_eval_alpha_zero_is_dual():
@@ -340,3 +368,27 @@ def test_after_training_a_scene_outscores_its_swapped_role_caption(arch):
     accuracy = (right > wrong).float().mean().item()
     print(f"matching caption outscores the swapped one on {accuracy:.0%} of fresh scenes")
     assert accuracy >= 0.9
+
+
+def test_token_states_batch_texts_by_length_but_keep_each_texts_own_states_in_order():
+    from xmodal.engine.training.rerank_data import token_states
+
+    class Chars:  # tokenizer: one token per character, padded to the batch's longest
+        def __call__(self, texts, max_length):
+            t = max(len(x) for x in texts)
+            ids = torch.tensor([[ord(c) for c in x] + [0] * (t - len(x)) for x in texts])
+            return ids, (ids > 0).long()
+
+    class Tower(torch.nn.Module):  # token states that depend on the token and on the padded batch width
+        width = 2
+
+        def forward(self, ids, mask):
+            return torch.stack([ids.float(), torch.full_like(ids, ids.shape[1]).float()], -1)
+
+    texts = ["ccc", "a", "bbbbb", "dd"]
+    states, offsets = token_states(Chars(), Tower(), texts, batch_size=2)
+    assert offsets.tolist() == [0, 3, 4, 9, 11]
+    for text, (s, e) in zip(texts, zip(offsets[:-1], offsets[1:])):
+        assert states[s:e, 0].tolist() == [ord(c) for c in text]
+    # batches were ("a", "dd") and ("ccc", "bbbbb"): sorted by length, so "a" was padded to 2, not 5
+    assert states[offsets[1]:offsets[2], 1].tolist() == [2.0]
