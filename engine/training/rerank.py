@@ -205,7 +205,7 @@ def build_fusion(cfg: RerankConfig, patch_dim: int, text_dim: int | None = None)
                                      patches=cfg.patches)
     if cfg.arch == "itm":
         return FusionReranker(text_dim=text_dim, patch_dim=patch_dim, dim=cfg.dim, layers=cfg.layers,
-                              heads=cfg.heads, ffn=cfg.ffn, dropout=cfg.dropout)
+                              heads=cfg.heads, ffn=cfg.ffn, dropout=cfg.dropout, patches=cfg.patches)
     raise ValueError(f"unknown reranker arch {cfg.arch!r}; use 'match' or 'itm'")
 
 
