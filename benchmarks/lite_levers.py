@@ -1,0 +1,110 @@
+"""Levers on the lite dual encoder's training recipe (AlignConfig options, all off by default), Flickr8k dev only.
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/lite_levers.py run NAME --seed S [--epochs E] \
+        [--set hn_beta=0.5 ...]       # -> benchmarks/lite_levers/NAME-sS.json (what `xmodal train align --json` prints)
+    python benchmarks/lite_levers.py summary   # -> benchmarks/lite_levers.json
+
+The baseline runs are the plain CLI: `xmodal train align --model lite --data DIR --seed S --out F.pt --json`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RUNS = HERE / "lite_levers"
+DATA = HERE.parent.parent / "shared" / "data" / "flickr8k"
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def run(args) -> None:
+    import torch
+
+    from xmodal.engine.training.align import run_align
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("xmodal.engine.training").setLevel(logging.INFO)
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    overrides = {k: _value(v) for k, v in overrides.items()}
+    t0 = time.time()
+    report = run_align(Path(args.data), out=Path(args.out or f"/tmp/lite-lever-{args.name}-s{args.seed}.pt"),
+                       epochs=args.epochs, seed=args.seed, model="lite", **overrides)
+    report["wall_seconds"] = round(time.time() - t0, 1)
+    RUNS.mkdir(exist_ok=True)
+    (RUNS / f"{args.name}-s{args.seed}.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+def _summary_row(runs: list[dict]) -> dict:
+    out = {"config": {k: v for k, v in runs[0]["config"].items() if k != "distill_report"}, "seeds": {}}
+    if runs[0]["config"].get("distill_report"):
+        out["distill_teacher"] = runs[0]["config"]["distill_report"]
+    for r in runs:
+        secs = [h["seconds"] for h in r["history"]]
+        out["seeds"][r["config"]["seed"]] = {"best_epoch": r["epochs"][0], "t2i": r["dev"]["t2i"],
+                                             "i2t": r["dev"]["i2t"],
+                                             "seconds_per_epoch": round(statistics.mean(secs), 1)}
+    for d in ("t2i", "i2t"):
+        for k in ("R@1", "R@5", "R@10"):
+            vals = [s[d][k] for s in out["seeds"].values()]
+            out.setdefault("mean", {}).setdefault(d, {})[k] = round(statistics.mean(vals), 2)
+            if len(vals) > 1:
+                out.setdefault("sd", {}).setdefault(d, {})[k] = round(statistics.stdev(vals), 2)
+    return out
+
+
+def _baseline() -> dict:
+    """The shipped recipe's seeds 0-2 (12 epochs), as recorded in base_full.json (not rerun here)."""
+    lite = json.loads((HERE / "base_full.json").read_text())["lite_for_comparison"]
+    seeds = {r["seed"]: {d: {k: round(v, 2) for k, v in r["dev"][d].items()} for d in ("t2i", "i2t")}
+             for r in lite["runs"]}
+    out = {"source": "benchmarks/base_full.json lite_for_comparison", "command": lite["command"], "seeds": seeds}
+    for stat, fn in (("mean", statistics.mean), ("sd", statistics.stdev)):
+        out[stat] = {d: {k: round(fn(s[d][k] for s in seeds.values()), 2) for k in ("R@1", "R@5", "R@10")}
+                     for d in ("t2i", "i2t")}
+    return out
+
+
+def summary(args) -> None:
+    groups: dict[str, list[dict]] = {}
+    for f in sorted(RUNS.glob("*-s*.json")):
+        name = f.stem.rsplit("-s", 1)[0]
+        groups.setdefault(name, []).append(json.loads(f.read_text()))
+    out = {"split": "Flickr8k dev (1,000 photos, 5,000 captions); test split never used",
+           "baseline": _baseline(),
+           "levers": {name: _summary_row(runs) for name, runs in groups.items()}}
+    (HERE / "lite_levers.json").write_text(json.dumps(out, indent=1) + "\n")
+    for name, row in out["levers"].items():
+        m = row["mean"]
+        print(f"{name:24s} n={len(row['seeds'])} t2i {m['t2i']['R@1']:.2f}/{m['t2i']['R@5']:.2f}/{m['t2i']['R@10']:.2f}"
+              f"  i2t {m['i2t']['R@1']:.2f}/{m['i2t']['R@5']:.2f}/{m['i2t']['R@10']:.2f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("name")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--epochs", type=int, default=None)
+    r.add_argument("--data", default=str(DATA))
+    r.add_argument("--out", default=None)
+    r.add_argument("--set", action="append", default=[], help="AlignConfig field=value (JSON value)")
+    sub.add_parser("summary")
+    args = p.parse_args()
+    run(args) if args.cmd == "run" else summary(args)
+
+
+if __name__ == "__main__":
+    main()
