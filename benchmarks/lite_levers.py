@@ -9,8 +9,10 @@ The baseline runs are the plain CLI: `xmodal train align --model lite --data DIR
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
+import re
 import statistics
 import sys
 import time
@@ -70,9 +72,29 @@ def _baseline() -> dict:
     seeds = {r["seed"]: {d: {k: round(v, 2) for k, v in r["dev"][d].items()} for d in ("t2i", "i2t")}
              for r in lite["runs"]}
     out = {"source": "benchmarks/base_full.json lite_for_comparison", "command": lite["command"], "seeds": seeds}
+    import torch
+
+    ck = torch.load(HERE.parent / "data" / "lite-align.pt", map_location="cpu", weights_only=True)
+    out["seed0_epochs"] = [{"epoch": h["epoch"], "t2i R@1": round(h["dev"]["t2i"]["R@1"], 2),
+                            "i2t R@1": round(h["dev"]["i2t"]["R@1"], 2)} for h in ck["history"]]
     for stat, fn in (("mean", statistics.mean), ("sd", statistics.stdev)):
         out[stat] = {d: {k: round(fn(s[d][k] for s in seeds.values()), 2) for k in ("R@1", "R@5", "R@10")}
                      for d in ("t2i", "i2t")}
+    return out
+
+
+EPOCH = re.compile(r"epoch (\d+) loss ([\d.]+) dev t2i R@1 ([\d.]+) i2t R@1 ([\d.]+) \((\d+)s\)")
+
+
+def _partial(log: Path) -> dict:
+    """A run stopped early (its log kept as NAME-sS.partial.log): per-epoch dev R@1 and the teacher's report."""
+    text = log.read_text()
+    out = {"stopped_early": True, "epochs": [
+        {"epoch": int(e), "loss": float(l), "t2i R@1": float(a), "i2t R@1": float(b), "seconds": int(sec)}
+        for e, l, a, b, sec in EPOCH.findall(text)]}
+    teacher = re.search(r"distillation teacher: (\{.*\})", text)
+    if teacher:
+        out["distill_teacher"] = ast.literal_eval(teacher.group(1))
     return out
 
 
@@ -83,7 +105,8 @@ def summary(args) -> None:
         groups.setdefault(name, []).append(json.loads(f.read_text()))
     out = {"split": "Flickr8k dev (1,000 photos, 5,000 captions); test split never used",
            "baseline": _baseline(),
-           "levers": {name: _summary_row(runs) for name, runs in groups.items()}}
+           "levers": {name: _summary_row(runs) for name, runs in groups.items()},
+           "partial": {f.name.split(".")[0]: _partial(f) for f in sorted(RUNS.glob("*.partial.log"))}}
     (HERE / "lite_levers.json").write_text(json.dumps(out, indent=1) + "\n")
     for name, row in out["levers"].items():
         m = row["mean"]
