@@ -87,8 +87,8 @@ NOTES = {
     "target": "+1 dev R@1 in both directions over the shipped recipe (mean of seeds 0-2: 26.21 t2i / 32.63 i2t), no "
               "query- or index-time cost (all levers change training only; the checkpoint format is unchanged)",
     "outcome": "no lever met the target: HN-NCE (beta 0.5) gains +2.0 i2t R@1 over 3 seeds but +0.05 t2i (t2i R@10 "
-               "-0.8); 20 epochs +0.3 / +0.9 on seed 0 but -0.6 / +0.4 on seed 1 (per-seed deltas against the same "
-               "seed's 12-epoch run); HN-NCE + 20 epochs +0.4 / +2.5 on seed 0; mined hard-negative "
+               "-0.8); 20 epochs +0.02 / +0.34 over 3 seeds (seed 0 +0.3 / +0.9, seed 1 -0.6 / +0.4, seed 2 +0.3 / -0.3 "
+               "against the same seed's 12-epoch run); HN-NCE + 20 epochs +0.4 / +2.5 on seed 0; mined hard-negative "
                "batches -0.4 / +0.6; distillation from the reranker far behind the baseline at every epoch (stopped "
                "at epoch 5)",
     "distillation": "teacher = shipped dual cosine + alpha_t2i (0.4) x matcher score over each caption's top-16 "
