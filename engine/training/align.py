@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from xmodal.engine.eval.recall import recall_report
 from xmodal.engine.training.checkpoint import write_checkpoint
 from xmodal.engine.training.features import FeatureCache, build_cache
+from xmodal.engine.training.hard_negatives import HardNegativeBatches, contrastive_loss, mine_caption_images
 from xmodal.indexer.models.base import Preprocess
 from xmodal.indexer.models.lite import LiteDualEncoder
 from xmodal.indexer.models.text_tower import TextTower
@@ -51,6 +51,15 @@ class AlignConfig:
     image_tower: str = "efficientnet-lite0"  # indexer.models.towers names
     text_tower: str = "all-minilm-l6-v2"
     size: int = 224  # input pixels
+    # levers, all off by default (the shipped recipe): engine/training/hard_negatives.py, distill.py
+    hn_beta: float = 0.0  # HN-NCE reweighting of negatives (Radenovic et al. 2023); 0 = plain InfoNCE
+    hn_share: float = 0.0  # share of each batch filled with captions of seed captions' mined hard images
+    hn_k: int = 8  # those images: each caption's top-k by the shipped lite model
+    distill_weight: float = 0.0  # KL toward the reranker's softmax over each caption's top-k candidates
+    distill_k: int = 16
+    distill_tau: float = 0.0  # the teacher's temperature (its scores / tau); 0: fitted on dev (distill.py)
+    distill_captions: int = 64  # captions of each batch that get the KL term (cost: k image heads each)
+    distill_report: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
 
 
@@ -105,20 +114,34 @@ def _r1(report: dict) -> float:
     return report["t2i"]["R@1"] + report["i2t"]["R@1"]
 
 
-def train_align(train: FeatureCache, dev: FeatureCache, cfg: AlignConfig) -> tuple[dict, dict]:
-    """Train every ensemble member, each keeping its best dev epoch; return (head state, ensemble dev report)."""
+def train_align(train: FeatureCache, dev: FeatureCache, cfg: AlignConfig, distill_from: tuple | None = None
+                ) -> tuple[dict, dict]:
+    """Train every ensemble member, each keeping its best dev epoch; return (head state, ensemble dev report).
+    distill_from (only with cfg.distill_weight): ((train name, captions), (dev name, captions), cache dir)."""
     torch.use_deterministic_algorithms(True)
     model = build_model(cfg)
     for p in model.parameters():
         p.requires_grad_(False)
     maps = patch_maps(train.trunk, image_tower=cfg.image_tower)  # (N, 1280, 7, 7)
-    dev_pooled = patch_maps(dev.trunk, image_tower=cfg.image_tower).float().mean((2, 3))
+    dev_maps = patch_maps(dev.trunk, image_tower=cfg.image_tower)
+    dev_pooled = dev_maps.float().mean((2, 3))
     pooled = maps.float().mean((2, 3))
     for head in model.image_heads:
         head.mean.copy_(pooled.mean(0))
         head.std.copy_(pooled.std(0) + 1e-6)
+    hn = (HardNegativeBatches(mine_caption_images(maps, train.text, train.caption_image, cfg.hn_k),
+                              train.caption_image, cfg.hn_share) if cfg.hn_share > 0 else None)
+    teacher = None
+    if cfg.distill_weight > 0:
+        if distill_from is None:
+            raise ValueError("distill_weight > 0 needs distill_from: the splits' names and captions, the cache dir")
+        from xmodal.engine.training.distill import teacher_targets
+        (tn, tc), (dn, dc), cache_dir = distill_from
+        teacher, cfg.distill_report = teacher_targets((tn, tc, train), (dn, dc, dev), maps, dev_maps, cfg.distill_k,
+                                                      cache_dir, cfg.distill_tau)
+        cfg.distill_tau = cfg.distill_report["tau"]
     for member in range(cfg.members):
-        _train_member(model, member, maps, train, dev_pooled, dev, cfg)
+        _train_member(model, member, maps, train, dev_pooled, dev, cfg, hn, teacher, pooled)
     report = evaluate(model, dev_pooled, dev)
     logger.info("ensemble of %d: dev t2i R@1 %.2f i2t R@1 %.2f", cfg.members, report["t2i"]["R@1"],
                 report["i2t"]["R@1"])
@@ -126,8 +149,11 @@ def train_align(train: FeatureCache, dev: FeatureCache, cfg: AlignConfig) -> tup
 
 
 def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train: FeatureCache,
-                  dev_pooled: torch.Tensor, dev: FeatureCache, cfg: AlignConfig) -> None:
-    """Train one (image head, text head) pair in place; restore its best dev epoch at the end."""
+                  dev_pooled: torch.Tensor, dev: FeatureCache, cfg: AlignConfig, hn: HardNegativeBatches | None = None,
+                  teacher=None, pooled: torch.Tensor | None = None) -> None:
+    """Train one (image head, text head) pair in place; restore its best dev epoch at the end. `hn`: hard
+    negative batches; `teacher`: distillation targets (engine/training/distill.py), `pooled` the train images'
+    whole-map pooled features the distillation candidates are embedded from."""
     torch.manual_seed(cfg.seed * 1000 + member)
     image_head, text_head = model.image_heads[member], model.text_heads[member]
     params = [p for n, p in image_head.named_parameters()] + list(text_head.parameters())
@@ -146,18 +172,22 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
         text_head.train()
         t0, losses = time.time(), []
         order = rng.permutation(n)
-        for s in range(0, n, cfg.batch_size):
-            caps = order[s:s + cfg.batch_size]
+        batches = (hn.epoch(cfg.batch_size, rng) if hn is not None else
+                   (order[s:s + cfg.batch_size] for s in range(0, n, cfg.batch_size)))
+        for caps in batches:
             imgs = caption_image[caps]
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / total))
             for g in opt.param_groups:
                 g["lr"] = lr
             zi = model.embed_pooled_image(random_window_pool(maps[imgs], cfg.crop, rng), member)
             zt = model.embed_pooled_text(text[caps], member)
-            logits = model.logit_scale[member].exp().clamp(max=100) * zt @ zi.T  # (B, B)
+            scale = model.logit_scale[member].exp().clamp(max=100)
+            logits = scale * zt @ zi.T  # (B, B)
             same = (imgs[:, None] == imgs[None, :]).float()
-            target = same / same.sum(1, keepdim=True)
-            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            loss = contrastive_loss(logits, same, cfg.hn_beta)
+            if teacher is not None:
+                loss = loss + cfg.distill_weight * teacher.loss(model, member, scale, zt, caps, pooled,
+                                                                 cfg.distill_captions)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -202,17 +232,19 @@ def run_align(data_dir: Path, out: Path | None = None, cache_dir: Path | None = 
     overrides = {"image_tower": spec.image_tower, "text_tower": spec.text_tower, "size": spec.size, **overrides}
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    caches = {}
+    caches, captions = {}, {}
     for split in ("train", "dev"):
         ds = load_captions_csv(data_dir, data_dir / "splits" / f"{split}.txt")
         ds.name = f"{data_dir.name}-{split}"
         logger.info("%s: %d images, %d captions", ds.name, len(ds.images), len(ds.captions))
         caches[split] = build_cache(ds, cache_dir, Preprocess(size=overrides["size"]),
                                     towers=(overrides["image_tower"], overrides["text_tower"]))
+        captions[split] = (ds.name, list(ds.captions))
     cfg = AlignConfig(seed=seed, **overrides)
     if epochs is not None:
         cfg.epochs = epochs
-    state, report = train_align(caches["train"], caches["dev"], cfg)
+    distill_from = (captions["train"], captions["dev"], cache_dir) if cfg.distill_weight > 0 else None
+    state, report = train_align(caches["train"], caches["dev"], cfg, distill_from)
     out = Path(out) if out else shipped_data_dir() / spec.heads  # data/ in a checkout; never into xmodal_base
     save_checkpoint(out, state, cfg, report, data=f"{data_dir.name}: train split ({len(caches['train'].images)} "
                     f"images), selected on dev ({len(caches['dev'].images)} images)")
