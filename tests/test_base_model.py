@@ -144,3 +144,18 @@ def test_a_missing_base_checkpoint_names_the_training_command(tmp_path):
 
     with pytest.raises(ModelUnavailable, match="--model base"):
         LiteEncoder(tmp_path / "nope.pt", name="base")
+
+
+@pytest.mark.skipif(towers.bundled_reranker("base") is None, reason="base-rerank.pt not installed (make install-base)")
+def test_the_shipped_base_reranker_reads_base_features_and_fits_a_librarys_token_slot():
+    from xmodal.indexer.resources import data_file
+    from xmodal.indexer.storage.patch_tokens import MAX_SLOT_BYTES
+
+    ck = torch.load(towers.bundled_reranker("base"), map_location="cpu", weights_only=True)
+    cfg = ck["config"]
+    assert (cfg["model"], cfg["text_dim"], cfg["patches"]) == ("base", 768, 81)  # MPNet states, Lite2's 9x9 map
+    assert ck["pca"]["proj"].shape == (1280, cfg["patch_dim"]) and 81 * cfg["patch_dim"] * 2 <= MAX_SLOT_BYTES
+    heads = torch.load(data_file(towers.BUNDLED["base"].heads), map_location="cpu", weights_only=True)
+    assert ck["hub"]["images"].shape == (6000, heads["config"]["dim"])  # its banks come from base's own heads
+    assert ck["hub"]["exemplars"]["keys"].shape[1] == 768  # exemplar keys are MPNet sentence vectors
+    assert ck["dev"]["K"][16]["t2i"]["R@1"] > 31 and ck["dev"]["K"][16]["i2t"]["R@1"] > 39  # as the model card says
