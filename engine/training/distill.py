@@ -71,6 +71,7 @@ class DistillTargets:
 def _teacher_scores(reranker, lite, maps: torch.Tensor, pooled_text: np.ndarray, tokens, k: int,
                     batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """(candidates (N_cap, k), teacher scores (N_cap, k)) = top-k by the dual encoder, cosine + alpha * match."""
+    from xmodal.engine.training.rerank import score_pairs
     from xmodal.engine.training.rerank_data import dual_embeddings
 
     img, txt = dual_embeddings(lite, maps, pooled_text)
@@ -81,13 +82,8 @@ def _teacher_scores(reranker, lite, maps: torch.Tensor, pooled_text: np.ndarray,
         cands.append(i)
     sim, cand = torch.cat(sims).numpy(), torch.cat(cands).numpy()
     patches = torch.cat([reranker.patch_tokens(maps[s:s + 500]) for s in range(0, len(maps), 500)])
-    caps = np.repeat(np.arange(len(txt)), k)
-    flat = cand.reshape(-1)
-    match = []
-    for s in range(0, len(caps), batch):
-        st, m = tokens.batch(caps[s:s + batch])
-        match.append(reranker.model(st, m, patches[flat[s:s + batch]]).numpy())
-    match = np.concatenate(match).reshape(cand.shape)
+    match = score_pairs(reranker.model, tokens, patches, np.repeat(np.arange(len(txt)), k), cand.reshape(-1),
+                        batch).reshape(cand.shape)
     return cand.astype(np.int64), (sim + reranker.alpha["t2i"] * match).astype(np.float32)
 
 

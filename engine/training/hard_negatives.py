@@ -47,13 +47,11 @@ def contrastive_loss(logits: torch.Tensor, same: torch.Tensor, beta: float = 0.0
 def mine_caption_images(maps: torch.Tensor, pooled_text: np.ndarray, caption_image: np.ndarray,
                         k: int) -> np.ndarray:
     """(N_cap, k) each train caption's top-k images by the shipped lite dual encoder (own photo excluded)."""
-    from xmodal.engine.training.rerank_data import dual_embeddings, topk_neighbours
+    from xmodal.engine.training.rerank_data import dual_embeddings, hard_images
     from xmodal.indexer.models.lite_encoder import LiteEncoder
 
     img, txt = dual_embeddings(LiteEncoder().model, maps, pooled_text)
-    ci = np.asarray(caption_image)
-    return topk_neighbours(lambda r: txt[r] @ img.T, len(txt), k,
-                           lambda r: np.arange(len(img))[None] == ci[r][:, None])
+    return hard_images(img, txt, caption_image, k)
 
 
 class HardNegativeBatches:

@@ -151,13 +151,17 @@ def dual_embeddings(model, maps: torch.Tensor, pooled_text: np.ndarray) -> tuple
     return img, txt
 
 
+def hard_images(img: torch.Tensor, txt: torch.Tensor, caption_image: np.ndarray, k: int) -> np.ndarray:
+    """(N_cap, k) each caption's top-k images by dual similarity, its own photo excluded."""
+    ci = np.asarray(caption_image)
+    return topk_neighbours(lambda r: txt[r] @ img.T, len(txt), k, lambda r: np.arange(len(img))[None] == ci[r][:, None])
+
+
 def mine(img: torch.Tensor, txt: torch.Tensor, caption_image: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Hard negatives: (captions' top-k images except their own, images' top-k captions except their own)."""
     ci = np.asarray(caption_image)
-    neg_img = topk_neighbours(lambda r: txt[r] @ img.T, len(txt), k,
-                              lambda r: np.arange(len(img))[None] == ci[r][:, None])
     neg_cap = topk_neighbours(lambda r: img[r] @ txt.T, len(img), k, lambda r: ci[None] == r[:, None])
-    return neg_img, neg_cap
+    return hard_images(img, txt, ci, k), neg_cap
 
 
 # ------------------------------------------------------------------------------------------ banks
