@@ -71,8 +71,7 @@ class DistillTargets:
 def _teacher_scores(reranker, lite, maps: torch.Tensor, pooled_text: np.ndarray, tokens, k: int,
                     batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """(candidates (N_cap, k), teacher scores (N_cap, k)) = top-k by the dual encoder, cosine + alpha * match."""
-    from xmodal.engine.training.rerank import score_pairs
-    from xmodal.engine.training.rerank_data import dual_embeddings
+    from xmodal.engine.training.rerank_data import dual_embeddings, score_pairs
 
     img, txt = dual_embeddings(lite, maps, pooled_text)
     sims, cands = [], []

@@ -41,6 +41,7 @@ from xmodal.engine.rerank.scoring import fuse, hub_prior, reranked_matrix
 from xmodal.engine.training.checkpoint import write_checkpoint
 from xmodal.engine.training.rerank_data import (HUB_BANK_TEXTS, TokenCache, _sample_tokens, cache_tokens,  # noqa: F401
                                          dual_embeddings, exemplar_bank, expansion_matrix, fit_pca, hub_bank, mine,
+                                         score_pairs,
                                          to_patch_tokens, token_states)  # (re-exported)
 from xmodal.indexer.models.towers import BUNDLED
 from xmodal.indexer.storage.patch_tokens import MAX_SLOT_BYTES
@@ -85,18 +86,6 @@ class RerankConfig:
 
 
 # ------------------------------------------------------------------------------------------ scoring
-
-@torch.inference_mode()
-def score_pairs(model: FusionReranker, tokens: TokenCache, patches: torch.Tensor, caps: np.ndarray,
-                imgs: np.ndarray, batch: int = 512) -> np.ndarray:
-    """ITM logits of (caption caps[j], image imgs[j]) pairs."""
-    model.eval()
-    out = []
-    for s in range(0, len(caps), batch):
-        st, m = tokens.batch(caps[s:s + batch])
-        out.append(model(st, m, patches[imgs[s:s + batch]].float()).numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
-
 
 def rerank_eval(model, tokens: TokenCache, patches: torch.Tensor, sim: np.ndarray,
                 caption_image: np.ndarray, ks=(16,), alphas=ALPHAS, captions: np.ndarray | None = None,

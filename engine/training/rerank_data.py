@@ -7,6 +7,7 @@
   reduced by a whitened PCA fitted on train patches (`fit_pca`, `to_patch_tokens`);
 * hard negatives: each caption's top dual-encoder images and each image's top captions, own ones excluded
   (`mine`);
+* `score_pairs`: a matcher's scores of (caption, image) pairs from these inputs;
 * the banks that travel with the checkpoint: the hubness bank (`hub_bank`) and the exemplar bank
   (`exemplar_bank`), and dev's exemplar cosines as the engine computes them (`expansion_matrix`).
 """
@@ -92,6 +93,18 @@ def cache_tokens(captions: list[str], name: str, cache_dir: Path, text_tower: st
         logger.info("token states of %d captions cached in %.0fs", len(captions), time.time() - t0)
     z = np.load(f)
     return TokenCache(z["states"], z["offsets"])
+
+
+@torch.inference_mode()
+def score_pairs(model, tokens: TokenCache, patches: torch.Tensor, caps: np.ndarray,
+                imgs: np.ndarray, batch: int = 512) -> np.ndarray:
+    """ITM logits of (caption caps[j], image imgs[j]) pairs."""
+    model.eval()
+    out = []
+    for s in range(0, len(caps), batch):
+        st, m = tokens.batch(caps[s:s + batch])
+        out.append(model(st, m, patches[imgs[s:s + batch]].float()).numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 # ------------------------------------------------------------------------------------------ patch tokens
