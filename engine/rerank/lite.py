@@ -30,15 +30,19 @@ from xmodal.engine.rerank.model import CrossAttentionMatcher, FusionReranker
 __all__ = ["Reranker", "TextTokens", "sentence_vectors", "build_matcher"]
 
 
-def build_matcher(config: dict, patch_dim: int) -> torch.nn.Module:
-    """The matcher module a checkpoint's config describes ("match": word-to-region, else the ITM transformer),
-    sized by its `text_dim` and `patches`."""
+def build_matcher(config: dict, patch_dim: int, dropout: float = 0.0) -> torch.nn.Module:
+    """The matcher module a reranker config describes ("match": word-to-region, "itm": the ITM transformer,
+    the default of old checkpoints), sized by its `text_dim` and `patches`; `dropout` > 0 only to train it
+    (engine.training.rerank builds its model here too)."""
     text_dim, patches = checkpoint_sizes(config)
-    if config.get("arch", "itm") == "match":
+    arch = config.get("arch", "itm")
+    if arch == "match":
         return CrossAttentionMatcher(text_dim=text_dim, patch_dim=patch_dim, dim=config["dim"],
                                      both=config.get("both", False), patches=patches)
-    return FusionReranker(text_dim=text_dim, patch_dim=patch_dim, dim=config["dim"], layers=config["layers"],
-                          heads=config["heads"], ffn=config["ffn"], dropout=0.0, patches=patches)
+    if arch == "itm":
+        return FusionReranker(text_dim=text_dim, patch_dim=patch_dim, dim=config["dim"], layers=config["layers"],
+                              heads=config["heads"], ffn=config["ffn"], dropout=dropout, patches=patches)
+    raise ValueError(f"unknown reranker arch {arch!r}; use 'match' or 'itm'")
 
 
 class Reranker(RerankBanks):

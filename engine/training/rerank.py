@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xmodal.engine.rerank.model import CrossAttentionMatcher, FusionReranker
+from xmodal.engine.rerank.lite import build_matcher
 from xmodal.engine.eval.recall import i2t_ranks, recall_at_k, t2i_ranks
 from xmodal.engine.rerank.scoring import fuse, hub_prior, reranked_matrix
 from xmodal.engine.training.checkpoint import write_checkpoint
@@ -187,15 +187,9 @@ class RerankData:
 
 
 def build_fusion(cfg: RerankConfig, patch_dim: int, text_dim: int | None = None):
+    """A fresh matcher for `cfg` (seeded), built by the same factory that loads a checkpoint's (rerank.lite)."""
     torch.manual_seed(cfg.seed)
-    text_dim = text_dim or cfg.text_dim
-    if cfg.arch == "match":
-        return CrossAttentionMatcher(text_dim=text_dim, patch_dim=patch_dim, dim=cfg.dim, both=cfg.both,
-                                     patches=cfg.patches)
-    if cfg.arch == "itm":
-        return FusionReranker(text_dim=text_dim, patch_dim=patch_dim, dim=cfg.dim, layers=cfg.layers,
-                              heads=cfg.heads, ffn=cfg.ffn, dropout=cfg.dropout, patches=cfg.patches)
-    raise ValueError(f"unknown reranker arch {cfg.arch!r}; use 'match' or 'itm'")
+    return build_matcher({**asdict(cfg), "text_dim": text_dim or cfg.text_dim}, patch_dim, dropout=cfg.dropout)
 
 
 def _epoch_batches(cfg: RerankConfig, ci: np.ndarray, by_image: list, rng: np.random.Generator):
