@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from xmodal.engine.training.distill import fit_tau, kl_to_teacher, own_nll
-from xmodal.engine.training.hard_negatives import HardNegativeBatches, contrastive_loss, hn_weighted_logits
+from xmodal.engine.training.hard_negatives import (HardNegativeBatches, ImageGroupBatches, contrastive_loss,
+                                                  hn_weighted_logits)
 
 
 def _batch(seed: int = 0):
@@ -89,3 +90,20 @@ def test_fit_tau_picks_the_temperature_that_fits_the_own_photo():
     tau = fit_tau(scores, images, truth, taus=(0.001, 0.05, 10.0))
     assert tau == 0.05
     assert own_nll(scores, images, truth, 0.05) < own_nll(scores, images, truth, 10.0)
+
+
+def test_image_group_batches_bring_every_caption_of_each_photo_once_an_epoch():
+    caption_image = np.repeat(np.arange(7), 5)[np.random.default_rng(0).permutation(35)]  # 7 photos x 5 captions
+    batches = list(ImageGroupBatches(caption_image, images=3).epoch(np.random.default_rng(1)))
+    assert [len(np.unique(caption_image[b])) for b in batches] == [3, 3, 1]
+    assert all(len(b) == 5 * len(np.unique(caption_image[b])) for b in batches)  # all five captions of each
+    assert sorted(np.concatenate(batches).tolist()) == list(range(35))
+
+
+def test_rectangular_loss_gives_each_photo_all_its_captions_as_positives():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 3, generator=g)  # 6 captions x 3 photos, 2 captions each
+    same = (torch.tensor([0, 0, 1, 1, 2, 2])[:, None] == torch.arange(3)[None, :]).float()
+    t2i = F.cross_entropy(logits, same.argmax(1))
+    i2t = F.cross_entropy(logits.T, same.T / 2)
+    assert torch.allclose(contrastive_loss(logits, same), (t2i + i2t) / 2)

@@ -23,7 +23,8 @@ import torch
 from xmodal.engine.eval.recall import recall_report
 from xmodal.engine.training.checkpoint import write_checkpoint
 from xmodal.engine.training.features import FeatureCache, build_cache
-from xmodal.engine.training.hard_negatives import HardNegativeBatches, contrastive_loss, mine_caption_images
+from xmodal.engine.training.hard_negatives import (HardNegativeBatches, ImageGroupBatches, contrastive_loss,
+                                                  mine_caption_images)
 from xmodal.indexer.models.base import Preprocess
 from xmodal.indexer.models.lite import LiteDualEncoder
 from xmodal.indexer.models.text_tower import TextTower
@@ -55,6 +56,7 @@ class AlignConfig:
     hn_beta: float = 0.0  # HN-NCE reweighting of negatives (Radenovic et al. 2023); 0 = plain InfoNCE
     hn_share: float = 0.0  # share of each batch filled with captions of seed captions' mined hard images
     hn_k: int = 8  # those images: each caption's top-k by the shipped lite model
+    group_images: int = 0  # > 0: batches of this many photos with all their captions (ImageGroupBatches)
     distill_weight: float = 0.0  # KL toward the reranker's softmax over each caption's top-k candidates
     distill_k: int = 16
     distill_tau: float = 0.0  # the teacher's temperature (its scores / tau); 0: fitted on dev (distill.py)
@@ -165,17 +167,23 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
     text = torch.from_numpy(train.text)
     caption_image = torch.from_numpy(train.caption_image)
     n = len(caption_image)
-    total = cfg.epochs * math.ceil(n / cfg.batch_size)
+    groups = ImageGroupBatches(train.caption_image, cfg.group_images) if cfg.group_images > 0 else None
+    per_epoch = math.ceil(len(train.images) / cfg.group_images) if groups is not None else math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * per_epoch
     best, best_report, step = None, None, 0
     for epoch in range(cfg.epochs):
         image_head.train()
         text_head.train()
         t0, losses = time.time(), []
         order = rng.permutation(n)
-        batches = (hn.epoch(cfg.batch_size, rng) if hn is not None else
+        batches = (hn.epoch(cfg.batch_size, rng) if hn is not None else groups.epoch(rng) if groups is not None else
                    (order[s:s + cfg.batch_size] for s in range(0, n, cfg.batch_size)))
         for caps in batches:
             imgs = caption_image[caps]
+            if groups is not None:  # one row per photo (each once), its captions all in the batch
+                imgs, cap_row = torch.unique(imgs, return_inverse=True)
+            else:
+                cap_row = torch.arange(len(caps))
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / total))
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -183,7 +191,7 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
             zt = model.embed_pooled_text(text[caps], member)
             scale = model.logit_scale[member].exp().clamp(max=100)
             logits = scale * zt @ zi.T  # (B, B)
-            same = (imgs[:, None] == imgs[None, :]).float()
+            same = (imgs[cap_row][:, None] == imgs[None, :]).float()  # (captions, image rows)
             loss = contrastive_loss(logits, same, cfg.hn_beta)
             if teacher is not None:
                 loss = loss + cfg.distill_weight * teacher.loss(model, member, scale, zt, caps, pooled,

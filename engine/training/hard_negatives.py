@@ -8,6 +8,8 @@
 * `HardNegativeBatches`: batches composed so hard negatives share a batch -- a share of seed captions, plus for
   each one a caption of one of its top dual-encoder images (mined once with the shipped lite model,
   `mine_caption_images`), its own photo excluded.
+* `ImageGroupBatches`: batches of images, each with all of its captions (every caption of a photo in the same
+  batch: the image -> text side sees its five positives against the other photos' captions at once).
 """
 from __future__ import annotations
 
@@ -35,11 +37,11 @@ def hn_weighted_logits(logits: torch.Tensor, same: torch.Tensor, beta: float) ->
 
 
 def contrastive_loss(logits: torch.Tensor, same: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
-    """Symmetric InfoNCE of (B, B) text x image logits with multi-positive soft targets (`same`: 0/1, image
-    i == image j), HN-NCE-reweighted when beta > 0."""
-    target = same / same.sum(1, keepdim=True)
-    t2i = F.cross_entropy(hn_weighted_logits(logits, same, beta), target)
-    i2t = F.cross_entropy(hn_weighted_logits(logits.T, same.T, beta), target)  # same is symmetric: so is target
+    """Symmetric InfoNCE of (Bt, Bi) text x image logits with multi-positive soft targets (`same`: 0/1, text i
+    is a caption of image j; square when every caption brings its own image row, as in plain batches),
+    HN-NCE-reweighted when beta > 0."""
+    t2i = F.cross_entropy(hn_weighted_logits(logits, same, beta), same / same.sum(1, keepdim=True))
+    i2t = F.cross_entropy(hn_weighted_logits(logits.T, same.T, beta), same.T / same.T.sum(1, keepdim=True))
     return (t2i + i2t) / 2
 
 
@@ -78,3 +80,22 @@ class HardNegativeBatches:
             picks = self.neg_img[caps, rng.integers(0, self.neg_img.shape[1], len(caps))]
             extra = np.array([self.by_image[i][rng.integers(len(self.by_image[i]))] for i in picks], np.int64)
             yield np.concatenate([caps, extra[:batch_size - len(caps)]])
+
+
+class ImageGroupBatches:
+    """An epoch's batches of `images` distinct photos (a fresh permutation), each batch yielded as the caption
+    indices of all their captions: (captions, image of each caption)."""
+
+    def __init__(self, caption_image: np.ndarray, images: int):
+        if images < 2:
+            raise ValueError("a batch needs at least 2 images")
+        self.images = images
+        ci = np.asarray(caption_image)
+        order = np.argsort(ci, kind="stable")
+        starts = np.searchsorted(ci[order], np.arange(ci.max() + 2))
+        self.by_image = [order[starts[i]:starts[i + 1]] for i in range(ci.max() + 1)]
+
+    def epoch(self, rng: np.random.Generator):
+        order = rng.permutation(len(self.by_image))
+        for s in range(0, len(order), self.images):
+            yield np.concatenate([self.by_image[i] for i in order[s:s + self.images]])
