@@ -92,7 +92,12 @@ NOTES = {
                "-0.8); 20 epochs +0.02 / +0.34 over 3 seeds (seed 0 +0.3 / +0.9, seed 1 -0.6 / +0.4, seed 2 +0.3 / -0.3 "
                "against the same seed's 12-epoch run); HN-NCE + 20 epochs +0.4 / +2.5 on seed 0; mined hard-negative "
                "batches -0.4 / +0.6; distillation from the reranker far behind the baseline at every epoch (stopped "
-               "at epoch 5)",
+               "at epoch 5); generalised-mean pooling (p 3) -0.78 / +2.20 and photo-grouped batches (every caption of 512 or "
+               "1024 photos per batch) -0.30 / +1.20 and -0.16 / +1.20, each on seed 0",
+    "pattern": "every image-side or loss-side lever (HN-NCE, GeM pooling, grouped batches, mined batches, more epochs) "
+               "moves image -> text by +0.3 to +2.2 and text -> image by -0.8 to +0.4: lite's text -> image R@1 is "
+               "bound by its text tower (MiniLM); MPNet, the one change that lifts it (+2.6 in base), costs 6.5x the "
+               "query text time (benchmarks/base_towers.json)",
     "distillation": "teacher = shipped dual cosine + alpha_t2i (0.4) x matcher score over each caption's top-16 "
                     "shipped-dual images, temperature 0.07 fitted on dev (own-photo NLL). On train the teacher's top-1 "
                     "(48.8%) is below the shipped dual encoder's own (56.6%): the dual encoder, not the matcher, is the "

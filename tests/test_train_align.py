@@ -57,3 +57,14 @@ def test_a_missing_checkpoint_names_what_to_do(tmp_path):
 
     with pytest.raises(ModelUnavailable, match="xmodal train align"):
         LiteEncoder(tmp_path / "nope.pt")
+
+
+def test_heads_trained_with_a_trial_pooling_are_refused_not_mean_pooled(tmp_path):
+    from xmodal.indexer.models.base import ModelUnavailable
+    from xmodal.indexer.resources import data_file
+
+    ck = torch.load(data_file("lite-align.pt"), map_location="cpu", weights_only=True)
+    ck["config"]["pool_p"] = 3.0  # AlignConfig.pool_p: a training trial (generalised mean), not run at index time
+    torch.save(ck, tmp_path / "gem.pt")
+    with pytest.raises(ModelUnavailable, match="pool_p"):
+        LiteEncoder(tmp_path / "gem.pt")

@@ -56,6 +56,7 @@ class AlignConfig:
     hn_beta: float = 0.0  # HN-NCE reweighting of negatives (Radenovic et al. 2023); 0 = plain InfoNCE
     hn_share: float = 0.0  # share of each batch filled with captions of seed captions' mined hard images
     hn_k: int = 8  # those images: each caption's top-k by the shipped lite model
+    pool_p: float = 1.0  # generalised-mean pooling of the patch map (1: the mean; trial only, see MODEL_CARD)
     group_images: int = 0  # > 0: batches of this many photos with all their captions (ImageGroupBatches)
     distill_weight: float = 0.0  # KL toward the reranker's softmax over each caption's top-k candidates
     distill_k: int = 16
@@ -73,8 +74,9 @@ def patch_maps(trunk: np.ndarray, batch: int = 250, image_tower: str = "efficien
                           for s in range(0, len(trunk), batch)])
 
 
-def random_window_pool(maps: torch.Tensor, min_side: int, rng: np.random.Generator) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C): mean over a random window per row, sides uniform in [min_side, H or W]."""
+def random_window_pool(maps: torch.Tensor, min_side: int, rng: np.random.Generator, p: float = 1.0) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C): mean over a random window per row, sides uniform in [min_side, H or W]
+    (p != 1: the generalised mean, (mean x^p)^(1/p), of the non-negative maps)."""
     b, _, h, w = maps.shape
     hs, ws = rng.integers(min_side, h + 1, b), rng.integers(min_side, w + 1, b)
     y0 = (rng.random(b) * (h - hs + 1)).astype(int)
@@ -83,7 +85,16 @@ def random_window_pool(maps: torch.Tensor, min_side: int, rng: np.random.Generat
     my = (ys[None] >= y0[:, None]) & (ys[None] < (y0 + hs)[:, None])
     mx = (xs[None] >= x0[:, None]) & (xs[None] < (x0 + ws)[:, None])
     mask = torch.from_numpy((my[:, :, None] & mx[:, None, :]).astype(np.float32))  # (B, H, W)
-    return torch.einsum("bchw,bhw->bc", maps.float(), mask) / mask.sum((1, 2))[:, None]
+    x = maps.float() if p == 1 else maps.float().clamp(min=1e-6) ** p
+    pooled = torch.einsum("bchw,bhw->bc", x, mask) / mask.sum((1, 2))[:, None]
+    return pooled if p == 1 else pooled ** (1 / p)
+
+
+def gem_pool(maps: torch.Tensor, p: float = 1.0) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C): the whole map's mean (p = 1) or generalised mean."""
+    if p == 1:
+        return maps.float().mean((2, 3))
+    return (maps.float().clamp(min=1e-6) ** p).mean((2, 3)) ** (1 / p)
 
 
 def build_model(cfg: AlignConfig) -> LiteDualEncoder:
@@ -126,8 +137,8 @@ def train_align(train: FeatureCache, dev: FeatureCache, cfg: AlignConfig, distil
         p.requires_grad_(False)
     maps = patch_maps(train.trunk, image_tower=cfg.image_tower)  # (N, 1280, 7, 7)
     dev_maps = patch_maps(dev.trunk, image_tower=cfg.image_tower)
-    dev_pooled = dev_maps.float().mean((2, 3))
-    pooled = maps.float().mean((2, 3))
+    dev_pooled = gem_pool(dev_maps, cfg.pool_p)
+    pooled = gem_pool(maps, cfg.pool_p)
     for head in model.image_heads:
         head.mean.copy_(pooled.mean(0))
         head.std.copy_(pooled.std(0) + 1e-6)
@@ -187,7 +198,7 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / total))
             for g in opt.param_groups:
                 g["lr"] = lr
-            zi = model.embed_pooled_image(random_window_pool(maps[imgs], cfg.crop, rng), member)
+            zi = model.embed_pooled_image(random_window_pool(maps[imgs], cfg.crop, rng, cfg.pool_p), member)
             zt = model.embed_pooled_text(text[caps], member)
             scale = model.logit_scale[member].exp().clamp(max=100)
             logits = scale * zt @ zi.T  # (B, B)
