@@ -93,9 +93,11 @@ NOTES = {
                "against the same seed's 12-epoch run); HN-NCE + 20 epochs +0.4 / +2.5 on seed 0; mined hard-negative "
                "batches -0.4 / +0.6; distillation from the reranker far behind the baseline at every epoch (stopped "
                "at epoch 5); generalised-mean pooling (p 3) -0.78 / +2.20 and photo-grouped batches (every caption of 512 or "
-               "1024 photos per batch) -0.30 / +1.20 and -0.16 / +1.20, each on seed 0",
+               "1024 photos per batch) -0.30 / +1.20 and -0.16 / +1.20, each on seed 0; MiniLM's token states mean- and "
+               "max-pooled, concatenated (text_pool mean+max) -1.00 / -0.60 on seed 0 (text -> image behind the baseline at every epoch)",
     "pattern": "every image-side or loss-side lever (HN-NCE, GeM pooling, grouped batches, mined batches, more epochs) "
-               "moves image -> text by +0.3 to +2.2 and text -> image by -0.8 to +0.4: lite's text -> image R@1 is "
+               "moves image -> text by +0.3 to +2.2 and text -> image by -0.8 to +0.4, and a richer pooling of MiniLM's "
+               "token states loses both ways: lite's text -> image R@1 is "
                "bound by its text tower (MiniLM); MPNet, the one change that lifts it (+2.6 in base), costs 6.5x the "
                "query text time (benchmarks/base_towers.json)",
     "distillation": "teacher = shipped dual cosine + alpha_t2i (0.4) x matcher score over each caption's top-16 "

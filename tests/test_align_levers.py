@@ -107,3 +107,10 @@ def test_rectangular_loss_gives_each_photo_all_its_captions_as_positives():
     t2i = F.cross_entropy(logits, same.argmax(1))
     i2t = F.cross_entropy(logits.T, same.T / 2)
     assert torch.allclose(contrastive_loss(logits, same), (t2i + i2t) / 2)
+
+
+def test_max_pooled_takes_each_texts_maximum_over_its_own_tokens_only():
+    from xmodal.engine.training.align import max_pooled
+
+    states = np.array([[1, 5], [3, 2], [-1, -4], [0, 9], [2, 2]], np.float16)  # texts of 2, 1 and 2 tokens
+    assert max_pooled(states, np.array([0, 2, 3, 5])).tolist() == [[3, 5], [-1, -4], [2, 9]]

@@ -59,12 +59,13 @@ def test_a_missing_checkpoint_names_what_to_do(tmp_path):
         LiteEncoder(tmp_path / "nope.pt")
 
 
-def test_heads_trained_with_a_trial_pooling_are_refused_not_mean_pooled(tmp_path):
+@pytest.mark.parametrize("trial", [{"pool_p": 3.0}, {"text_pool": "mean+max"}])
+def test_heads_trained_with_a_trial_pooling_are_refused_not_mean_pooled(tmp_path, trial):
     from xmodal.indexer.models.base import ModelUnavailable
     from xmodal.indexer.resources import data_file
 
     ck = torch.load(data_file("lite-align.pt"), map_location="cpu", weights_only=True)
-    ck["config"]["pool_p"] = 3.0  # AlignConfig.pool_p: a training trial (generalised mean), not run at index time
-    torch.save(ck, tmp_path / "gem.pt")
-    with pytest.raises(ModelUnavailable, match="pool_p"):
-        LiteEncoder(tmp_path / "gem.pt")
+    ck["config"].update(trial)  # AlignConfig training trials (GeM, mean+max text) the encoder does not run
+    torch.save(ck, tmp_path / "trial.pt")
+    with pytest.raises(ModelUnavailable, match="trial pooling"):
+        LiteEncoder(tmp_path / "trial.pt")

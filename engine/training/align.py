@@ -57,6 +57,7 @@ class AlignConfig:
     hn_share: float = 0.0  # share of each batch filled with captions of seed captions' mined hard images
     hn_k: int = 8  # those images: each caption's top-k by the shipped lite model
     pool_p: float = 1.0  # generalised-mean pooling of the patch map (1: the mean; trial only, see MODEL_CARD)
+    text_pool: str = "mean"  # "mean+max": mean and max of the token states, concatenated (trial only)
     group_images: int = 0  # > 0: batches of this many photos with all their captions (ImageGroupBatches)
     distill_weight: float = 0.0  # KL toward the reranker's softmax over each caption's top-k candidates
     distill_k: int = 16
@@ -133,6 +134,11 @@ def train_align(train: FeatureCache, dev: FeatureCache, cfg: AlignConfig, distil
     distill_from (only with cfg.distill_weight): ((train name, captions), (dev name, captions), cache dir)."""
     torch.use_deterministic_algorithms(True)
     model = build_model(cfg)
+    if train.text.shape[1] != model.text_tower.width:  # a trial text pooling (text_pool): wider text features
+        from xmodal.indexer.models.lite import TextHead
+
+        model.text_heads = torch.nn.ModuleList(TextHead(train.text.shape[1], cfg.dim, cfg.text_hidden, cfg.text_dropout)
+                                               for _ in range(cfg.members))
     for p in model.parameters():
         p.requires_grad_(False)
     maps = patch_maps(train.trunk, image_tower=cfg.image_tower)  # (N, 1280, 7, 7)
@@ -228,6 +234,25 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
     logger.info("member %d: best dev epoch %d", member, best_epoch)
 
 
+def max_pooled(states: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Flat (sum T_i, C) token states and (N + 1,) offsets (every text at least one token) -> (N, C) float32
+    per-text maximum over its tokens."""
+    return np.maximum.reduceat(np.asarray(states, np.float32), np.asarray(offsets[:-1], np.int64), axis=0)
+
+
+def _max_pooled_text(caches: dict, captions: dict, cache_dir: Path, cfg: AlignConfig) -> None:
+    """text_pool "mean+max" (a trial): each split's text features become [mean, max] of the text tower's final
+    token states (the reranker's token cache, engine.training.rerank_data)."""
+    from xmodal.engine.training.rerank_data import cache_tokens
+
+    if cfg.text_pool != "mean+max":
+        raise ValueError(f"unknown text_pool {cfg.text_pool!r}; use 'mean' or 'mean+max'")
+    for split, cache in caches.items():
+        name, caps = captions[split]
+        tokens = cache_tokens(caps, name, cache_dir, cfg.text_tower)
+        cache.text = np.concatenate([cache.text, max_pooled(tokens.states, tokens.offsets)], axis=1)
+
+
 def save_checkpoint(path: Path, state: dict, cfg: AlignConfig, report: dict, data: str) -> None:
     """Head weights (float16: half the size, dev recall unchanged) + config + preprocessing + dev figures."""
     write_checkpoint(path, "xmodal-lite-align/1", state, cfg, preprocess=asdict(Preprocess(size=cfg.size)), dev=report,
@@ -260,6 +285,8 @@ def run_align(data_dir: Path, out: Path | None = None, cache_dir: Path | None = 
                                     towers=(overrides["image_tower"], overrides["text_tower"]))
         captions[split] = (ds.name, list(ds.captions))
     cfg = AlignConfig(seed=seed, **overrides)
+    if cfg.text_pool != "mean":
+        _max_pooled_text(caches, captions, cache_dir, cfg)
     if epochs is not None:
         cfg.epochs = epochs
     distill_from = (captions["train"], captions["dev"], cache_dir) if cfg.distill_weight > 0 else None

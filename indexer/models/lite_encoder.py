@@ -65,10 +65,10 @@ class LiteEncoder:
                                    f"`xmodal train align --model {name} --data DATASET` to train them")
         ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
         cfg = ck["config"]
-        if float(cfg.get("pool_p", 1.0)) != 1.0:
-            raise ModelUnavailable(f"{checkpoint}: heads trained with generalised-mean pooling (pool_p "
-                                   f"{cfg['pool_p']}), a training trial the encoder does not run (it mean-pools); "
-                                   f"train them again without pool_p")
+        if float(cfg.get("pool_p", 1.0)) != 1.0 or cfg.get("text_pool", "mean") != "mean":
+            raise ModelUnavailable(f"{checkpoint}: heads trained with a trial pooling (pool_p {cfg.get('pool_p', 1.0)}, "
+                                   f"text_pool {cfg.get('text_pool', 'mean')!r}) the encoder does not run (it "
+                                   f"mean-pools); train them again without it")
         self.name = name
         self.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
                                         for k, v in ck["preprocess"].items()})
