@@ -59,7 +59,8 @@ def test_a_missing_checkpoint_names_what_to_do(tmp_path):
         LiteEncoder(tmp_path / "nope.pt")
 
 
-@pytest.mark.parametrize("trial", [{"pool_p": 3.0}, {"text_pool": "mean+max"}])
+@pytest.mark.parametrize("trial", [{"pool_p": 3.0}, {"text_pool": "mean+max"},
+                                   {"extra_text_tower": "all-minilm-l6-v2"}, {"text_adapter": 32}])
 def test_heads_trained_with_a_trial_pooling_are_refused_not_mean_pooled(tmp_path, trial):
     from xmodal.indexer.models.base import ModelUnavailable
     from xmodal.indexer.resources import data_file
@@ -69,3 +70,18 @@ def test_heads_trained_with_a_trial_pooling_are_refused_not_mean_pooled(tmp_path
     torch.save(ck, tmp_path / "trial.pt")
     with pytest.raises(ModelUnavailable, match="trial pooling"):
         LiteEncoder(tmp_path / "trial.pt")
+
+
+def test_the_token_adapter_trial_trains_from_plain_mean_pooling_and_is_refused_at_load(tiny_dataset, tmp_path):
+    from xmodal.engine.training.align import TokenAdapter, run_align
+    from xmodal.indexer.models.base import ModelUnavailable
+
+    adapter = TokenAdapter(width=6, hidden=3)
+    states = torch.randn(2, 4, 6)
+    assert torch.equal(adapter(states), states)  # `up` starts at zero: the first step is plain mean pooling
+    report = run_align(tiny_dataset, out=tmp_path / "adapter.pt", cache_dir=tmp_path / "cache", epochs=1,
+                       text_adapter=8)
+    state = torch.load(tmp_path / "adapter.pt", weights_only=True)["state"]
+    assert report["config"]["text_adapter"] == 8 and "text_adapters.0.down.weight" in state
+    with pytest.raises(ModelUnavailable, match="trial pooling"):
+        LiteEncoder(tmp_path / "adapter.pt")

@@ -26,7 +26,7 @@ from xmodal.engine.training.features import FeatureCache, build_cache
 from xmodal.engine.training.hard_negatives import (HardNegativeBatches, ImageGroupBatches, contrastive_loss,
                                                   mine_caption_images)
 from xmodal.indexer.models.base import Preprocess
-from xmodal.indexer.models.lite import LiteDualEncoder
+from xmodal.indexer.models.lite import LiteDualEncoder, TextHead
 from xmodal.indexer.models.text_tower import TextTower
 from xmodal.indexer.models.towers import BUNDLED, IMAGE_TOWERS, load_image_tower, load_text_tower
 from xmodal.indexer.resources import data_dir as shipped_data_dir
@@ -58,6 +58,8 @@ class AlignConfig:
     hn_k: int = 8  # those images: each caption's top-k by the shipped lite model
     pool_p: float = 1.0  # generalised-mean pooling of the patch map (1: the mean; trial only, see MODEL_CARD)
     text_pool: str = "mean"  # "mean+max": mean and max of the token states, concatenated (trial only)
+    extra_text_tower: str = ""  # a second text tower whose sentence features are concatenated (trial only)
+    text_adapter: int = 0  # > 0: a residual per-token MLP of this width on the locked token states (trial only)
     group_images: int = 0  # > 0: batches of this many photos with all their captions (ImageGroupBatches)
     distill_weight: float = 0.0  # KL toward the reranker's softmax over each caption's top-k candidates
     distill_k: int = 16
@@ -105,10 +107,14 @@ def build_model(cfg: AlignConfig) -> LiteDualEncoder:
                             members=cfg.members, text_hidden=cfg.text_hidden, text_dropout=cfg.text_dropout,
                             image_variant=IMAGE_TOWERS[cfg.image_tower].variant)
     model.image_tower.load_state_dict(load_image_tower(cfg.image_tower).state_dict())
+    if cfg.extra_text_tower:  # the text heads read [this tower's, the extra tower's] mean-pooled states
+        width = TextTower(bert).width + TextTower(load_text_tower(cfg.extra_text_tower)[1]).width
+        model.text_heads = torch.nn.ModuleList(TextHead(width, cfg.dim, cfg.text_hidden, cfg.text_dropout)
+                                               for _ in range(cfg.members))
     return model
 
 
-HEAD_KEYS = ("image_heads.", "text_heads.", "logit_scale")
+HEAD_KEYS = ("image_heads.", "text_heads.", "logit_scale", "text_adapters.")
 
 
 def head_state(model: LiteDualEncoder) -> dict[str, torch.Tensor]:
@@ -120,8 +126,38 @@ def head_state(model: LiteDualEncoder) -> dict[str, torch.Tensor]:
 def evaluate(model: LiteDualEncoder, dev_pooled: torch.Tensor, dev: FeatureCache, member: int | None = None) -> dict:
     model.eval()
     img = model.embed_pooled_image(dev_pooled, member)
-    txt = model.embed_pooled_text(torch.from_numpy(dev.text), member)
+    adapted = getattr(dev, "tokens", None) is not None and hasattr(model, "text_adapters")
+    txt = model.embed_pooled_text(adapted_text(model, dev.tokens, np.arange(len(dev.caption_image)), member)
+                                  if adapted else torch.from_numpy(dev.text), member)
     return recall_report((txt @ img.T).numpy(), dev.caption_image)
+
+
+class TokenAdapter(torch.nn.Module):
+    """(B, T, C) token states -> (B, T, C): x + up(gelu(down(layernorm(x)))) per token; `up` starts at zero, so
+    training starts from plain mean pooling (a trial of a trainable text side on the locked tower)."""
+
+    def __init__(self, width: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(width)
+        self.down = torch.nn.Linear(width, hidden)
+        self.up = torch.nn.Linear(hidden, width)
+        self.drop = torch.nn.Dropout(dropout)
+        torch.nn.init.zeros_(self.up.weight)
+        torch.nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.drop(torch.nn.functional.gelu(self.down(self.norm(x)))))
+
+
+def adapted_text(model: LiteDualEncoder, tokens, caps: np.ndarray, member: int | None, batch: int = 1024) -> torch.Tensor:
+    """Captions' token states through the member's adapter, mean-pooled over real tokens -> (B, C)."""
+    adapter = model.text_adapters[member or 0]
+    out = []
+    for s in range(0, len(caps), batch):
+        st, m = tokens.batch(np.asarray(caps[s:s + batch]))
+        m = m.float()[..., None]
+        out.append((adapter(st) * m).sum(1) / m.sum(1).clamp(min=1))
+    return torch.cat(out)
 
 
 def _r1(report: dict) -> float:
@@ -139,6 +175,9 @@ def train_align(train: FeatureCache, dev: FeatureCache, cfg: AlignConfig, distil
 
         model.text_heads = torch.nn.ModuleList(TextHead(train.text.shape[1], cfg.dim, cfg.text_hidden, cfg.text_dropout)
                                                for _ in range(cfg.members))
+    if cfg.text_adapter:
+        model.text_adapters = torch.nn.ModuleList(TokenAdapter(model.text_tower.width, cfg.text_adapter,
+                                                                cfg.text_dropout) for _ in range(cfg.members))
     for p in model.parameters():
         p.requires_grad_(False)
     maps = patch_maps(train.trunk, image_tower=cfg.image_tower)  # (N, 1280, 7, 7)
@@ -176,6 +215,9 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
     torch.manual_seed(cfg.seed * 1000 + member)
     image_head, text_head = model.image_heads[member], model.text_heads[member]
     params = [p for n, p in image_head.named_parameters()] + list(text_head.parameters())
+    adapter = model.text_adapters[member] if cfg.text_adapter else None
+    if adapter is not None:
+        params += list(adapter.parameters())
     for p in params + [model.logit_scale]:
         p.requires_grad_(True)
     opt = torch.optim.AdamW([{"params": params}, {"params": [model.logit_scale], "weight_decay": 0.0}],
@@ -191,6 +233,8 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
     for epoch in range(cfg.epochs):
         image_head.train()
         text_head.train()
+        if adapter is not None:
+            adapter.train()
         t0, losses = time.time(), []
         order = rng.permutation(n)
         batches = (hn.epoch(cfg.batch_size, rng) if hn is not None else groups.epoch(rng) if groups is not None else
@@ -205,7 +249,8 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
             for g in opt.param_groups:
                 g["lr"] = lr
             zi = model.embed_pooled_image(random_window_pool(maps[imgs], cfg.crop, rng, cfg.pool_p), member)
-            zt = model.embed_pooled_text(text[caps], member)
+            zt = model.embed_pooled_text(adapted_text(model, train.tokens, caps, member) if adapter is not None
+                                         else text[caps], member)
             scale = model.logit_scale[member].exp().clamp(max=100)
             logits = scale * zt @ zi.T  # (B, B)
             same = (imgs[cap_row][:, None] == imgs[None, :]).float()  # (captions, image rows)
@@ -276,9 +321,9 @@ def run_align(data_dir: Path, out: Path | None = None, cache_dir: Path | None = 
     overrides = {"image_tower": spec.image_tower, "text_tower": spec.text_tower, "size": spec.size, **overrides}
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    caches, captions = {}, {}
+    caches, captions, datasets = {}, {}, {}
     for split in ("train", "dev"):
-        ds = load_captions_csv(data_dir, data_dir / "splits" / f"{split}.txt")
+        ds = datasets[split] = load_captions_csv(data_dir, data_dir / "splits" / f"{split}.txt")
         ds.name = f"{data_dir.name}-{split}"
         logger.info("%s: %d images, %d captions", ds.name, len(ds.images), len(ds.captions))
         caches[split] = build_cache(ds, cache_dir, Preprocess(size=overrides["size"]),
@@ -287,6 +332,12 @@ def run_align(data_dir: Path, out: Path | None = None, cache_dir: Path | None = 
     cfg = AlignConfig(seed=seed, **overrides)
     if cfg.text_pool != "mean":
         _max_pooled_text(caches, captions, cache_dir, cfg)
+    for split, ds in datasets.items() if cfg.text_adapter else ():  # a trial: token states, not pooled features
+        from xmodal.engine.training.rerank_data import cache_tokens
+        caches[split].tokens = cache_tokens(list(ds.captions), ds.name, cache_dir, cfg.text_tower)
+    for split, ds in datasets.items() if cfg.extra_text_tower else ():  # a trial: two text towers' features
+        extra = build_cache(ds, cache_dir, Preprocess(size=cfg.size), towers=(cfg.image_tower, cfg.extra_text_tower))
+        caches[split].text = np.concatenate([caches[split].text, extra.text], axis=1)
     if epochs is not None:
         cfg.epochs = epochs
     distill_from = (captions["train"], captions["dev"], cache_dir) if cfg.distill_weight > 0 else None

@@ -46,6 +46,10 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int = 64) -> tuple[tor
 _NOT_YET = object()  # LiteEncoder.onnx before its first use
 
 
+# AlignConfig's training trials (engine/training/align.py) and their plain values: the encoder runs only these
+TRIAL_OPTIONS = {"pool_p": 1.0, "text_pool": "mean", "extra_text_tower": "", "text_adapter": 0}
+
+
 class LiteEncoder:
     """EfficientNet-Lite0 + all-MiniLM-L6-v2 with the trained alignment heads in lite-align.pt (package data)."""
 
@@ -65,10 +69,10 @@ class LiteEncoder:
                                    f"`xmodal train align --model {name} --data DATASET` to train them")
         ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
         cfg = ck["config"]
-        if float(cfg.get("pool_p", 1.0)) != 1.0 or cfg.get("text_pool", "mean") != "mean":
-            raise ModelUnavailable(f"{checkpoint}: heads trained with a trial pooling (pool_p {cfg.get('pool_p', 1.0)}, "
-                                   f"text_pool {cfg.get('text_pool', 'mean')!r}) the encoder does not run (it "
-                                   f"mean-pools); train them again without it")
+        trials = {k: cfg[k] for k, plain in TRIAL_OPTIONS.items() if cfg.get(k, plain) != plain}
+        if trials:
+            raise ModelUnavailable(f"{checkpoint}: heads trained with a trial pooling ({trials}) the encoder does not "
+                                   f"run (it mean-pools one text tower's states); train them again without it")
         self.name = name
         self.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
                                         for k, v in ck["preprocess"].items()})
