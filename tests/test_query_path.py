@@ -134,6 +134,23 @@ def test_searches_rank_the_same_on_onnx_as_on_torch(lite_library, onnx_encoder, 
             np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=2e-2)
 
 
+def _spins(ort_session) -> bool:
+    """Whether an ONNX Runtime session's threads spin after a run (ORT's default: no config entry)."""
+    try:
+        return ort_session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") != "0"
+    except Exception:  # noqa: BLE001 - onnxruntime raises a plain error for an entry never set
+        return True
+
+
+def test_query_sessions_sleep_after_a_run_so_numpy_and_faiss_get_the_cores(onnx_encoder, cache):
+    # a query alternates ONNX Runtime with numpy (hubness priors, exemplar term) and FAISS: spinning threads
+    # would take the cores they need (benchmarks/query_spinning.py: 2-2.5x slower warm queries on 2 cores)
+    assert not _spins(onnx_encoder.text_path.session)
+    assert not _spins(load_scorer().session)
+    image_path = onnx_encoder.image_path
+    assert not _spins(image_path.session)
+
+
 def test_a_search_process_never_imports_torch(lite_library, onnx_encoder, cache):
     load_scorer()  # the reranker's graph and banks are in the cache
     script = f"""

@@ -60,7 +60,7 @@ class RerankSession(RerankBanks):
                                     "images": a["ex_images"], "m": meta["ex_m"], "tau": meta["ex_tau"]}
         self._set_banks(checkpoint, meta["config"], meta.get("dev"), meta["alpha"], meta.get("beta"), pca, hub)
         self.arch = meta["config"].get("arch", "itm")
-        self.session = session(files.graph, query_threads())
+        self.session = session(files.graph, query_threads(), spin=False)  # numpy's priors follow each run
 
     def _run(self, states, mask, patches) -> np.ndarray:
         out = self.session.run(None, {"text": np.ascontiguousarray(states, np.float32),

@@ -68,14 +68,19 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def session(path: str | os.PathLike, threads: int, optimize: bool = True):
+def session(path: str | os.PathLike, threads: int, optimize: bool = True, spin: bool = True):
     """An ONNX Runtime CPU session on `threads` intra-op threads. optimize=False skips graph optimisation at
-    load (for a graph that was saved already optimised: start-up time)."""
+    load (for a graph that was saved already optimised: start-up time). spin=False: its threads sleep after a
+    run instead of spinning for the next one; a query's numpy and FAISS work that follows a run then gets the
+    cores (on 2 cores, the hubness priors right after the reranker's run took 10.4 ms with spinning threads,
+    5.3 without: benchmarks/rerank_budget.py)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -113,7 +118,7 @@ class OnnxImagePath:
         self.path = Path(path)
         self.kind = kind
         self.threads = threads or query_threads()
-        self.session = session(self.path, self.threads)  # one batch at a time on every core: the latency path
+        self.session = session(self.path, self.threads, spin=False)  # one batch at a time on every core: the latency path
         self._lanes: list = []
         self._lock = threading.Lock()
 
@@ -145,7 +150,7 @@ class OnnxTextPath:
 
     def __init__(self, path: Path, threads: int | None = None):
         self.path = Path(path)
-        self.session = session(self.path, threads or query_threads())
+        self.session = session(self.path, threads or query_threads(), spin=False)  # a query's other work follows
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         emb, states = self.session.run(None, {"ids": np.ascontiguousarray(ids, np.int64),
