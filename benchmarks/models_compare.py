@@ -11,8 +11,9 @@ For each model, in a temporary folder:
 * a text query: cold, `xmodal search QUERY --json` as a fresh process (median of `--runs`, after one
   unmeasured run), and warm, `SearchEngine.search_text` in one process with the model's own reranker (median
   over 50 dev captions, after 5 warm-up queries);
-* the stages of a text query on torch (engine.eval.speed.stage_latencies): the encoder, and the model's own
-  reranker on a top 32 (the issue's budget: <= 30 ms);
+* the stages of a text query (engine.eval.speed): the torch encoder, and the model's own reranker on a top 32
+  (the issue's budget: <= 30 ms) on torch and as a search runs it (ONNX Runtime; benchmarks/rerank_budget.py
+  breaks it down);
 * the wheels: the main wheel (the lite model inside) and the companion wheel xmodal-base (base's heads and
   reranker), built with `pip wheel --no-deps`.
 
@@ -89,15 +90,22 @@ def warm_queries(lib: Path, model: str, captions: list[str]) -> dict:
 
 
 def stages(lib: Path, model: str, captions: list[str]) -> dict:
-    """The torch encoder on one text query and the model's own reranker on a top 32 (engine.eval.speed)."""
-    from xmodal.engine.eval.speed import stage_latencies
+    """The torch encoder on one text query and the model's own reranker on a top 32 (engine.eval.speed): on
+    torch (`rerank32_ms`) and as a search runs it, on ONNX Runtime (`rerank32_search_ms`)."""
+    from xmodal.engine.eval.speed import rerank_latencies, stage_latencies
+    from xmodal.engine.rerank.session import load_scorer
     from xmodal.indexer.models.encoders import get_encoder
+    from xmodal.indexer.models.towers import bundled_reranker
     from xmodal.indexer.storage.library import Library
 
     with Library(lib) as library:
         index = library.vector_index("images")
         vectors = index.reconstruct(index.ids())
-    return stage_latencies(get_encoder(model), captions, vectors)
+    encoder = get_encoder(model)
+    out = stage_latencies(encoder, captions, vectors)
+    out["rerank32_search_ms"] = rerank_latencies(load_scorer(bundled_reranker(model)), encoder, captions, vectors,
+                                                 32)["total_ms"]
+    return out
 
 
 def wheel_sizes(work: Path) -> dict:
