@@ -115,8 +115,8 @@ NOTES = {
             "side, seed 0: MiniLM's sentence features concatenated to MPNet's (extra_text_tower) 28.94 / 33.60 (-0.14 / "
             "+0.40); a residual per-token adapter on MPNet's locked token states before mean pooling (text_adapter, "
             "zero-initialised: it starts as the plain recipe) of width 256 25.88 / 32.00 (-3.20 / -1.20, train loss "
-            "1.02 against 1.23: it overfits) and of width 32 28.30 / 32.50 (-0.78 / -0.70). A trainable text side "
-            "overfits 30,000 captions, the reason unlocking MPNet's last layer (7M weights, 20x the width-256 adapter) "
+            "1.02 against the recipe's 1.31: it overfits) and of width 32 28.30 / 32.50 (-0.78 / -0.70). A trainable text side "
+            "overfits 30,000 captions, the reason unlocking MPNet's last layer (7.1M weights, 18x the width-256 adapter) "
             "was not run",
     "selection": "every run keeps the epoch with the best dev t2i + i2t R@1 (the shipped rule); HN-NCE's gain is in "
                  "i2t, so selection favours i2t-strong epochs",

@@ -18,7 +18,7 @@ For each model, in a temporary folder:
   reranker), built with `pip wheel --no-deps`.
 
 Dev recall is not measured here: it comes from the training runs (benchmarks/base_full.json,
-benchmarks/base_rerank.json). Results go to benchmarks/models_compare.json.
+benchmarks/base_rerank_seeds.json, benchmarks/lite_rerank_matcher_seeds.json). Results go to benchmarks/models_compare.json.
 """
 from __future__ import annotations
 

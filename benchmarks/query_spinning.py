@@ -9,9 +9,10 @@ A query runs ONNX Runtime (the text or image encoder, then the reranker's matche
 work (the search, the hubness priors, the exemplar term). On a 2-core machine, threads left spinning after
 a run take the cores that work needs. Lite and base libraries of the first N Flickr8k dev photos are built
 in a temporary folder; then, for `--rounds` rounds, a fresh process per (model, setting) alternately runs
-`SearchEngine.search_text` (reranked with the model's own reranker) over 55 dev captions and `search_image`
-over 15 library photos, each after 5 unmeasured queries, and reports its medians. Figures: the median over
-rounds of each process's median, and the ratio spinning / sleeping.
+`SearchEngine.search_text` (reranked with the model's own reranker) over 55 dev captions (every 7th) and
+`search_image` over 15 library photos, each after 5 unmeasured queries, and reports its medians. Figures: the
+median over rounds of each process's median, and the ratio spinning / sleeping. Needs the Flickr8k data at
+../shared/data/flickr8k and `--photos` >= 20; base (in the default `--models`) needs `make install-base`.
 """
 from __future__ import annotations
 
@@ -75,6 +76,8 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args.child[0], args.child[1] == "1")
+    if args.photos < 20:
+        p.error("--photos must be at least 20 (5 warm-up and 15 measured photo queries)")
     report = {"benchmark": "query_spinning", "date": time.strftime("%Y-%m-%d"), **machine(),
               "load_average_before": [round(x, 2) for x in os.getloadavg()], "photos": args.photos,
               "rounds": args.rounds, "models": {}}
@@ -102,7 +105,7 @@ def main() -> None:
         row["spinning / sleeping"] = {k: round(slow[k] / fast[k], 2) for k in ("text_ms", "image_ms")}
         report["models"][model] = row
         print(f"{model:5s} warm reranked text query {fast['text_ms']:.1f} ms sleeping, {slow['text_ms']:.1f} spinning; "
-              f"photo query {fast['image_ms']:.1f} / {slow['image_ms']:.1f} ms")
+              f"photo query {fast['image_ms']:.1f} ms sleeping, {slow['image_ms']:.1f} spinning")
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     if not args.no_write:
         OUT.write_text(json.dumps(report, indent=1) + "\n")

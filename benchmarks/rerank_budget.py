@@ -10,9 +10,11 @@ after each run (its default, which search used before), and the torch checkpoint
 Per model, K and runtime: the whole rerank (`total_ms`) and its parts: the matcher (`match_ms`), the hubness
 priors of the K candidates (`hub_ms`) and the exemplar term (`exemplar_ms`), the median over 50 Flickr8k
 dev captions after 5 warm-up queries (engine.eval.speed.rerank_latencies), in `--rounds` rounds in which the
-runtimes take turns; the figure is the median of the rounds' medians. Candidates: K real dev photos'
-dual vectors and patch tokens in the stored format. Not included: the query encoder (models_compare.json)
-and reading the candidates from a library.
+runtimes take turns; the figure is the median of the rounds' medians. Candidates: K real dev photos' dual
+vectors (for the hubness priors and the exemplar term) and random patch tokens in the stored format (the
+matcher's cost does not depend on their values). Not included: the query encoder (models_compare.json) and
+reading the candidates from a library. Needs the Flickr8k data at ../shared/data/flickr8k; `--models base`
+(in the default) needs base installed (`make install-base`).
 """
 from __future__ import annotations
 

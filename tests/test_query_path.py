@@ -144,7 +144,7 @@ def _spins(ort_session) -> bool:
 
 def test_query_sessions_sleep_after_a_run_so_numpy_and_faiss_get_the_cores(onnx_encoder, cache):
     # a query alternates ONNX Runtime with numpy (hubness priors, exemplar term) and FAISS: spinning threads
-    # would take the cores they need (benchmarks/query_spinning.py: 2-2.5x slower warm queries on 2 cores)
+    # would take the cores they need (benchmarks/query_spinning.py: warm text queries 1.9-2.7x slower on 2 cores)
     assert not _spins(onnx_encoder.text_path.session)
     assert not _spins(load_scorer().session)
     image_path = onnx_encoder.image_path

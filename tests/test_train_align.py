@@ -68,7 +68,7 @@ def test_heads_trained_with_a_trial_pooling_are_refused_not_mean_pooled(tmp_path
     ck = torch.load(data_file("lite-align.pt"), map_location="cpu", weights_only=True)
     ck["config"].update(trial)  # AlignConfig training trials (GeM, mean+max text) the encoder does not run
     torch.save(ck, tmp_path / "trial.pt")
-    with pytest.raises(ModelUnavailable, match="trial pooling"):
+    with pytest.raises(ModelUnavailable, match="training trial"):
         LiteEncoder(tmp_path / "trial.pt")
 
 
@@ -83,5 +83,5 @@ def test_the_token_adapter_trial_trains_from_plain_mean_pooling_and_is_refused_a
                        text_adapter=8)
     state = torch.load(tmp_path / "adapter.pt", weights_only=True)["state"]
     assert report["config"]["text_adapter"] == 8 and "text_adapters.0.down.weight" in state
-    with pytest.raises(ModelUnavailable, match="trial pooling"):
+    with pytest.raises(ModelUnavailable, match="training trial"):
         LiteEncoder(tmp_path / "adapter.pt")

@@ -71,7 +71,7 @@ class LiteEncoder:
         cfg = ck["config"]
         trials = {k: cfg[k] for k, plain in TRIAL_OPTIONS.items() if cfg.get(k, plain) != plain}
         if trials:
-            raise ModelUnavailable(f"{checkpoint}: heads trained with a trial pooling ({trials}) the encoder does not "
+            raise ModelUnavailable(f"{checkpoint}: heads trained with a training trial ({trials}) the encoder does not "
                                    f"run (it mean-pools one text tower's states); train them again without it")
         self.name = name
         self.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v

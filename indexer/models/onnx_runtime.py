@@ -72,8 +72,8 @@ def session(path: str | os.PathLike, threads: int, optimize: bool = True, spin: 
     """An ONNX Runtime CPU session on `threads` intra-op threads. optimize=False skips graph optimisation at
     load (for a graph that was saved already optimised: start-up time). spin=False: its threads sleep after a
     run instead of spinning for the next one; a query's numpy and FAISS work that follows a run then gets the
-    cores (on 2 cores a warm reranked text query took 2-3x as long with spinning threads:
-    benchmarks/query_spinning.py)."""
+    cores (on 2 cores a warm reranked text query took 1.9-2.7x as long with spinning threads, lite's photo query
+    0.8x: benchmarks/query_spinning.py)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
