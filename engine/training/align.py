@@ -107,10 +107,6 @@ def build_model(cfg: AlignConfig) -> LiteDualEncoder:
                             members=cfg.members, text_hidden=cfg.text_hidden, text_dropout=cfg.text_dropout,
                             image_variant=IMAGE_TOWERS[cfg.image_tower].variant)
     model.image_tower.load_state_dict(load_image_tower(cfg.image_tower).state_dict())
-    if cfg.extra_text_tower:  # the text heads read [this tower's, the extra tower's] mean-pooled states
-        width = TextTower(bert).width + TextTower(load_text_tower(cfg.extra_text_tower)[1]).width
-        model.text_heads = torch.nn.ModuleList(TextHead(width, cfg.dim, cfg.text_hidden, cfg.text_dropout)
-                                               for _ in range(cfg.members))
     return model
 
 
@@ -170,9 +166,7 @@ def train_align(train: FeatureCache, dev: FeatureCache, cfg: AlignConfig, distil
     distill_from (only with cfg.distill_weight): ((train name, captions), (dev name, captions), cache dir)."""
     torch.use_deterministic_algorithms(True)
     model = build_model(cfg)
-    if train.text.shape[1] != model.text_tower.width:  # a trial text pooling (text_pool): wider text features
-        from xmodal.indexer.models.lite import TextHead
-
+    if train.text.shape[1] != model.text_tower.width:  # a trial (text_pool, extra_text_tower): wider text features
         model.text_heads = torch.nn.ModuleList(TextHead(train.text.shape[1], cfg.dim, cfg.text_hidden, cfg.text_dropout)
                                                for _ in range(cfg.members))
     if cfg.text_adapter:
