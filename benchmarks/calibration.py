@@ -4,7 +4,7 @@ and choose the default `--cutoff` on dev.
     python benchmarks/calibration.py [--work DIR] [--train-queries 400] [--dev-queries 400] [--write-data]
 
 Two libraries of 1,000 photos each are built with the lite model (cached in --work): a sample of the train
-split and the whole dev split. Every caption query's 16 reranked candidates are the examples; a candidate
+split and the whole dev split. Every caption query's K (search's default, 32) reranked candidates are the examples; a candidate
 is a match when it is the photo the caption was written for (the strict Flickr8k label: another photo the
 caption would fit counts as a non-match, so probabilities are conservative). The dev queries are cut in two
 halves: variants (feature sets: absolute scores, gaps to the best candidate, leads over the best other one)
@@ -31,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 from xmodal.engine.eval.machine import cpu_name  # noqa: E402
+from xmodal.engine.rerank import DEFAULT_RERANK_K  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
-K = 16
+K = DEFAULT_RERANK_K  # every candidate a search reranks
 KEEP_TARGET = 0.90  # reported: how many in-domain first places a threshold keeps
 OOD_TARGET = 0.5  # the default cutoff leaves more than this share of out-of-domain queries with no hit
 
@@ -139,7 +140,7 @@ def plot(path: Path, bins_rr: list[dict], bins_dual: list[dict], ece: dict) -> N
         ax.plot(xs, ys, "o-", label=label)
     ax.set_xlabel("predicted probability")
     ax.set_ylabel("observed frequency of a match")
-    ax.set_title("Flickr8k dev, 1,000-photo library, top-16 candidates")
+    ax.set_title(f"Flickr8k dev, 1,000-photo library, top-{K} candidates")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -236,6 +236,23 @@ def test_real_reranker_loads_and_scores():
     assert scores.shape == (3,) and np.isfinite(scores).all()
 
 
+@pytest.mark.parametrize("model", ["lite", "base"])
+def test_each_bundled_reranker_fuses_with_the_weights_chosen_at_the_searchs_default_k(model):
+    """Searches rerank the top DEFAULT_RERANK_K; the weights a checkpoint fuses with are the ones its dev
+    evaluation chose at that K (RerankConfig.fuse_k), not at the K its epoch was selected with."""
+    from xmodal.engine.rerank import DEFAULT_RERANK_K
+    from xmodal.engine.training.rerank import RerankConfig
+    from xmodal.indexer.models.towers import bundled_reranker
+
+    path = bundled_reranker(model)
+    if path is None:
+        pytest.skip(f"{model}'s reranker is not installed (base: make install-base)")
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    assert RerankConfig().fuse_k == DEFAULT_RERANK_K == ck["config"]["fuse_k"]
+    chosen = ck["dev"]["K"][DEFAULT_RERANK_K]
+    assert ck["alpha"] == chosen["alpha"] and ck["beta"] == chosen["beta"]
+
+
 def _tiny_checkpoint(path, arch="match", hub=True):
     from xmodal.engine.training.rerank import build_fusion, fit_pca, save_checkpoint
 

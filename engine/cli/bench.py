@@ -7,6 +7,8 @@ import click
 
 from xmodal.indexer.resources import samples_dir
 
+from xmodal.engine.rerank import DEFAULT_RERANK_K
+
 from xmodal.engine.cli.common import emit, progress_bar, edge, json_option
 
 
@@ -26,7 +28,7 @@ def bench():
               help="Also rerank the dual encoder's top-K with the model's own cross-attention reranker "
                    "(lite-rerank.pt for --model lite, base-rerank.pt for --model base).")
 @click.option("--rerank-k", "rerank_ks", type=click.IntRange(1, 10_000), multiple=True,
-              help="How many dual-encoder candidates to rerank (repeatable) [default: 16].")
+              help=f"How many dual-encoder candidates to rerank (repeatable) [default: {DEFAULT_RERANK_K}, as search].")
 @click.option("--reranker", "reranker_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Reranker checkpoint [default: the --model's own bundled reranker].")
 @json_option
@@ -54,7 +56,7 @@ def bench_recall(dataset, split_file, karpathy_split, model, rerank, rerank_ks, 
             reranker = Reranker(path)
         with progress_bar(f"embedding {ds.name}", unit="items") as progress:
             if rerank:
-                report = rerank_benchmark(ds, encoder, reranker, rerank_ks=rerank_ks or (16,), progress=progress)
+                report = rerank_benchmark(ds, encoder, reranker, rerank_ks=rerank_ks or (DEFAULT_RERANK_K,), progress=progress)
             else:
                 report = recall_benchmark(ds, encoder, progress=progress)
     if as_json:

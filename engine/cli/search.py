@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-
 from xmodal.engine.cli.common import library_dir, emit, edge, library_option, json_option
+from xmodal.engine.rerank import DEFAULT_RERANK_K
 
 
 @click.command()
@@ -20,7 +20,7 @@ from xmodal.engine.cli.common import library_dir, emit, edge, library_option, js
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--model", default=None, help="Refuse to run unless the library was built with this model.")
 @click.option("--rerank-k", "rerank_k", default=None, type=click.IntRange(1, 10_000),
-              help="Rerank this many dual-encoder candidates (text -> images, image -> texts) [default: 16].")
+              help=f"Rerank this many dual-encoder candidates (text -> images, image -> texts) [default: {DEFAULT_RERANK_K}].")
 @click.option("--no-rerank", is_flag=True, help="Rank by dual-encoder similarity only.")
 @click.option("--no-exemplar", is_flag=True, help="Text -> image: leave out the reranker's exemplar term (the photo "
               "of the Flickr8k train caption nearest to the query), e.g. for things those photos do not show.")

@@ -32,12 +32,11 @@ from xmodal.indexer.storage.library import Library
 from xmodal.indexer.records import ImageRecord, SearchHit
 from xmodal.indexer.storage.text_tokens import TextTokenStore
 
+from xmodal.engine.rerank import DEFAULT_RERANK_K  # noqa: F401 (re-exported)
 from xmodal.engine.rerank.banks import TextTokens
 from xmodal.engine.rerank.scoring import fuse
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_RERANK_K = 16  # dev R@1 is flat from K = 16 (t2i from 8); each 16 more add ~3 ms (benchmarks/RESULTS.md)
 
 
 @dataclass

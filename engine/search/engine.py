@@ -165,7 +165,7 @@ class SearchEngine:
             raise SearchError(f"rerank_k must be 0 (off) or more, got {rerank_k}")
         if rerank_k == 0 or self.reranker is None:
             return 0
-        from xmodal.engine.rerank.backends import DEFAULT_RERANK_K
+        from xmodal.engine.rerank import DEFAULT_RERANK_K
 
         return DEFAULT_RERANK_K if rerank_k is None else int(rerank_k)
 

@@ -21,7 +21,8 @@ selection and the dev figures use the same fused score as the engine.
 
 Selection: after each epoch, dev R@1 (t2i + i2t) of the dual encoder's top `select_k` reranked by the
 fused score, on a fixed dev subset (first caption of every image for t2i, every image for i2t), with the
-best fusion weight alpha from ALPHAS. Reproducible: one seed; deterministic torch kernels.
+best fusion weight alpha from ALPHAS. The fusion weights stored with the checkpoint are then chosen on all of
+dev at `fuse_k`, the K searches rerank by default. Reproducible: one seed; deterministic torch kernels.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xmodal.engine.rerank import DEFAULT_RERANK_K
 from xmodal.engine.rerank.lite import build_matcher
 from xmodal.engine.eval.recall import i2t_ranks, recall_at_k, t2i_ranks
 from xmodal.engine.rerank.scoring import fuse, hub_prior, reranked_matrix
@@ -77,7 +79,8 @@ class RerankConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
-    select_k: int = 16
+    select_k: int = 16  # the epoch kept: best dev-subset R@1 with the top select_k reranked
+    fuse_k: int = DEFAULT_RERANK_K  # the fusion weights alpha and beta: best full-dev R@1 at this K (search's)
     seed: int = 0
     model: str = "lite"  # the bundled model (indexer.models.towers.BUNDLED) whose towers and dual heads it reads
     text_dim: int = 384  # width of the text tower's token states (set by `prepare`: 384 MiniLM, 768 MPNet)
@@ -415,9 +418,9 @@ def run_rerank(data_dir: Path, out: Path | None = None, cache_dir: Path | None =
     train_seconds = time.time() - t_train
     model = build_fusion(cfg, train.patches.shape[-1])
     model.load_state_dict(state)
-    full = rerank_eval(model, dev.tokens, dev.patches, dev.sim, dev.caption_image, ks=(8, 16, 32), priors=dev.priors,
-                       expansion=dev.expansion)
-    alpha, beta = full["K"][cfg.select_k]["alpha"], full["K"][cfg.select_k]["beta"]
+    full = rerank_eval(model, dev.tokens, dev.patches, dev.sim, dev.caption_image,
+                       ks=tuple(sorted({8, 16, 32, cfg.fuse_k})), priors=dev.priors, expansion=dev.expansion)
+    alpha, beta = full["K"][cfg.fuse_k]["alpha"], full["K"][cfg.fuse_k]["beta"]
     save_checkpoint(out, state, cfg, pca, alpha, full, data=f"{Path(data_dir).name}: train split "
                     f"({len(train.patches)} images), selected on dev ({len(dev.patches)} images)", hub=bank, beta=beta)
     return {"out": str(out), "alpha": alpha, "beta": beta, "dev": full, "history": cfg.history, "refit": refit,
