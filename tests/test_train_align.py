@@ -60,7 +60,8 @@ def test_a_missing_checkpoint_names_what_to_do(tmp_path):
 
 
 @pytest.mark.parametrize("trial", [{"pool_p": 3.0}, {"text_pool": "mean+max"},
-                                   {"extra_text_tower": "all-minilm-l6-v2"}, {"text_adapter": 32}])
+                                   {"extra_text_tower": "all-minilm-l6-v2"}, {"text_adapter": 32},
+                                   {"tune_head": 0.1}])
 def test_heads_trained_with_a_trial_pooling_are_refused_not_mean_pooled(tmp_path, trial):
     from xmodal.indexer.models.base import ModelUnavailable
     from xmodal.indexer.resources import data_file
@@ -85,3 +86,26 @@ def test_the_token_adapter_trial_trains_from_plain_mean_pooling_and_is_refused_a
     assert report["config"]["text_adapter"] == 8 and "text_adapters.0.down.weight" in state
     with pytest.raises(ModelUnavailable, match="training trial"):
         LiteEncoder(tmp_path / "adapter.pt")
+
+
+def test_the_head_tuning_trial_starts_from_imagenets_head_moves_it_and_is_refused_at_load(tiny_dataset, tmp_path):
+    """Partly unlocking the image tower: a trainable copy of its head conv, equal to the locked one at first
+    (same maps), trained with the heads, pulled back by L2-SP; the encoder refuses such heads."""
+    from xmodal.engine.training.align import run_align
+    from xmodal.engine.training.head_tuning import TunedHead
+    from xmodal.indexer.models.base import ModelUnavailable
+    from xmodal.indexer.models.towers import load_image_tower
+
+    tower = load_image_tower("efficientnet-lite0")
+    head, trunk = TunedHead(tower), torch.randn(2, tower.trunk_width, 7, 7)
+    with torch.no_grad():
+        assert torch.equal(head(trunk), tower.forward_head(trunk))
+    assert float(head.sp_penalty()) == 0.0
+    report = run_align(tiny_dataset, out=tmp_path / "tuned.pt", cache_dir=tmp_path / "cache", epochs=1,
+                       tune_head=1.0, tune_head_sp=1e-3)
+    state = torch.load(tmp_path / "tuned.pt", weights_only=True)["state"]
+    assert report["config"]["tune_head"] == 1.0
+    tuned = state["tuned_heads.0.conv.weight"].float()
+    assert tuned.shape == tower._conv_head.weight.shape and not torch.allclose(tuned, tower._conv_head.weight)
+    with pytest.raises(ModelUnavailable, match="training trial"):
+        LiteEncoder(tmp_path / "tuned.pt")

@@ -23,6 +23,7 @@ import torch
 from xmodal.engine.eval.recall import recall_report
 from xmodal.engine.training.checkpoint import write_checkpoint
 from xmodal.engine.training.features import FeatureCache, build_cache
+from xmodal.engine.training.head_tuning import TunedHead, tuned_maps, tuned_pooled
 from xmodal.engine.training.hard_negatives import (HardNegativeBatches, ImageGroupBatches, contrastive_loss,
                                                   mine_caption_images)
 from xmodal.indexer.models.base import Preprocess
@@ -60,6 +61,8 @@ class AlignConfig:
     text_pool: str = "mean"  # "mean+max": mean and max of the token states, concatenated (trial only)
     extra_text_tower: str = ""  # a second text tower whose sentence features are concatenated (trial only)
     text_adapter: int = 0  # > 0: a residual per-token MLP of this width on the locked token states (trial only)
+    tune_head: float = 0.0  # > 0: the image tower's head conv trains too, at lr x this (trial only, head_tuning.py)
+    tune_head_sp: float = 0.0  # its L2-SP pull toward the ImageNet weights
     group_images: int = 0  # > 0: batches of this many photos with all their captions (ImageGroupBatches)
     distill_weight: float = 0.0  # KL toward the reranker's softmax over each caption's top-k candidates
     distill_k: int = 16
@@ -110,7 +113,7 @@ def build_model(cfg: AlignConfig) -> LiteDualEncoder:
     return model
 
 
-HEAD_KEYS = ("image_heads.", "text_heads.", "logit_scale", "text_adapters.")
+HEAD_KEYS = ("image_heads.", "text_heads.", "logit_scale", "text_adapters.", "tuned_heads.")
 
 
 def head_state(model: LiteDualEncoder) -> dict[str, torch.Tensor]:
@@ -172,6 +175,10 @@ def train_align(train: FeatureCache, dev: FeatureCache, cfg: AlignConfig, distil
     if cfg.text_adapter:
         model.text_adapters = torch.nn.ModuleList(TokenAdapter(model.text_tower.width, cfg.text_adapter,
                                                                 cfg.text_dropout) for _ in range(cfg.members))
+    if cfg.tune_head:
+        if cfg.members != 1:
+            raise ValueError("tune_head (a trial) trains one member: use members=1")
+        model.tuned_heads = torch.nn.ModuleList(TunedHead(model.image_tower) for _ in range(cfg.members))
     for p in model.parameters():
         p.requires_grad_(False)
     maps = patch_maps(train.trunk, image_tower=cfg.image_tower)  # (N, 1280, 7, 7)
@@ -194,7 +201,7 @@ def train_align(train: FeatureCache, dev: FeatureCache, cfg: AlignConfig, distil
         cfg.distill_tau = cfg.distill_report["tau"]
     for member in range(cfg.members):
         _train_member(model, member, maps, train, dev_pooled, dev, cfg, hn, teacher, pooled)
-    report = evaluate(model, dev_pooled, dev)
+    report = evaluate(model, tuned_pooled(model.tuned_heads[0], dev.trunk) if cfg.tune_head else dev_pooled, dev)
     logger.info("ensemble of %d: dev t2i R@1 %.2f i2t R@1 %.2f", cfg.members, report["t2i"]["R@1"],
                 report["i2t"]["R@1"])
     return head_state(model), report
@@ -212,10 +219,13 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
     adapter = model.text_adapters[member] if cfg.text_adapter else None
     if adapter is not None:
         params += list(adapter.parameters())
-    for p in params + [model.logit_scale]:
+    tuned = model.tuned_heads[member] if cfg.tune_head else None
+    param_groups = [{"params": params}, {"params": [model.logit_scale], "weight_decay": 0.0}]
+    if tuned is not None:  # no decay toward zero: the L2-SP penalty pulls toward the ImageNet weights instead
+        param_groups.append({"params": tuned.trainable(), "weight_decay": 0.0, "lr_scale": cfg.tune_head})
+    for p in params + [model.logit_scale] + (tuned.trainable() if tuned is not None else []):
         p.requires_grad_(True)
-    opt = torch.optim.AdamW([{"params": params}, {"params": [model.logit_scale], "weight_decay": 0.0}],
-                            lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng([cfg.seed, member])
     text = torch.from_numpy(train.text)
     caption_image = torch.from_numpy(train.caption_image)
@@ -229,6 +239,8 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
         text_head.train()
         if adapter is not None:
             adapter.train()
+        if tuned is not None:
+            tuned.train()
         t0, losses = time.time(), []
         order = rng.permutation(n)
         batches = (hn.epoch(cfg.batch_size, rng) if hn is not None else groups.epoch(rng) if groups is not None else
@@ -241,14 +253,17 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
                 cap_row = torch.arange(len(caps))
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / total))
             for g in opt.param_groups:
-                g["lr"] = lr
-            zi = model.embed_pooled_image(random_window_pool(maps[imgs], cfg.crop, rng, cfg.pool_p), member)
+                g["lr"] = lr * g.get("lr_scale", 1.0)
+            batch_maps = tuned_maps(tuned, train.trunk, imgs.numpy()) if tuned is not None else maps[imgs]
+            zi = model.embed_pooled_image(random_window_pool(batch_maps, cfg.crop, rng, cfg.pool_p), member)
             zt = model.embed_pooled_text(adapted_text(model, train.tokens, caps, member) if adapter is not None
                                          else text[caps], member)
             scale = model.logit_scale[member].exp().clamp(max=100)
             logits = scale * zt @ zi.T  # (B, B)
             same = (imgs[cap_row][:, None] == imgs[None, :]).float()  # (captions, image rows)
             loss = contrastive_loss(logits, same, cfg.hn_beta)
+            if tuned is not None and cfg.tune_head_sp:
+                loss = loss + cfg.tune_head_sp * tuned.sp_penalty()
             if teacher is not None:
                 loss = loss + cfg.distill_weight * teacher.loss(model, member, scale, zt, caps, pooled,
                                                                  cfg.distill_captions)
@@ -257,7 +272,7 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
             opt.step()
             losses.append(loss.item())
             step += 1
-        report = evaluate(model, dev_pooled, dev, member)
+        report = evaluate(model, tuned_pooled(tuned, dev.trunk) if tuned is not None else dev_pooled, dev, member)
         entry = {"member": member, "epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4), "dev": report,
                  "seconds": round(time.time() - t0, 1),
                  "temperature": round(1 / model.logit_scale[member].exp().item(), 4)}
@@ -268,7 +283,7 @@ def _train_member(model: LiteDualEncoder, member: int, maps: torch.Tensor, train
             best, best_report = head_state(model), report
             best_epoch = epoch + 1
     model.load_state_dict(best, strict=False)  # this member's best epoch (other members are unchanged)
-    for p in params + [model.logit_scale]:
+    for p in params + [model.logit_scale] + (tuned.trainable() if tuned is not None else []):
         p.requires_grad_(False)
     logger.info("member %d: best dev epoch %d", member, best_epoch)
 

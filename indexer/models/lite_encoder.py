@@ -47,7 +47,7 @@ _NOT_YET = object()  # LiteEncoder.onnx before its first use
 
 
 # AlignConfig's training trials (engine/training/align.py) and their plain values: the encoder runs only these
-TRIAL_OPTIONS = {"pool_p": 1.0, "text_pool": "mean", "extra_text_tower": "", "text_adapter": 0}
+TRIAL_OPTIONS = {"pool_p": 1.0, "text_pool": "mean", "extra_text_tower": "", "text_adapter": 0, "tune_head": 0.0}
 
 
 class LiteEncoder:
