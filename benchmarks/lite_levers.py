@@ -117,7 +117,10 @@ NOTES = {
             "zero-initialised: it starts as the plain recipe) of width 256 25.88 / 32.00 (-3.20 / -1.20, train loss "
             "1.02 against the recipe's 1.31: it overfits) and of width 32 28.30 / 32.50 (-0.78 / -0.70). A trainable text side "
             "overfits 30,000 captions, the reason unlocking MPNet's last layer (7.1M weights, 18x the width-256 adapter) "
-            "was not run",
+            "was not run. Base's image side, seed 0: the image tower's head conv (352 -> 1280, 0.45M weights) trained "
+            "with the heads (tune_head, L2-SP toward ImageNet's weights): at lr x 0.1 with sp 0.01 29.16 / 33.70 "
+            "(+0.08 / +0.50; train loss 1.25 against 1.31), at lr x 1 with sp 0.001 28.84 / 33.70 (-0.24 / +0.50; "
+            "train loss 1.14): within a seed's spread, and the more it fits train the less dev follows",
     "selection": "every run keeps the epoch with the best dev t2i + i2t R@1 (the shipped rule); HN-NCE's gain is in "
                  "i2t, so selection favours i2t-strong epochs",
 }
