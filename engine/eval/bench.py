@@ -14,6 +14,7 @@ from xmodal.indexer.ingest.pipeline import batched
 from xmodal.indexer.records import Skipped
 
 from xmodal.engine.eval.recall import recall_report
+from xmodal.engine.rerank import DEFAULT_RERANK_K
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ def recall_benchmark(ds: CaptionDataset, encoder: Encoder, ks=(1, 5, 10),
     return report
 
 
-def rerank_benchmark(ds: CaptionDataset, encoder, reranker, rerank_ks=(16,), batch_size: int = 16,
-                     progress: Callable[[int, int], None] | None = None) -> dict:
+def rerank_benchmark(ds: CaptionDataset, encoder, reranker, rerank_ks=(DEFAULT_RERANK_K,),
+                     batch_size: int = 16, progress: Callable[[int, int], None] | None = None) -> dict:
     """Recall@1/5/10 of a bundled dual encoder (lite, base) alone and with its top-K reranked by a fusion model
     (its own: `xmodal bench recall --rerank` passes `towers.bundled_reranker(model)`).
 

@@ -26,7 +26,8 @@ class TunedHead(torch.nn.Module):
         super().__init__()
         self.conv = copy.deepcopy(tower._conv_head)
         self.bn = copy.deepcopy(tower._bn1)
-        self.reference = [p.detach().clone() for p in self.trainable()]  # w0 of the L2-SP penalty
+        for i, p in enumerate(self.trainable()):  # w0 of the L2-SP penalty (moves with the module, not saved)
+            self.register_buffer(f"reference{i}", p.detach().clone(), persistent=False)
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [self.conv.weight, self.bn.weight, self.bn.bias]
@@ -41,7 +42,7 @@ class TunedHead(torch.nn.Module):
 
     def sp_penalty(self) -> torch.Tensor:
         """sum ||w - w0||^2 over the trainable weights."""
-        return sum(((p - r) ** 2).sum() for p, r in zip(self.trainable(), self.reference))
+        return sum(((p - getattr(self, f"reference{i}")) ** 2).sum() for i, p in enumerate(self.trainable()))
 
 
 def tuned_maps(head: TunedHead, trunk: np.ndarray | torch.Tensor, rows) -> torch.Tensor:
