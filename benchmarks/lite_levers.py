@@ -120,7 +120,10 @@ NOTES = {
             "was not run. Base's image side, seed 0: the image tower's head conv (352 -> 1280, 0.45M weights) trained "
             "with the heads (tune_head, L2-SP toward ImageNet's weights): at lr x 0.1 with sp 0.01 29.16 / 33.70 "
             "(+0.08 / +0.50; train loss 1.25 against 1.31), at lr x 1 with sp 0.001 28.84 / 33.70 (-0.24 / +0.50; "
-            "train loss 1.14): within a seed's spread, and the more it fits train the less dev follows",
+            "train loss 1.14): within a seed's spread, and the more it fits train the less dev follows. Base's heads "
+            "trained with photos at 320 px instead of 260 (size=320, seed 0): 31.06 / 35.80 (+1.98 / +2.60; the 260-px "
+            "heads given 320-px photos: 30.32 / 34.60, benchmarks/base_resolution.json), for 43% of lite's indexing "
+            "speed instead of 55% (benchmarks/base_resolution_index.json)",
     "selection": "every run keeps the epoch with the best dev t2i + i2t R@1 (the shipped rule); HN-NCE's gain is in "
                  "i2t, so selection favours i2t-strong epochs",
 }
