@@ -32,7 +32,6 @@ from xmodal.indexer.storage.library import Library
 from xmodal.indexer.records import ImageRecord, SearchHit
 from xmodal.indexer.storage.text_tokens import TextTokenStore
 
-from xmodal.engine.rerank import DEFAULT_RERANK_K  # noqa: F401 (re-exported)
 from xmodal.engine.rerank.banks import TextTokens
 from xmodal.engine.rerank.scoring import fuse
 

@@ -45,11 +45,10 @@ class TunedHead(torch.nn.Module):
         return sum(((p - getattr(self, f"reference{i}")) ** 2).sum() for i, p in enumerate(self.trainable()))
 
 
-def tuned_maps(head: TunedHead, trunk: np.ndarray | torch.Tensor, rows) -> torch.Tensor:
-    """The batch's (B, 1280, h, w) float32 maps through the tuned head (with gradients)."""
-    x = torch.from_numpy(np.asarray(trunk[np.asarray(rows)], np.float32)) if isinstance(trunk, np.ndarray) \
-        else trunk[rows].float()
-    return head(x)
+def tuned_maps(head: TunedHead, trunk: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """The cached (N, trunk_width, h, w) trunk's `rows` -> (B, 1280, h, w) float32 maps through the tuned head
+    (with gradients)."""
+    return head(torch.from_numpy(np.asarray(trunk[rows], np.float32)))
 
 
 @torch.no_grad()

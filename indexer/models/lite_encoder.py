@@ -72,7 +72,7 @@ class LiteEncoder:
         trials = {k: cfg[k] for k, plain in TRIAL_OPTIONS.items() if cfg.get(k, plain) != plain}
         if trials:
             raise ModelUnavailable(f"{checkpoint}: heads trained with a training trial ({trials}) the encoder does not "
-                                   f"run (it mean-pools one text tower's states); train them again without it")
+                                   f"run (it runs the locked towers and mean-pools one text tower's states); train them again without it")
         self.name = name
         self.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
                                         for k, v in ck["preprocess"].items()})
