@@ -84,3 +84,22 @@ def vectors_by_path(library: Path) -> dict[str, np.ndarray]:
         paths = {r.id: r.path for r in lib.store.get_images(ids.tolist())}
         vectors = lib.vector_index("images").reconstruct(ids)
         return {paths[int(i)]: v for i, v in zip(ids, vectors)}
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A Flickr8k-style folder drawn at test time (images/, captions.txt, splits/): two one-colour photos per colour
+    (8 x 2), two captions each; variant 0 of each colour is train, variant 1 dev. For `xmodal train ...` end to end."""
+    root = tmp_path_factory.mktemp("tiny")
+    rows, names = ["image,caption"], []
+    for i, colour in enumerate(COLOURS):
+        for variant in range(2):
+            name = f"{colour}{variant}.jpg"
+            draw(root / "images" / name, colour, size=(96 + 8 * variant, 96))
+            names.append(name)
+            rows += [f"{name},a {colour} picture", f'{name},"plain {colour}, nothing else"']
+    (root / "captions.txt").write_text("\n".join(rows) + "\n")
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("\n".join(n for n in names if n[-5] == "0") + "\n")
+    (root / "splits" / "dev.txt").write_text("\n".join(n for n in names if n[-5] == "1") + "\n")
+    return root

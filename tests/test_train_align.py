@@ -9,28 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import COLOURS, draw
 from xmodal.engine.cli.main import cli
 from xmodal.indexer.models.lite_encoder import LiteEncoder
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    rows, names = ["image,caption"], []
-    for i, colour in enumerate(COLOURS):
-        for variant in range(2):
-            name = f"{colour}{variant}.jpg"
-            draw(root / "images" / name, colour, size=(96 + 8 * variant, 96))
-            names.append(name)
-            rows += [f"{name},a {colour} picture", f'{name},"plain {colour}, nothing else"']
-    (root / "captions.txt").write_text("\n".join(rows) + "\n")
-    (root / "splits").mkdir()
-    (root / "splits" / "train.txt").write_text("\n".join(n for n in names if n[-5] == "0") + "\n")
-    (root / "splits" / "dev.txt").write_text("\n".join(n for n in names if n[-5] == "1") + "\n")
-    return root
 
 
 def _train(root: Path, out: Path, cache: Path) -> dict:

@@ -118,7 +118,7 @@ def rerank_eval(model, tokens: TokenCache, patches: torch.Tensor, sim: np.ndarra
         expansion = expansion[captions] if expansion is not None else None
     else:
         tok_ids = np.arange(len(ci))
-    kmax = max(ks)
+    kmax = min(max(ks), sim.shape[1], len(ci))  # a K beyond the candidates there are reranks them all
     top_ti = np.argsort(-sim, axis=1, kind="stable")[:, :kmax]  # (n_cap, kmax)
     sim_it = np.ascontiguousarray(sim.T)
     top_it = np.argsort(-sim_it, axis=1, kind="stable")[:, :kmax]  # (n_img, kmax)
@@ -179,7 +179,7 @@ def _r1(rep: dict) -> float:
 
 @dataclass
 class RerankData:
-    tokens: TokenCache
+    tokens: TokenCache | None  # None: not loaded (train's, in a refit)
     patches: torch.Tensor  # (N_img, 49, Cp) float16
     caption_image: np.ndarray  # (N_cap,)
     neg_img: np.ndarray | None = None  # (N_cap, k) hard-negative images per caption
@@ -335,11 +335,13 @@ def bundled_spec(model: str):
 
 
 def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tuple | None = None,
-            heads: Path | None = None) -> tuple[RerankData, RerankData, tuple, dict | None]:
+            heads: Path | None = None, train_tokens: bool = True) -> tuple[RerankData, RerankData, tuple, dict | None]:
     """Caches -> train and dev RerankData (patch tokens, token states, neighbours, dev similarities, hubness
     priors and exemplar expansions), the patch PCA (fitted on train unless given) and the hubness bank with
     its exemplars (None without cfg.hub). The towers, input size and dual heads (for mining, the banks and
-    dev's first stage) are cfg.model's; `heads` replaces its bundled heads checkpoint."""
+    dev's first stage) are cfg.model's; `heads` replaces its bundled heads checkpoint. train_tokens=False
+    leaves train's token states out (None): a refit never reads them, and on a new machine they cost the
+    text tower a pass over every train caption (base: about half an hour on 2 cores)."""
     from xmodal.engine.training.align import default_cache_dir, patch_maps
     from xmodal.engine.training.features import build_cache
     from xmodal.engine.eval.datasets import load_captions_csv
@@ -356,14 +358,17 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tupl
         ds = load_captions_csv(data_dir, data_dir / "splits" / f"{split}.txt")
         ds.name = f"{data_dir.name}-{split}"
         fc = build_cache(ds, cache_dir, Preprocess(size=spec.size), towers=(spec.image_tower, spec.text_tower))
-        tokens = cache_tokens(list(ds.captions), ds.name, cache_dir, spec.text_tower)
+        tokens = (cache_tokens(list(ds.captions), ds.name, cache_dir, spec.text_tower)
+                  if split == "dev" or train_tokens else None)
         maps = patch_maps(fc.trunk, image_tower=spec.image_tower)  # (N, 1280, H, W) f16
         img, txt = dual_embeddings(dual, maps, fc.text)
         if split == "train" and cfg.patch_dim and pca is None:
             cfg.patch_dim = fitting_patch_dim(cfg.patch_dim, maps.shape[2] * maps.shape[3])
             pca = fit_pca(_sample_tokens(maps, 1500, cfg.seed), cfg.patch_dim, seed=cfg.seed)
         patches = to_patch_tokens(maps, *(pca if pca else (None, None)))
-        cfg.patches, cfg.text_dim = int(patches.shape[1]), int(tokens.states.shape[1])
+        cfg.patches = int(patches.shape[1])
+        if tokens is not None:
+            cfg.text_dim = int(tokens.states.shape[1])
         del maps
         d = RerankData(tokens, patches, np.asarray(fc.caption_image, np.int64))
         if split == "train":
@@ -411,7 +416,7 @@ def run_rerank(data_dir: Path, out: Path | None = None, cache_dir: Path | None =
         cfg = RerankConfig(seed=seed, model=model, **overrides)
         if epochs is not None:
             cfg.epochs = epochs
-    train, dev, pca, bank = prepare(data_dir, cache_dir, cfg, pca=pca, heads=heads)
+    train, dev, pca, bank = prepare(data_dir, cache_dir, cfg, pca=pca, heads=heads, train_tokens=not refit)
     t_train = time.time()
     if not refit:
         state, _ = train_rerank(train, dev, cfg)
