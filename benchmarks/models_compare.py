@@ -2,11 +2,14 @@
 
     .venv/bin/python benchmarks/models_compare.py                 # both models, 1,000 dev photos
     .venv/bin/python benchmarks/models_compare.py --photos 200 --runs 3 --no-write   # quick look
+    .venv/bin/python benchmarks/models_compare.py --out benchmarks/models_compare_interleaved.json
 
 For each model, in a temporary folder:
 * `xmodal index` of the first N Flickr8k dev photos (500 x 375 JPEGs, as the dataset ships them) into a
   fresh library, timed end to end as a new process (model load included), and again as the median of
-  `--runs` further runs into fresh libraries: images/s;
+  `--runs` further runs into fresh libraries, the models taking turns in each round: images/s, and the
+  pipeline's own images/s (its JSON report's seconds: start-up and model load left out, what a large
+  collection sees); base's ratios to lite are medians of the per-round ratios;
 * disk per photo: the library folder's bytes (vectors, patch tokens, SQLite, FAISS) over N;
 * a text query: cold, `xmodal search QUERY --json` as a fresh process (median of `--runs`, after one
   unmeasured run), and warm, `SearchEngine.search_text` in one process with the model's own reranker (median
@@ -54,22 +57,42 @@ def link_photos(work: Path, n: int) -> Path:
     return photos
 
 
-def index_runs(model: str, photos: Path, work: Path, n: int, runs: int) -> tuple[dict, Path]:
-    """Index `photos` 1 + runs times into fresh libraries -> (figures, the first library)."""
-    walls = []
+def index_run(model: str, photos: Path, lib: Path, n: int) -> tuple[float, float]:
+    """`xmodal index` of `photos` into a fresh library as a new process -> (wall seconds, the pipeline's own
+    seconds from its JSON report: start-up and model load left out)."""
+    wall, rss, out = timed([XMODAL, "index", str(photos), "--library", str(lib), "--model", model, "--json"])
+    report = json.loads(out)
+    if report.get("indexed") != n:
+        raise SystemExit(f"{model}: indexed {report.get('indexed')} of {n} photos")
+    print(f"{model} index: {wall:.1f}s wall, {report['seconds']:.1f}s pipeline", file=sys.stderr)
+    return wall, float(report["seconds"])
+
+
+def index_rounds(models: list[str], photos: Path, work: Path, n: int, runs: int) -> dict:
+    """Each model indexes `photos` 1 + runs times into fresh libraries, the models taking turns in every round
+    (a machine that slows down mid-run slows them alike) -> {model: figures}; the first round is the cold one,
+    the medians are over the others. With lite among the models, each figure's ratio to lite's is also the
+    median of the per-round ratios."""
+    walls = {m: [] for m in models}
+    pipes = {m: [] for m in models}
     for r in range(1 + runs):
-        lib = work / f"lib-{model}-{r}"
-        wall, rss, out = timed([XMODAL, "index", str(photos), "--library", str(lib), "--model", model, "--json"])
-        report = json.loads(out)
-        if report.get("indexed") != n:
-            raise SystemExit(f"{model}: indexed {report.get('indexed')} of {n} photos")
-        walls.append(wall)
-        print(f"{model} index run {r}: {wall:.1f}s", file=sys.stderr)
-    median = statistics.median(walls[1:] or walls)
-    first = work / f"lib-{model}-0"
-    return {"first_run_s": round(walls[0], 1), "median_s": round(median, 1),
-            "images_per_s": round(n / median, 1), "runs": len(walls) - 1,
-            "disk_bytes_per_photo": round(folder_bytes(first) / n)}, first
+        for model in models:
+            wall, pipe = index_run(model, photos, work / f"lib-{model}-{r}", n)
+            walls[model].append(wall)
+            pipes[model].append(pipe)
+    out = {}
+    for model in models:
+        wall, pipe = (statistics.median(v[1:] or v) for v in (walls[model], pipes[model]))
+        out[model] = {"first_run_s": round(walls[model][0], 1), "median_s": round(wall, 1),
+                      "images_per_s": round(n / wall, 1), "pipeline_images_per_s": round(n / pipe, 1),
+                      "runs": len(walls[model]) - 1, "walls_s": [round(w, 2) for w in walls[model]],
+                      "pipelines_s": [round(p, 2) for p in pipes[model]],
+                      "disk_bytes_per_photo": round(folder_bytes(work / f"lib-{model}-0") / n)}
+        if "lite" in models and model != "lite":
+            for key, series in (("of_lite", walls), ("pipeline_of_lite", pipes)):
+                rounds = [a / b for a, b in zip(series["lite"], series[model])][1:] or [series["lite"][0] / series[model][0]]
+                out[model][key] = round(statistics.median(rounds), 3)
+    return out
 
 
 def warm_queries(lib: Path, model: str, captions: list[str]) -> dict:
@@ -126,6 +149,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--models", default="lite,base")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--out", type=Path, default=OUT, help="where the results go (default benchmarks/models_compare.json)")
     args = ap.parse_args()
     captions = []
     wanted = dev_photos(args.photos)
@@ -139,8 +163,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         photos = link_photos(work, args.photos)
-        for model in args.models.split(","):
-            idx, lib = index_runs(model, photos, work, args.photos, args.runs)
+        models = args.models.split(",")
+        indexing = index_rounds(models, photos, work, args.photos, args.runs)
+        for model in models:
+            idx, lib = indexing[model], work / f"lib-{model}-0"
             cold = measure(f"{model} cold search", [XMODAL, "search", QUERY, "--library", str(lib), "--json"],
                            args.runs, child_env())
             result["models"][model] = {"index": idx, "cold_search": cold, "warm_search": warm_queries(lib, model, captions),
@@ -150,7 +176,7 @@ def main() -> None:
     result["load_end"] = os.getloadavg()[0]
     print(json.dumps(result, indent=1))
     if not args.no_write:
-        OUT.write_text(json.dumps(result, indent=1) + "\n")
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
