@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from xmodal.engine.cli.main import cli
+from xmodal.indexer.resources import data_file
 
 pytestmark = pytest.mark.slow
 
@@ -45,3 +46,24 @@ def test_a_refit_keeps_the_weights_and_never_computes_train_token_states(tiny_da
     after = torch.load(out, weights_only=True)
     assert after["state"].keys() == before["state"].keys()
     assert all(torch.equal(after["state"][k], before["state"][k]) for k in before["state"])
+
+
+def test_the_photos_go_in_at_the_size_the_heads_checkpoint_names(tiny_dataset, tmp_path):
+    """A refit onto heads whose checkpoint says 200 px embeds the photos at 200 px (new features cached), as the
+    encoder will index them with those heads, not at the model's default 224; 256 px (an 8 x 8 patch map) is
+    refused in one line, since the matcher was trained on 7 x 7 tokens."""
+    out, cache = tmp_path / "r.pt", tmp_path / "cache"
+    _rerank(tiny_dataset, out, cache, "--epochs", "1")
+    assert len(list(cache.glob("trunk-*-dev-*"))) == 1
+    for size in (200, 256):
+        heads = torch.load(data_file("lite-align.pt"), map_location="cpu", weights_only=False)
+        heads["preprocess"]["size"] = size
+        torch.save(heads, tmp_path / f"heads-{size}.pt")
+
+    _rerank(tiny_dataset, out, cache, "--refit", "--heads", str(tmp_path / "heads-200.pt"))
+    assert len(list(cache.glob("trunk-*-dev-*"))) == 2  # the photos again, at 200 px
+
+    result = CliRunner().invoke(cli, ["train", "rerank", "--data", str(tiny_dataset), "--out", str(out), "--cache-dir",
+                                      str(cache), "--refit", "--heads", str(tmp_path / "heads-256.pt")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Error: photos at 256 px give 64 patch tokens, but this reranker was trained on 49" in result.output

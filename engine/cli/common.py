@@ -24,9 +24,10 @@ def _domain_errors() -> tuple[type[Exception], ...]:
 
     from xmodal.engine.eval.bench import BenchError
     from xmodal.engine.search.engine import SearchError
+    from xmodal.engine.training import TrainingError
 
     return (DatasetError, ModelUnavailable, LibraryError, StoreError, TextCorpusError, VectorIndexError,
-            BenchError, SearchError, FileNotFoundError, OcrUnavailable)
+            BenchError, SearchError, FileNotFoundError, OcrUnavailable, TrainingError)
 
 
 @contextmanager

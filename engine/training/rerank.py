@@ -41,6 +41,7 @@ from xmodal.engine.rerank.lite import build_matcher
 from xmodal.engine.eval.recall import i2t_ranks, recall_at_k, t2i_ranks
 from xmodal.engine.rerank.scoring import fuse, hub_prior, reranked_matrix
 from xmodal.engine.training.checkpoint import write_checkpoint
+from xmodal.engine.training import TrainingError
 from xmodal.engine.training.rerank_data import (HUB_BANK_TEXTS, TokenCache, _sample_tokens, cache_tokens,  # noqa: F401
                                          dual_embeddings, exemplar_bank, expansion_matrix, fit_pca, hub_bank, mine,
                                          score_pairs,
@@ -338,26 +339,27 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tupl
             heads: Path | None = None, train_tokens: bool = True) -> tuple[RerankData, RerankData, tuple, dict | None]:
     """Caches -> train and dev RerankData (patch tokens, token states, neighbours, dev similarities, hubness
     priors and exemplar expansions), the patch PCA (fitted on train unless given) and the hubness bank with
-    its exemplars (None without cfg.hub). The towers, input size and dual heads (for mining, the banks and
-    dev's first stage) are cfg.model's; `heads` replaces its bundled heads checkpoint. train_tokens=False
+    its exemplars (None without cfg.hub). The towers and dual heads (for mining, the banks and dev's first
+    stage) are cfg.model's; `heads` replaces its bundled heads checkpoint, and the photos go in at the size
+    the heads' checkpoint names (its preprocessing), as the encoder will index them. train_tokens=False
     leaves train's token states out (None): a refit never reads them, and on a new machine they cost the
     text tower a pass over every train caption (base: about half an hour on 2 cores)."""
     from xmodal.engine.training.align import default_cache_dir, patch_maps
     from xmodal.engine.training.features import build_cache
     from xmodal.engine.eval.datasets import load_captions_csv
-    from xmodal.indexer.models.base import Preprocess
     from xmodal.indexer.models.lite_encoder import LiteEncoder
 
     spec = bundled_spec(cfg.model)
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    dual = LiteEncoder(Path(heads) if heads else data_file(spec.heads), name=spec.name, extra=spec.extra).model
+    encoder = LiteEncoder(Path(heads) if heads else data_file(spec.heads), name=spec.name, extra=spec.extra)
+    dual, pre = encoder.model, encoder.preprocess  # the heads' own input size, which their checkpoint carries
     out, bank = {}, None
     for split in ("train", "dev"):
         t0 = time.time()
         ds = load_captions_csv(data_dir, data_dir / "splits" / f"{split}.txt")
         ds.name = f"{data_dir.name}-{split}"
-        fc = build_cache(ds, cache_dir, Preprocess(size=spec.size), towers=(spec.image_tower, spec.text_tower))
+        fc = build_cache(ds, cache_dir, pre, towers=(spec.image_tower, spec.text_tower))
         tokens = (cache_tokens(list(ds.captions), ds.name, cache_dir, spec.text_tower)
                   if split == "dev" or train_tokens else None)
         maps = patch_maps(fc.trunk, image_tower=spec.image_tower)  # (N, 1280, H, W) f16
@@ -366,6 +368,10 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tupl
             cfg.patch_dim = fitting_patch_dim(cfg.patch_dim, maps.shape[2] * maps.shape[3])
             pca = fit_pca(_sample_tokens(maps, 1500, cfg.seed), cfg.patch_dim, seed=cfg.seed)
         patches = to_patch_tokens(maps, *(pca if pca else (None, None)))
+        if pca is not None and cfg.patches and int(patches.shape[1]) != cfg.patches:  # a refit's matcher
+            raise TrainingError(f"photos at {pre.size} px give {patches.shape[1]} patch tokens, but this reranker was "
+                             f"trained on {cfg.patches}: refit it onto heads whose input size gives the same patch "
+                             "grid (the size / 32, rounded up), or train a new reranker on them")
         cfg.patches = int(patches.shape[1])
         if tokens is not None:
             cfg.text_dim = int(tokens.states.shape[1])
@@ -408,7 +414,7 @@ def run_rerank(data_dir: Path, out: Path | None = None, cache_dir: Path | None =
         known = {f for f in RerankConfig.__dataclass_fields__ if f != "history"}
         cfg = RerankConfig(**{k: v for k, v in ck["config"].items() if k in known})
         if cfg.model != model:
-            raise ValueError(f"{out} is {cfg.model}'s reranker; refit it with --model {cfg.model}")
+            raise TrainingError(f"{out} is {cfg.model}'s reranker; refit it with --model {cfg.model}")
         cfg.history = list(ck.get("history") or [])
         pca = None if ck.get("pca") is None else (ck["pca"]["mean"].float(), ck["pca"]["proj"].float())
         state = {k: v.float() for k, v in ck["state"].items()}

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from xmodal.engine.rerank.scoring import exemplar_expansion, pack_keys, unpack_keys
+from xmodal.engine.training import TrainingError
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def topk_neighbours(sim_fn, n_rows: int, k: int, exclude, chunk: int = 1000) -> 
         blocks.append((sim, int(sim.shape[1] - mask.sum(axis=1).max(initial=0))))
     k_eff = min([k] + [left for _, left in blocks])
     if blocks and k_eff < 1:
-        raise ValueError(f"no neighbour left to mine: {blocks[0][0].shape[1]} candidates, all excluded for some "
+        raise TrainingError(f"no neighbour left to mine: {blocks[0][0].shape[1]} candidates, all excluded for some "
                          "row; the train split needs at least two photos")
     return np.concatenate([sim.topk(k_eff, dim=1).indices.numpy() for sim, _ in blocks])
 
