@@ -51,7 +51,8 @@ def test_a_refit_keeps_the_weights_and_never_computes_train_token_states(tiny_da
 def test_the_photos_go_in_at_the_size_the_heads_checkpoint_names(tiny_dataset, tmp_path):
     """A refit onto heads whose checkpoint says 200 px embeds the photos at 200 px (new features cached), as the
     encoder will index them with those heads, not at the model's default 224; 256 px (an 8 x 8 patch map) is
-    refused in one line, since the matcher was trained on 7 x 7 tokens."""
+    refused in one line for a refit, since the matcher was trained on 7 x 7 tokens, while a new reranker trains on
+    the 8 x 8 tokens those heads give."""
     out, cache = tmp_path / "r.pt", tmp_path / "cache"
     _rerank(tiny_dataset, out, cache, "--epochs", "1")
     assert len(list(cache.glob("trunk-*-dev-*"))) == 1
@@ -62,6 +63,10 @@ def test_the_photos_go_in_at_the_size_the_heads_checkpoint_names(tiny_dataset, t
 
     _rerank(tiny_dataset, out, cache, "--refit", "--heads", str(tmp_path / "heads-200.pt"))
     assert len(list(cache.glob("trunk-*-dev-*"))) == 2  # the photos again, at 200 px
+
+    fresh = tmp_path / "r256.pt"  # a new reranker on 256-px heads trains on their 8 x 8 tokens
+    _rerank(tiny_dataset, fresh, cache, "--epochs", "1", "--heads", str(tmp_path / "heads-256.pt"))
+    assert torch.load(fresh, weights_only=True)["config"]["patches"] == 64
 
     result = CliRunner().invoke(cli, ["train", "rerank", "--data", str(tiny_dataset), "--out", str(out), "--cache-dir",
                                       str(cache), "--refit", "--heads", str(tmp_path / "heads-256.pt")])

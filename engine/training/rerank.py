@@ -336,14 +336,16 @@ def bundled_spec(model: str):
 
 
 def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tuple | None = None,
-            heads: Path | None = None, train_tokens: bool = True) -> tuple[RerankData, RerankData, tuple, dict | None]:
+            heads: Path | None = None, train_tokens: bool = True,
+            patches_of: int | None = None) -> tuple[RerankData, RerankData, tuple, dict | None]:
     """Caches -> train and dev RerankData (patch tokens, token states, neighbours, dev similarities, hubness
     priors and exemplar expansions), the patch PCA (fitted on train unless given) and the hubness bank with
     its exemplars (None without cfg.hub). The towers and dual heads (for mining, the banks and dev's first
     stage) are cfg.model's; `heads` replaces its bundled heads checkpoint, and the photos go in at the size
     the heads' checkpoint names (its preprocessing), as the encoder will index them. train_tokens=False
     leaves train's token states out (None): a refit never reads them, and on a new machine they cost the
-    text tower a pass over every train caption (base: about half an hour on 2 cores)."""
+    text tower a pass over every train caption (base: about half an hour on 2 cores). patches_of: the patch
+    tokens per photo of the matcher being refitted (TrainingError when the heads' size gives another count)."""
     from xmodal.engine.training.align import default_cache_dir, patch_maps
     from xmodal.engine.training.features import build_cache
     from xmodal.engine.eval.datasets import load_captions_csv
@@ -368,10 +370,10 @@ def prepare(data_dir: Path, cache_dir: Path | None, cfg: RerankConfig, pca: tupl
             cfg.patch_dim = fitting_patch_dim(cfg.patch_dim, maps.shape[2] * maps.shape[3])
             pca = fit_pca(_sample_tokens(maps, 1500, cfg.seed), cfg.patch_dim, seed=cfg.seed)
         patches = to_patch_tokens(maps, *(pca if pca else (None, None)))
-        if pca is not None and cfg.patches and int(patches.shape[1]) != cfg.patches:  # a refit's matcher
+        if patches_of is not None and int(patches.shape[1]) != patches_of:
             raise TrainingError(f"photos at {pre.size} px give {patches.shape[1]} patch tokens, but this reranker was "
-                             f"trained on {cfg.patches}: refit it onto heads whose input size gives the same patch "
-                             "grid (the size / 32, rounded up), or train a new reranker on them")
+                                f"trained on {patches_of}: refit it onto heads whose input size gives the same patch "
+                                "grid (the size / 32, rounded up), or train a new reranker on them")
         cfg.patches = int(patches.shape[1])
         if tokens is not None:
             cfg.text_dim = int(tokens.states.shape[1])
@@ -422,7 +424,8 @@ def run_rerank(data_dir: Path, out: Path | None = None, cache_dir: Path | None =
         cfg = RerankConfig(seed=seed, model=model, **overrides)
         if epochs is not None:
             cfg.epochs = epochs
-    train, dev, pca, bank = prepare(data_dir, cache_dir, cfg, pca=pca, heads=heads, train_tokens=not refit)
+    train, dev, pca, bank = prepare(data_dir, cache_dir, cfg, pca=pca, heads=heads, train_tokens=not refit,
+                                    patches_of=cfg.patches if refit else None)
     t_train = time.time()
     if not refit:
         state, _ = train_rerank(train, dev, cfg)
