@@ -60,7 +60,7 @@ def link_photos(work: Path, n: int) -> Path:
 def index_run(model: str, photos: Path, lib: Path, n: int) -> tuple[float, float]:
     """`xmodal index` of `photos` into a fresh library as a new process -> (wall seconds, the pipeline's own
     seconds from its JSON report: start-up and model load left out)."""
-    wall, rss, out = timed([XMODAL, "index", str(photos), "--library", str(lib), "--model", model, "--json"])
+    wall, _, out = timed([XMODAL, "index", str(photos), "--library", str(lib), "--model", model, "--json"])
     report = json.loads(out)
     if report.get("indexed") != n:
         raise SystemExit(f"{model}: indexed {report.get('indexed')} of {n} photos")

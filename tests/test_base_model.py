@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import COLOURS, SAMPLES, draw
+from conftest import COLOURS, SAMPLES
 from xmodal.indexer.models import towers
 from xmodal.indexer.models.base import ModelUnavailable, Preprocess
 from xmodal.indexer.models.mpnet import relative_position_bucket
@@ -97,23 +97,6 @@ def test_mpnet_matches_the_sentence_transformers_recipe():
         ours = torch.nn.functional.normalize(mean_pool(model(ids, mask), mask), dim=-1).numpy()
     reference = st.SentenceTransformer(str(mpnet_path()), device="cpu").encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(ours, reference, atol=1e-5)
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    rows, names = ["image,caption"], []
-    for i, colour in enumerate(COLOURS):
-        for variant in range(2):
-            name = f"{colour}{variant}.jpg"
-            draw(root / "images" / name, colour, size=(96 + 8 * variant, 96))
-            names.append(name)
-            rows += [f"{name},a {colour} picture", f'{name},"plain {colour}, nothing else"']
-    (root / "captions.txt").write_text("\n".join(rows) + "\n")
-    (root / "splits").mkdir()
-    (root / "splits" / "train.txt").write_text("\n".join(n for n in names if n[-5] == "0") + "\n")
-    (root / "splits" / "dev.txt").write_text("\n".join(n for n in names if n[-5] == "1") + "\n")
-    return root
 
 
 @pytest.mark.slow

@@ -147,19 +147,22 @@ def to_patch_tokens(maps: torch.Tensor, mean: torch.Tensor | None, proj: torch.T
 def topk_neighbours(sim_fn, n_rows: int, k: int, exclude, chunk: int = 1000) -> np.ndarray:
     """(n_rows, k') column indices of each row's top-k by sim_fn(rows) -> (B, n_cols), excluding
     exclude(rows) -> boolean (B, n_cols). k' = k, or fewer where a row has fewer columns left than k (a
-    small dataset): an excluded column is never returned. ValueError when some row has none left."""
-    blocks = []
-    for s in range(0, n_rows, chunk):
+    small dataset): an excluded column is never returned. TrainingError when some row has none left."""
+    starts = range(0, n_rows, chunk)
+    if not starts:
+        return np.zeros((0, k), np.int64)
+    masks = (exclude(np.arange(s, min(n_rows, s + chunk))) for s in starts)  # boolean only: cheap, one chunk at a time
+    left = min(int(m.shape[1] - m.sum(axis=1).max(initial=0)) for m in masks)
+    if left < 1:
+        raise TrainingError("no neighbour left to mine: every candidate is excluded for some row; the train "
+                            "split needs at least two photos")
+    out = []
+    for s in starts:
         rows = np.arange(s, min(n_rows, s + chunk))
         sim = sim_fn(rows).clone()
-        mask = exclude(rows)
-        sim[torch.from_numpy(mask)] = -math.inf
-        blocks.append((sim, int(sim.shape[1] - mask.sum(axis=1).max(initial=0))))
-    k_eff = min([k] + [left for _, left in blocks])
-    if blocks and k_eff < 1:
-        raise TrainingError(f"no neighbour left to mine: {blocks[0][0].shape[1]} candidates, all excluded for some "
-                         "row; the train split needs at least two photos")
-    return np.concatenate([sim.topk(k_eff, dim=1).indices.numpy() for sim, _ in blocks])
+        sim[torch.from_numpy(exclude(rows))] = -math.inf
+        out.append(sim.topk(min(k, left), dim=1).indices.numpy())
+    return np.concatenate(out)
 
 
 @torch.inference_mode()
