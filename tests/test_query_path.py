@@ -69,6 +69,16 @@ def _at_model_size(paths, size=224):
     return [Image.open(p).convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for p in paths]
 
 
+def test_the_query_encoder_and_the_indexer_name_the_same_weights_revision(onnx_encoder, lite_library):
+    """A search compares the library's recorded revision with its query encoder's (indexer.storage.revision):
+    the ONNX query path must name the revision the torch indexer recorded, or every lite library is refused."""
+    from xmodal.indexer.storage.revision import recorded_revision
+
+    assert onnx_encoder.revision == get_encoder("lite").revision and len(onnx_encoder.revision) == 16
+    with Library(lite_library) as lib:
+        assert recorded_revision(lib) == onnx_encoder.revision
+
+
 def test_the_onnx_text_path_gives_the_torch_embeddings_and_token_states(onnx_encoder):
     torch_enc = get_encoder("lite")
     np.testing.assert_allclose(onnx_encoder.encode_texts(TEXTS), torch_enc.encode_texts(TEXTS), atol=1e-4)

@@ -25,7 +25,11 @@ def info(library, as_json):
         emit(data)
         return
     click.echo(f"library   {data['library']}")
-    click.echo(f"model     {data['model']} ({data['dim']} dims)")
+    revision = f", weights {data['revision']}" if data["revision"] else ""
+    click.echo(f"model     {data['model']} ({data['dim']} dims{revision})")
+    if any(data["stale"].values()):
+        click.echo(f"stale     {data['stale']['images']} photos, {data['stale']['texts']} texts still carry vectors "
+                   "from the model's earlier weights: `xmodal index` embeds them again")
     click.echo(f"images    {data['images']}")
     click.echo(f"ocr       {'on' if data['ocr']['on'] else 'off'}, {data['ocr']['photos_read']} photos read")
     click.echo(f"captions  {data['captions']['photos']} photos have captions from a text corpus")

@@ -23,6 +23,7 @@ from xmodal.indexer.models.base import Encoder, ModelUnavailable
 from xmodal.indexer.models.encoders import get_query_encoder
 from xmodal.indexer.models.towers import bundled_reranker
 from xmodal.indexer.storage.library import Library, LibraryError
+from xmodal.indexer.storage.revision import encoder_revision, recorded_revision, search_problem, stale_counts
 from xmodal.indexer.records import ImageRecord, SearchHit
 from xmodal.indexer.storage.store import StoreError
 
@@ -82,8 +83,21 @@ class SearchEngine:
         if self._encoder is None:
             with self._lock:
                 if self._encoder is None:
-                    self._encoder = get_query_encoder(self.model_name)
+                    encoder = get_query_encoder(self.model_name)
+                    self._check_weights(encoder)
+                    self._encoder = encoder
         return self._encoder
+
+    def _check_weights(self, encoder: Encoder) -> None:
+        """Refuse a library whose vectors come from other weights of its model (indexer.storage.revision);
+        warn while a re-embedding for these weights is unfinished."""
+        problem = search_problem(self.library, encoder_revision(encoder))
+        if problem:
+            raise SearchError(problem)
+        stale = stale_counts(self.library)["images"]  # reads no ids unless a re-embedding is unfinished
+        if stale:
+            logger.warning("%s: %d photos still carry vectors from the model's earlier weights and rank "
+                           "unreliably until `xmodal index` embeds them again", self.library.root, stale)
 
     @property
     def reranker(self) -> "RerankBackend | None":
@@ -470,6 +484,8 @@ def library_info(library: Library) -> dict:
         "images": store.count_images(),
         "texts": store.count_texts(),
         "model": library.model,
+        "revision": recorded_revision(library),  # of the weights its vectors come from (None: not recorded)
+        "stale": stale_counts(library),  # rows an unfinished re-embedding for new weights has still to redo
         "dim": store.get_meta("dim"),
         "schema_version": store.schema_version,
         "text_sources": store.text_sources(),

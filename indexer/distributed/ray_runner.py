@@ -31,11 +31,14 @@ from xmodal.indexer.distributed.merge import MergeState, merge_shard
 from xmodal.indexer.distributed.plan import SHARD_SIZE, cut, pending
 from xmodal.indexer.distributed.shards import ShardError, read_shard, shard_path, staged, staging_dir
 from xmodal.indexer.distributed.worker import PLUGINS_ENV
-from xmodal.indexer.ingest.pipeline import (BATCH_SIZE, CHECKPOINT_SECONDS, IndexReport, backfill_patches, plan)
+from xmodal.indexer.ingest.pipeline import (BATCH_SIZE, CHECKPOINT_SECONDS, IndexReport, backfill_patches,
+                                            catch_up_texts, plan)
+from xmodal.indexer.ingest.reembed import sync_weights
 from xmodal.indexer.models.base import Encoder
 from xmodal.indexer.models.device import batch_size_for
 from xmodal.indexer.storage.index_tuning import TUNING_QUERIES, needs_rebuild
 from xmodal.indexer.storage.library import Library, LibraryError
+from xmodal.indexer.storage.revision import stale_ids
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +205,9 @@ def _run(library, roots, encoder, address, workers, device, batch_size, shard_si
         if not report.roots:
             raise LibraryError(f"library {library.root} has no folders yet; give one: `xmodal index PATH`")
     library.reconcile()
-    unembedded = set(library.unembedded.get("images", np.empty(0)).tolist())
+    sync_weights(library, encoder)  # other weights made its vectors: the stale rows are embedded again
+    unembedded = (set(library.unembedded.get("images", np.empty(0)).tolist())
+                  | set(stale_ids(library, "images").tolist()))
     todo, changed, vanished = plan(library, report.roots, report, force=unembedded, verify=verify)
     state = MergeState(changed, unembedded, patch_store=patch_store)
     folder = staging_dir(library.root)
@@ -231,6 +236,8 @@ def _run(library, roots, encoder, address, workers, device, batch_size, shard_si
         elif grown:
             report.rebuilt = library.rebuild_index("images", grown, queries=encoder.encode_texts(TUNING_QUERIES))
     library.save("images")
+    if not report.interrupted:
+        catch_up_texts(library, encoder, report)
     if patch_store is not None and not report.interrupted:
         report.patched = backfill_patches(library, encoder, patches, batch_size, 2, should_stop, report)
 

@@ -25,9 +25,11 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from xmodal.indexer.ingest.decode import iter_decoded
+from xmodal.indexer.ingest.reembed import reembed_texts, sync_weights
 from xmodal.indexer.models.base import Encoder, decode_size
 from xmodal.indexer.storage.index_tuning import TUNING_QUERIES, needs_rebuild
 from xmodal.indexer.storage.library import Library, LibraryError, _under, write_failure
+from xmodal.indexer.storage.revision import finish_reembed, stale_ids
 from xmodal.indexer.models.patch_projector import PatchProjector
 from xmodal.indexer.records import DecodedImage, Skipped
 from xmodal.indexer.ingest.stages import LaneIds, ordered_map
@@ -62,6 +64,7 @@ class IndexReport:
     rebuilt: dict | None = None  # the library outgrew its index type: what it was rebuilt into
     patched: int = 0  # photos indexed earlier that got their reranker patch tokens this run
     ocr_read: int = 0  # photos whose text was read by OCR this run
+    texts_reembedded: int = 0  # texts embedded again because the model's weights changed (indexer.ingest.reembed)
 
     @property
     def indexed(self) -> int:
@@ -73,7 +76,8 @@ class IndexReport:
                 "unchanged": self.unchanged, "removed": self.removed,
                 "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
                 "interrupted": self.interrupted, "roots": self.roots, "rebuilt": self.rebuilt, "patched": self.patched,
-                "ocr_read": self.ocr_read, "seconds": round(self.seconds, 3)}
+                "ocr_read": self.ocr_read, "texts_reembedded": self.texts_reembedded,
+                "seconds": round(self.seconds, 3)}
 
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -276,7 +280,9 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
         if not report.roots:
             raise LibraryError(f"library {library.root} has no folders yet; give one: `xmodal index PATH`")
     library.reconcile()
-    unembedded = set(library.unembedded.get("images", np.empty(0)).tolist())
+    sync_weights(library, encoder)  # other weights made its vectors: the stale rows are embedded again below
+    unembedded = (set(library.unembedded.get("images", np.empty(0)).tolist())
+                  | set(stale_ids(library, "images").tolist()))
     todo, changed, vanished = plan(library, report.roots, report, force=unembedded, verify=verify)
     gone = set(vanished)
     claimed: set[int] = set()
@@ -298,9 +304,26 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
         if grown:  # the library outgrew its index type: rebuild from the stored vectors, no re-embedding
             report.rebuilt = library.rebuild_index("images", grown, queries=encoder.encode_texts(TUNING_QUERIES))
     library.save("images")
+    if not report.interrupted:
+        catch_up_texts(library, encoder, report)
     if patch_store is not None and not report.interrupted:
         report.patched = backfill_patches(library, encoder, patches, batch_size, workers, should_stop, report,
                                           verify=verify)
+
+
+def catch_up_texts(library: Library, encoder: Encoder, report: IndexReport | None = None) -> None:
+    """Embed again the texts whose vectors came from the model's earlier weights, and drop the re-embedding's
+    watermark once nothing stale is left (photos on an unplugged drive keep it)."""
+    stale = stale_ids(library, "texts")
+    if len(stale):
+        done = reembed_texts(library, encoder, stale.tolist())
+        library.save("texts")
+        if report is not None:
+            report.texts_reembedded += done
+    if not finish_reembed(library):
+        logger.warning("%s: %d photos still carry vectors from the model's earlier weights (their files are not "
+                       "there now); `xmodal index` embeds them when they are", library.root,
+                       len(stale_ids(library, "images")))
 
 
 def _write_jobs(library: Library, stream: Iterable[_Job], encoder: Encoder, patch_store, patches,
@@ -415,6 +438,8 @@ def index_texts(library: Library, path: str, encoder: Encoder, batch_size: int =
         try:
             library.bind_model(encoder.name, encoder.dim)
             library.reconcile()
+            if sync_weights(library, encoder) or len(stale_ids(library, "texts")):
+                catch_up_texts(library, encoder)  # the photos wait for `xmodal index` (it says so)
             if source in library.store.text_sources():
                 report.replaced = len(library.delete_texts_from_source(source))
             store = TextTokenStore(library.root) if tokens and hasattr(encoder, "encode_text_states") else None

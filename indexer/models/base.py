@@ -8,6 +8,8 @@ Implementations: `lite_encoder.LiteEncoder` (the bundled model) and `clip.HFClip
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence
@@ -49,6 +51,13 @@ class Preprocess:
             s = min(w, h)
             im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
         return resize_bicubic(im if im.mode == "RGB" else im.convert("RGB"), self.size)
+
+    def revision(self, checkpoint_sha256: str) -> str:
+        """The revision of the vectors a checkpoint (by its sha256) makes with this preprocessing: 16 hex
+        digits that change when either does (a library records it: indexer.storage.revision)."""
+        key = json.dumps([checkpoint_sha256, self.size, [float(x) for x in self.mean],
+                          [float(x) for x in self.std], self.resize])
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def array(self, images: Sequence[Image.Image]) -> np.ndarray:
         """RGB PIL images -> (B, size, size, 3) uint8, before normalisation."""

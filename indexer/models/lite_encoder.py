@@ -98,6 +98,11 @@ class LiteEncoder:
         self.device = torch.device("cpu")
 
     @property
+    def revision(self) -> str:
+        """Which weights and preprocessing make this encoder's vectors (`Preprocess.revision`)."""
+        return self.preprocess.revision(self._fingerprint)
+
+    @property
     def patches(self) -> int:
         """Patch tokens per photo: the image tower's final map (stride 32, TF-style SAME padding) at the input
         size, (ceil(size / 32))^2: 49 at 224 px, 81 at 260 px."""

@@ -81,6 +81,12 @@ class LiteQueryEncoder:
         self._image, self._lock = None, threading.Lock()
 
     @property
+    def revision(self) -> str | None:
+        """As LiteEncoder.revision: from the heads checkpoint's sha256 the manifest keeps."""
+        sha = self.manifest.get("checkpoint_sha256")
+        return self.preprocess.revision(sha) if sha else None
+
+    @property
     def image_path(self) -> OnnxImagePath:
         with self._lock:
             if self._image is None:

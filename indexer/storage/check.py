@@ -17,7 +17,6 @@ under a missing root are never dropped: not as vanished, and not when their row 
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -26,6 +25,7 @@ import numpy as np
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
 from xmodal.indexer.ingest.pipeline import backfill_patches
+from xmodal.indexer.ingest.reembed import reembed_texts
 from xmodal.indexer.models.patch_projector import PatchProjector, default_projector
 from xmodal.indexer.models.base import Encoder
 from xmodal.indexer.storage.library import MODALITIES, Library, LibraryError, _under, dim_problem
@@ -268,16 +268,7 @@ def repair(library: Library, load_encoder: Callable[[], Encoder],
                     continue
                 library.add_images([image], encoder.encode_images([image.image]), model)
                 out.reembedded += 1
-            by_source = defaultdict(list)
-            for text in store.get_texts(redo_texts):
-                by_source[text.source].append(text)
-            index = library.vector_index("texts")
-            for source, texts in by_source.items():
-                store.delete_texts([t.id for t in texts])
-                index.remove(np.asarray([t.id for t in texts], np.int64))
-                library.add_texts([t.text for t in texts], encoder.encode_texts([t.text for t in texts]), source, model,
-                                  image_ids=[t.image_id for t in texts])  # they keep the photos they describe
-                out.reembedded += len(texts)
+            out.reembedded += reembed_texts(library, encoder, redo_texts)  # they keep the photos they describe
         for modality in MODALITIES:
             library.save(modality)
         if corrupt_patches(library):

@@ -1,0 +1,116 @@
+"""Keeping a library's vectors and its model's weights together (indexer.storage.revision says why).
+
+`sync_weights` runs at the start of every index run: a library recorded with other weights of its model is
+marked for re-embedding, which the run then does (photos through the normal pipeline, as files that changed;
+texts from their stored words, `reembed_texts`). A library from before revisions were recorded is checked by
+embedding a few of its photos (or texts) again and comparing them with their stored vectors.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+
+from xmodal.indexer.ingest.decode import iter_decoded
+from xmodal.indexer.models.base import Encoder, decode_size
+from xmodal.indexer.records import DecodedImage
+from xmodal.indexer.storage.library import Library
+from xmodal.indexer.storage.revision import (begin_reembed, encoder_revision, record_revision,
+                                              recorded_revision)
+from xmodal.indexer.storage.text_tokens import DATA as TOKENS_DATA, TextTokenStore
+
+logger = logging.getLogger(__name__)
+
+SAMPLE = 4  # rows embedded again to tell whether an unrecorded library's vectors are this encoder's
+SAME_COSINE = 0.9  # their median cosine with the stored vectors: ~1 for the same weights (an int8 or another
+# CPU's kernels move it by < 0.02), far lower for other heads or another input size
+
+
+def sync_weights(library: Library, encoder: Encoder, sample: int = SAMPLE) -> dict[str, int] | None:
+    """Make the library's recorded revision this encoder's. Returns the stale counts ({"images": n, "texts":
+    m}) when its vectors turn out to come from other weights (the caller then embeds those rows again), else
+    None. Call after `bind_model`, holding the writer lock."""
+    current = encoder_revision(encoder)
+    if current is None:
+        return None
+    recorded = recorded_revision(library)
+    if recorded == current:
+        return None
+    if recorded is None:
+        same = _same_vectors(library, encoder, sample)
+        if same is not False:  # the same weights, or nothing to compare (an empty library)
+            record_revision(library, current)
+            return None
+        was = "weights other than this xmodal's"
+    else:
+        was = f"revision {recorded}"
+    counts = begin_reembed(library, current)
+    logger.warning("%s: its vectors come from %s of model %s; embedding its %d photos and %d texts again with "
+                   "revision %s (an interrupted run resumes where it stopped)", library.root, was, library.model,
+                   counts["images"], counts["texts"], current)
+    return counts
+
+
+def _same_vectors(library: Library, encoder: Encoder, sample: int) -> bool | None:
+    """Whether a few stored vectors are what `encoder` makes of their rows now: photos whose file is there
+    and unchanged, else texts. None when there is nothing to compare."""
+    store, dim = library.store, library.dim
+    ids = store.all_image_ids()
+    if len(ids) and dim:
+        pick = ids[np.unique(np.linspace(0, len(ids) - 1, min(len(ids), 4 * sample)).astype(int))]
+        records = {r.path: r for r in store.get_images(pick.tolist()) if os.path.exists(r.path)}
+        decoded = [im for im in iter_decoded(list(records), target_size=decode_size(encoder), workers=1,
+                                             prepare=getattr(getattr(encoder, "preprocess", None), "fit", None))
+                   if isinstance(im, DecodedImage) and im.sha256 == records[im.path].sha256][:sample]
+        if decoded:
+            stored = store.get_vectors("images", [records[im.path].id for im in decoded], dim)
+            now = encoder.encode_images([im.image for im in decoded])
+            return _agree(now, [stored.get(records[im.path].id) for im in decoded])
+    ids = store.all_text_ids()
+    if len(ids) and dim:
+        pick = ids[np.unique(np.linspace(0, len(ids) - 1, min(len(ids), sample)).astype(int))].tolist()
+        texts = store.get_texts(pick)
+        stored = store.get_vectors("texts", [t.id for t in texts], dim)
+        return _agree(encoder.encode_texts([t.text for t in texts]), [stored.get(t.id) for t in texts])
+    return None
+
+
+def _agree(now: np.ndarray, stored: Sequence[np.ndarray | None]) -> bool | None:
+    pairs = [(a, b) for a, b in zip(now, stored) if b is not None and a.shape == b.shape]
+    if not pairs:
+        return None
+    cosines = [float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)) for a, b in pairs]
+    return bool(np.median(cosines) >= SAME_COSINE)
+
+
+def reembed_texts(library: Library, encoder: Encoder, ids: Sequence[int], batch_size: int = 256) -> int:
+    """Embed the texts of `ids` again from their stored words: each keeps its source and the photo it
+    describes, and gets a new id (its token states, when the library keeps them, are written again). Returns
+    how many."""
+    store = library.store
+    keep_states = (library.root / TOKENS_DATA).exists() and hasattr(encoder, "encode_text_states")
+    tokens = TextTokenStore(library.root) if keep_states else None
+    index = library.vector_index("texts")
+    done = 0
+    for start in range(0, len(ids), batch_size):
+        by_source = defaultdict(list)
+        for text in store.get_texts([int(i) for i in ids[start:start + batch_size]]):
+            by_source[text.source].append(text)
+        for source, texts in by_source.items():
+            words = [t.text for t in texts]
+            if tokens is not None:
+                vectors, states, mask, _ = encoder.encode_text_states(words)
+            else:
+                vectors = encoder.encode_texts(words)
+            store.delete_texts([t.id for t in texts])
+            index.remove(np.asarray([t.id for t in texts], np.int64))
+            new = library.add_texts(words, vectors, source, encoder.name, image_ids=[t.image_id for t in texts])
+            if tokens is not None:
+                tokens.width = int(states.shape[-1])
+                lengths = mask.sum(1).tolist()
+                tokens.write(new, words, [np.asarray(st[:n]) for st, n in zip(states, lengths)])
+            done += len(texts)
+    return done
