@@ -116,7 +116,7 @@ def test_train_align_model_base_writes_heads_the_base_encoder_loads(tiny_dataset
     assert report["config"]["image_tower"] == "efficientnet-lite2"
     assert report["config"]["text_tower"] == "all-mpnet-base-v2"
     enc = LiteEncoder(out, name="base", extra="base")
-    assert enc.name == "base" and enc.preprocess.size == 260
+    assert enc.name == "base" and enc.preprocess.size == towers.BUNDLED["base"].size == 280
     iv = enc.encode_images([Image.open(tiny_dataset / "images" / f"{next(iter(COLOURS))}1.jpg")])
     tv = enc.encode_texts(["a red picture"])
     assert iv.shape == tv.shape == (1, report["config"]["dim"])
@@ -131,6 +131,7 @@ def test_a_missing_base_checkpoint_names_the_training_command(tmp_path):
 
 @pytest.mark.skipif(towers.bundled_reranker("base") is None, reason="base-rerank.pt not installed (make install-base)")
 def test_the_shipped_base_reranker_reads_base_features_and_fits_a_librarys_token_slot():
+    from xmodal.indexer.models.lite_encoder import patch_count
     from xmodal.indexer.resources import data_file
     from xmodal.indexer.storage.patch_tokens import MAX_SLOT_BYTES
 
@@ -139,6 +140,8 @@ def test_the_shipped_base_reranker_reads_base_features_and_fits_a_librarys_token
     assert (cfg["model"], cfg["text_dim"], cfg["patches"]) == ("base", 768, 81)  # MPNet states, Lite2's 9x9 map
     assert ck["pca"]["proj"].shape == (1280, cfg["patch_dim"]) and 81 * cfg["patch_dim"] * 2 <= MAX_SLOT_BYTES
     heads = torch.load(data_file(towers.BUNDLED["base"].heads), map_location="cpu", weights_only=True)
+    assert heads["preprocess"]["size"] == towers.BUNDLED["base"].size  # the heads were trained at base's size...
+    assert patch_count(heads["preprocess"]["size"]) == cfg["patches"]  # ...whose patch map the matcher reads
     assert ck["hub"]["images"].shape == (6000, heads["config"]["dim"])  # its banks come from base's own heads
     assert ck["hub"]["exemplars"]["keys"].shape[1] == 768  # exemplar keys are MPNet sentence vectors
-    assert ck["dev"]["K"][16]["t2i"]["R@1"] > 31 and ck["dev"]["K"][16]["i2t"]["R@1"] > 39  # as the model card says
+    assert ck["dev"]["K"][16]["t2i"]["R@1"] > 32.5 and ck["dev"]["K"][16]["i2t"]["R@1"] > 40  # as the model card says

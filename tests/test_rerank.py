@@ -189,7 +189,7 @@ def test_training_runs_and_is_reproducible(arch):
 
 
 def test_a_base_shaped_reranker_trains_on_mpnet_states_and_81_patches_and_saves_its_shapes(tmp_path):
-    """base's reranker reads MPNet's 768-wide token states and Lite2's 9x9 patch map (81 tokens at 260 px); the
+    """base's reranker reads MPNet's 768-wide token states and Lite2's 9x9 patch map (81 tokens at 280 px); the
     checkpoint's config says so, and the engine's loader builds the same module from it."""
     from xmodal.engine.rerank.lite import Reranker
     from xmodal.engine.training.rerank import fit_pca, save_checkpoint

@@ -1,5 +1,5 @@
 """Each bundled model carries its own reranker (`towers.bundled_reranker`), and a reranker checkpoint says
-the sizes it reads: base's MPNet token states are 768 wide and Lite2 at 260 px gives 9 x 9 = 81 patches.
+the sizes it reads: base's MPNet token states are 768 wide and Lite2 at 280 px gives 9 x 9 = 81 patches.
 
 Everything here is made at test time: a tiny random checkpoint in the lite-rerank format (text_dim 768,
 patches 81), and a fake bundled model registered through the encoder registry with a temporary `BUNDLED`
@@ -120,7 +120,7 @@ def test_a_768_wide_81_patch_checkpoint_loads_scores_and_agrees_with_its_onnx_gr
     rr = Reranker(path)
     assert (rr.text_dim, rr.patches, rr.name, rr.arch) == (768, 81, WITH, arch)
     assert rr.model.patch_pos.shape[0] == 81
-    tokens = rr.patch_tokens(torch.randn(3, 1280, 9, 9))  # Lite2's 9 x 9 map at 260 px
+    tokens = rr.patch_tokens(torch.randn(3, 1280, 9, 9))  # Lite2's 9 x 9 map at 280 px
     assert tokens.shape == (3, 81, 8) and rr.projector.spec.tokens == 81
     rng = np.random.default_rng(0)
     states = rng.standard_normal((3, 6, 768)).astype(np.float32)

@@ -4,7 +4,7 @@
 base-rerank.pt, package data, found by `towers.bundled_reranker`: fusion weights, patch PCA, fusion weights
 alpha and beta, hubness and exemplar banks). Its config gives the sizes the matcher reads: `text_dim` (token
 state width: 384 for MiniLM, 768 for MPNet), `patches` (patch tokens per photo: 49 for Lite0's 7 x 7, 81 for
-Lite2's 9 x 9 at 260 px) and `model` (the bundled model whose features it reads), defaulting to lite's. The scoring arithmetic is pure and lives in scoring.py; the banks and their
+Lite2's 9 x 9 at 280 px) and `model` (the bundled model whose features it reads), defaulting to lite's. The scoring arithmetic is pure and lives in scoring.py; the banks and their
 arithmetic in banks.py (shared with session.py, the torch-free form a search process runs).
 
 Fused score: (dual cosine similarity - hubness prior) + beta * exemplar + alpha * match score. The match

@@ -1,7 +1,7 @@
 """Cache locked-tower features of an image-caption dataset so head training takes minutes.
 
 Images: the image tower's trunk map (N, 320, 7, 7) float16 for EfficientNet-Lite0 at 224 pixels ((N, 352, 9, 9)
-for Lite2 at 260) -- cheap to store; the locked head conv turns it into the 1280-channel patch map at training
+for Lite2 at 280) -- cheap to store; the locked head conv turns it into the 1280-channel patch map at training
 time. Texts: the text tower's mean-pooled sentence embedding (N, 384) float32 for MiniLM ((N, 768) for MPNet).
 Each part is keyed by a hash of exactly what it depends on (the towers by name: `indexer.models.towers`).
 """

@@ -3,7 +3,7 @@
 * `TokenCache`: the text tower's final token states of every caption, flat float16 (sum of lengths, C) with
   offsets (N_cap + 1,), C = 384 for MiniLM (lite), 768 for MPNet (base); only real tokens ([CLS] ... [SEP])
   are stored, so no padding is kept on disk;
-* patch tokens: 1280-channel patch maps (7x7 for Lite0 at 224 px, 9x9 for Lite2 at 260) -> 49 or 81 tokens
+* patch tokens: 1280-channel patch maps (7x7 for Lite0 at 224 px, 9x9 for Lite2 at 280) -> 49 or 81 tokens
   reduced by a whitened PCA fitted on train patches (`fit_pca`, `to_patch_tokens`);
 * hard negatives: each caption's top dual-encoder images and each image's top captions, own ones excluded
   (`mine`);

@@ -105,7 +105,7 @@ class LiteEncoder:
     @property
     def patches(self) -> int:
         """Patch tokens per photo: the image tower's final map (stride 32, TF-style SAME padding) at the input
-        size, (ceil(size / 32))^2: 49 at 224 px, 81 at 260 px."""
+        size, (ceil(size / 32))^2: 49 at 224 px, 81 at 260 to 288 px (base runs 280)."""
         return patch_count(self.preprocess.size)
 
     def to_device(self, device: str) -> None:
@@ -196,7 +196,7 @@ class LiteEncoder:
                                    lane: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One forward pass -> (n, dim) embeddings and (n, P, 1280) float32 raw patch tokens: the locked
         tower's final map in row-major order (P = 7 x 7 = 49 for lite's Lite0 at 224 px, 9 x 9 = 81 for base's
-        Lite2 at 260 px: `patches`), what the cross-attention reranker attends to. `lane`: see `lanes`."""
+        Lite2 at 280 px: `patches`), what the cross-attention reranker attends to. `lane`: see `lanes`."""
         vectors, tokens = [], []
         for s in range(0, len(images), self.batch_size):
             emb, maps = self._image_path(images[s:s + self.batch_size], lane)  # (B, D), (B, 1280, H, W)

@@ -113,7 +113,7 @@ class LiteQueryEncoder:
     def encode_images_with_patches(self, images: Sequence[Image.Image], lane: int | None = None
                                    ) -> tuple[np.ndarray, np.ndarray]:
         """-> (n, dim) embeddings and (n, P, 1280) raw patch tokens (row-major: 7 x 7 at 224 px, 9 x 9 at
-        260 px), as LiteEncoder's."""
+        280 px), as LiteEncoder's."""
         vectors, tokens = [], []
         for s in range(0, len(images), self.batch_size):
             emb, maps = self.image_path(self.preprocess.array(images[s:s + self.batch_size]))  # (B, D), (B, C, 7, 7)

@@ -52,11 +52,12 @@ class BundledModel:
     extra: str = ""  # the pip extra that installs its tower packages ("" if they are core dependencies)
 
 
-# base runs Lite2 at its ImageNet 260 pixels: +1.2 / +1.1 R@1 over 224 in the tower comparison
-# (benchmarks/base_lite2_260.json against base_towers.json) for 1.8-1.9x Lite0's CPU time per photo instead of 1.4x.
+# base runs Lite2 at 280 pixels, a little above its ImageNet 260: heads trained at 280 gain +1.1 / +0.6 dual R@1
+# over 260 (three seeds, data/MODEL_CARD.md) at about half of lite's indexing speed, and keep the 9 x 9 patch map
+# the reranker reads (280 / 32 rounds up to 9, as 260 does). 320 gains more but falls to 43% of lite's speed.
 BUNDLED = {
     "lite": BundledModel("lite", "efficientnet-lite0", "all-minilm-l6-v2", 224, "lite-align.pt", "lite-rerank.pt"),
-    "base": BundledModel("base", "efficientnet-lite2", "all-mpnet-base-v2", 260, "base-align.pt", "base-rerank.pt",
+    "base": BundledModel("base", "efficientnet-lite2", "all-mpnet-base-v2", 280, "base-align.pt", "base-rerank.pt",
                          "base"),
 }
 
