@@ -156,17 +156,118 @@ def test_an_interrupted_reembedding_resumes_with_only_the_rows_still_stale(index
         assert stale_counts(lib) == {"images": 0, "texts": 0}
 
 
-def test_indexing_texts_after_a_weights_change_redoes_the_old_texts_and_leaves_photos_to_index(
-        indexed, tmp_path, encoder):
+def test_indexing_texts_into_a_library_of_other_weights_waits_for_xmodal_index(indexed, tmp_path, encoder):
+    from xmodal.indexer.storage.library import LibraryError
+
     encoder.revision = "v2"
     more = tmp_path / "more.txt"
     more.write_text("a purple cat\n")
     with Library(indexed) as lib:
+        with pytest.raises(LibraryError, match="run `xmodal index --library .*` first"):
+            index_texts(lib, str(more), encoder)
+        assert lib.store.count_texts() == 4 and recorded_revision(lib) == "v1"  # nothing changed
+        index_images(lib, None, encoder)
         index_texts(lib, str(more), encoder)
-        assert stale_counts(lib) == {"images": 4, "texts": 0}
-        assert lib.store.count_texts() == 5
-    np.testing.assert_allclose(_vectors(indexed, "texts")["a red wall"], encoder.encode_texts(["a red wall"])[0],
-                               atol=1e-6)
+        assert lib.store.count_texts() == 5 and stale_counts(lib) == {"images": 0, "texts": 0}
+
+
+def test_indexing_a_new_folder_after_a_weights_change_redoes_the_whole_library(indexed, tmp_path, encoder):
+    from conftest import draw
+
+    encoder.revision = "v2"
+    draw(tmp_path / "new" / "white.jpg", "white")
+    with Library(indexed) as lib:  # `xmodal index ~/new-photos`: the library's other roots are walked too
+        report = index_images(lib, [str(tmp_path / "new")], encoder)
+        assert (report.added, report.reembedded) == (1, 4) and stale_counts(lib) == {"images": 0, "texts": 0}
+
+
+def test_a_photo_moved_during_the_upgrade_keeps_its_captions_and_ocr_text(indexed, photos, encoder):
+    with Library(indexed) as lib, lib.writing():
+        lib.store.set_ocr([(i, "STOP", [], "ocr-model") for i in lib.store.all_image_ids().tolist()])
+    (photos / "moved").mkdir()
+    (photos / "red.jpg").rename(photos / "moved" / "red.jpg")
+    encoder.revision = "v2"
+    with Library(indexed) as lib:
+        report = index_images(lib, None, encoder)
+        assert (report.reembedded, report.removed, stale_counts(lib)["images"]) == (4, 0, 0)
+        ids = lib.store.all_image_ids().tolist()
+        names = {r.id: Path(r.path).name for r in lib.store.get_images(ids)}
+        links = {t.text: names.get(t.image_id) for t in lib.store.get_texts(lib.store.all_text_ids().tolist())}
+        ocr = {names[i]: w["ocr"] for i, w in lib.store.image_words(ids).items()}
+    assert links["a red wall"] == "red.jpg" and ocr == dict.fromkeys(ocr, "STOP")  # all four kept their text
+    assert _vectors(indexed, "images")["red.jpg"] == pytest.approx(
+        encoder.encode_images([photos_image(photos / "moved", "red.jpg")])[0], abs=1e-6)
+
+
+def test_a_text_reembedding_that_fails_to_write_keeps_the_old_texts(indexed, encoder, monkeypatch):
+    from xmodal.indexer.storage.store import Store, StoreError
+
+    encoder.revision = "v2"
+
+    def disk_full(*args, **kwargs):
+        raise StoreError("disk full (simulated)")
+
+    with Library(indexed) as lib:
+        monkeypatch.setattr(Store, "add_texts", disk_full)
+        with pytest.raises(Exception, match="disk full"):
+            index_images(lib, None, encoder)
+        monkeypatch.undo()
+        assert lib.store.count_texts() == 4 and stale_counts(lib)["texts"] == 4  # the delete was rolled back
+    with Library(indexed) as lib:
+        assert index_images(lib, None, encoder).texts_reembedded == 4
+
+
+def test_search_refuses_an_unrecorded_library_of_a_model_whose_weights_changed_since(photos, library, encoder,
+                                                                                      monkeypatch):
+    """base's 260-px libraries record no revision (made before revisions were kept): its BundledModel says such
+    libraries are stale, so search refuses them and index embeds them again without a sample check."""
+    from xmodal.indexer.models import towers
+
+    encoder.revision = None
+    with Library(library, create=True) as lib:
+        index_images(lib, [str(photos)], encoder)
+    encoder.revision = "v1"  # the same vectors: only the flag can tell
+    monkeypatch.setitem(towers.BUNDLED, "fake-versioned", towers.BundledModel(
+        "fake-versioned", "efficientnet-lite0", "all-minilm-l6-v2", 32, "x.pt", "", unrecorded_stale=True))
+    with SearchEngine(library) as eng, pytest.raises(SearchError, match="not recorded: made by an xmodal from before"):
+        eng.search_text("red")
+    with Library(library) as lib:
+        assert index_images(lib, None, encoder).reembedded == 4 and recorded_revision(lib) == "v1"
+
+
+def test_an_unrecorded_library_whose_photos_are_away_stays_unjudged_until_they_are_back(photos, library, tmp_path,
+                                                                                        encoder):
+    from conftest import draw
+
+    encoder.revision = None
+    with Library(library, create=True) as lib:
+        index_images(lib, [str(photos)], encoder)
+    away = photos.rename(tmp_path / "unplugged")
+    encoder.revision = "v2"
+    draw(tmp_path / "other" / "white.jpg", "white")
+    with Library(library) as lib:
+        index_images(lib, [str(tmp_path / "other")], encoder)
+        assert recorded_revision(lib) is None  # nothing to compare: not stamped as current
+    away.rename(photos)
+    with Library(library) as lib:
+        assert index_images(lib, None, encoder).reembedded == 5 and recorded_revision(lib) == "v2"
+
+
+@pytest.mark.parametrize("factory, during, after", [("HNSW32", "Flat", "Flat"), ("IVF1,Flat", "IVF1,Flat", "IVF1,Flat")])
+def test_a_reembedding_searches_an_index_it_can_delete_from_and_retrains_at_the_end(indexed, encoder, factory,
+                                                                                   during, after):
+    """HNSW cannot delete (every replaced batch would rebuild it): the re-embedding runs on an exact index and
+    the end gives the library the index its size calls for (Flat for 4 photos); an IVF index is retrained
+    on the new vectors."""
+    with Library(indexed) as lib, lib.writing():
+        lib.rebuild_index("images", factory)
+    encoder.revision = "v2"
+    with Library(indexed) as lib:
+        first = index_images(lib, None, encoder, batch_size=1, should_stop=lambda: True)
+        assert first.interrupted and lib.vector_index("images").factory == during
+        report = index_images(lib, None, encoder)
+        assert lib.vector_index("images").factory == after and stale_counts(lib)["images"] == 0
+        assert (report.rebuilt is not None) == factory.startswith("IVF")
 
 
 @pytest.mark.parametrize("weights, redone", [("v1", 0), ("v2", 4), ("close", 4)])
@@ -187,3 +288,36 @@ def test_a_revision_changes_with_the_checkpoint_or_the_input_size():
     assert a == Preprocess(size=260).revision("ab" * 32) and len(a) == 16
     assert a != Preprocess(size=280).revision("ab" * 32)
     assert a != Preprocess(size=260).revision("cd" * 32)
+
+
+def test_ray_shards_replace_the_stale_rows_and_shards_of_other_weights_are_refused(indexed, encoder):
+    """What `index --engine ray` does with each shard, without Ray: workers' shards of the new weights replace
+    the stale rows (a row with the same path and content is not "merged before" when it is stale), and a
+    shard embedded with other weights (an older worker, a shard a killed run staged) is never merged."""
+    from xmodal.indexer.distributed.merge import MergeState, merge_shard
+    from xmodal.indexer.distributed.plan import cut
+    from xmodal.indexer.distributed.worker import embed_shard
+    from xmodal.indexer.ingest.pipeline import IndexReport, catch_up_texts, plan
+    from xmodal.indexer.ingest.reembed import sync_weights
+    from xmodal.indexer.storage.revision import stale_ids
+
+    encoder.revision = "v2"
+    with Library(indexed) as lib, lib.writing():
+        report = IndexReport(roots=lib.roots)
+        lib.bind_model(encoder.name, encoder.dim)
+        sync_weights(lib, encoder)
+        forced = set(stale_ids(lib, "images").tolist())
+        todo, changed, _ = plan(lib, report.roots, report, force=forced)
+        state = MergeState(changed, forced)
+        shards = cut(todo, 2)
+        encoder.revision = "v1"  # a worker still on the old files
+        old = embed_shard(shards[0].name, list(shards[0].paths), encoder)
+        encoder.revision = "v2"
+        with pytest.raises(ValueError, match="weights v1"):
+            merge_shard(lib, old, state, report, encoder.name, revision="v2")
+        for shard in shards:
+            merge_shard(lib, embed_shard(shard.name, list(shard.paths), encoder), state, report, encoder.name,
+                        revision="v2")
+        lib.save("images")
+        catch_up_texts(lib, encoder, report)
+        assert report.reembedded == 4 and stale_counts(lib) == {"images": 0, "texts": 0}

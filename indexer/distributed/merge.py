@@ -41,25 +41,29 @@ def still_current(im: DecodedImage) -> bool:
     return st.st_size == im.size and st.st_mtime == im.mtime
 
 
-def already_stored(library: Library, images: list[DecodedImage]) -> set[str]:
-    """Paths among `images` whose row already holds the same content (merged before)."""
+def already_stored(library: Library, images: list[DecodedImage], redo: set[int] = frozenset()) -> set[str]:
+    """Paths among `images` whose row already holds the same content (merged before). Rows in `redo` (no
+    vector, or one from the model's earlier weights) are not: their new vectors must replace them."""
     if not images:
         return set()
     rows = library.store.images_by_sha256([im.sha256 for im in images])
-    return {im.path for im in images if any(p == im.path for _, p in rows.get(im.sha256, ()))}
+    return {im.path for im in images if any(p == im.path and i not in redo for i, p in rows.get(im.sha256, ()))}
 
 
 def merge_shard(library: Library, result: ShardResult, state: MergeState, report: IndexReport,
-                model: str, check_current: bool = False) -> list[str]:
+                model: str, check_current: bool = False, revision: str | None = None) -> list[str]:
     """Commit one shard into `library` (the caller holds the writer lock). With `check_current` (a shard
     staged by an earlier run) photos whose file changed since are left out. Returns the paths it handled
     (committed, moved, skipped or found already stored)."""
     if result.model and result.model != model:
         raise ValueError(f"shard {result.name} was embedded with {result.model!r}, not {model!r}")
+    if revision is not None and result.revision != revision:  # weights of an older xmodal, or of none said
+        raise ValueError(f"shard {result.name} was embedded with weights {result.revision} of {model!r}, not "
+                         f"{revision}")
     report.skipped.extend(result.skipped)
     keep = [i for i, im in enumerate(result.images) if not check_current or still_current(im)]
     images = [result.images[i] for i in keep]
-    done = already_stored(library, images)
+    done = already_stored(library, images, state.unembedded)
     rows = [i for i, im in zip(keep, images) if im.path not in done]
     handled = [s.path for s in result.skipped] + [im.path for im in images]
     if not rows:

@@ -32,13 +32,13 @@ from xmodal.indexer.distributed.plan import SHARD_SIZE, cut, pending
 from xmodal.indexer.distributed.shards import ShardError, read_shard, shard_path, staged, staging_dir
 from xmodal.indexer.distributed.worker import PLUGINS_ENV
 from xmodal.indexer.ingest.pipeline import (BATCH_SIZE, CHECKPOINT_SECONDS, IndexReport, backfill_patches,
-                                            catch_up_texts, plan)
+                                            catch_up_texts, plan, walked_roots)
 from xmodal.indexer.ingest.reembed import sync_weights
 from xmodal.indexer.models.base import Encoder
 from xmodal.indexer.models.device import batch_size_for
 from xmodal.indexer.storage.index_tuning import TUNING_QUERIES, needs_rebuild
 from xmodal.indexer.storage.library import Library, LibraryError
-from xmodal.indexer.storage.revision import stale_ids
+from xmodal.indexer.storage.revision import encoder_revision, stale_ids
 
 logger = logging.getLogger(__name__)
 
@@ -206,14 +206,16 @@ def _run(library, roots, encoder, address, workers, device, batch_size, shard_si
             raise LibraryError(f"library {library.root} has no folders yet; give one: `xmodal index PATH`")
     library.reconcile()
     sync_weights(library, encoder)  # other weights made its vectors: the stale rows are embedded again
-    unembedded = (set(library.unembedded.get("images", np.empty(0)).tolist())
-                  | set(stale_ids(library, "images").tolist()))
-    todo, changed, vanished = plan(library, report.roots, report, force=unembedded, verify=verify)
+    stale = stale_ids(library, "images")
+    unembedded = set(library.unembedded.get("images", np.empty(0)).tolist()) | set(stale.tolist())
+    todo, changed, vanished = plan(library, walked_roots(library, report.roots, stale), report, force=unembedded,
+                                   verify=verify)
     state = MergeState(changed, unembedded, patch_store=patch_store)
     folder = staging_dir(library.root)
     if progress:
         progress(0, len(todo))
-    done = set(_merge_staged(library, folder, state, report, encoder.name))  # shards a killed run left behind
+    # shards a killed run left behind
+    done = set(_merge_staged(library, folder, state, report, encoder.name, encoder_revision(encoder)))
     left = [p for p in todo if p not in done]
     report.processed = len(todo) - len(left)
     shards = pending(cut(left, shard_size), {p.name.split(".")[0] for p in staged(folder)})
@@ -242,7 +244,8 @@ def _run(library, roots, encoder, address, workers, device, batch_size, shard_si
         report.patched = backfill_patches(library, encoder, patches, batch_size, 2, should_stop, report)
 
 
-def _merge_staged(library: Library, folder, state: MergeState, report: IndexReport, model: str) -> list[str]:
+def _merge_staged(library: Library, folder, state: MergeState, report: IndexReport, model: str,
+                  revision: str | None = None) -> list[str]:
     """Merge the shard files an earlier (killed) run staged; a damaged one is deleted (its photos are
     embedded again). Returns the paths they handled."""
     handled: list[str] = []
@@ -252,10 +255,10 @@ def _merge_staged(library: Library, folder, state: MergeState, report: IndexRepo
     for path in staged(folder):
         try:
             result = read_shard(path)
-            handled += merge_shard(library, result, state, report, model, check_current=True)
+            handled += merge_shard(library, result, state, report, model, check_current=True, revision=revision)
         except ShardError as e:
             logger.warning("%s; its photos are embedded again", e)
-        except ValueError as e:  # another model's shard: of no use to this library any more
+        except ValueError as e:  # another model's (or its earlier weights') shard: of no use to this library
             logger.warning("%s; deleted", e)
         path.unlink(missing_ok=True)
     if handled:
@@ -293,7 +296,11 @@ def _embed_and_merge(ray, address, library, shards, folder, encoder, state, repo
                     raise LibraryError(f"a Ray worker failed on shard {shard.name} ({shard.paths[0]}...): "
                                        f"{row['error']}")
                 path = shard_path(folder, shard.name)
-                merge_shard(library, read_shard(path), state, report, encoder.name)
+                try:
+                    merge_shard(library, read_shard(path), state, report, encoder.name,
+                                revision=encoder_revision(encoder))
+                except ValueError as e:  # a worker running another xmodal's weights: never mixed in
+                    raise LibraryError(f"{e}: every Ray worker needs this xmodal version's model files") from e
                 path.unlink(missing_ok=True)
                 report.processed += len(shard.paths)
                 if progress:

@@ -34,6 +34,7 @@ class ShardResult:
     tokens: np.ndarray | None = None  # (n, 49, width) float16: the reranker's projected patch tokens
     skipped: list[Skipped] = field(default_factory=list)
     model: str = ""
+    revision: str | None = None  # of the weights that embedded it (indexer.storage.revision); None: not said
 
 
 def staging_dir(library_root: str | os.PathLike) -> Path:
@@ -57,7 +58,8 @@ def _meta(result: ShardResult) -> bytes:
                "taken_at": im.taken_at.isoformat() if im.taken_at else None} for im in result.images]
     skipped = [{"path": s.path, "reason": s.reason} for s in result.skipped]
     # surrogate-escaped path bytes survive: json escapes lone surrogates as \udcXX and reads them back
-    return json.dumps({"name": result.name, "model": result.model, "images": images, "skipped": skipped}).encode()
+    return json.dumps({"name": result.name, "model": result.model, "revision": result.revision, "images": images,
+                       "skipped": skipped}).encode()
 
 
 def write_shard(folder: str | os.PathLike, result: ShardResult) -> Path:
@@ -103,4 +105,5 @@ def read_shard(path: str | os.PathLike) -> ShardResult:
     if len(images) != len(vectors) or (tokens is not None and len(tokens) != len(images)):
         raise ShardError(f"{path}: {len(images)} photos but {len(vectors)} vectors; the file is damaged")
     return ShardResult(meta["name"], images, vectors, tokens,
-                       [Skipped(s["path"], s["reason"]) for s in meta["skipped"]], meta.get("model", ""))
+                       [Skipped(s["path"], s["reason"]) for s in meta["skipped"]], meta.get("model", ""),
+                       meta.get("revision"))

@@ -15,6 +15,7 @@ from xmodal.indexer.ingest.decode import iter_decoded
 from xmodal.indexer.ingest.pipeline import BATCH_SIZE, batched, input_fit
 from xmodal.indexer.models.base import Encoder, decode_size
 from xmodal.indexer.records import DecodedImage, Skipped
+from xmodal.indexer.storage.revision import encoder_revision
 
 logger = logging.getLogger(__name__)
 
@@ -63,4 +64,4 @@ def embed_shard(name: str, paths: Sequence[str], encoder: Encoder, projector=Non
     return ShardResult(name=name, images=images,
                        vectors=np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32),
                        tokens=np.concatenate(tokens) if tokens else None, skipped=skipped,
-                       model=encoder.name)
+                       model=encoder.name, revision=encoder_revision(encoder))

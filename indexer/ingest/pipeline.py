@@ -25,11 +25,13 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from xmodal.indexer.ingest.decode import iter_decoded
-from xmodal.indexer.ingest.reembed import reembed_texts, sync_weights
+from xmodal.indexer.ingest.reembed import (rebuild_after_reembed, reembed_texts, sync_weights,
+                                             weights_verdict)
 from xmodal.indexer.models.base import Encoder, decode_size
 from xmodal.indexer.storage.index_tuning import TUNING_QUERIES, needs_rebuild
 from xmodal.indexer.storage.library import Library, LibraryError, _under, write_failure
-from xmodal.indexer.storage.revision import finish_reembed, stale_ids
+from xmodal.indexer.storage.revision import (STALE_BELOW, encoder_revision, finish_reembed, record_revision,
+                                              stale_ids)
 from xmodal.indexer.models.patch_projector import PatchProjector
 from xmodal.indexer.records import DecodedImage, Skipped
 from xmodal.indexer.ingest.stages import LaneIds, ordered_map
@@ -172,7 +174,7 @@ class _Job:
 def _sorted_batches(library: Library, batches: Iterable[list], changed: dict[str, int], unembedded: set[int],
                     claimed: set[int], report: IndexReport) -> Iterator[_Job]:
     """Decoded batches -> jobs: files that fail are reported, files whose content is a vanished file's are
-    moves (keep the vector), the rest are embedded. Runs on the main thread (it reads the store)."""
+    moves (keep the vector; a row without a usable one is moved, then embedded again), the rest are embedded. Runs on the main thread (it reads the store)."""
     for batch in batches:
         images: list[DecodedImage] = []
         for item in batch:
@@ -187,11 +189,14 @@ def _sorted_batches(library: Library, batches: Iterable[list], changed: dict[str
         for im in images:
             if im.path not in changed:
                 old = next((i for i, p in candidates.get(im.sha256, ())
-                            if i not in claimed and i not in unembedded and not os.path.lexists(p)), None)
+                            if i not in claimed and not os.path.lexists(p)), None)
                 if old is not None:
                     claimed.add(old)
                     moves.append((old, im))
-                    continue
+                    if old not in unembedded:
+                        continue
+                    changed[im.path] = old  # no usable vector (lost, or the model's earlier weights'): moved first,
+                    # keeping its captions and OCR text, then embedded in its place
             embed.append(im)
         yield _Job(len(batch), moves, embed)
 
@@ -281,9 +286,10 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
             raise LibraryError(f"library {library.root} has no folders yet; give one: `xmodal index PATH`")
     library.reconcile()
     sync_weights(library, encoder)  # other weights made its vectors: the stale rows are embedded again below
-    unembedded = (set(library.unembedded.get("images", np.empty(0)).tolist())
-                  | set(stale_ids(library, "images").tolist()))
-    todo, changed, vanished = plan(library, report.roots, report, force=unembedded, verify=verify)
+    stale = stale_ids(library, "images")
+    unembedded = set(library.unembedded.get("images", np.empty(0)).tolist()) | set(stale.tolist())
+    todo, changed, vanished = plan(library, walked_roots(library, report.roots, stale), report, force=unembedded,
+                                   verify=verify)
     gone = set(vanished)
     claimed: set[int] = set()
     if progress:
@@ -311,9 +317,17 @@ def _index_images(library: Library, roots: Sequence[str] | None, encoder: Encode
                                           verify=verify)
 
 
+def walked_roots(library: Library, roots: Sequence[str], stale: np.ndarray) -> list[str]:
+    """The roots a run walks: those asked for, and while photos still carry vectors from the model's earlier
+    weights every root the library knows (an `xmodal index NEW_FOLDER` then finishes the re-embedding too)."""
+    return sorted(set(roots) | set(library.roots)) if len(stale) else list(roots)
+
+
 def catch_up_texts(library: Library, encoder: Encoder, report: IndexReport | None = None) -> None:
-    """Embed again the texts whose vectors came from the model's earlier weights, and drop the re-embedding's
-    watermark once nothing stale is left (photos on an unplugged drive keep it)."""
+    """Embed again the texts whose vectors came from the model's earlier weights; once nothing stale is left,
+    drop the re-embedding's watermark and give the indexes the type their size calls for (retrained on the new
+    vectors). Photos whose files were not found (an unplugged drive) keep it."""
+    underway = library.store.get_meta(STALE_BELOW) is not None
     stale = stale_ids(library, "texts")
     if len(stale):
         done = reembed_texts(library, encoder, stale.tolist())
@@ -321,9 +335,13 @@ def catch_up_texts(library: Library, encoder: Encoder, report: IndexReport | Non
         if report is not None:
             report.texts_reembedded += done
     if not finish_reembed(library):
-        logger.warning("%s: %d photos still carry vectors from the model's earlier weights (their files are not "
-                       "there now); `xmodal index` embeds them when they are", library.root,
-                       len(stale_ids(library, "images")))
+        logger.warning("%s: %d photos still carry vectors from the model's earlier weights: their files were not "
+                       "found in this run (an unplugged drive?); `xmodal index` embeds them when they are",
+                       library.root, len(stale_ids(library, "images")))
+    elif underway:
+        rebuilt = rebuild_after_reembed(library, queries=encoder.encode_texts(TUNING_QUERIES))
+        if report is not None and rebuilt and report.rebuilt is None:
+            report.rebuilt = rebuilt[0]
 
 
 def _write_jobs(library: Library, stream: Iterable[_Job], encoder: Encoder, patch_store, patches,
@@ -438,10 +456,18 @@ def index_texts(library: Library, path: str, encoder: Encoder, batch_size: int =
         try:
             library.bind_model(encoder.name, encoder.dim)
             library.reconcile()
-            if sync_weights(library, encoder) or len(stale_ids(library, "texts")):
-                catch_up_texts(library, encoder)  # the photos wait for `xmodal index` (it says so)
+            verdict = weights_verdict(library, encoder)
+            if verdict == "changed":  # the photos' vectors must be redone first, and a text run walks no photos
+                raise LibraryError(f"library {library.root} was indexed with other weights of model "
+                                   f"{library.model!r}: run `xmodal index --library {library.root}` first to embed "
+                                   "it again with this xmodal's, then index the texts")
+            if verdict == "same":
+                record_revision(library, encoder_revision(encoder))
             if source in library.store.text_sources():
                 report.replaced = len(library.delete_texts_from_source(source))
+            stale = stale_ids(library, "texts")
+            if len(stale):  # an unfinished re-embedding's other texts; `xmodal index` finishes it
+                reembed_texts(library, encoder, stale.tolist())
             store = TextTokenStore(library.root) if tokens and hasattr(encoder, "encode_text_states") else None
             finder: PhotoFinder | None = None
             for items in batched(read_corpus(path), batch_size):

@@ -17,9 +17,11 @@ import numpy as np
 from xmodal.indexer.ingest.decode import iter_decoded
 from xmodal.indexer.models.base import Encoder, decode_size
 from xmodal.indexer.records import DecodedImage
-from xmodal.indexer.storage.library import Library
-from xmodal.indexer.storage.revision import (begin_reembed, encoder_revision, record_revision,
-                                              recorded_revision)
+from xmodal.indexer.storage.index_choice import choose_index
+from xmodal.indexer.storage.index_tuning import tier
+from xmodal.indexer.storage.library import MODALITIES, Library
+from xmodal.indexer.storage.revision import (begin_reembed, encoder_revision, record_revision, recorded_revision,
+                                              unrecorded_is_stale)
 from xmodal.indexer.storage.text_tokens import DATA as TOKENS_DATA, TextTokenStore
 
 logger = logging.getLogger(__name__)
@@ -32,29 +34,62 @@ SAMPLE = 8  # rows embedded again to tell whether an unrecorded library's vector
 SAME_COSINE = 0.975
 
 
+def weights_verdict(library: Library, encoder: Encoder, sample: int = SAMPLE) -> str:
+    """Whether the library's vectors are `encoder`'s: "same" (its recorded revision, or an unrecorded library
+    whose photos embed alike again, or an empty one), "changed" (another revision recorded, an unrecorded
+    library of a model whose weights changed since, or photos that embed otherwise now), "untracked" (the
+    encoder names no revision) or "unknown" (unrecorded and nothing to compare: its photos' files are not
+    there; it stays unrecorded, to be judged when they are)."""
+    current = encoder_revision(encoder)
+    if current is None:
+        return "untracked"
+    recorded = recorded_revision(library)
+    if recorded is not None:
+        return "same" if recorded == current else "changed"
+    if unrecorded_is_stale(library.model):
+        return "changed"
+    if not library.store.count_images() and not library.store.count_texts():
+        return "same"
+    same = _same_vectors(library, encoder, sample)
+    return "unknown" if same is None else ("same" if same else "changed")
+
+
 def sync_weights(library: Library, encoder: Encoder, sample: int = SAMPLE) -> dict[str, int] | None:
     """Make the library's recorded revision this encoder's. Returns the stale counts ({"images": n, "texts":
     m}) when its vectors turn out to come from other weights (the caller then embeds those rows again), else
     None. Call after `bind_model`, holding the writer lock."""
+    verdict = weights_verdict(library, encoder, sample)
     current = encoder_revision(encoder)
-    if current is None:
+    if verdict == "same":
+        record_revision(library, current)
+    if verdict != "changed":
         return None
     recorded = recorded_revision(library)
-    if recorded == current:
-        return None
-    if recorded is None:
-        same = _same_vectors(library, encoder, sample)
-        if same is not False:  # the same weights, or nothing to compare (an empty library)
-            record_revision(library, current)
-            return None
-        was = "weights other than this xmodal's"
-    else:
-        was = f"revision {recorded}"
+    was = f"revision {recorded}" if recorded else "weights other than this xmodal's"
     counts = begin_reembed(library, current)
+    for modality in MODALITIES:  # HNSW cannot delete: every replaced batch would rebuild it; exact until done
+        if tier(library.vector_index(modality).factory) == 1:
+            library.rebuild_index(modality, "Flat")
     logger.warning("%s: its vectors come from %s of model %s; embedding its %d photos and %d texts again with "
                    "revision %s (an interrupted run resumes where it stopped)", library.root, was, library.model,
                    counts["images"], counts["texts"], current)
     return counts
+
+
+def rebuild_after_reembed(library: Library, queries: np.ndarray | None = None) -> list[dict]:
+    """Once a re-embedding is done: give each modality the index its size calls for again (back from the exact
+    index it searched meanwhile), and retrain an IVF or PQ index, whose centroids the old vectors placed."""
+    done = []
+    dim = library.dim
+    for modality in MODALITIES:
+        index = library.vector_index(modality)
+        if not index.ntotal or dim is None:
+            continue
+        best = choose_index(index.ntotal, dim)
+        if tier(index.factory) >= 2 or tier(best) > tier(index.factory):
+            done.append(library.rebuild_index(modality, None if tier(index.factory) < tier(best) else index.factory,
+                                              queries=queries))
+    return done
 
 
 def _same_vectors(library: Library, encoder: Encoder, sample: int) -> bool | None:
@@ -96,7 +131,6 @@ def reembed_texts(library: Library, encoder: Encoder, ids: Sequence[int], batch_
     store = library.store
     keep_states = (library.root / TOKENS_DATA).exists() and hasattr(encoder, "encode_text_states")
     tokens = TextTokenStore(library.root) if keep_states else None
-    index = library.vector_index("texts")
     done = 0
     for start in range(0, len(ids), batch_size):
         by_source = defaultdict(list)
@@ -108,9 +142,8 @@ def reembed_texts(library: Library, encoder: Encoder, ids: Sequence[int], batch_
                 vectors, states, mask, _ = encoder.encode_text_states(words)
             else:
                 vectors = encoder.encode_texts(words)
-            store.delete_texts([t.id for t in texts])
-            index.remove(np.asarray([t.id for t in texts], np.int64))
-            new = library.add_texts(words, vectors, source, encoder.name, image_ids=[t.image_id for t in texts])
+            new = library.replace_texts([t.id for t in texts], words, vectors, source, encoder.name,
+                                        image_ids=[t.image_id for t in texts])
             if tokens is not None:
                 tokens.width = int(states.shape[-1])
                 lengths = mask.sum(1).tolist()

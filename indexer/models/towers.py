@@ -50,6 +50,9 @@ class BundledModel:
     heads: str  # alignment heads checkpoint
     rerank: str  # its cross-attention reranker checkpoint ("" if none)
     extra: str = ""  # the pip extra that installs its tower packages ("" if they are core dependencies)
+    # libraries that record no weights revision (made before revisions were kept, 2026-12-01) were embedded with
+    # earlier weights than these: they are embedded again, and refused by search until then
+    unrecorded_stale: bool = False
 
 
 # base runs Lite2 at 280 pixels, a little above its ImageNet 260: heads trained at 280 gain +1.1 / +0.6 dual R@1
@@ -58,7 +61,7 @@ class BundledModel:
 BUNDLED = {
     "lite": BundledModel("lite", "efficientnet-lite0", "all-minilm-l6-v2", 224, "lite-align.pt", "lite-rerank.pt"),
     "base": BundledModel("base", "efficientnet-lite2", "all-mpnet-base-v2", 280, "base-align.pt", "base-rerank.pt",
-                         "base"),
+                         "base", unrecorded_stale=True),  # its 260-px files shipped before revisions were kept
 }
 
 

@@ -476,6 +476,19 @@ class Library:
         self._advance("texts")
         return ids
 
+    def replace_texts(self, old_ids: Sequence[int], texts: Sequence[str], vectors: np.ndarray, source: str,
+                      model: str, image_ids: Sequence[int | None] | None = None) -> list[int]:
+        """Put `texts` (with their vectors, source and photo links) in place of the rows `old_ids` in one store
+        transaction (a crash keeps either the old rows or the new), then in the index; returns the new ids."""
+        index = self.vector_index("texts")
+        with self.store.transaction():
+            self.store.delete_texts(old_ids)
+            ids = self.store.add_texts(texts, source, model, vectors, image_ids=image_ids)
+        index.remove(np.asarray(old_ids, np.int64))
+        index.add(np.asarray(ids, np.int64), np.asarray(vectors, np.float32))
+        self._advance("texts")
+        return ids
+
     def delete_texts_from_source(self, source: str) -> list[int]:
         index = self.vector_index("texts")
         ids = self.store.delete_texts_from_source(source)

@@ -78,16 +78,30 @@ def finish_reembed(library: Library) -> bool:
     return True
 
 
+def unrecorded_is_stale(model: str | None) -> bool:
+    """Whether a library of `model` that records no revision was embedded with earlier weights than this
+    xmodal's (`BundledModel.unrecorded_stale`: base, whose 260-px files shipped before revisions were kept)."""
+    from xmodal.indexer.models.towers import BUNDLED
+
+    spec = BUNDLED.get(model or "")
+    return bool(spec is not None and spec.unrecorded_stale)
+
+
 def search_problem(library: Library, revision: str | None) -> str | None:
     """Why the library cannot be searched with queries from weights of `revision`, or None when it can: its
     vectors come from other weights of the same model (an upgrade changed them, and no index run has
-    re-embedded the library since)."""
+    re-embedded the library since). A library that records no revision is presumed current, unless its
+    model's weights are known to have changed since (`unrecorded_is_stale`)."""
     recorded = recorded_revision(library)
-    if revision is None or recorded is None or recorded == revision:
+    if revision is None or recorded == revision:
+        return None
+    if recorded is None and not unrecorded_is_stale(library.model):
         return None
     n = library.store.count_images()
-    return (f"library {library.root} was indexed with other weights of model {library.model!r} (revision "
-            f"{recorded}; this xmodal's is {revision}), so its vectors and these queries are incomparable: run "
+    was = (f"revision {recorded}" if recorded else "revision not recorded: made by an xmodal from before "
+           "2026-12-01")
+    return (f"library {library.root} was indexed with other weights of model {library.model!r} ({was}; this "
+            f"xmodal's is {revision}), so its vectors and these queries are incomparable: run "
             f"`xmodal index --library {library.root}` once to embed its {n} photos (and its texts) again")
 
 

@@ -384,11 +384,17 @@ class Store:
             existing = self._ids_by_raw_path(conn, [raw_path_of(im.path) for im in images])
             replaced = sorted(existing.values())
             linked = self._linked_texts(conn, replaced)  # the deletion unlinks them (trigger): kept for the new row
+            read = self._ocr_of(conn, replaced)  # the deletion drops them too: kept where the content is the same
             self._delete(conn, IMAGES, replaced)
             self._bump(conn, "images")
             new_ids = self._insert_images(conn, images, model, vectors)
             new_by_old = {existing[raw_path_of(im.path)]: i for im, i in zip(images, new_ids)
                           if raw_path_of(im.path) in existing}
+            sha_of = {i: im.sha256 for im, i in zip(images, new_ids)}
+            for old, new in new_by_old.items():
+                if old in read and read[old][0] == sha_of[new]:  # embedded again (new weights), not edited
+                    _, ocr, boxes, ocr_model = read[old]
+                    self._put_words(conn, new, ocr=ocr, ocr_boxes=boxes, ocr_model=ocr_model)
             relinked = {new_by_old[old]: texts for old, texts in linked.items()}
             for image_id, text_ids in relinked.items():
                 for part in _chunks(text_ids):
@@ -692,6 +698,18 @@ class Store:
 
     # -- words (schema 4): names, embedded descriptions and OCR text, and their FTS5 indexes; (schema 5)
     #    the captions of the texts linked to a photo
+
+    @staticmethod
+    def _ocr_of(conn: Connection, image_ids: Sequence[int]) -> dict[int, tuple]:
+        """``{id: (sha256, ocr, ocr_boxes, ocr_model)}`` of the photos among `image_ids` that OCR has read."""
+        out = {}
+        for part in _chunks(image_ids):
+            for r in conn.execute(select(IMAGES.c.id, IMAGES.c.sha256, IMAGE_TEXT.c.ocr, IMAGE_TEXT.c.ocr_boxes,
+                                         IMAGE_TEXT.c.ocr_model)
+                                  .join(IMAGE_TEXT, IMAGE_TEXT.c.image_id == IMAGES.c.id)
+                                  .where(IMAGES.c.id.in_(part) & IMAGE_TEXT.c.ocr_model.is_not(None))):
+                out[int(r.id)] = (r.sha256, r.ocr, r.ocr_boxes, r.ocr_model)
+        return out
 
     @staticmethod
     def _put_words(conn: Connection, image_id: int, **fields: Any) -> None:
