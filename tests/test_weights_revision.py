@@ -217,18 +217,21 @@ def test_a_text_reembedding_that_fails_to_write_keeps_the_old_texts(indexed, enc
         assert index_images(lib, None, encoder).texts_reembedded == 4
 
 
-def test_search_refuses_an_unrecorded_library_of_a_model_whose_weights_changed_since(photos, library, encoder,
-                                                                                      monkeypatch):
+def test_search_refuses_an_unrecorded_library_of_a_model_whose_weights_changed_since(photos, library, tmp_path,
+                                                                                      encoder, monkeypatch, caplog):
     """base's 260-px libraries record no revision (made before revisions were kept): its BundledModel says such
     libraries are stale, so search refuses them and index embeds them again without a sample check."""
     from xmodal.indexer.models import towers
 
+    monkeypatch.setitem(towers.BUNDLED, "fake-versioned", towers.BundledModel(
+        "fake-versioned", "efficientnet-lite0", "all-minilm-l6-v2", 32, "x.pt", "", unrecorded_stale=True))
+    with Library(tmp_path / "new", create=True) as lib:  # a new library of that model is simply current
+        assert index_images(lib, [str(photos)], encoder).added == 4 and recorded_revision(lib) == "v1"
+    assert "again" not in caplog.text  # no re-embedding announced for it
     encoder.revision = None
     with Library(library, create=True) as lib:
         index_images(lib, [str(photos)], encoder)
     encoder.revision = "v1"  # the same vectors: only the flag can tell
-    monkeypatch.setitem(towers.BUNDLED, "fake-versioned", towers.BundledModel(
-        "fake-versioned", "efficientnet-lite0", "all-minilm-l6-v2", 32, "x.pt", "", unrecorded_stale=True))
     with SearchEngine(library) as eng, pytest.raises(SearchError, match="not recorded: made by an xmodal from before"):
         eng.search_text("red")
     with Library(library) as lib:

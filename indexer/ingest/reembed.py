@@ -46,10 +46,10 @@ def weights_verdict(library: Library, encoder: Encoder, sample: int = SAMPLE) ->
     recorded = recorded_revision(library)
     if recorded is not None:
         return "same" if recorded == current else "changed"
+    if not library.store.count_images() and not library.store.count_texts():
+        return "same"  # a new library
     if unrecorded_is_stale(library.model):
         return "changed"
-    if not library.store.count_images() and not library.store.count_texts():
-        return "same"
     same = _same_vectors(library, encoder, sample)
     return "unknown" if same is None else ("same" if same else "changed")
 
