@@ -324,3 +324,17 @@ def test_ray_shards_replace_the_stale_rows_and_shards_of_other_weights_are_refus
         lib.save("images")
         catch_up_texts(lib, encoder, report)
         assert report.reembedded == 4 and stale_counts(lib) == {"images": 0, "texts": 0}
+
+
+def test_check_reports_rows_of_earlier_weights_and_repair_embeds_them(indexed, encoder):
+    from xmodal.indexer.storage.check import check_library, repair
+
+    encoder.revision = "v2"
+    with Library(indexed) as lib:
+        index_images(lib, None, encoder, batch_size=1, should_stop=lambda: True)  # a re-embedding, interrupted
+        report = check_library(lib)
+        assert not report.ok and len(report.modalities["images"].earlier_weights) == 3
+        assert any("earlier weights" in p for p in report.problems)
+        fixed = repair(lib, load_encoder=lambda: encoder)
+        assert fixed.reembedded == 3 + 4 and stale_counts(lib) == {"images": 0, "texts": 0}
+        assert lib.store.get_meta("stale_below") is None and check_library(lib).ok

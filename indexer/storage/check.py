@@ -25,12 +25,13 @@ import numpy as np
 
 from xmodal.indexer.ingest.decode import DecodeError, read_image
 from xmodal.indexer.ingest.pipeline import backfill_patches
-from xmodal.indexer.ingest.reembed import reembed_texts
+from xmodal.indexer.ingest.reembed import rebuild_after_reembed, reembed_texts, sync_weights
 from xmodal.indexer.models.patch_projector import PatchProjector, default_projector
 from xmodal.indexer.models.base import Encoder
 from xmodal.indexer.storage.library import MODALITIES, Library, LibraryError, _under, dim_problem
 from xmodal.indexer.records import Skipped
 from xmodal.indexer.storage.recovery import DatabaseDamaged, restore_backup
+from xmodal.indexer.storage.revision import STALE_BELOW, finish_reembed, stale_ids
 from xmodal.indexer.storage.store import Store
 from xmodal.indexer.storage.vector_index import VectorIndex, VectorIndexError
 
@@ -47,6 +48,7 @@ class ModalityCheck:
     duplicate_vectors: list[int] = field(default_factory=list)
     rows_without_stored_vector: list[int] = field(default_factory=list)
     wrong_model: list[int] = field(default_factory=list)
+    earlier_weights: list[int] = field(default_factory=list)  # rows an unfinished re-embedding has still to redo
 
 
 @dataclass
@@ -82,6 +84,9 @@ class CheckReport:
                 out.append(f"{name}: {len(m.rows_without_stored_vector)} rows have no vector in the store")
             if m.wrong_model:
                 out.append(f"{name}: {len(m.wrong_model)} rows were embedded with another model than {self.model!r}")
+            if m.earlier_weights:
+                out.append(f"{name}: {len(m.earlier_weights)} rows carry vectors from {self.model!r}'s earlier "
+                           "weights (an unfinished re-embedding: `xmodal index` or `check --repair` embeds them)")
         if self.vanished:
             out.append(f"images: {len(self.vanished)} indexed files no longer exist")
         if self.corrupt_patches:
@@ -147,6 +152,7 @@ def check_library(library: Library) -> CheckReport:
         m.rows_without_stored_vector = ids[~has].tolist()
         if report.model is not None:
             m.wrong_model = store.ids_with_other_model(modality, report.model)
+        m.earlier_weights = stale_ids(library, modality).tolist()
         path = library.index_path(modality)
         held = np.empty(0, np.int64)
         if path.exists():
@@ -246,15 +252,21 @@ def repair(library: Library, load_encoder: Callable[[], Encoder],
         if vanished:
             library.delete_images(vanished)
             out.removed_vanished = len(vanished)
-        redo = sorted(set(library.unembedded.get("images", np.empty(0)).tolist())
-                      | set(store.ids_with_other_model("images", model)))
-        redo_texts = sorted(set(library.unembedded.get("texts", np.empty(0)).tolist())
-                            | set(store.ids_with_other_model("texts", model)))
+        underway = store.get_meta(STALE_BELOW) is not None  # a re-embedding for new weights, unfinished
+
+        def todo(modality: str) -> list[int]:
+            return sorted(set(library.unembedded.get(modality, np.empty(0)).tolist())
+                          | set(store.ids_with_other_model(modality, model))
+                          | set(stale_ids(library, modality).tolist()))
+
+        redo, redo_texts = todo("images"), todo("texts")
         if redo or redo_texts:
             encoder = load_encoder()
             if encoder.name != model:
                 raise LibraryError(f"library {library.root} is built with {model!r}; repair needs that model, "
                                    f"not {encoder.name!r}")
+            if sync_weights(library, encoder):  # other weights than the stale rows were marked for: all rows now
+                underway, redo, redo_texts = True, todo("images"), todo("texts")
             size = getattr(encoder, "preprocess", None)
             for record in store.get_images(redo):
                 if any(_under(record.path, root) for root in unreachable):
@@ -271,6 +283,8 @@ def repair(library: Library, load_encoder: Callable[[], Encoder],
             out.reembedded += reembed_texts(library, encoder, redo_texts)  # they keep the photos they describe
         for modality in MODALITIES:
             library.save(modality)
+        if underway and finish_reembed(library):
+            rebuild_after_reembed(library)
         if corrupt_patches(library):
             encoder = load_encoder()
             proj = projector(encoder.name)
