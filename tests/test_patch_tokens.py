@@ -71,6 +71,21 @@ def test_wrong_shapes_and_oversized_tokens_are_refused(tmp_path):
         projector(dim=200, width=256)  # 49 x 200 x 2 bytes > 16 KB
 
 
+def test_slots_a_reembedding_left_dead_give_their_disk_space_back_and_the_rest_still_read(tmp_path):
+    spec = PatchSpec(tokens=49, dim=128, source="x")  # 12.5 KB slots, as lite's
+    store = PatchStore(tmp_path, spec)
+    tokens = np.random.default_rng(0).normal(size=(40, 49, 128)).astype(np.float16)
+    store.write(list(range(40)), [sha(i) for i in range(40)], tokens)
+    before = store.path.stat()
+    if not store.release_below(20):
+        pytest.skip("this file system cannot punch holes")
+    after = store.path.stat()
+    assert after.st_size == before.st_size and after.st_blocks < before.st_blocks * 0.6  # half the file released
+    got, found = PatchStore(tmp_path).read(list(range(40)), [sha(i) for i in range(40)])
+    assert not found[:20].any() and found[20:].all()  # the dead ids read as missing, the live ones as written
+    np.testing.assert_array_equal(got[20:], tokens[20:])
+
+
 def test_empty_library_reads_nothing(tmp_path):
     tokens, found = PatchStore(tmp_path, PatchSpec(49, 16, "x")).read([0, 1], [sha(0), sha(1)])
     assert not found.any() and tokens.shape == (2, 49, 16)

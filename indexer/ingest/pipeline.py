@@ -327,7 +327,8 @@ def catch_up_texts(library: Library, encoder: Encoder, report: IndexReport | Non
     """Embed again the texts whose vectors came from the model's earlier weights; once nothing stale is left,
     drop the re-embedding's watermark and give the indexes the type their size calls for (retrained on the new
     vectors). Photos whose files were not found (an unplugged drive) keep it."""
-    underway = library.store.get_meta(STALE_BELOW) is not None
+    marks = library.store.get_meta(STALE_BELOW)
+    underway = marks is not None
     stale = stale_ids(library, "texts")
     if len(stale):
         done = reembed_texts(library, encoder, stale.tolist())
@@ -339,7 +340,7 @@ def catch_up_texts(library: Library, encoder: Encoder, report: IndexReport | Non
                        "found in this run (an unplugged drive?); `xmodal index` embeds them when they are",
                        library.root, len(stale_ids(library, "images")))
     elif underway:
-        rebuilt = rebuild_after_reembed(library, queries=encoder.encode_texts(TUNING_QUERIES))
+        rebuilt = rebuild_after_reembed(library, queries=encoder.encode_texts(TUNING_QUERIES), marks=marks)
         if report is not None and rebuilt and report.rebuilt is None:
             report.rebuilt = rebuilt[0]
 

@@ -76,9 +76,17 @@ def sync_weights(library: Library, encoder: Encoder, sample: int = SAMPLE) -> di
     return counts
 
 
-def rebuild_after_reembed(library: Library, queries: np.ndarray | None = None) -> list[dict]:
+def rebuild_after_reembed(library: Library, queries: np.ndarray | None = None,
+                          marks: dict | None = None) -> list[dict]:
     """Once a re-embedding is done: give each modality the index its size calls for again (back from the exact
-    index it searched meanwhile), and retrain an IVF or PQ index, whose centroids the old vectors placed."""
+    index it searched meanwhile), and retrain an IVF or PQ index, whose centroids the old vectors placed.
+    With the re-embedding's watermark (`marks`), the patch-token slots below it, all dead now, give their
+    disk space back."""
+    if marks and marks.get("images"):
+        store = library.patch_store()
+        if store.spec is not None and store.release_below(int(marks["images"])):
+            logger.info("%s: released the patch-token slots of the %d ids below the re-embedding", library.root,
+                        int(marks["images"]))
     done = []
     dim = library.dim
     for modality in MODALITIES:

@@ -252,7 +252,8 @@ def repair(library: Library, load_encoder: Callable[[], Encoder],
         if vanished:
             library.delete_images(vanished)
             out.removed_vanished = len(vanished)
-        underway = store.get_meta(STALE_BELOW) is not None  # a re-embedding for new weights, unfinished
+        marks = store.get_meta(STALE_BELOW)
+        underway = marks is not None  # a re-embedding for new weights, unfinished
 
         def todo(modality: str) -> list[int]:
             return sorted(set(library.unembedded.get(modality, np.empty(0)).tolist())
@@ -267,6 +268,7 @@ def repair(library: Library, load_encoder: Callable[[], Encoder],
                                    f"not {encoder.name!r}")
             if sync_weights(library, encoder):  # other weights than the stale rows were marked for: all rows now
                 underway, redo, redo_texts = True, todo("images"), todo("texts")
+                marks = store.get_meta(STALE_BELOW)
             size = getattr(encoder, "preprocess", None)
             for record in store.get_images(redo):
                 if any(_under(record.path, root) for root in unreachable):
@@ -284,7 +286,7 @@ def repair(library: Library, load_encoder: Callable[[], Encoder],
         for modality in MODALITIES:
             library.save(modality)
         if underway and finish_reembed(library):
-            rebuild_after_reembed(library)
+            rebuild_after_reembed(library, marks=marks)
         if corrupt_patches(library):
             encoder = load_encoder()
             proj = projector(encoder.name)

@@ -158,6 +158,39 @@ class PatchStore:
     def bytes_on_disk(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0
 
+    def release_below(self, first_live_id: int) -> bool:
+        """Give the disk space of every slot below `first_live_id` back to the file system (a hole: it reads
+        as zeros, so those slots read as missing), keeping the file's size and every slot's address. For the
+        slots a re-embedding left dead: re-embedded photos get new ids above the old ones. False where the
+        file system cannot punch holes (nothing changes then)."""
+        length = int(first_live_id) * self.spec.slot_bytes if self.spec is not None else 0
+        if length <= 0 or not self.path.exists():
+            return False
+        return punch_hole(self.path, min(length, self.path.stat().st_size))
+
+
+def punch_hole(path: str | os.PathLike, length: int) -> bool:
+    """Deallocate the first `length` bytes of a file (Linux fallocate PUNCH_HOLE | KEEP_SIZE); False where the
+    platform or file system cannot."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):
+        return False
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if fallocate(fd, 0x01 | 0x02, 0, int(length)) != 0:  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+            logger.info("%s: the file system keeps the dead patch-token slots (%s)", path,
+                        os.strerror(ctypes.get_errno()))
+            return False
+        return True
+    finally:
+        os.close(fd)
+
 
 _EMPTY = bytes(TAG_BYTES)  # the tag of a slot never written (a hole in the file): never valid
 
