@@ -12,8 +12,8 @@ import numpy as np
 
 from xmodal.indexer.distributed.shards import ShardResult
 from xmodal.indexer.ingest.decode import iter_decoded
-from xmodal.indexer.ingest.pipeline import BATCH_SIZE, batched, input_fit
-from xmodal.indexer.models.base import Encoder, decode_size
+from xmodal.indexer.ingest.pipeline import BATCH_SIZE, batched
+from xmodal.indexer.models.base import Encoder, decode_size, input_fit
 from xmodal.indexer.records import DecodedImage, Skipped
 from xmodal.indexer.storage.revision import encoder_revision
 

@@ -27,7 +27,7 @@ import numpy as np
 from xmodal.indexer.ingest.decode import iter_decoded
 from xmodal.indexer.ingest.reembed import (rebuild_after_reembed, reembed_texts, sync_weights,
                                              weights_verdict)
-from xmodal.indexer.models.base import Encoder, decode_size
+from xmodal.indexer.models.base import Encoder, decode_size, input_fit
 from xmodal.indexer.storage.index_tuning import TUNING_QUERIES, needs_rebuild
 from xmodal.indexer.storage.library import Library, LibraryError, _under, write_failure
 from xmodal.indexer.storage.revision import (STALE_BELOW, encoder_revision, finish_reembed, record_revision,
@@ -218,12 +218,6 @@ def encode_ahead(encoder: Encoder, jobs: Iterable[_Job], with_patches: bool = Fa
         return job
 
     return ordered_map(encode, jobs, workers=lanes, prefetch=lanes + 1, name="xmodal-encode")
-
-
-def input_fit(encoder: Encoder) -> Callable | None:
-    """The encoder's resize to its input size (`Preprocess.fit`), for the decode threads to run; None when the
-    encoder has its own preprocessing (CLIP-family checkpoints)."""
-    return getattr(getattr(encoder, "preprocess", None), "fit", None)
 
 
 def index_images(library: Library, roots: Sequence[str] | None, encoder: Encoder, batch_size: int = BATCH_SIZE,

@@ -110,3 +110,9 @@ def decode_size(encoder) -> int:
     pre = getattr(encoder, "preprocess", None)
     return int(getattr(encoder, "image_size", None) or getattr(pre, "size", None) or 224)
 
+
+def input_fit(encoder):
+    """The encoder's resize to its input size (`Preprocess.fit`), for the decode threads to run; None when the
+    encoder has its own preprocessing (CLIP-family checkpoints)."""
+    return getattr(getattr(encoder, "preprocess", None), "fit", None)
+
