@@ -15,10 +15,9 @@ from typing import Sequence
 import numpy as np
 
 from xmodal.indexer.ingest.decode import iter_decoded
-from xmodal.indexer.models.base import Encoder, decode_size
+from xmodal.indexer.models.base import Encoder, decode_size, input_fit
 from xmodal.indexer.records import DecodedImage
-from xmodal.indexer.storage.index_choice import choose_index
-from xmodal.indexer.storage.index_tuning import tier
+from xmodal.indexer.storage.index_tuning import needs_rebuild, tier
 from xmodal.indexer.storage.library import MODALITIES, Library
 from xmodal.indexer.storage.revision import (begin_reembed, encoder_revision, record_revision, recorded_revision,
                                               unrecorded_is_stale)
@@ -93,10 +92,10 @@ def rebuild_after_reembed(library: Library, queries: np.ndarray | None = None,
         index = library.vector_index(modality)
         if not index.ntotal or dim is None:
             continue
-        best = choose_index(index.ntotal, dim)
-        if tier(index.factory) >= 2 or tier(best) > tier(index.factory):
-            done.append(library.rebuild_index(modality, None if tier(index.factory) < tier(best) else index.factory,
-                                              queries=queries))
+        factory = needs_rebuild(index.factory, index.ntotal, dim) or (index.factory if tier(index.factory) >= 2
+                                                                      else None)
+        if factory:
+            done.append(library.rebuild_index(modality, factory, queries=queries))
     return done
 
 
@@ -109,7 +108,7 @@ def _same_vectors(library: Library, encoder: Encoder, sample: int) -> bool | Non
         pick = ids[np.unique(np.linspace(0, len(ids) - 1, min(len(ids), 4 * sample)).astype(int))]
         records = {r.path: r for r in store.get_images(pick.tolist()) if os.path.exists(r.path)}
         decoded = [im for im in iter_decoded(list(records), target_size=decode_size(encoder), workers=1,
-                                             prepare=getattr(getattr(encoder, "preprocess", None), "fit", None))
+                                             prepare=input_fit(encoder))
                    if isinstance(im, DecodedImage) and im.sha256 == records[im.path].sha256][:sample]
         if decoded:
             stored = store.get_vectors("images", [records[im.path].id for im in decoded], dim)

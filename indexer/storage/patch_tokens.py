@@ -173,11 +173,9 @@ def punch_hole(path: str | os.PathLike, length: int) -> bool:
     """Deallocate the first `length` bytes of a file (Linux fallocate PUNCH_HOLE | KEEP_SIZE); False where the
     platform or file system cannot."""
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fallocate = libc.fallocate
+        fallocate = ctypes.CDLL(None, use_errno=True).fallocate  # the C library the process already has
     except (OSError, AttributeError):
         return False
     fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
