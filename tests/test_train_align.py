@@ -91,3 +91,16 @@ def test_the_head_tuning_trial_starts_from_imagenets_head_moves_it_and_is_refuse
     assert tuned.shape == tower._conv_head.weight.shape and not torch.allclose(tuned, tower._conv_head.weight)
     with pytest.raises(ModelUnavailable, match="training trial"):
         LiteEncoder(tmp_path / "tuned.pt")
+
+
+def test_each_bundled_models_recipe_names_real_training_options_and_lite_keeps_the_defaults():
+    from xmodal.engine.training.align import RECIPES, AlignConfig
+    from xmodal.indexer.models.towers import BUNDLED
+    from xmodal.indexer.resources import data_file
+
+    assert set(RECIPES) == set(BUNDLED)  # `train align --model M` knows every bundled model's recipe
+    for model, recipe in RECIPES.items():
+        AlignConfig(**recipe)  # a misspelt option would raise here, not silently train another recipe
+    assert RECIPES["lite"] == {}  # lite's shipped heads were trained with AlignConfig's defaults
+    lite = torch.load(data_file(BUNDLED["lite"].heads), map_location="cpu", weights_only=True)
+    assert all(lite["config"].get(k, v) == v for k, v in vars(AlignConfig()).items() if k in lite["config"])
