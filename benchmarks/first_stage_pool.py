@@ -21,21 +21,13 @@ import numpy as np
 from xmodal.engine.eval.machine import cpu_name
 
 REPO = Path(__file__).resolve().parent.parent
-FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
 ALPHAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 BETAS = (0.0, 0.05, 0.1, 0.15, 0.2)
 
 
 def main() -> None:
-    import torch
-
-    from xmodal.engine.eval.datasets import load_captions_csv
-    from xmodal.engine.rerank.lite import Reranker
-    from xmodal.engine.training.align import default_cache_dir, patch_maps
-    from xmodal.engine.training.features import build_cache
-    from xmodal.engine.training.rerank_data import cache_tokens, dual_embeddings, score_pairs, to_patch_tokens
-    from xmodal.indexer.models.base import Preprocess
-    from xmodal.indexer.models.lite_encoder import LiteEncoder
+    from i2t_exemplar import dev_features  # a sibling script: benchmarks/ is on sys.path when run
+    from xmodal.engine.training.rerank_data import score_pairs
     from xmodal.indexer.models.towers import BUNDLED
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,18 +37,10 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "first_stage_pool.json")
     args = ap.parse_args()
-    t0, k, spec = time.time(), args.k, BUNDLED[args.model]
-    rr = Reranker(args.reranker)
-    raw = torch.load(args.reranker, map_location="cpu", weights_only=True)
-    dual = LiteEncoder(args.heads, name=spec.name, extra=spec.extra).model
-    ds = load_captions_csv(FLICKR8K, FLICKR8K / "splits" / "dev.txt")
-    ds.name = f"{FLICKR8K.name}-dev"
-    cache = default_cache_dir()
-    fc = build_cache(ds, cache, Preprocess(size=spec.size), towers=(spec.image_tower, spec.text_tower))
-    tokens = cache_tokens(list(ds.captions), ds.name, cache, spec.text_tower)
-    maps = patch_maps(fc.trunk, image_tower=spec.image_tower)
-    img, txt = (x.numpy() for x in dual_embeddings(dual, maps, fc.text))
-    patches = to_patch_tokens(maps, raw["pca"]["mean"].float(), raw["pca"]["proj"].float())
+    t0, k = time.time(), args.k
+    f = dev_features(args.model, args.heads, args.reranker)
+    rr, fc, tokens, patches = f["rr"], f["fc"], f["tokens"], f["patches"]
+    img, txt = f["img"].numpy(), f["txt"].numpy()
     ci = np.asarray(fc.caption_image, np.int64)
     sim = txt @ img.T  # (n_cap, n_img)
     prior_img, prior_cap = rr.hub_prior(img, "t2i"), rr.hub_prior(txt, "i2t")

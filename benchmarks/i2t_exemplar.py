@@ -36,27 +36,28 @@ VARIANTS = [("mean", 1, 0.05), ("mean", 5, 0.01), ("mean", 5, 0.03), ("mean", 20
 KS = (16, 32)
 
 
-def dev_arrays(model: str) -> dict:
-    """The dev split's dual vectors, sentence vectors, hubness priors and each photo's top-32 captions'
-    match scores, with the model's shipped heads and reranker."""
+def dev_features(model: str, heads: Path | None = None, reranker: Path | None = None) -> dict:
+    """The dev split's cached tower features through a model's heads and reranker (default: the shipped
+    ones): {"rr" (Reranker), "raw" (its checkpoint), "fc" (FeatureCache), "tokens", "img", "txt" (torch dual
+    vectors), "patches" (PCA-reduced patch tokens)}. benchmarks/first_stage_pool.py reads the same."""
     import torch
 
     from xmodal.engine.eval.datasets import load_captions_csv
     from xmodal.engine.rerank.lite import Reranker
-    from xmodal.engine.rerank.scoring import hub_prior, unpack_keys
     from xmodal.engine.training.align import default_cache_dir, patch_maps
     from xmodal.engine.training.features import build_cache
-    from xmodal.engine.training.rerank_data import cache_tokens, dual_embeddings, score_pairs, to_patch_tokens
+    from xmodal.engine.training.rerank_data import cache_tokens, dual_embeddings, to_patch_tokens
     from xmodal.indexer.models.base import Preprocess
     from xmodal.indexer.models.lite_encoder import LiteEncoder
     from xmodal.indexer.models.towers import BUNDLED, bundled_reranker
     from xmodal.indexer.resources import data_file
 
-    spec, path = BUNDLED[model], bundled_reranker(model)
+    spec = BUNDLED[model]
+    path = reranker or bundled_reranker(model)
     if path is None:
         raise SystemExit(f"{model}'s reranker is not installed (base: make install-base)")
     rr, raw = Reranker(path), torch.load(path, map_location="cpu", weights_only=True)
-    dual = LiteEncoder(data_file(spec.heads), name=spec.name, extra=spec.extra).model
+    dual = LiteEncoder(heads or data_file(spec.heads), name=spec.name, extra=spec.extra).model
     ds = load_captions_csv(FLICKR8K, FLICKR8K / "splits" / "dev.txt")
     ds.name = f"{FLICKR8K.name}-dev"
     cache = default_cache_dir()
@@ -65,6 +66,18 @@ def dev_arrays(model: str) -> dict:
     maps = patch_maps(fc.trunk, image_tower=spec.image_tower)
     img, txt = dual_embeddings(dual, maps, fc.text)
     patches = to_patch_tokens(maps, raw["pca"]["mean"].float(), raw["pca"]["proj"].float())
+    return {"rr": rr, "raw": raw, "fc": fc, "tokens": tokens, "img": img, "txt": txt,
+            "patches": patches}
+
+
+def dev_arrays(model: str) -> dict:
+    """The dev split's dual vectors, sentence vectors, hubness priors and each photo's top-32 captions'
+    match scores, with the model's shipped heads and reranker."""
+    from xmodal.engine.rerank.scoring import hub_prior, unpack_keys
+    from xmodal.engine.training.rerank_data import score_pairs
+
+    f = dev_features(model)
+    rr, raw, fc, tokens, img, txt, patches = (f[k] for k in ("rr", "raw", "fc", "tokens", "img", "txt", "patches"))
     sim_it = (img @ txt.T).numpy()
     top = np.argsort(-sim_it, axis=1, kind="stable")[:, :max(KS)]
     match = score_pairs(rr.model, tokens, patches, top.ravel(), np.repeat(np.arange(len(img)), max(KS)))
