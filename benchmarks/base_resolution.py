@@ -50,6 +50,15 @@ def pooled_features(tower, paths: list[str], size: int, flip: bool = False) -> t
     return torch.cat(out)
 
 
+def _mean_pooled_heads(model, path):
+    """This benchmark caches mean-pooled features per size: heads trained with GeM pooling would read them
+    wrongly, so they are refused (the heads it measured, base's until 2026-12-01 evening, were mean-pooled)."""
+    if model.pool_p != 1:
+        raise SystemExit(f"{path}: heads trained with GeM pooling (pool_p={model.pool_p}); this benchmark measures "
+                         "mean-pooled heads only")
+    return model
+
+
 def tower_ms(tower, paths: list[str], size: int) -> float:
     """Median ms per photo of the tower alone (decoded, resized photos; one thread; batches of 16)."""
     from PIL import Image
@@ -101,7 +110,7 @@ def rerank_at(size: int, spec, heads: Path, reranker: Path, ds, fc, tower) -> di
         _MAPS[(size, side)] = torch.cat(maps), torch.cat(pooled)
     maps, pooled = _MAPS[(size, side)]
     with torch.inference_mode():
-        dual = LiteEncoder(heads, name=spec.name, extra=spec.extra).model.eval()
+        dual = _mean_pooled_heads(LiteEncoder(heads, name=spec.name, extra=spec.extra).model.eval(), heads)
         img = dual.embed_pooled_image(pooled)
         txt = dual.embed_pooled_text(torch.from_numpy(np.asarray(fc.text, np.float32)))
     patches = to_patch_tokens(maps, raw["pca"]["mean"].float(), raw["pca"]["proj"].float())
@@ -168,7 +177,7 @@ def main() -> None:
               "split": "Flickr8k dev (1,000 photos, 5,000 captions)", "heads": [str(h) for h in heads],
               "tower_ms_per_photo": {str(s): tower_ms(tower, paths, s) for s in args.sizes}, "by_heads": {}}
     for h in heads:
-        model = LiteEncoder(h, name=spec.name, extra=spec.extra).model.eval()
+        model = _mean_pooled_heads(LiteEncoder(h, name=spec.name, extra=spec.extra).model.eval(), h)
         with torch.inference_mode():
             txt = model.embed_pooled_text(torch.from_numpy(np.asarray(fc.text, np.float32)))
 

@@ -41,7 +41,42 @@ def test_a_missing_checkpoint_names_what_to_do(tmp_path):
         LiteEncoder(tmp_path / "nope.pt")
 
 
-@pytest.mark.parametrize("trial", [{"pool_p": 3.0}, {"text_pool": "mean+max"},
+def test_gem_pooling_is_the_mean_at_p1_and_leans_toward_the_strongest_patches_as_p_grows():
+    from xmodal.indexer.models.lite import gem_pool
+
+    maps = torch.tensor([[[[0.0, 1.0], [2.0, 5.0]]]])  # (1, 1, 2, 2)
+    assert gem_pool(maps, 1.0).item() == pytest.approx(2.0)
+    assert gem_pool(maps, 3.0).item() == pytest.approx(((1 + 8 + 125) / 4) ** (1 / 3))
+    assert 2.0 < gem_pool(maps, 3.0).item() < gem_pool(maps, 8.0).item() < 5.0
+
+
+def test_heads_trained_with_gem_pooling_are_run_by_the_encoder_with_gem_on_onnx_and_torch(tiny_dataset, tmp_path):
+    """pool_p (base's recipe) is part of the model: the encoder pools the patch map as the heads were trained,
+    in the ONNX image graph and on torch alike, not with the plain mean."""
+    import numpy as np
+    from PIL import Image
+
+    from xmodal.engine.training.align import run_align
+    from xmodal.indexer.models.lite import gem_pool
+
+    run_align(tiny_dataset, out=tmp_path / "gem.pt", cache_dir=tmp_path / "cache", epochs=1, pool_p=3.0)
+    enc = LiteEncoder(tmp_path / "gem.pt")
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray(rng.integers(0, 256, (120, 150, 3), dtype=np.uint8)) for _ in range(2)]
+    with torch.inference_mode():
+        maps = enc.model.image_patches(enc._pixels(photos))
+        as_trained = enc.model.embed_pooled_image(gem_pool(maps, 3.0)).numpy()
+        mean_pooled = enc.model.embed_pooled_image(maps.mean((2, 3))).numpy()
+    assert enc.model.pool_p == 3.0 and enc.onnx is not None
+    onnx = enc.encode_images(photos)
+    enc.onnx = None
+    torch_path = enc.encode_images(photos)
+    for got in (onnx, torch_path):
+        assert np.allclose(got, as_trained, atol=1e-4)
+        assert not np.allclose(got, mean_pooled, atol=1e-3)
+
+
+@pytest.mark.parametrize("trial", [{"text_pool": "mean+max"},
                                    {"extra_text_tower": "all-minilm-l6-v2"}, {"text_adapter": 32},
                                    {"tune_head": 0.1}])
 def test_heads_trained_with_a_trial_pooling_are_refused_not_mean_pooled(tmp_path, trial):

@@ -94,7 +94,7 @@ def rerank_benchmark(ds: CaptionDataset, encoder, reranker, rerank_ks=(DEFAULT_R
             if bad:
                 raise BenchError(f"benchmark image {bad[0].path} cannot be read: {bad[0].reason}")
             maps = model.image_patches(encoder.preprocess([b.image for b in batch]))  # (B, 1280, H, W)
-            img.append(model.embed_pooled_image(maps.mean((2, 3))))
+            img.append(model.embed_pooled_image(model.pool_image(maps)))
             patches.append(reranker.patch_tokens(maps).half())
             done += len(batch)
             if progress:

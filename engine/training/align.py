@@ -27,7 +27,7 @@ from xmodal.engine.training.head_tuning import TunedHead, tuned_maps, tuned_pool
 from xmodal.engine.training.hard_negatives import (HardNegativeBatches, ImageGroupBatches, contrastive_loss,
                                                   mine_caption_images)
 from xmodal.indexer.models.base import Preprocess
-from xmodal.indexer.models.lite import LiteDualEncoder, TextHead
+from xmodal.indexer.models.lite import LiteDualEncoder, TextHead, gem_pool  # noqa: F401 - gem_pool imported from here too
 from xmodal.indexer.models.text_tower import TextTower
 from xmodal.indexer.models.towers import BUNDLED, IMAGE_TOWERS, load_image_tower, load_text_tower
 from xmodal.indexer.resources import data_dir as shipped_data_dir
@@ -62,7 +62,7 @@ class AlignConfig:
     hn_beta: float = 0.0  # HN-NCE reweighting of negatives (Radenovic et al. 2023); 0 = plain InfoNCE
     hn_share: float = 0.0  # share of each batch filled with captions of seed captions' mined hard images
     hn_k: int = 8  # those images: each caption's top-k by the shipped lite model
-    pool_p: float = 1.0  # generalised-mean pooling of the patch map (1: the mean; trial only, see MODEL_CARD)
+    pool_p: float = 1.0  # generalised-mean pooling of the patch map (1: the mean; the encoder runs it too)
     text_pool: str = "mean"  # "mean+max": mean and max of the token states, concatenated (trial only)
     extra_text_tower: str = ""  # a second text tower whose sentence features are concatenated (trial only)
     text_adapter: int = 0  # > 0: a residual per-token MLP of this width on the locked token states (trial only)
@@ -101,19 +101,12 @@ def random_window_pool(maps: torch.Tensor, min_side: int, rng: np.random.Generat
     return pooled if p == 1 else pooled ** (1 / p)
 
 
-def gem_pool(maps: torch.Tensor, p: float = 1.0) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C): the whole map's mean (p = 1) or generalised mean."""
-    if p == 1:
-        return maps.float().mean((2, 3))
-    return (maps.float().clamp(min=1e-6) ** p).mean((2, 3)) ** (1 / p)
-
-
 def build_model(cfg: AlignConfig) -> LiteDualEncoder:
     torch.manual_seed(cfg.seed)
     _, bert = load_text_tower(cfg.text_tower)
     model = LiteDualEncoder(TextTower(bert), dim=cfg.dim, hidden=cfg.hidden, dropout=cfg.dropout,
                             members=cfg.members, text_hidden=cfg.text_hidden, text_dropout=cfg.text_dropout,
-                            image_variant=IMAGE_TOWERS[cfg.image_tower].variant)
+                            image_variant=IMAGE_TOWERS[cfg.image_tower].variant, pool_p=cfg.pool_p)
     model.image_tower.load_state_dict(load_image_tower(cfg.image_tower).state_dict())
     return model
 

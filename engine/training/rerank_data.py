@@ -168,7 +168,7 @@ def topk_neighbours(sim_fn, n_rows: int, k: int, exclude, chunk: int = 1000) -> 
 @torch.inference_mode()
 def dual_embeddings(model, maps: torch.Tensor, pooled_text: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Dual encoder embeddings (images (N, D), captions (M, D)) from patch maps and pooled text."""
-    img = torch.cat([model.embed_pooled_image(maps[s:s + 500].float().mean((2, 3)))
+    img = torch.cat([model.embed_pooled_image(model.pool_image(maps[s:s + 500]))
                      for s in range(0, len(maps), 500)])
     txt = model.embed_pooled_text(torch.from_numpy(np.asarray(pooled_text, np.float32)))
     return img, txt

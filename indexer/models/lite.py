@@ -1,8 +1,8 @@
 """The "lite" dual encoder: EfficientNet-Lite0 and MiniLM towers, locked, with LiT-style trained heads
 mapping both into one shared, L2-normalised space.
 
-Image: the tower's 1280-channel 7x7 head map, mean-pooled, standardised with the training set's
-statistics, then a 2-layer MLP. Text: MiniLM's mean-pooled sentence embedding, then a linear map.
+Image: the tower's 1280-channel head map (7x7 at 224 px), mean-pooled (or generalised-mean pooled, `pool_p`),
+standardised with the training set's statistics, then a 2-layer MLP. Text: MiniLM's mean-pooled sentence embedding, then a linear map.
 The heads are a small ensemble: `members` independently trained (image MLP, text map) pairs whose
 unit vectors are summed and renormalised -- one D-dimensional vector per item, as with a single head.
 """
@@ -14,6 +14,14 @@ from torch import nn
 
 from xmodal.indexer.models.efficientnet_lite import EfficientNetLite
 from xmodal.indexer.models.text_tower import TextTower, mean_pool
+
+
+def gem_pool(maps: torch.Tensor, p: float = 1.0) -> torch.Tensor:
+    """(B, C, H, W) non-negative maps -> (B, C): the whole map's mean (p = 1) or its generalised mean,
+    (mean x^p)^(1/p), which leans toward each channel's strongest patches as p grows."""
+    if p == 1:
+        return maps.float().mean((2, 3))
+    return (maps.float().clamp(min=1e-6) ** p).mean((2, 3)) ** (1 / p)
 
 
 class ImageHead(nn.Module):
@@ -46,10 +54,12 @@ class TextHead(nn.Module):
 
 class LiteDualEncoder(nn.Module):
     """Both towers and heads. Inputs: preprocessed pixels (B, 3, S, S) (S = 224 for Lite0); token ids and mask
-    (B, T). `image_variant`: the EfficientNet-Lite variant of the image tower (lite0, the lite model's)."""
+    (B, T). `image_variant`: the EfficientNet-Lite variant of the image tower (lite0, the lite model's);
+    `pool_p`: the patch map's pooling before the image head (1: the mean; 3: GeM, base's)."""
 
     def __init__(self, text_tower: TextTower, dim: int = 512, hidden: int = 4096, dropout: float = 0.0,
-                 members: int = 1, text_hidden: int = 0, text_dropout: float = 0.0, image_variant: str = "lite0"):
+                 members: int = 1, text_hidden: int = 0, text_dropout: float = 0.0, image_variant: str = "lite0",
+                 pool_p: float = 1.0):
         super().__init__()
         self.image_tower = EfficientNetLite(image_variant)
         self.text_tower = text_tower
@@ -59,10 +69,15 @@ class LiteDualEncoder(nn.Module):
                                         for _ in range(members))
         self.logit_scale = nn.Parameter(torch.full((members,), 2.659))  # log(1/0.07), as CLIP
         self.dim = dim
+        self.pool_p = float(pool_p)
 
     def image_patches(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 1280, H/32, W/32) patch features of the locked tower."""
         return self.image_tower.forward_features(pixels)
+
+    def pool_image(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, 1280, H, W) patch maps -> (B, 1280) pooled features, as the image heads were trained on."""
+        return gem_pool(maps, self.pool_p)
 
     def embed_pooled_image(self, pooled: torch.Tensor, member: int | None = None) -> torch.Tensor:
         """(B, 1280) -> (B, D) unit norm; one member's embedding, or the ensemble's when member is None."""
@@ -73,7 +88,7 @@ class LiteDualEncoder(nn.Module):
         return _ensemble(self.text_heads, pooled, member)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, D)
-        return self.embed_pooled_image(self.image_patches(pixels).mean(dim=(2, 3)))
+        return self.embed_pooled_image(self.pool_image(self.image_patches(pixels)))
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, D)
         return self.embed_pooled_text(mean_pool(self.text_tower(ids, mask), mask))

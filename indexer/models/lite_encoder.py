@@ -47,7 +47,7 @@ _NOT_YET = object()  # LiteEncoder.onnx before its first use
 
 
 # AlignConfig's training trials (engine/training/align.py) and their plain values: the encoder runs only these
-TRIAL_OPTIONS = {"pool_p": 1.0, "text_pool": "mean", "extra_text_tower": "", "text_adapter": 0, "tune_head": 0.0}
+TRIAL_OPTIONS = {"text_pool": "mean", "extra_text_tower": "", "text_adapter": 0, "tune_head": 0.0}
 
 
 class LiteEncoder:
@@ -79,7 +79,8 @@ class LiteEncoder:
         image_tower = cfg.get("image_tower", "efficientnet-lite0")
         self.tokenizer, bert = load_text_tower(cfg.get("text_tower", "all-minilm-l6-v2"), extra)
         model = LiteDualEncoder(TextTower(bert), dim=cfg["dim"], hidden=cfg["hidden"], members=cfg["members"],
-                                text_hidden=cfg.get("text_hidden", 0), image_variant=IMAGE_TOWERS[image_tower].variant)
+                                text_hidden=cfg.get("text_hidden", 0), image_variant=IMAGE_TOWERS[image_tower].variant,
+                                pool_p=cfg.get("pool_p", 1.0))
         model.image_tower.load_state_dict(load_image_tower(image_tower, extra).state_dict())
         state = {k: v.float() if v.is_floating_point() else v for k, v in ck["state"].items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -175,7 +176,7 @@ class LiteEncoder:
             return torch.from_numpy(emb), torch.from_numpy(maps)
         pixels = self._pixels(images)
         maps = self.model.image_patches(pixels)
-        return self.model.embed_pooled_image(maps.mean(dim=(2, 3))).cpu(), maps.cpu()
+        return self.model.embed_pooled_image(self.model.pool_image(maps)).cpu(), maps.cpu()
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], lane: int | None = None) -> np.ndarray:

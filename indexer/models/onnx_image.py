@@ -41,7 +41,7 @@ class _ImagePath(torch.nn.Module):
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (pixels.float() - self.mean) / self.std  # (B, 3, H, W)
         maps = self.lite.image_patches(x)  # (B, 1280, H/32, W/32)
-        return self.lite.embed_pooled_image(maps.mean(dim=(2, 3))), maps
+        return self.lite.embed_pooled_image(self.lite.pool_image(maps)), maps
 
 
 RUNTIMES = ("onnx", "int8", "torch")
