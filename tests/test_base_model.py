@@ -116,9 +116,11 @@ def test_train_align_model_base_writes_heads_the_base_encoder_loads(tiny_dataset
     report = json.loads(result.stdout)
     assert report["config"]["image_tower"] == "efficientnet-lite2"
     assert report["config"]["text_tower"] == "all-mpnet-base-v2"
-    assert report["config"]["hn_beta"] == RECIPES["base"]["hn_beta"] > 0  # base's recipe: HN-NCE
+    assert RECIPES["base"]["hn_beta"] > 0 and RECIPES["base"]["pool_p"] > 1  # base's recipe: HN-NCE, GeM pooling
+    assert all(report["config"][k] == v for k, v in RECIPES["base"].items())
     enc = LiteEncoder(out, name="base", extra="base")
     assert enc.name == "base" and enc.preprocess.size == towers.BUNDLED["base"].size == 280
+    assert enc.model.pool_p == RECIPES["base"]["pool_p"]  # the encoder pools as the heads were trained
     iv = enc.encode_images([Image.open(tiny_dataset / "images" / f"{next(iter(COLOURS))}1.jpg")])
     tv = enc.encode_texts(["a red picture"])
     assert iv.shape == tv.shape == (1, report["config"]["dim"])
@@ -143,7 +145,8 @@ def test_the_shipped_base_reranker_reads_base_features_and_fits_a_librarys_token
     assert ck["pca"]["proj"].shape == (1280, cfg["patch_dim"]) and 81 * cfg["patch_dim"] * 2 <= MAX_SLOT_BYTES
     heads = torch.load(data_file(towers.BUNDLED["base"].heads), map_location="cpu", weights_only=True)
     assert heads["preprocess"]["size"] == towers.BUNDLED["base"].size  # the heads were trained at base's size...
-    assert heads["config"]["hn_beta"] == RECIPES["base"]["hn_beta"]  # ...with base's recipe (train align reproduces them)
+    assert all(heads["config"][k] == v for k, v in RECIPES["base"].items())  # ...with base's recipe (train align
+    # reproduces them)
     assert patch_count(heads["preprocess"]["size"]) == cfg["patches"]  # ...whose patch map the matcher reads
     assert ck["hub"]["images"].shape == (6000, heads["config"]["dim"])  # its banks come from base's own heads
     assert ck["hub"]["exemplars"]["keys"].shape[1] == 768  # exemplar keys are MPNet sentence vectors

@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 
 # Each bundled model's recipe: AlignConfig values that differ from the defaults (lite's), applied by run_align
 # before the caller's overrides, so `xmodal train align --model M --seed S` reproduces M's shipped heads.
-# base: HN-NCE (beta 0.5) lifts its 280-px heads by +0.88 / +1.26 dual R@1 over three seeds (data/MODEL_CARD.md).
-RECIPES = {"lite": {}, "base": {"hn_beta": 0.5}}
+# base: HN-NCE (beta 0.5) lifts its 280-px heads by +0.88 / +1.26 dual R@1 over three seeds, and GeM pooling of
+# the patch map (p = 3, run by the encoder too) image -> text by more again (data/MODEL_CARD.md).
+RECIPES = {"lite": {}, "base": {"hn_beta": 0.5, "pool_p": 3.0}}
 
 
 @dataclass
@@ -62,7 +63,7 @@ class AlignConfig:
     hn_beta: float = 0.0  # HN-NCE reweighting of negatives (Radenovic et al. 2023); 0 = plain InfoNCE
     hn_share: float = 0.0  # share of each batch filled with captions of seed captions' mined hard images
     hn_k: int = 8  # those images: each caption's top-k by the shipped lite model
-    pool_p: float = 1.0  # generalised-mean pooling of the patch map (1: the mean; the encoder runs it too)
+    pool_p: float = 1.0  # generalised-mean pooling of the patch map (1: the mean; base's recipe: 3; the encoder runs it too)
     text_pool: str = "mean"  # "mean+max": mean and max of the token states, concatenated (trial only)
     extra_text_tower: str = ""  # a second text tower whose sentence features are concatenated (trial only)
     text_adapter: int = 0  # > 0: a residual per-token MLP of this width on the locked token states (trial only)
