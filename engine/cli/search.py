@@ -51,6 +51,7 @@ def search(query, image, like, target, k, model, rerank_k, no_rerank, no_exempla
     `-"red car"` excludes a phrase (a hyphen inside a word, as in t-shirt, is not one). `--image PHOTO
     "in winter"` adds words to a photo, `--like ID "in winter"` to an indexed one."""
     from xmodal.engine.search.engine import SearchEngine
+    from xmodal.indexer.models.onnx_runtime import one_shot
 
     photo = image is not None or like is not None
     if sum(map(bool, (query or photo, queries_file))) != 1 or (image and like is not None):
@@ -61,7 +62,7 @@ def search(query, image, like, target, k, model, rerank_k, no_rerank, no_exempla
     if queries_file is not None:
         return _batch(queries_file, target, k, model, rk, no_exemplar, no_rerank, reranker, library, as_json, shown,
                       mode)
-    with edge():
+    with edge(), one_shot():  # one query, then exit: sessions load without prepacking (onnx_runtime.one_shot)
         with SearchEngine(library_dir(library), model=model, reranker=None if no_rerank else reranker) as engine:
             if query:
                 _say_parsed(engine, query, "photo, " if image else f"photo {like}, " if like is not None else "")

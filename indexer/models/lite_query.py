@@ -26,7 +26,7 @@ from xmodal.indexer.resources import data_file
 logger = logging.getLogger(__name__)
 
 LITE_HEADS = data_file("lite-align.pt")  # as lite_encoder.LITE_HEADS, without importing torch
-FORMAT = 2  # of the manifest (2: graphs with their weights in files beside them)
+FORMAT = 3  # of the manifest (2: graphs with their weights in files beside them; 3: the text graph saved optimised)
 
 
 def manifest_path(checkpoint: str | os.PathLike = LITE_HEADS) -> Path:
@@ -77,7 +77,7 @@ class LiteQueryEncoder:
         self.info = manifest.get("info", {})
         self.batch_size = 16
         self.tokenizer = Tokenizer(manifest["tokenizer"])
-        self.text_path = OnnxTextPath(Path(manifest["text"]))
+        self.text_path = OnnxTextPath(Path(manifest["text"]), optimized=True)  # format 3: saved optimised
         self._image, self._lock = None, threading.Lock()
 
     @property
