@@ -68,8 +68,8 @@ _ONE_SHOT = False  # sessions skip prepacking their weights (one_shot)
 def one_shot():
     """Within this block sessions are made for a process that runs one query and exits (`xmodal search QUERY`).
     ONNX Runtime then skips prepacking (copying every weight matrix into its blocked layout at load): base's
-    440 MB text graph loads in about 0.06 s instead of 0.9 s, and that one query runs about 0.1 s longer
-    (benchmarks/cold_start.py). A server or a batch of queries keeps the default, prepacked sessions."""
+    440 MB text graph opens and answers its first query in 0.19 s instead of 0.66 s, that query itself taking
+    0.06 s longer (benchmarks/cold_start.json). A server or a batch of queries keeps the default, prepacked sessions."""
     global _ONE_SHOT
     before, _ONE_SHOT = _ONE_SHOT, True
     try:
@@ -110,7 +110,8 @@ def save_optimized(model_path: str | os.PathLike, dst: Path) -> Path:
     """Write `model_path` as ONNX Runtime optimises it at its extended level (operator fusions: attention,
     layer norm, GELU; no layout changes, so the result suits any CPU) to `dst`, weights beside it as
     save_external writes them. A session then loads it with optimize=False: no graph optimisation at each
-    start-up (about 0.5 s for base's text graph), the same outputs."""
+    start-up (base's text graph: 0.66 s to open and answer instead of 0.69 with nothing else running, more on a busy
+    one; benchmarks/cold_start.json), the same outputs."""
     import onnxruntime as ort
 
     dst = Path(dst)
