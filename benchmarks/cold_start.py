@@ -33,16 +33,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 CHILD = r"""
-import json, sys, time
+import contextlib, json, sys, time
 import numpy as np
 from xmodal.indexer.models.onnx_runtime import one_shot, session
 
 path, optimize, quick, out = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1", sys.argv[4]
 t0 = time.perf_counter()
-if quick:
-    with one_shot():
-        s = session(path, 2, optimize=optimize, spin=False)
-else:
+with one_shot() if quick else contextlib.nullcontext():
     s = session(path, 2, optimize=optimize, spin=False)
 t1 = time.perf_counter()
 ids = np.array([[0, 1037, 3899, 8660, 2046, 1037, 2]], np.int64)

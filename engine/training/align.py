@@ -27,7 +27,7 @@ from xmodal.engine.training.head_tuning import TunedHead, tuned_maps, tuned_pool
 from xmodal.engine.training.hard_negatives import (HardNegativeBatches, ImageGroupBatches, contrastive_loss,
                                                   mine_caption_images)
 from xmodal.indexer.models.base import Preprocess
-from xmodal.indexer.models.lite import LiteDualEncoder, TextHead, gem_pool  # noqa: F401 - gem_pool imported from here too
+from xmodal.indexer.models.lite import LiteDualEncoder, TextHead, gem_pool
 from xmodal.indexer.models.text_tower import TextTower
 from xmodal.indexer.models.towers import BUNDLED, IMAGE_TOWERS, load_image_tower, load_text_tower
 from xmodal.indexer.resources import data_dir as shipped_data_dir

@@ -106,6 +106,25 @@ def session(path: str | os.PathLike, threads: int, optimize: bool = True, spin: 
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def _write_beside(dst: Path, write) -> Path:
+    """Write graph `dst` and its weights file (`dst.name` + ".data", beside it) through `write(tmp_graph_path)`,
+    which must name that weights file; both are written in a temporary folder and renamed, the data first: a
+    graph that exists is whole."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
+    tmp_dir.mkdir(exist_ok=True)
+    try:
+        write(tmp_dir / dst.name)
+        os.replace(tmp_dir / (dst.name + ".data"), dst.with_name(dst.name + ".data"))
+        os.replace(tmp_dir / dst.name, dst)
+    finally:
+        for leftover in tmp_dir.iterdir():
+            leftover.unlink()
+        tmp_dir.rmdir()
+    return dst
+
+
 def save_optimized(model_path: str | os.PathLike, dst: Path) -> Path:
     """Write `model_path` as ONNX Runtime optimises it at its extended level (operator fusions: attention,
     layer norm, GELU; no layout changes, so the result suits any CPU) to `dst`, weights beside it as
@@ -114,47 +133,27 @@ def save_optimized(model_path: str | os.PathLike, dst: Path) -> Path:
     one; benchmarks/cold_start.json), the same outputs."""
     import onnxruntime as ort
 
-    dst = Path(dst)
-    tmp_dir = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp_dir.mkdir(exist_ok=True)
-    try:
+    def write(tmp: Path) -> None:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        opts.optimized_model_filepath = str(tmp_dir / dst.name)
-        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
+        opts.optimized_model_filepath = str(tmp)
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", tmp.name + ".data")
         opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-        os.replace(tmp_dir / (dst.name + ".data"), dst.with_name(dst.name + ".data"))
-        os.replace(tmp_dir / dst.name, dst)
-    finally:
-        for leftover in tmp_dir.iterdir():
-            leftover.unlink()
-        tmp_dir.rmdir()
-    return dst
+
+    return _write_beside(dst, write)
 
 
 def save_external(model_path: str | os.PathLike, dst: Path) -> Path:
     """Copy an ONNX graph to `dst` with its weights in a separate file beside it (`dst.name` + ".data"). ONNX
     Runtime memory-maps such a file instead of reading the weights into memory and copying them into tensors:
-    a query process loads the 94 MB text graph at a peak of about 110 MB resident instead of 195, and faster.
-    Both files are written under temporary names and renamed, the data first: a graph that exists is whole."""
+    a query process loads the 94 MB text graph at a peak of about 110 MB resident instead of 195, and faster."""
     import onnx
 
     model = onnx.load(str(model_path))
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
-    tmp_dir.mkdir(exist_ok=True)
-    try:
-        onnx.save_model(model, str(tmp_dir / dst.name), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=dst.name + ".data", size_threshold=1024)
-        os.replace(tmp_dir / (dst.name + ".data"), dst.with_name(dst.name + ".data"))
-        os.replace(tmp_dir / dst.name, dst)
-    finally:
-        for leftover in tmp_dir.iterdir():
-            leftover.unlink()
-        tmp_dir.rmdir()
-    return dst
+    return _write_beside(dst, lambda tmp: onnx.save_model(model, str(tmp), save_as_external_data=True,
+                                                          all_tensors_to_one_file=True, location=tmp.name + ".data",
+                                                          size_threshold=1024))
 
 
 class OnnxImagePath:
