@@ -159,6 +159,28 @@ def test_a_second_sigint_stops_at_once_with_one_line_and_exit_130(tmp_path, dela
         assert lib.store.count_images() == 80 and check_library(lib).ok
 
 
+def test_a_ctrl_c_after_the_stopped_run_has_said_how_to_resume_still_exits_130(tmp_path):
+    """A late Ctrl-C, sent once the stopped run has printed its last line and is exiting, has nothing left to
+    stop: it must not kill the exit (status -2 instead of 130) or print a traceback."""
+    photos = _make_photos(tmp_path / "photos", 80)
+    library = tmp_path / "library"
+    proc = _spawn(photos, library, 0.3)
+    _wait_for_more_than(library, 0, proc)
+    proc.send_signal(signal.SIGINT)
+    err = []
+    for line in proc.stderr:
+        err.append(line)
+        if "interrupted after" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=60)
+    err = "".join(err) + rest
+    assert proc.returncode == 130, err
+    for noise in ("Exception ignored", "Traceback", "KeyboardInterrupt", "Aborted"):
+        assert noise not in err, err
+
+
 def test_searches_during_indexing_never_fail_and_see_committed_state(tmp_path, fake_encoder):
     photos = _make_photos(tmp_path / "photos", 200)
     library = tmp_path / "library"

@@ -70,7 +70,9 @@ def index(paths, library, model, batch_size, patches, verify, engine, ray_addres
         click.echo("stopped; every committed batch is kept: run the same command again to resume", err=True)
         sys.exit(130)
     finally:
-        if previous is not None:
+        if stop.is_set():  # the run was stopped and this command is about to exit: a late Ctrl-C has nothing
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # left to stop and must not kill the exit (status -2)
+        elif previous is not None:
             signal.signal(signal.SIGINT, previous)
     if as_json:
         emit(report.to_json())

@@ -47,8 +47,8 @@ def watch(paths, library, model, debounce, poll, poll_seconds, rescan_seconds, a
         with edge():
             report = watcher.run(stop.is_set, ready=ready)
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, handler in previous.items():  # once stopped the command only reports and exits: a late
+            signal.signal(s, signal.SIG_IGN if stop.is_set() else handler)  # signal must not kill that
     if as_json:
         emit(report.to_json())
     else:
